@@ -1,0 +1,370 @@
+// act_stats on the CPU: count, mean, variance, min, max, near-zero count, NaN/Inf counts and a fixed-bin
+// histogram of a tensor -- whole or per channel -- in ONE read of the input.
+//
+// How one read gives all of it: the tensor is cut into chunks of kChunk elements that fit in L1. Each chunk is
+// converted once into an accumulator-typed buffer; everything after that touches only L1:
+//   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value;
+//   pass 2 (vectorised): sum of squared deviations from the chunk's own mean (two-pass inside the chunk, so
+//                        no catastrophic cancellation as with sum-of-squares);
+//   scatter (scalar):    histogram increments, spread over 4 sub-histograms -- post-ReLU data piles onto one
+//                        bin, and back-to-back increments of one counter wait on each other (store-to-load
+//                        forwarding); 4 copies let 4 increments be in flight.
+// Chunks are merged with Chan et al.'s parallel formula (mean/M2 of two sets), in double.
+//
+// "Vectorised" without -ffast-math: a float sum only vectorises if the compiler may reorder it, which it may
+// not. We give it kLanes independent accumulators instead (lane j sums elements j, j+kLanes, ...): that is
+// a legal SIMD loop, and the lanes are added at the end. The result is deterministic for a given thread count.
+//
+// Bin rule (identical in every backend, and torch.histc's on CPU): in the accumulator type (float, or double
+// for double input), t = ((x - lo) * bins) / (hi - lo); bin = min(int(t), bins - 1) for lo <= x <= hi, so
+// x == hi lands in the last bin. Finite x < lo / x > hi count as below / above; NaN, +Inf, -Inf are counted
+// on their own. Mean, variance, min and max are over the finite values.
+#include <torch/library.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+
+namespace pydl {
+namespace {
+
+constexpr int64_t kChunk = 2048;     // elements per L1-resident chunk (8 KB of float)
+constexpr int kLanes = 16;           // independent accumulators: one AVX-512 register of float
+constexpr int64_t kTaskElems = 1 << 16;  // elements per parallel task (enough to amortise a task)
+
+// Statistics of a set of finite values; merge() is Chan, Golub & LeVeque's pairwise update.
+struct Moments {
+  int64_t n = 0;
+  double mean = 0.0, m2 = 0.0;
+  double mn = std::numeric_limits<double>::infinity(), mx = -std::numeric_limits<double>::infinity();
+
+  void merge(int64_t nb, double mean_b, double m2_b, double mn_b, double mx_b) {
+    if (nb == 0) return;
+    if (n == 0) {
+      n = nb; mean = mean_b; m2 = m2_b; mn = mn_b; mx = mx_b;
+      return;
+    }
+    const int64_t nn = n + nb;
+    const double delta = mean_b - mean;
+    mean += delta * (double(nb) / double(nn));
+    m2 += m2_b + delta * delta * (double(n) * double(nb) / double(nn));
+    n = nn;
+    mn = std::min(mn, mn_b);
+    mx = std::max(mx, mx_b);
+  }
+  void merge(const Moments& o) { merge(o.n, o.mean, o.m2, o.mn, o.mx); }
+};
+
+template <typename acc_t>
+struct Binning {
+  acc_t lo, hi, width, nb, nbm1, eps;
+  int32_t bins;
+
+  Binning(int64_t bins_, double lo_, double hi_, double eps_)
+      : lo(acc_t(lo_)), hi(acc_t(hi_)), width(acc_t(hi_) - acc_t(lo_)), nb(acc_t(bins_)), nbm1(acc_t(bins_ - 1)),
+        eps(acc_t(eps_)), bins(int32_t(bins_)) {}
+
+  // Branch-free so the compiler can vectorise it: compute a bin for every value, then overwrite it for
+  // the out-of-range and non-finite ones. The clamp keeps the float->int cast defined for those.
+  inline int32_t slot(acc_t v) const {
+    acc_t t = ((v - lo) * nb) / width;
+    t = t < acc_t(0) ? acc_t(0) : t;
+    t = t < nbm1 ? t : nbm1;  // NaN compares false: becomes nbm1, overwritten below
+    int32_t s = static_cast<int32_t>(t);
+    const acc_t inf = std::numeric_limits<acc_t>::infinity();
+    s = v < lo ? bins + kBelow : s;
+    s = v > hi ? bins + kAbove : s;
+    s = v != v ? bins + kNaN : s;
+    s = v == inf ? bins + kPosInf : s;
+    s = v == -inf ? bins + kNegInf : s;
+    return s;
+  }
+};
+
+// Pass 1 + pass 2 over an L1-resident buffer of `len` values; returns the chunk's moments and near-zero
+// count and fills `slots`.
+template <typename acc_t>
+inline void chunk_stats(const acc_t* vals, int64_t len, const Binning<acc_t>& b, int32_t* slots, Moments& mom,
+                        int64_t& nz) {
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  acc_t ls[kLanes], lmn[kLanes], lmx[kLanes];
+  int32_t lnf[kLanes], lnz[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    ls[j] = 0; lmn[j] = inf; lmx[j] = -inf; lnf[j] = 0; lnz[j] = 0;
+  }
+  const int64_t body = len - len % kLanes;
+  for (int64_t i0 = 0; i0 < body; i0 += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t v = vals[i0 + j];
+      const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
+      ls[j] += fin ? v : acc_t(0);
+      lnf[j] += fin;
+      lmn[j] = (fin && v < lmn[j]) ? v : lmn[j];
+      lmx[j] = (fin && v > lmx[j]) ? v : lmx[j];
+      lnz[j] += (v <= b.eps && v >= -b.eps);
+      slots[i0 + j] = b.slot(v);
+    }
+  }
+  for (int64_t i = body; i < len; ++i) {  // tail: same math, lane 0
+    const acc_t v = vals[i];
+    const bool fin = (v - v) == acc_t(0);
+    ls[0] += fin ? v : acc_t(0);
+    lnf[0] += fin;
+    lmn[0] = (fin && v < lmn[0]) ? v : lmn[0];
+    lmx[0] = (fin && v > lmx[0]) ? v : lmx[0];
+    lnz[0] += (v <= b.eps && v >= -b.eps);
+    slots[i] = b.slot(v);
+  }
+  acc_t s = 0, mn = inf, mx = -inf;
+  int64_t nf = 0;
+  for (int j = 0; j < kLanes; ++j) {
+    s += ls[j]; nf += lnf[j]; nz += lnz[j];
+    mn = std::min(mn, lmn[j]); mx = std::max(mx, lmx[j]);
+  }
+  if (nf == 0) return;
+  const acc_t mean = s / acc_t(nf);
+  acc_t lm2[kLanes];
+  for (int j = 0; j < kLanes; ++j) lm2[j] = 0;
+  for (int64_t i0 = 0; i0 < body; i0 += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t v = vals[i0 + j];
+      const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
+      lm2[j] += d * d;
+    }
+  }
+  for (int64_t i = body; i < len; ++i) {
+    const acc_t v = vals[i];
+    const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
+    lm2[0] += d * d;
+  }
+  acc_t m2 = 0;
+  for (int j = 0; j < kLanes; ++j) m2 += lm2[j];
+  mom.merge(nf, double(mean), double(m2), double(mn), double(mx));
+}
+
+// ---- Layout A: groups of contiguous-or-strided spans -------------------------------------------------
+// Group g's elements are x[o*so + g*sg + i*si] for o < outer, i < inner. Covers the whole tensor (G = 1,
+// one span) and per-channel NCHW (outer = N, inner = H*W, si = 1).
+struct Task {
+  int64_t g, o0, o1, i0, i1;
+};
+
+template <typename scalar_t>
+void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64_t so, int64_t sg, int64_t si,
+               const Binning<at::opmath_type<scalar_t>>& b, double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t NB = b.bins + kNumExtra;
+  std::vector<Task> tasks;
+  if (inner >= kTaskElems) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < inner; i += kTaskElems) tasks.push_back({g, o, o + 1, i, std::min(inner, i + kTaskElems)});
+  } else if (inner > 0) {
+    const int64_t k = std::max<int64_t>(1, kTaskElems / inner);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t o = 0; o < outer; o += k) tasks.push_back({g, o, std::min(outer, o + k), 0, inner});
+  }
+  const int64_t T = int64_t(tasks.size());
+  std::vector<Moments> mom(T);
+  std::vector<int64_t> nz(T, 0);
+  std::vector<int64_t> hist(T * NB, 0);
+
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<acc_t> vals(kChunk);
+    std::vector<int32_t> slots(kChunk);
+    std::vector<int32_t> sub(4 * NB);  // 4 interleaved sub-histograms (see the file comment)
+    for (int64_t t = t0; t < t1; ++t) {
+      const Task& tk = tasks[t];
+      std::fill(sub.begin(), sub.end(), 0);
+      for (int64_t o = tk.o0; o < tk.o1; ++o) {
+        const scalar_t* base = x + o * so + tk.g * sg;
+        for (int64_t c0 = tk.i0; c0 < tk.i1; c0 += kChunk) {
+          const int64_t len = std::min(kChunk, tk.i1 - c0);
+          if (si == 1) {
+            const scalar_t* p = base + c0;
+            for (int64_t i = 0; i < len; ++i) vals[i] = acc_t(p[i]);
+          } else {
+            for (int64_t i = 0; i < len; ++i) vals[i] = acc_t(base[(c0 + i) * si]);
+          }
+          chunk_stats(vals.data(), len, b, slots.data(), mom[t], nz[t]);
+          int64_t i = 0;
+          for (; i + 4 <= len; i += 4) {
+            ++sub[slots[i]];
+            ++sub[NB + slots[i + 1]];
+            ++sub[2 * NB + slots[i + 2]];
+            ++sub[3 * NB + slots[i + 3]];
+          }
+          for (; i < len; ++i) ++sub[slots[i]];
+        }
+      }
+      int64_t* h = hist.data() + t * NB;
+      for (int64_t s = 0; s < NB; ++s) h[s] = int64_t(sub[s]) + sub[NB + s] + sub[2 * NB + s] + sub[3 * NB + s];
+    }
+  });
+
+  // Merge the tasks of each group in task order (deterministic for a given task split).
+  std::vector<Moments> gm(G);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t g = tasks[t].g;
+    gm[g].merge(mom[t]);
+    cnt_out[g * kCountCols + 1] += nz[t];
+    for (int64_t s = 0; s < b.bins; ++s) hist_out[g * b.bins + s] += hist[t * NB + s];
+    for (int e = 0; e < kNumExtra; ++e) cnt_out[g * kCountCols + 2 + e] += hist[t * NB + b.bins + e];
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const bool any = gm[g].n > 0;
+    fs_out[g * 4 + 0] = any ? gm[g].mean : nan;
+    fs_out[g * 4 + 1] = any ? gm[g].m2 : 0.0;
+    fs_out[g * 4 + 2] = any ? gm[g].mn : nan;
+    fs_out[g * 4 + 3] = any ? gm[g].mx : nan;
+  }
+}
+
+// ---- Layout B: channels last, a (rows, C) matrix with the channel fastest --------------------------
+// Reading channel by channel would stride through memory C times; instead each task walks a band of rows
+// once and keeps per-channel accumulators (the inner loop over channels vectorises across channels).
+template <typename scalar_t>
+void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opmath_type<scalar_t>>& b,
+              double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t NB = b.bins + kNumExtra;
+  const int64_t min_rows = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1));
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), (rows + min_rows - 1) / min_rows));
+  const int64_t per = (rows + T - 1) / T;
+  std::vector<std::vector<Moments>> mom(T, std::vector<Moments>(C));
+  std::vector<std::vector<int64_t>> nz(T, std::vector<int64_t>(C, 0));
+  std::vector<std::vector<int64_t>> hist(T, std::vector<int64_t>(C * NB, 0));
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t R = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));  // rows per L1 tile
+    std::vector<acc_t> vals(R * C), s(C), mn(C), mx(C), m2(C);
+    std::vector<int64_t> nf(C), lnz(C);
+    std::vector<int32_t> slots(R * C);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r_begin = t * per, r_end = std::min(rows, r_begin + per);
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
+        const int64_t nr = std::min(R, r_end - r0);
+        const scalar_t* p = x + r0 * C;
+        for (int64_t i = 0; i < nr * C; ++i) vals[i] = acc_t(p[i]);
+        std::fill(s.begin(), s.end(), acc_t(0)); std::fill(m2.begin(), m2.end(), acc_t(0));
+        std::fill(mn.begin(), mn.end(), inf); std::fill(mx.begin(), mx.end(), -inf);
+        std::fill(nf.begin(), nf.end(), 0); std::fill(lnz.begin(), lnz.end(), 0);
+        for (int64_t r = 0; r < nr; ++r) {
+          const acc_t* row = vals.data() + r * C;
+          int32_t* srow = slots.data() + r * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = row[c];
+            const bool fin = (v - v) == acc_t(0);
+            s[c] += fin ? v : acc_t(0);
+            nf[c] += fin;
+            mn[c] = (fin && v < mn[c]) ? v : mn[c];
+            mx[c] = (fin && v > mx[c]) ? v : mx[c];
+            lnz[c] += (v <= b.eps && v >= -b.eps);
+            srow[c] = b.slot(v);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) s[c] = nf[c] ? s[c] / acc_t(nf[c]) : acc_t(0);  // s becomes the mean
+        for (int64_t r = 0; r < nr; ++r) {
+          const acc_t* row = vals.data() + r * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = row[c];
+            const acc_t d = ((v - v) == acc_t(0)) ? v - s[c] : acc_t(0);
+            m2[c] += d * d;
+          }
+        }
+        int64_t* h = hist[t].data();
+        for (int64_t r = 0; r < nr; ++r)  // consecutive increments hit different channels: no stall
+          for (int64_t c = 0; c < C; ++c) ++h[c * NB + slots[r * C + c]];
+        for (int64_t c = 0; c < C; ++c) {
+          mom[t][c].merge(nf[c], double(s[c]), double(m2[c]), double(mn[c]), double(mx[c]));
+          nz[t][c] += lnz[c];
+        }
+      }
+    }
+  });
+
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int64_t c = 0; c < C; ++c) {
+    Moments m;
+    for (int64_t t = 0; t < T; ++t) {
+      m.merge(mom[t][c]);
+      cnt_out[c * kCountCols + 1] += nz[t][c];
+      for (int64_t k = 0; k < b.bins; ++k) hist_out[c * b.bins + k] += hist[t][c * NB + k];
+      for (int e = 0; e < kNumExtra; ++e) cnt_out[c * kCountCols + 2 + e] += hist[t][c * NB + b.bins + e];
+    }
+    const bool any = m.n > 0;
+    fs_out[c * 4 + 0] = any ? m.mean : nan;
+    fs_out[c * 4 + 1] = any ? m.m2 : 0.0;
+    fs_out[c * 4 + 2] = any ? m.mn : nan;
+    fs_out[c * 4 + 3] = any ? m.mx : nan;
+  }
+}
+
+// True if x is laid out as (N, spatial..., C) in memory: channels last, for any rank >= 3.
+bool channels_last_dense(const at::Tensor& x) {
+  if (x.dim() < 3 || x.stride(1) != 1) return false;
+  std::vector<int64_t> perm{0};
+  for (int64_t d = 2; d < x.dim(); ++d) perm.push_back(d);
+  perm.push_back(1);
+  return x.permute(perm).is_contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cpu(const at::Tensor& x_in, int64_t bins, double lo,
+                                                             double hi, double eps, bool per_channel) {
+  check_device(x_in, c10::DeviceType::CPU, "act_stats", "x");
+  check_floating(x_in, "act_stats", "x");
+  PYDL_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), "act_stats: bins must be in [1, 2^24], got ", bins);
+  PYDL_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo < hi, "act_stats: need finite lo < hi, got lo=",
+                   lo, ", hi=", hi);
+  PYDL_CHECK_VALUE(eps >= 0, "act_stats: eps must be >= 0, got ", eps);
+  PYDL_CHECK_VALUE(!per_channel || x_in.dim() >= 2, "act_stats: per_channel needs x of rank >= 2 (N, C, ...), got rank ",
+                   x_in.dim());
+
+  const auto acc_dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t G = per_channel ? x_in.size(1) : 1;
+  const int64_t numel = x_in.numel();
+  // Statistics are merged in double; they are cast to the accumulator dtype on the way out.
+  auto fs = at::empty({G, 4}, x_in.options().dtype(at::kDouble));
+  auto counts = at::zeros({G, kCountCols}, x_in.options().dtype(at::kLong));
+  auto hist = at::zeros({G, bins}, x_in.options().dtype(at::kLong));
+  if (G > 0) counts.select(1, 0).fill_(numel / G);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "pydl_act_stats_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Binning<acc_t> b(bins, lo, hi, eps);
+    double* fsp = fs.data_ptr<double>();
+    int64_t* cp = counts.data_ptr<int64_t>();
+    int64_t* hp = hist.data_ptr<int64_t>();
+    if (!per_channel) {
+      // Any dense, non-overlapping layout is one flat span: order does not matter for a whole-tensor stat.
+      const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+      run_spans<scalar_t>(x.data_ptr<scalar_t>(), 1, 1, numel, 0, 0, 1, b, fsp, cp, hp);
+    } else if (G > 0 && numel > 0 && !x_in.is_contiguous() && channels_last_dense(x_in)) {
+      run_rows<scalar_t>(x_in.data_ptr<scalar_t>(), numel / G, G, b, fsp, cp, hp);
+    } else {
+      const at::Tensor x = x_in.contiguous();
+      const int64_t N = x.size(0);
+      const int64_t inner = (N * G) > 0 ? numel / (N * G) : 0;
+      if (inner == 1) {  // (N, C) activations, e.g. after a Linear layer: rows of channels
+        run_rows<scalar_t>(x.data_ptr<scalar_t>(), N, G, b, fsp, cp, hp);
+        return;
+      }
+      run_spans<scalar_t>(x.data_ptr<scalar_t>(), N, G, inner, G * inner, inner, 1, b, fsp, cp, hp);
+    }
+  });
+  return {fs.to(acc_dtype), counts, hist};
+}
+
+}  // namespace
+}  // namespace pydl
+
+TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
+  m.def("act_stats(Tensor x, int bins, float lo, float hi, float eps, bool per_channel) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pydl_cpu, CPU, m) { m.impl("act_stats", &pydl::act_stats_cpu); }

@@ -1,0 +1,39 @@
+"""pydl: hand-written PyTorch kernels you can read, run, check and beat.
+
+    import pydl
+    s = pydl.act_stats(x, bins=40, lo=0, hi=10)      # one pass: mean/std/min/max/near-zero/histogram
+    with pydl.backend("triton"):                       # pick the kernels: reference, cpu, cuda, triton, auto
+        ...
+
+Importing pydl compiles nothing and does not import Triton; compiled backends build on first use
+(``pydl build`` does it ahead of time, ``pydl doctor`` says what is usable and why not).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+__version__ = "0.1.0"
+
+
+def _source_tree_kernels() -> None:
+    """kernels/ sits at the repository's top level and is installed as ``pydl.kernels``. When pydl runs
+    straight from a source checkout (no install, e.g. on a GPU machine that cannot pip install), map it."""
+    if "pydl.kernels" in sys.modules or importlib.util.find_spec(__name__ + ".kernels") is not None:
+        return
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    init = os.path.join(src, "__init__.py")
+    if os.path.isfile(init):
+        spec = importlib.util.spec_from_file_location(__name__ + ".kernels", init, submodule_search_locations=[src])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+
+
+_source_tree_kernels()
+
+from .backends import BACKENDS, backend, get_backend, set_backend  # noqa: E402
+from .ops import ActStats, act_stats  # noqa: E402
+
+__all__ = ["__version__", "BACKENDS", "backend", "get_backend", "set_backend", "act_stats", "ActStats"]

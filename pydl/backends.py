@@ -1,0 +1,226 @@
+"""Which kernels run: the backend registry.
+
+Four backends, selectable by name, plus ``auto``:
+
+==============  =====================================  ==========================================
+backend         runs on                                written in
+==============  =====================================  ==========================================
+``reference``   any device                             plain PyTorch ops: the ground truth
+``cpu``         CPU tensors                            C++ (csrc/cpu/<op>.cpp)
+``cuda``        CUDA tensors                           CUDA C++ (csrc/cuda/<op>.cu)
+``triton``      CUDA tensors; CPU via the interpreter  Triton (kernels/<op>.py)
+``auto``        -                                      the fastest usable one (never the interpreter)
+==============  =====================================  ==========================================
+
+Choose one per call (``backend="cpu"``), for a block of code (``with pydl.backend("triton"): ...``), or for
+the process (``pydl.set_backend("reference")`` or the ``PYDL_BACKEND`` environment variable). A call's
+argument wins over the context, the context over the process default.
+
+Asking for a backend that cannot run (wrong device, build failed, Triton missing) raises an error that says
+why. ``auto`` never raises for that: it takes the next backend in :data:`AUTO_ORDER` and, when the reason is
+a failed build or a missing tool rather than a kernel that does not exist, warns once.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+NAMES = BACKENDS + ("auto",)
+
+# What ``auto`` tries, fastest first, per device type. The order comes from benchmarks/ (see README).
+AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+_process_default = os.environ.get("PYDL_BACKEND", "auto")
+_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pydl_backend", default=None)
+
+
+def _check_name(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend."""
+    global _process_default
+    _process_default = _check_name(name)
+
+
+def get_backend() -> str:
+    """The backend a call without ``backend=`` uses here: the innermost ``with backend(...)``, else the
+    process default."""
+    return _context.get() or _process_default
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[str]:
+    """``with pydl.backend("triton"): ...`` runs every pydl op inside on that backend (thread- and
+    asyncio-safe: it is a context variable)."""
+    token = _context.set(_check_name(name))
+    try:
+        yield name
+    finally:
+        _context.reset(token)
+
+
+# --------------------------------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------------------------------
+
+_triton_cache: Dict[str, Tuple[bool, str]] = {}
+
+
+def triton_status(device_type: str) -> Tuple[bool, str]:
+    """(usable, reason) for Triton kernels on tensors of ``device_type``."""
+    if device_type in _triton_cache:
+        return _triton_cache[device_type]
+    try:
+        import triton  # noqa: F401
+        from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        res = (False, f"triton is not importable ({type(e).__name__}: {e})")
+    else:
+        import torch
+
+        ver = tuple(int(p) for p in triton.__version__.split(".")[:3] if p.isdigit())
+        if device_type == "cuda":
+            res = (True, f"triton {triton.__version__} (compiled)") if torch.cuda.is_available() else (
+                False, "no CUDA GPU")
+        elif device_type == "cpu":
+            import numpy as np
+
+            npv = tuple(int(p) for p in np.__version__.split(".")[:2])
+            if ver < (3, 7, 1) and npv >= (2, 4):
+                res = (False, f"triton {triton.__version__}'s interpreter needs numpy <= 2.3 "
+                              f"(found {np.__version__}); triton >= 3.7.1 works with numpy 2.4")
+            else:
+                res = (True, f"triton {triton.__version__} interpreter (slow: tests and exercises only)")
+        else:
+            res = (False, f"Triton does not run on {device_type} tensors")
+    _triton_cache[device_type] = res
+    return res
+
+
+def available(name: str, device_type: str, op: Optional[str] = None) -> Tuple[bool, str]:
+    """Can backend ``name`` run ``op`` on tensors of ``device_type``? Returns (ok, reason). For the
+    compiled backends this builds the op's extension if needed (that is what 'usable' means)."""
+    _check_name(name)
+    import torch
+
+    if name == "reference":
+        return True, "plain PyTorch"
+    if name == "auto":
+        return True, "picks the fastest usable backend"
+    if name == "triton":
+        return triton_status(device_type)
+    if name != device_type:
+        return False, f"the {name} backend runs on {name} tensors, not {device_type} tensors"
+    if name == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA GPU is available"
+    if op is None:
+        return True, "compiled on first use"
+    from . import _build
+
+    if not _build.sources(op, name):
+        return False, f"{op} has no {name} kernel"
+    res = _build.load(op, name)
+    return (True, f"loaded ({res.how})") if res.ok else (False, f"build failed: {res.error}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Ops: per-backend implementations and resolution
+# --------------------------------------------------------------------------------------------------
+
+_warned: set = set()
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+class Op:
+    """One pydl op's implementations, keyed by backend name; resolves ``auto`` and checks requests.
+
+    ``impls`` maps backend name -> a zero-argument loader that returns the implementation callable (so
+    that Triton is imported, or the C++ extension built, only when that backend is first used).
+    """
+
+    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]]):
+        self.name = name
+        self._loaders = impls
+        self._impls: Dict[str, Callable] = {}
+        self._resolved: Dict[Tuple[str, str], str] = {}
+
+    def backends(self) -> Tuple[str, ...]:
+        return tuple(b for b in BACKENDS if b in self._loaders)
+
+    def _usable(self, name: str, device_type: str) -> Tuple[bool, str]:
+        if name not in self._loaders:
+            return False, f"{self.name} has no {name} implementation"
+        return available(name, device_type, self.name if name in ("cpu", "cuda") else None)
+
+    def resolve(self, requested: str, device_type: str) -> str:
+        key = (requested, device_type)
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        if requested == "auto":
+            chosen = None
+            for cand in AUTO_ORDER.get(device_type, ("reference",)):
+                ok, why = self._usable(cand, device_type)
+                if ok:
+                    chosen = cand
+                    break
+                if cand in self._loaders and "has no" not in why and (self.name, cand) not in _warned:
+                    _warned.add((self.name, cand))
+                    warnings.warn(f"pydl: the {cand} backend of {self.name} is unavailable ({why.splitlines()[0]}); "
+                                  f"auto falls back to the next one. `pydl doctor` says more.", RuntimeWarning,
+                                  stacklevel=4)
+            chosen = chosen or "reference"
+        else:
+            _check_name(requested)
+            ok, why = self._usable(requested, device_type)
+            if not ok:
+                raise BackendUnavailable(f"pydl: backend {requested!r} cannot run {self.name} on "
+                                         f"{device_type} tensors: {why}")
+            chosen = requested
+        self._resolved[key] = chosen
+        return chosen
+
+    def impl(self, backend_name: str) -> Callable:
+        fn = self._impls.get(backend_name)
+        if fn is None:
+            fn = self._impls[backend_name] = self._loaders[backend_name]()
+        return fn
+
+    def __call__(self, requested: str, device_type: str, *args):
+        return self.impl(self.resolve(requested, device_type))(*args)
+
+
+def reset_caches() -> None:
+    """Forget resolved backends and warnings (tests use this after changing what is available)."""
+    _warned.clear()
+    _triton_cache.clear()
+    for op in list(_ALL_OPS.values()):
+        op._resolved.clear()
+
+
+_ALL_OPS: Dict[str, Op] = {}
+
+
+def register_op(op: Op) -> Op:
+    _ALL_OPS[op.name] = op
+    return op
+
+
+def all_ops() -> Dict[str, Op]:
+    from . import ops  # noqa: F401 - importing pydl.ops registers every op
+
+    return dict(_ALL_OPS)

@@ -1,0 +1,30 @@
+"""pydl's build script.
+
+By default this installs pure Python: the C++ (CPU) and CUDA extensions are JIT-compiled with ninja the first
+time an op needs them (see pydl/_build.py) into a per-version cache. Set PYDL_BUILD_EXT=1 to build them here,
+ahead of time, into pydl/_ext/ (needs torch importable at build time: use --no-build-isolation):
+
+    PYDL_BUILD_EXT=1 pip install --no-build-isolation -e .
+
+One shared object per op and device (csrc/cpu/<op>.cpp -> pydl_cpu_<op>, csrc/cuda/<op>.{cu,cpp} ->
+pydl_cuda_<op>), exactly the units the JIT path builds, so a broken op never takes the others down.
+"""
+import os
+
+from setuptools import setup
+
+# kernels/ sits at the top level (design card) but is installed as the subpackage pydl.kernels.
+packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels"]
+package_dir = {"pydl.kernels": "kernels"}
+
+kwargs = {}
+if os.environ.get("PYDL_BUILD_EXT", "0") == "1":
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from pydl import _build  # noqa: E402  (plain-Python module: no torch extension loads at import)
+
+    kwargs = _build.setuptools_kwargs()
+
+setup(packages=packages, package_dir=package_dir,
+      package_data={"pydl.learn": ["exercises/**/*"]}, include_package_data=True, **kwargs)
