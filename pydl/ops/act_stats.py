@@ -65,7 +65,8 @@ def act_stats_reference(x, bins, lo, hi, eps, per_channel):
     acc = acc_dtype(x.dtype)
     G = x.shape[1] if per_channel else 1
     # (G, M): one row of values per group
-    rows = x.transpose(0, 1).reshape(G, -1) if per_channel else x.reshape(1, -1)
+    M = x.numel() // G if G else 0
+    rows = x.transpose(0, 1).reshape(G, M) if per_channel else x.reshape(1, M)
     v = rows.to(acc)
     finite = torch.isfinite(v)
     n = finite.sum(1)

@@ -1,0 +1,69 @@
+"""Shared test fixtures.
+
+* ``cpu_backend``: parametrises a test over every backend that can run on CPU tensors here: ``reference``,
+  ``cpu`` (the C++ extension; built on first use) and ``triton`` (Triton's interpreter). A backend that is
+  not usable on this machine is skipped with the reason, never silently passed.
+* ``gpu`` marker: the test needs a CUDA GPU; skipped cleanly where there is none (``scripts/gpu_check.sh``
+  runs them on a GPU machine).
+* ``poison``: fills every ``torch.empty`` made during the test with NaN (floats) or a sentinel (ints), so an
+  output element a kernel forgot to write shows up instead of passing as leftover memory.
+"""
+import os
+
+import pytest
+import torch
+
+import pydl
+from pydl import backends
+
+CPU_BACKENDS = ("reference", "cpu", "triton")
+SENTINEL = -123456789
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run scripts/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def require_backend(name: str, device_type: str, op: str):
+    ok, why = backends.available(name, device_type, op if name in ("cpu", "cuda") else None)
+    if not ok:
+        if os.environ.get("PYDL_REQUIRE_BACKENDS") and name in os.environ["PYDL_REQUIRE_BACKENDS"].split(","):
+            pytest.fail(f"backend {name} is required here but unusable: {why}")
+        pytest.skip(f"backend {name} unusable on {device_type}: {why}")
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request):
+    return request.param
+
+
+@pytest.fixture(params=("cuda", "triton"))
+def gpu_backend(request):
+    return request.param
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype not in (torch.bool,) and not t.is_complex():
+            t.fill_(SENTINEL)
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

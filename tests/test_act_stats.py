@@ -1,0 +1,358 @@
+"""act_stats: every backend against the reference and against torch itself.
+
+Tolerances: counts and histograms are compared EXACTLY (they are integers; the bin rule is the same
+formula in every backend). Float statistics: mean/min/max of float32 data to 1e-5 relative (fp32
+accumulation over <= ~1e5 values, merged pairwise), M2 (sum of squared deviations) to 1e-4 relative;
+float64 to 1e-10.
+"""
+import math
+
+import pytest
+import torch
+
+import pydl
+from pydl import backends
+from pydl.ops.act_stats import act_stats_reference
+
+from conftest import require_backend
+
+OP = "act_stats"
+
+
+def run(x, backend, **kw):
+    args = dict(bins=40, lo=0.0, hi=10.0, eps=0.05, per_channel=False)
+    args.update(kw)
+    return pydl.act_stats(x, backend=backend, **args)
+
+
+def assert_same(a, b, dtype):
+    """a, b: ActStats. Counts exact, float stats to the documented tolerance."""
+    assert torch.equal(a.counts.cpu(), b.counts.cpu()), f"counts differ:\n{a.counts}\n{b.counts}"
+    assert torch.equal(a.hist_all.cpu(), b.hist_all.cpu()), "histograms differ"
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    fa, fb = a.fstats.double().cpu(), b.fstats.double().cpu()
+    for col, name in enumerate(("mean", "m2", "min", "max")):
+        scale = fb[:, col].abs().clamp_min(1.0)
+        tol = (10 if name == "m2" else 1) * rtol * scale
+        both_nan = fa[:, col].isnan() & fb[:, col].isnan()
+        err = (fa[:, col] - fb[:, col]).abs()
+        assert bool(((err <= tol) | both_nan).all()), f"{name}: {fa[:, col]} vs {fb[:, col]}"
+
+
+def make(shape, kind="randn", dtype=torch.float32, layout="contiguous"):
+    if kind == "randn":
+        x = torch.randn(shape) * 3 + 1
+    elif kind == "relu":  # heavy ties: half the values are exactly 0 (one bin)
+        x = torch.relu(torch.randn(shape) * 4)
+    elif kind == "edges":  # values exactly on bin edges, on lo and hi, and just outside
+        edges = torch.linspace(0, 10, 41)
+        pool = torch.cat([edges, torch.tensor([-1e-7, 10 + 1e-6, 0.0, 10.0, -0.0])])
+        x = pool[torch.randint(len(pool), shape)]
+    elif kind == "nonfinite":
+        x = torch.randn(shape) * 5
+        flat = x.view(-1)
+        n = flat.numel()
+        if n:
+            idx = torch.randperm(n)
+            flat[idx[: max(1, n // 7)]] = float("nan")
+            flat[idx[n // 7: n // 7 + n // 11]] = float("inf")
+            flat[idx[n // 7 + n // 11: n // 7 + n // 11 + n // 13]] = float("-inf")
+    x = x.to(dtype)
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)  # same values, dense but permuted strides
+    elif layout == "sliced" and x.dim() >= 2:
+        big = torch.cat([x, x], dim=-1)
+        x = big[..., : x.shape[-1]]  # non-contiguous, not dense
+    return x
+
+
+SHAPES = [(1,), (7,), (1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 9), (4, 6, 11, 13), (5, 17)]
+# the interpreter is ~1000x slower: keep its shapes tiny
+TRITON_SHAPES = [(1,), (7,), (1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 9), (5, 17)]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("kind", ["randn", "relu", "edges", "nonfinite"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
+def test_parity_with_reference(cpu_backend, per_channel, kind, layout):
+    require_backend(cpu_backend, "cpu", OP)
+    shapes = TRITON_SHAPES if cpu_backend == "triton" else SHAPES
+    for shape in shapes:
+        if per_channel and len(shape) < 2:
+            continue
+        x = make(shape, kind, layout=layout)
+        got = run(x, cpu_backend, per_channel=per_channel)
+        want = act_stats_reference(x, 40, 0.0, 10.0, 0.05, per_channel)
+        assert_same(got, pydl.ActStats(*want, 40, 0.0, 10.0, 0.05, per_channel), x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(cpu_backend, dtype):
+    require_backend(cpu_backend, "cpu", OP)
+    for per_channel in (False, True):
+        x = make((3, 4, 5, 6), "nonfinite", dtype=dtype)
+        got = run(x, cpu_backend, per_channel=per_channel, lo=-4.0, hi=4.0)
+        assert got.fstats.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        want = act_stats_reference(x, 40, -4.0, 4.0, 0.05, per_channel)
+        assert_same(got, pydl.ActStats(*want, 40, -4.0, 4.0, 0.05, per_channel), dtype)
+        # fp16/bf16 are binned after an exact upcast: the same counts as histc of the float32 copy
+        if not per_channel:
+            fin = x.float()[torch.isfinite(x.float())]
+            assert torch.equal(got.hist.cpu(), torch.histc(fin, 40, -4.0, 4.0).long())
+
+
+def test_reference_matches_torch():
+    """The ground truth itself, checked against torch's own ops."""
+    for dtype in (torch.float32, torch.float64):
+        for shape in [(1,), (10,), (4, 5, 6, 7), (64, 33)]:
+            x = make(shape, "randn", dtype=dtype)
+            s = run(x, "reference", lo=-5.0, hi=5.0, bins=33)
+            assert torch.equal(s.hist, torch.histc(x, 33, -5.0, 5.0).long())
+            assert int(s.count) == x.numel()
+            x64 = x.double()
+            assert math.isclose(float(s.mean), float(x64.mean()), rel_tol=1e-6, abs_tol=1e-6)
+            if x.numel() > 1:
+                assert math.isclose(float(s.var_unbiased), float(x64.var()), rel_tol=1e-5)
+                assert math.isclose(float(s.std), float(x64.std(correction=0)), rel_tol=1e-5)
+            mn, mx = torch.aminmax(x)
+            assert float(s.min) == float(mn) and float(s.max) == float(mx)
+            assert int(s.near_zero) == int((x.abs() <= 0.05).sum())
+            assert int(s.below) == int((x < -5).sum()) and int(s.above) == int((x > 5).sum())
+
+
+def test_matches_torch_directly(cpu_backend):
+    """Every backend against torch.histc / mean / var / aminmax, per channel too."""
+    require_backend(cpu_backend, "cpu", OP)
+    shape = (3, 4, 5, 7) if cpu_backend == "triton" else (8, 16, 13, 11)
+    for layout in ("contiguous", "channels_last"):
+        x = make(shape, "randn", layout=layout)
+        s = run(x, cpu_backend, per_channel=True, lo=-6.0, hi=8.0, bins=17)
+        for c in range(x.shape[1]):
+            xc = x[:, c]
+            assert torch.equal(s.hist[c].cpu(), torch.histc(xc, 17, -6.0, 8.0).long())
+            assert math.isclose(float(s.mean[c]), float(xc.double().mean()), rel_tol=1e-5, abs_tol=1e-6)
+            assert math.isclose(float(s.var_unbiased[c]), float(xc.double().var()), rel_tol=1e-4)
+            mn, mx = torch.aminmax(xc)
+            assert float(s.min[c]) == float(mn) and float(s.max[c]) == float(mx)
+
+
+def test_every_element_is_counted_once(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    x = make((3, 5, 4, 6), "nonfinite")
+    s = run(x, cpu_backend, per_channel=True, lo=-1.0, hi=1.0)
+    total = s.hist.sum(1) + s.below + s.above + s.nan + s.posinf + s.neginf
+    assert torch.equal(total, s.count)
+    assert int(s.count.sum()) == x.numel()
+    assert int(s.nan.sum()) == int(x.isnan().sum())
+    assert int(s.posinf.sum()) == int((x == math.inf).sum())
+    assert int(s.neginf.sum()) == int((x == -math.inf).sum())
+
+
+def test_value_equal_to_hi_goes_in_last_bin(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.tensor([0.0, 10.0, 10.0, 5.0, 9.999999, 10.000001, -0.0])
+    s = run(x, cpu_backend, bins=4)
+    assert s.hist.tolist() == [2, 0, 1, 3] and int(s.above) == 1
+    assert torch.equal(s.hist, torch.histc(x, 4, 0.0, 10.0).long())
+
+
+def test_empty_and_all_nonfinite(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    s = run(torch.empty(0), cpu_backend)
+    assert int(s.count) == 0 and math.isnan(float(s.mean)) and math.isnan(float(s.min))
+    assert int(s.hist.sum()) == 0
+    s = run(torch.empty(0, 3, 4), cpu_backend, per_channel=True)
+    assert s.count.tolist() == [0, 0, 0] and bool(s.mean.isnan().all())
+    s = run(torch.empty(2, 0, 4), cpu_backend, per_channel=True)
+    assert s.count.shape == (0,)
+    s = run(torch.tensor([float("nan"), float("inf")]), cpu_backend)
+    assert int(s.count) == 2 and int(s.finite) == 0 and math.isnan(float(s.mean))
+    assert int(s.nan) == 1 and int(s.posinf) == 1 and float(s.m2) == 0.0
+
+
+def test_large_values_do_not_cancel(cpu_backend):
+    """|mean| >> std: a sum-of-squares variance would return garbage (or a negative number) here."""
+    require_backend(cpu_backend, "cpu", OP)
+    n = 300 if cpu_backend == "triton" else 100_000
+    x = 1e4 + torch.randn(n)
+    s = run(x, cpu_backend, lo=0.0, hi=2e4)
+    want = x.double().var(correction=0)
+    assert math.isclose(float(s.var), float(want), rel_tol=1e-3)
+
+
+def test_triton_block_sizes_and_splits(poison):
+    """Results must not depend on the launch shape; `poison` makes every torch.empty NaN/sentinel first."""
+    require_backend("triton", "cpu", OP)
+    from pydl.kernels.act_stats import act_stats_triton
+
+    x = make((3, 5, 6, 7), "nonfinite")
+    for per_channel in (False, True):
+        want = act_stats_reference(x, 40, -3.0, 3.0, 0.05, per_channel)
+        for block, splits in [(16, 1), (32, 3), (64, 7)]:
+            got = act_stats_triton(x, 40, -3.0, 3.0, 0.05, per_channel, block=block, splits=splits)
+            assert_same(pydl.ActStats(*got, 40, -3.0, 3.0, 0.05, per_channel),
+                        pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, per_channel), x.dtype)
+        # a histogram too large for registers takes the per-element atomic path
+        got = act_stats_triton(x, 5000, -3.0, 3.0, 0.05, per_channel, block=32)
+        want_big = act_stats_reference(x, 5000, -3.0, 3.0, 0.05, per_channel)
+        assert torch.equal(got[1], want_big[1]) and torch.equal(got[2], want_big[2])
+
+
+def test_cpu_large_tensor_multithreaded():
+    """Sizes that split into many parallel tasks; exact counts vs torch.histc."""
+    require_backend("cpu", "cpu", OP)
+    x = torch.relu(torch.randn(2_000_003))
+    s = run(x, "cpu")
+    assert torch.equal(s.hist, torch.histc(x, 40, 0, 10).long())
+    assert int(s.near_zero) == int((x.abs() <= 0.05).sum())
+    x4 = torch.randn(16, 64, 33, 31).contiguous(memory_format=torch.channels_last)
+    s = run(x4, "cpu", per_channel=True, lo=-3, hi=3)
+    want = act_stats_reference(x4, 40, -3.0, 3.0, 0.05, True)
+    assert_same(s, pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, True), torch.float32)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(x=torch.arange(5)), TypeError, "float16, bfloat16, float32 or float64"),
+    (dict(bins=0), ValueError, "bins"),
+    (dict(lo=1.0, hi=1.0), ValueError, "lo < hi"),
+    (dict(lo=0.0, hi=float("inf")), ValueError, "finite"),
+    (dict(eps=-1.0), ValueError, "eps"),
+    (dict(x=torch.randn(5), per_channel=True), ValueError, "rank >= 2"),
+    (dict(lo=1.0, hi=1.0 + 1e-12), ValueError, "float32"),
+])
+def test_bad_input(cpu_backend, bad, exc, match):
+    require_backend(cpu_backend, "cpu", OP)
+    args = dict(x=torch.randn(4, 3), bins=10, lo=0.0, hi=1.0, eps=0.0, per_channel=False)
+    args.update(bad)
+    x = args.pop("x")
+    with pytest.raises(exc, match=match):
+        pydl.act_stats(x, backend=cpu_backend, **args)
+
+
+def test_cpp_kernel_checks_its_own_arguments():
+    """The C++ op is callable directly (torch.ops.pydl_cpu.act_stats): it must validate too."""
+    require_backend("cpu", "cpu", OP)
+    with pytest.raises(TypeError, match="act_stats"):
+        torch.ops.pydl_cpu.act_stats(torch.arange(3), 4, 0.0, 1.0, 0.0, False)
+    with pytest.raises(ValueError, match="bins"):
+        torch.ops.pydl_cpu.act_stats(torch.randn(3), 0, 0.0, 1.0, 0.0, False)
+    with pytest.raises(ValueError, match="rank"):
+        torch.ops.pydl_cpu.act_stats(torch.randn(3), 4, 0.0, 1.0, 0.0, True)
+
+
+def test_opcheck(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(2, 3, 4, 5)
+    for per_channel in (False, True):
+        torch.library.opcheck(torch.ops.pydl.act_stats.default, (x, 10, -1.0, 1.0, 0.1, per_channel, cpu_backend))
+
+
+def test_torch_compile_fullgraph():
+    def f(x):
+        s = pydl.act_stats(x * 2, bins=8, lo=-2.0, hi=2.0, per_channel=True)
+        return s.mean, s.hist
+
+    x = torch.randn(4, 3, 5)
+    mean, hist = torch.compile(f, fullgraph=True, backend="eager")(x)
+    want = pydl.act_stats(x * 2, bins=8, lo=-2.0, hi=2.0, per_channel=True, backend="reference")
+    assert torch.equal(hist, want.hist) and torch.allclose(mean, want.mean)
+
+
+def test_to_dict_and_fields():
+    x = torch.tensor([[0.0, 1.0, 2.0], [3.0, float("nan"), 5.0]])
+    d = run(x, "reference", bins=5, lo=0.0, hi=5.0).to_dict()
+    assert d["count"] == 6 and d["nan"] == 1 and d["hist"] == [1, 1, 1, 1, 1]
+    assert d["mean"] == pytest.approx(2.2) and d["min"] == 0.0 and d["max"] == 5.0
+    assert d["var_unbiased"] == pytest.approx(torch.tensor([0.0, 1, 2, 3, 5]).var().item())
+    pc = run(x, "reference", bins=5, lo=0.0, hi=5.0, per_channel=True).to_dict()
+    assert pc["count"] == [2, 2, 2] and pc["nan"] == [0, 1, 0] and len(pc["hist"]) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# backend selection
+# --------------------------------------------------------------------------------------------------
+
+def test_backend_selection_precedence():
+    x = torch.randn(10)
+    assert pydl.get_backend() == "auto"
+    with pydl.backend("reference"):
+        assert pydl.get_backend() == "reference"
+        with pydl.backend("triton"):
+            assert pydl.get_backend() == "triton"
+        assert pydl.get_backend() == "reference"
+    pydl.set_backend("reference")
+    try:
+        assert pydl.get_backend() == "reference"
+        run(x, None)  # uses the process default
+    finally:
+        pydl.set_backend("auto")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        pydl.set_backend("fastest")
+
+
+def test_unusable_backend_raises_with_reason():
+    with pytest.raises(RuntimeError, match="cuda tensors, not cpu tensors"):
+        run(torch.randn(4), "cuda")
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch):
+    """If the C++ build fails, auto uses the next backend and warns once -- never silently."""
+    from pydl import _build
+
+    monkeypatch.setitem(_build._results, ("act_stats", "cpu"), _build.LoadResult(False, error="compiler exploded"))
+    backends.reset_caches()
+    try:
+        with pytest.warns(RuntimeWarning, match="compiler exploded"):
+            s = run(torch.randn(100), "auto")
+        assert int(s.count) == 100
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run(torch.randn(100), "auto")  # second call: no second warning
+        with pytest.raises(RuntimeError, match="compiler exploded"):
+            run(torch.randn(100), "cpu")
+    finally:
+        monkeypatch.undo()
+        backends.reset_caches()
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU (skipped here; scripts/gpu_check.sh runs them)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_gpu_parity(gpu_backend, dtype):
+    require_backend(gpu_backend, "cuda", OP)
+    for per_channel in (False, True):
+        for layout in ("contiguous", "channels_last", "sliced"):
+            for kind in ("randn", "relu", "edges", "nonfinite"):
+                x = make((8, 32, 17, 19), kind, dtype=dtype, layout=layout).cuda()
+                got = run(x, gpu_backend, per_channel=per_channel)
+                want = act_stats_reference(x.cpu(), 40, 0.0, 10.0, 0.05, per_channel)
+                assert_same(got, pydl.ActStats(*want, 40, 0.0, 10.0, 0.05, per_channel), dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_large_and_tied(gpu_backend):
+    require_backend(gpu_backend, "cuda", OP)
+    x = torch.relu(torch.randn(64, 64, 32, 32, device="cuda"))
+    s = run(x, gpu_backend)
+    assert torch.equal(s.hist, torch.histc(x.cpu(), 40, 0, 10).long().cuda())
+    s = run(x, gpu_backend, bins=20000, lo=0.0, hi=5.0)  # too many bins for shared memory / registers
+    assert torch.equal(s.hist, torch.histc(x.cpu(), 20000, 0, 5).long().cuda())
+    s = run(x, gpu_backend, per_channel=True)
+    want = act_stats_reference(x.cpu(), 40, 0.0, 10.0, 0.05, True)
+    assert_same(s, pydl.ActStats(*want, 40, 0.0, 10.0, 0.05, True), torch.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_and_compile(gpu_backend):
+    require_backend(gpu_backend, "cuda", OP)
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    torch.library.opcheck(torch.ops.pydl.act_stats.default, (x, 10, -1.0, 1.0, 0.1, True, gpu_backend))
+    f = torch.compile(lambda t: pydl.act_stats(t, per_channel=True).hist, fullgraph=True)
+    assert torch.equal(f(x), run(x, "reference", per_channel=True).hist)
