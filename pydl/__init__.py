@@ -34,6 +34,9 @@ def _source_tree_kernels() -> None:
 _source_tree_kernels()
 
 from .backends import BACKENDS, backend, get_backend, set_backend  # noqa: E402
-from .ops import ActStats, act_stats  # noqa: E402
+from . import ops  # noqa: E402
+from .ops import *  # noqa: E402,F401,F403 - act_stats, batch_norm, conv2d, lstm, ... (functional API)
+from . import nn  # noqa: E402
+from .nn import convert  # noqa: E402
 
-__all__ = ["__version__", "BACKENDS", "backend", "get_backend", "set_backend", "act_stats", "ActStats"]
+__all__ = ["__version__", "BACKENDS", "backend", "get_backend", "set_backend", "convert", "nn", "ops"] + list(ops.__all__)

@@ -1,8 +1,8 @@
 // act_stats on the CPU: count, mean, variance, min, max, near-zero count, NaN/Inf counts and a fixed-bin
 // histogram of a tensor -- whole or per channel -- in ONE read of the input.
 //
-// How one read gives all of it: the tensor is cut into chunks of kChunk elements that fit in L1. Each chunk is
-// converted once into an accumulator-typed buffer; everything after that touches only L1:
+// How one read gives all of it: the tensor is cut into chunks of kChunk elements that fit in L1 (half and
+// bfloat16 chunks are converted once into a float buffer); everything after the first touch is in L1:
 //   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value;
 //   pass 2 (vectorised): sum of squared deviations from the chunk's own mean (two-pass inside the chunk, so
 //                        no catastrophic cancellation as with sum-of-squares);
@@ -11,9 +11,10 @@
 //                        forwarding); 4 copies let 4 increments be in flight.
 // Chunks are merged with Chan et al.'s parallel formula (mean/M2 of two sets), in double.
 //
-// "Vectorised" without -ffast-math: a float sum only vectorises if the compiler may reorder it, which it may
-// not. We give it kLanes independent accumulators instead (lane j sums elements j, j+kLanes, ...): that is
-// a legal SIMD loop, and the lanes are added at the end. The result is deterministic for a given thread count.
+// "Vectorised" without -ffast-math: a float sum only vectorises if the compiler may reorder it, which by
+// default it may not. `#pragma omp simd reduction(...)` gives it that permission for exactly these loops:
+// each SIMD lane keeps its own partial sum, and the lanes are added at the end. The result is deterministic
+// for a given build and thread count.
 //
 // Bin rule (identical in every backend, and torch.histc's on CPU): in the accumulator type (float, or double
 // for double input), t = ((x - lo) * bins) / (hi - lo); bin = min(int(t), bins - 1) for lo <= x <= hi, so
@@ -24,6 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -32,7 +34,6 @@ namespace pydl {
 namespace {
 
 constexpr int64_t kChunk = 2048;     // elements per L1-resident chunk (8 KB of float)
-constexpr int kLanes = 16;           // independent accumulators: one AVX-512 register of float
 constexpr int64_t kTaskElems = 1 << 16;  // elements per parallel task (enough to amortise a task)
 
 // Statistics of a set of finite values; merge() is Chan, Golub & LeVeque's pairwise update.
@@ -84,64 +85,52 @@ struct Binning {
   }
 };
 
-// Pass 1 + pass 2 over an L1-resident buffer of `len` values; returns the chunk's moments and near-zero
-// count and fills `slots`.
+// Pass 1 + pass 2 over an L1-resident buffer of `len` values; merges the chunk's moments into `mom`, adds its
+// near-zero count to `nz` and fills `slots`. Every loop here is a plain loop over locals and __restrict__
+// pointers: one int32 store through a pointer that *might* alias a member of `b` (say b.bins) forces a reload
+// per element and kills vectorisation, so the binning constants are copied into locals first.
 template <typename acc_t>
-inline void chunk_stats(const acc_t* vals, int64_t len, const Binning<acc_t>& b, int32_t* slots, Moments& mom,
-                        int64_t& nz) {
+inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binning<acc_t>& b,
+                        int32_t* __restrict__ slots, Moments& mom, int64_t& nz) {
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  acc_t ls[kLanes], lmn[kLanes], lmx[kLanes];
-  int32_t lnf[kLanes], lnz[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    ls[j] = 0; lmn[j] = inf; lmx[j] = -inf; lnf[j] = 0; lnz[j] = 0;
-  }
-  const int64_t body = len - len % kLanes;
-  for (int64_t i0 = 0; i0 < body; i0 += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const acc_t v = vals[i0 + j];
-      const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
-      ls[j] += fin ? v : acc_t(0);
-      lnf[j] += fin;
-      lmn[j] = (fin && v < lmn[j]) ? v : lmn[j];
-      lmx[j] = (fin && v > lmx[j]) ? v : lmx[j];
-      lnz[j] += (v <= b.eps && v >= -b.eps);
-      slots[i0 + j] = b.slot(v);
-    }
-  }
-  for (int64_t i = body; i < len; ++i) {  // tail: same math, lane 0
-    const acc_t v = vals[i];
-    const bool fin = (v - v) == acc_t(0);
-    ls[0] += fin ? v : acc_t(0);
-    lnf[0] += fin;
-    lmn[0] = (fin && v < lmn[0]) ? v : lmn[0];
-    lmx[0] = (fin && v > lmx[0]) ? v : lmx[0];
-    lnz[0] += (v <= b.eps && v >= -b.eps);
-    slots[i] = b.slot(v);
-  }
+  const acc_t lo = b.lo, hi = b.hi, width = b.width, nb = b.nb, nbm1 = b.nbm1, eps = b.eps;
+  const int32_t bins = b.bins;
+  // One loop does it all per value: the histogram slot (the bin rule of Binning::slot, branch-free) and the
+  // running sum, finite count, min, max and near-zero count.
+  // `omp simd reduction` lets the compiler split each sum into vector lanes (and add the lanes at the end)
+  // without -ffast-math; no && / || inside: short-circuit operators are control flow, which stops it.
   acc_t s = 0, mn = inf, mx = -inf;
-  int64_t nf = 0;
-  for (int j = 0; j < kLanes; ++j) {
-    s += ls[j]; nf += lnf[j]; nz += lnz[j];
-    mn = std::min(mn, lmn[j]); mx = std::max(mx, lmx[j]);
+  int32_t nf = 0, nzc = 0;  // a chunk has at most kChunk values
+#pragma omp simd reduction(+ : s, nf, nzc) reduction(min : mn) reduction(max : mx)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t v = vals[i];
+    acc_t t = ((v - lo) * nb) / width;
+    t = t < acc_t(0) ? acc_t(0) : t;
+    t = t < nbm1 ? t : nbm1;
+    int32_t sl = static_cast<int32_t>(t);
+    sl = v < lo ? bins + kBelow : sl;
+    sl = v > hi ? bins + kAbove : sl;
+    sl = v != v ? bins + kNaN : sl;
+    sl = v == inf ? bins + kPosInf : sl;
+    sl = v == -inf ? bins + kNegInf : sl;
+    slots[i] = sl;
+    const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
+    s += fin ? v : acc_t(0);
+    nf += fin;
+    mn = std::min(mn, fin ? v : inf);
+    mx = std::max(mx, fin ? v : -inf);
+    nzc += std::abs(v) <= eps;  // NaN compares false
   }
+  nz += nzc;
   if (nf == 0) return;
   const acc_t mean = s / acc_t(nf);
-  acc_t lm2[kLanes];
-  for (int j = 0; j < kLanes; ++j) lm2[j] = 0;
-  for (int64_t i0 = 0; i0 < body; i0 += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const acc_t v = vals[i0 + j];
-      const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
-      lm2[j] += d * d;
-    }
-  }
-  for (int64_t i = body; i < len; ++i) {
+  acc_t m2 = 0;
+#pragma omp simd reduction(+ : m2)
+  for (int64_t i = 0; i < len; ++i) {
     const acc_t v = vals[i];
     const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
-    lm2[0] += d * d;
+    m2 += d * d;
   }
-  acc_t m2 = 0;
-  for (int j = 0; j < kLanes; ++j) m2 += lm2[j];
   mom.merge(nf, double(mean), double(m2), double(mn), double(mx));
 }
 
@@ -183,13 +172,19 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
         const scalar_t* base = x + o * so + tk.g * sg;
         for (int64_t c0 = tk.i0; c0 < tk.i1; c0 += kChunk) {
           const int64_t len = std::min(kChunk, tk.i1 - c0);
-          if (si == 1) {
-            const scalar_t* p = base + c0;
-            for (int64_t i = 0; i < len; ++i) vals[i] = acc_t(p[i]);
-          } else {
+          const acc_t* src;
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            if (si == 1) {
+              src = base + c0;  // already the accumulator type and contiguous: read it in place
+            } else {
+              for (int64_t i = 0; i < len; ++i) vals[i] = base[(c0 + i) * si];
+              src = vals.data();
+            }
+          } else {  // half/bfloat16: convert once into the L1 buffer
             for (int64_t i = 0; i < len; ++i) vals[i] = acc_t(base[(c0 + i) * si]);
+            src = vals.data();
           }
-          chunk_stats(vals.data(), len, b, slots.data(), mom[t], nz[t]);
+          chunk_stats(src, len, b, slots.data(), mom[t], nz[t]);
           int64_t i = 0;
           for (; i + 4 <= len; i += 4) {
             ++sub[slots[i]];
@@ -239,6 +234,7 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
   std::vector<std::vector<int64_t>> nz(T, std::vector<int64_t>(C, 0));
   std::vector<std::vector<int64_t>> hist(T, std::vector<int64_t>(C * NB, 0));
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  const acc_t eps = b.eps;
 
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     const int64_t R = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));  // rows per L1 tile
@@ -260,11 +256,12 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
           for (int64_t c = 0; c < C; ++c) {
             const acc_t v = row[c];
             const bool fin = (v - v) == acc_t(0);
+            const acc_t vmin = fin ? v : inf, vmax = fin ? v : -inf;
             s[c] += fin ? v : acc_t(0);
             nf[c] += fin;
-            mn[c] = (fin && v < mn[c]) ? v : mn[c];
-            mx[c] = (fin && v > mx[c]) ? v : mx[c];
-            lnz[c] += (v <= b.eps && v >= -b.eps);
+            mn[c] = vmin < mn[c] ? vmin : mn[c];
+            mx[c] = vmax > mx[c] ? vmax : mx[c];
+            lnz[c] += std::abs(v) <= eps;
             srow[c] = b.slot(v);
           }
         }

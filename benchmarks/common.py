@@ -1,0 +1,240 @@
+"""The benchmark method, shared by every benchmarks/bench_<op>.py (DESIGN.md, "Benchmarks").
+
+* pydl and the native torch op run in the same process, on the same inputs, with the same thread count.
+* CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks, warm-up excluded), the thread
+  count set and recorded. GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs, median).
+* Interpreter backends are never timed (Triton on CPU tensors is an emulator, ~1000x slower).
+* Each row carries the median, the spread (IQR), the ratio to torch (torch time / pydl time: > 1 means
+  pydl is faster), achieved GB/s (minimal bytes: each input read once, each output written once) or
+  TFLOP/s, and those as a percentage of the machine's ceiling measured in the same run (a big copy, a big
+  matmul).
+
+A bench module defines ``cases(quick: bool, device: str) -> list[Case]``; :func:`run_cases` times them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+# make `import pydl` work when run from a source checkout without an install
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+
+@dataclasses.dataclass
+class Case:
+    """One thing to time: ``torch_fn`` and ``pydl_fn(backend)`` are zero-argument callables built on the same
+    inputs by ``setup()``. ``bytes``/``flops`` are the minimal traffic/work of one call (for GB/s, TFLOP/s)."""
+    op: str
+    variant: str                  # "forward", "forward+backward", "eval", ...
+    shape: str                    # human-readable shape description
+    dtype: str
+    setup: Callable[[], Dict[str, Callable]]  # returns {"torch": fn, "pydl": fn(backend) -> callable}
+    bytes: float = 0.0
+    flops: float = 0.0
+    backends: Sequence[str] = ("cpu",)
+    note: str = ""
+
+
+@dataclasses.dataclass
+class Row:
+    op: str
+    variant: str
+    backend: str
+    shape: str
+    dtype: str
+    device: str
+    threads: int
+    median_ms: float
+    iqr_ms: float
+    torch_ms: float
+    torch_iqr_ms: float
+    ratio: float                  # torch_ms / median_ms (> 1: pydl faster)
+    gbps: Optional[float] = None
+    tflops: Optional[float] = None
+    pct_of_ceiling: Optional[float] = None
+    peak_mem_mb: Optional[float] = None
+    note: str = ""
+
+
+def set_threads(n: Optional[int]) -> int:
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def time_cpu(fn: Callable, min_run_time: float = 0.5) -> tuple:
+    """(median seconds, IQR seconds) of fn() on the CPU."""
+    from torch.utils import benchmark
+
+    fn()  # warm-up: first-call costs (a JIT build, allocator growth) stay out of the numbers
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time)
+    return m.median, m.iqr
+
+
+def time_cuda(fn: Callable, rep_ms: int = 100) -> tuple:
+    """(median seconds, IQR seconds) of fn() on the GPU, with CUDA events and an L2 flush per run."""
+    import triton.testing
+
+    q = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.25, 0.5, 0.75])
+    return q[1] / 1e3, (q[2] - q[0]) / 1e3
+
+
+def time_fn(fn: Callable, device: str, quick: bool = False) -> tuple:
+    if device == "cuda":
+        return time_cuda(fn, rep_ms=40 if quick else 100)
+    return time_cpu(fn, min_run_time=0.2 if quick else 0.5)
+
+
+_ceilings: Dict[str, Dict[str, float]] = {}
+
+
+def ceilings(device: str, quick: bool = False) -> Dict[str, float]:
+    """This machine's measured ceilings, once per run: copy bandwidth (bytes read + written per second) and
+    fp32 matmul TFLOP/s (bf16 too on a GPU)."""
+    if device in _ceilings:
+        return _ceilings[device]
+    n = (1 << 24) if device == "cpu" else (1 << 28)  # 64 MB / 1 GB of fp32: far beyond the caches
+    a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    b = torch.empty_like(a)
+    t, _ = time_fn(lambda: b.copy_(a), device, quick)
+    out = {"copy_gbps": 2 * a.numel() * 4 / t / 1e9}
+    m = 1024 if device == "cpu" else 8192
+    x = torch.randn(m, m, device=device)
+    y = torch.randn(m, m, device=device)
+    t, _ = time_fn(lambda: x @ y, device, quick)
+    out["matmul_fp32_tflops"] = 2 * m ** 3 / t / 1e12
+    if device == "cuda":
+        xb, yb = x.bfloat16(), y.bfloat16()
+        t, _ = time_fn(lambda: xb @ yb, device, quick)
+        out["matmul_bf16_tflops"] = 2 * m ** 3 / t / 1e12
+    _ceilings[device] = out
+    return out
+
+
+def environment(device: str) -> dict:
+    """Stamped on every result: device, versions, revision, date, threads."""
+    import pydl
+
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pydl": pydl.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        env["triton"] = None
+    try:
+        env["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        env["git"] = None
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_backends(case: Case, device: str) -> List[str]:
+    """The case's backends that can be timed here (compiled, not interpreted)."""
+    from pydl import backends
+
+    out = []
+    for b in case.backends:
+        if b == "triton" and device == "cpu":
+            continue  # the interpreter is never timed
+        ok, _ = backends.available(b, device, case.op if b in ("cpu", "cuda") else None)
+        if ok:
+            out.append(b)
+    return out
+
+
+def run_cases(cases: Sequence[Case], device: str, quick: bool = False, progress=None) -> List[Row]:
+    """Time every case: torch once, then each usable pydl backend, on the same inputs."""
+    ceil = ceilings(device, quick)
+    rows = []
+    for case in cases:
+        fns = case.setup()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_torch, iqr_torch = time_fn(fns["torch"], device, quick)
+        for b in usable_backends(case, device):
+            fn = fns["pydl"](b)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t, iqr = time_fn(fn, device, quick)
+            row = Row(case.op, case.variant, b, case.shape, case.dtype, device, torch.get_num_threads(),
+                      t * 1e3, iqr * 1e3, t_torch * 1e3, iqr_torch * 1e3, t_torch / t, note=case.note)
+            if case.bytes:
+                row.gbps = case.bytes / t / 1e9
+                row.pct_of_ceiling = 100 * row.gbps / ceil["copy_gbps"]
+            if case.flops:
+                row.tflops = case.flops / t / 1e12
+                key = "matmul_bf16_tflops" if case.dtype in ("bfloat16", "float16") and device == "cuda" \
+                    else "matmul_fp32_tflops"
+                row.pct_of_ceiling = 100 * row.tflops / ceil[key]
+            if device == "cuda":
+                row.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20
+            rows.append(row)
+            if progress:
+                progress(row)
+        del fns
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A Markdown table (also readable on a terminal)."""
+    head = ("| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up | GB/s | TFLOP/s | % ceiling |\n"
+            "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+    body = []
+    for r in rows:
+        body.append(f"| {r.op} | {r.variant} | {r.backend} | {r.shape} | {r.dtype} | {r.median_ms:.3f} ± {r.iqr_ms:.3f} "
+                    f"| {r.torch_ms:.3f} | {r.ratio:.2f}x | {'' if r.gbps is None else f'{r.gbps:.1f}'} "
+                    f"| {'' if r.tflops is None else f'{r.tflops:.3f}'} "
+                    f"| {'' if r.pct_of_ceiling is None else f'{r.pct_of_ceiling:.0f}%'} |")
+    return head + "\n".join(body)
+
+
+def main_for(cases_fn: Callable[[bool, str], List[Case]], argv=None) -> List[Row]:
+    """`python benchmarks/bench_<op>.py [--quick] [--device cuda] [--threads N]`"""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads)
+    env = environment(args.device)
+    print(f"# {env['date']}  device={args.device} ({env['gpu'] or env['cpu']})  threads={threads}  "
+          f"torch {env['torch']}  triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
+    rows = run_cases(cases_fn(args.quick, args.device), args.device, args.quick)
+    print(f"ceilings: {ceilings(args.device)}")
+    print(format_table(rows))
+    return rows

@@ -1,0 +1,192 @@
+"""The ``pydl`` command.
+
+    pydl doctor            what is installed, built and usable here, and why not
+    pydl build             compile every C++/CUDA extension now (instead of on first use) and time it
+    pydl bench [OPS...]    benchmarks against the native torch ops (see benchmarks/)
+    pydl demo [rnn]        the main job: train a small model with pydl kernels and debuggers, write a report
+    pydl learn ...         the kernel-writing course
+    pydl selftest --gpu    the one-command GPU check (scripts/gpu_check.sh)
+
+Each subcommand lives in the module that owns it and registers itself through ``register(subparsers)``;
+this file only wires them together, importing each lazily so ``pydl doctor`` works even if, say,
+matplotlib is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+
+# subcommand -> module with register(subparsers); modules that are not importable are listed as unavailable
+_SUBCOMMANDS = {
+    "bench": "pydl.bench",
+    "demo": "pydl.demo",
+    "learn": "pydl.learn.cli",
+    "selftest": "pydl.selftest",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# doctor
+# --------------------------------------------------------------------------------------------------
+
+def doctor_report(build: bool = False) -> dict:
+    """Everything `pydl doctor` prints, as a dict (the demo report and the GPU check embed it)."""
+    import torch
+
+    from . import __version__, _build, backends
+
+    info = {
+        "pydl": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cache_dir": _build.cache_dir(),
+        "aot_dir": _build._AOT_DIR,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as e:  # noqa: BLE001
+        info["triton"] = f"not importable ({type(e).__name__})"
+    import numpy as np
+
+    info["numpy"] = np.__version__
+    info["cpu_toolchain"] = _build.cpu_toolchain()
+    info["cuda_toolchain"] = _build.cuda_toolchain()
+    info["cuda_archs"] = _build.cuda_arch_list()
+    ops = {}
+    for name, op in backends.all_ops().items():
+        rows = {}
+        for b in op.backends():
+            for dev in ("cpu", "cuda"):
+                if b in ("cpu", "cuda") and b != dev:
+                    continue
+                if b in ("cpu", "cuda"):
+                    if build:
+                        ok, why = backends.available(b, b, name) if (b == "cpu" or torch.cuda.is_available()) \
+                            else _build_only(name, b)
+                    else:
+                        built = _build.cached_build_exists(name, b)
+                        ok, why = (built, "built (cached)" if built else "not built yet: compiles on first use "
+                                   "or with `pydl build`")
+                        if b == "cuda" and not torch.cuda.is_available():
+                            ok, why = False, ("no CUDA GPU here" + (" (extension built)" if built else ""))
+                else:
+                    ok, why = backends.available(b, dev, name)
+                rows[f"{b}@{dev}"] = (ok, why)
+        ops[name] = rows
+    info["ops"] = ops
+    return info
+
+
+def _build_only(op: str, device: str):
+    """Build (and load) a CUDA extension on a machine without a GPU: proves it compiles and links."""
+    from . import _build
+
+    res = _build.load(op, device)
+    return (False, f"built ({res.how}); no CUDA GPU to run it") if res.ok else (False, f"build failed: {res.error}")
+
+
+def print_doctor(info: dict, out=sys.stdout) -> None:
+    w = out.write
+    w(f"pydl {info['pydl']}  python {info['python']}  {info['platform']}\n")
+    w(f"torch {info['torch']} (CUDA {info['torch_cuda'] or 'none'}), triton {info['triton']}, numpy {info['numpy']}, "
+      f"{info['threads']} CPU threads\n")
+    w(f"GPU: {info['gpu'] or 'none'}\n")
+    ok, why = info["cpu_toolchain"]
+    w(f"C++ toolchain: {'ok' if ok else 'MISSING'} - {why}\n")
+    ok, why = info["cuda_toolchain"]
+    w(f"CUDA toolchain: {'ok' if ok else 'unavailable'} - {why}; archs {info['cuda_archs']}\n")
+    w(f"extension cache: {info['cache_dir']}\n")
+    w("\nop / backend@device: usable? why\n")
+    for op, rows in info["ops"].items():
+        for key, (ok, why) in rows.items():
+            first = str(why).splitlines()[0] if why else ""
+            w(f"  {op:<12} {key:<16} {'yes' if ok else 'no ':<4} {first}\n")
+
+
+def _doctor(args) -> int:
+    print_doctor(doctor_report(build=args.build))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# build
+# --------------------------------------------------------------------------------------------------
+
+def _build_cmd(args) -> int:
+    from . import _build
+
+    devices = args.device or ["cpu", "cuda"]
+    failed = 0
+    if args.force:
+        os.environ["PYDL_FORCE_JIT"] = "1"
+    for dev in devices:
+        if dev == "cuda":
+            ok, why = _build.cuda_toolchain()
+            if not ok:
+                print(f"cuda: skipped - {why}")
+                if args.require_cuda:
+                    failed += 1
+                continue
+            print(f"cuda: {why}; archs {_build.cuda_arch_list()}")
+        ops = args.ops or _build.compiled_ops(dev)
+        for op in ops:
+            t0 = time.perf_counter()
+            res = _build.load(op, dev, verbose=args.verbose)
+            dt = time.perf_counter() - t0
+            if res.ok:
+                print(f"  {dev:<5} {op:<14} ok    {dt:6.1f} s  {res.how}")
+            else:
+                failed += 1
+                print(f"  {dev:<5} {op:<14} FAILED {dt:5.1f} s\n{res.error}")
+    print(f"extension cache: {_build.cache_dir()}")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pydl", description="Hand-written PyTorch kernels you can read, run, "
+                                     "check and beat.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="what is built and usable here, and why not")
+    p.add_argument("--build", action="store_true", help="build the extensions first (slow the first time)")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("build", help="compile the C++/CUDA extensions now and report times")
+    p.add_argument("ops", nargs="*", help="ops to build (default: all)")
+    p.add_argument("--device", action="append", choices=["cpu", "cuda"], help="cpu, cuda (default both)")
+    p.add_argument("--require-cuda", action="store_true", help="fail if the CUDA toolchain is unavailable")
+    p.add_argument("--force", action="store_true", help="ignore ahead-of-time builds in pydl/_ext")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_build_cmd)
+
+    unavailable = {}
+    for name, modname in _SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+            mod.register(sub)
+        except Exception as e:  # noqa: BLE001 - one broken subcommand must not take down the others
+            unavailable[name] = f"{type(e).__name__}: {e}"
+            p = sub.add_parser(name, help=f"(unavailable: {unavailable[name]})")
+            p.set_defaults(func=lambda a, n=name: _unavailable(n, unavailable[n]))
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def _unavailable(name, why) -> int:
+    print(f"pydl {name}: unavailable here ({why})", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""(being written: see the issue tracker)"""
+__all__ = []
