@@ -200,6 +200,30 @@ class Op:
             fn = self._impls[backend_name] = self._loaders[backend_name]()
         return fn
 
+    @contextlib.contextmanager
+    def override(self, backend_name: str, fn: Callable):
+        """Run ``fn`` in place of this op's ``backend_name`` implementation inside the block (same signature
+        as the backend's implementation). The course uses it to plug a learner's kernel into a real model:
+        ``with pydl.backends.all_ops()["act_stats"].override("triton", my_kernel): ...``"""
+        _check_name(backend_name)
+        if backend_name == "auto":
+            raise ValueError("override a concrete backend, not 'auto'")
+        had = backend_name in self._impls
+        saved_impl, saved_loader = self._impls.get(backend_name), self._loaders.get(backend_name)
+        self._impls[backend_name] = fn
+        self._loaders[backend_name] = lambda: fn
+        try:
+            yield self
+        finally:
+            if had:
+                self._impls[backend_name] = saved_impl
+            else:
+                self._impls.pop(backend_name, None)
+            if saved_loader is None:
+                self._loaders.pop(backend_name, None)
+            else:
+                self._loaders[backend_name] = saved_loader
+
     def __call__(self, requested: str, device_type: str, *args):
         return self.impl(self.resolve(requested, device_type))(*args)
 
