@@ -13,9 +13,14 @@ import os
 
 from setuptools import setup
 
-# kernels/ sits at the top level (design card) but is installed as the subpackage pydl.kernels.
-packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels"]
-package_dir = {"pydl.kernels": "kernels"}
+# kernels/ sits at the top level (design card) but is installed as the subpackage pydl.kernels. A wheel also
+# carries the C++/CUDA sources (for the JIT build) and the benchmark cases, as pydl/_csrc and pydl/_benchmarks;
+# a source checkout (editable install) uses csrc/ and benchmarks/ where they are.
+packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels", "pydl._csrc",
+            "pydl._benchmarks"]
+package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}
+package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["*.h", "cpu/*", "cuda/*"],
+                "pydl._benchmarks": ["*.py", "results/**/*"]}
 
 kwargs = {}
 if os.environ.get("PYDL_BUILD_EXT", "0") == "1":
@@ -26,5 +31,4 @@ if os.environ.get("PYDL_BUILD_EXT", "0") == "1":
 
     kwargs = _build.setuptools_kwargs()
 
-setup(packages=packages, package_dir=package_dir,
-      package_data={"pydl.learn": ["exercises/**/*"]}, include_package_data=True, **kwargs)
+setup(packages=packages, package_dir=package_dir, package_data=package_data, include_package_data=True, **kwargs)

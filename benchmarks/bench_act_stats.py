@@ -11,10 +11,10 @@ Target (issue #2), 2-thread CPU, 64x64x32x32 fp32: >= 10x the eager sequence, wi
 """
 import torch
 
-try:
-    from benchmarks.common import Case, main_for
-except ImportError:  # run as a script
+try:  # run by `pydl bench` or as a script from benchmarks/
     from common import Case, main_for
+except ImportError:  # imported as benchmarks.bench_act_stats from the repository root
+    from benchmarks.common import Case, main_for
 
 import pydl
 

@@ -220,66 +220,38 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
 }
 
 // ---- Layout B: channels last, a (rows, C) matrix with the channel fastest --------------------------
-// Reading channel by channel would stride through memory C times; instead each task walks a band of rows
-// once and keeps per-channel accumulators (the inner loop over channels vectorises across channels).
+// Reading channel by channel would stride through memory C times. Instead each task walks a band of rows
+// once, a tile of R rows at a time: the tile is transposed into an L1/L2-resident (C, R) buffer, and then
+// each channel's R values are one contiguous chunk for the same chunk_stats as layout A.
 template <typename scalar_t>
 void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opmath_type<scalar_t>>& b,
               double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t NB = b.bins + kNumExtra;
-  const int64_t min_rows = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1));
+  // rows per tile: ~16K values per tile, but at least 16 and at most kChunk values per channel chunk
+  const int64_t R = std::min<int64_t>(kChunk, std::max<int64_t>(16, 16384 / std::max<int64_t>(C, 1)));
+  const int64_t min_rows = std::max<int64_t>(R, kTaskElems / std::max<int64_t>(C, 1));
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), (rows + min_rows - 1) / min_rows));
   const int64_t per = (rows + T - 1) / T;
   std::vector<std::vector<Moments>> mom(T, std::vector<Moments>(C));
   std::vector<std::vector<int64_t>> nz(T, std::vector<int64_t>(C, 0));
-  std::vector<std::vector<int64_t>> hist(T, std::vector<int64_t>(C * NB, 0));
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  const acc_t eps = b.eps;
+  std::vector<std::vector<int32_t>> hist(T, std::vector<int32_t>(C * NB, 0));  // a task sees < 2^31 rows
 
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    const int64_t R = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));  // rows per L1 tile
-    std::vector<acc_t> vals(R * C), s(C), mn(C), mx(C), m2(C);
-    std::vector<int64_t> nf(C), lnz(C);
-    std::vector<int32_t> slots(R * C);
+    std::vector<acc_t> tile(R * C);
+    std::vector<int32_t> slots(R);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r_begin = t * per, r_end = std::min(rows, r_begin + per);
+      int32_t* h = hist[t].data();
       for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
         const int64_t nr = std::min(R, r_end - r0);
         const scalar_t* p = x + r0 * C;
-        for (int64_t i = 0; i < nr * C; ++i) vals[i] = acc_t(p[i]);
-        std::fill(s.begin(), s.end(), acc_t(0)); std::fill(m2.begin(), m2.end(), acc_t(0));
-        std::fill(mn.begin(), mn.end(), inf); std::fill(mx.begin(), mx.end(), -inf);
-        std::fill(nf.begin(), nf.end(), 0); std::fill(lnz.begin(), lnz.end(), 0);
-        for (int64_t r = 0; r < nr; ++r) {
-          const acc_t* row = vals.data() + r * C;
-          int32_t* srow = slots.data() + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t v = row[c];
-            const bool fin = (v - v) == acc_t(0);
-            const acc_t vmin = fin ? v : inf, vmax = fin ? v : -inf;
-            s[c] += fin ? v : acc_t(0);
-            nf[c] += fin;
-            mn[c] = vmin < mn[c] ? vmin : mn[c];
-            mx[c] = vmax > mx[c] ? vmax : mx[c];
-            lnz[c] += std::abs(v) <= eps;
-            srow[c] = b.slot(v);
-          }
-        }
-        for (int64_t c = 0; c < C; ++c) s[c] = nf[c] ? s[c] / acc_t(nf[c]) : acc_t(0);  // s becomes the mean
-        for (int64_t r = 0; r < nr; ++r) {
-          const acc_t* row = vals.data() + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t v = row[c];
-            const acc_t d = ((v - v) == acc_t(0)) ? v - s[c] : acc_t(0);
-            m2[c] += d * d;
-          }
-        }
-        int64_t* h = hist[t].data();
-        for (int64_t r = 0; r < nr; ++r)  // consecutive increments hit different channels: no stall
-          for (int64_t c = 0; c < C; ++c) ++h[c * NB + slots[r * C + c]];
+        for (int64_t r = 0; r < nr; ++r)  // transpose (rows, C) -> (C, rows), converting to acc_t
+          for (int64_t c = 0; c < C; ++c) tile[c * nr + r] = acc_t(p[r * C + c]);
         for (int64_t c = 0; c < C; ++c) {
-          mom[t][c].merge(nf[c], double(s[c]), double(m2[c]), double(mn[c]), double(mx[c]));
-          nz[t][c] += lnz[c];
+          chunk_stats(tile.data() + c * nr, nr, b, slots.data(), mom[t][c], nz[t][c]);
+          int32_t* hc = h + c * NB;
+          for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
         }
       }
     }

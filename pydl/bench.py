@@ -1,0 +1,231 @@
+"""``pydl bench``: every op x backend x shape set x dtype against the native torch op, in one process.
+
+    pydl bench                         # all ops, this machine's device, realistic shapes
+    pydl bench act_stats --quick       # one op, the small set (< 1 minute on a 2-core CPU)
+    pydl bench --device cuda --out results/h100
+    pydl bench --compare old/results.json new/results.json
+
+The cases live in ``benchmarks/bench_<op>.py`` (each defines ``cases(quick, device)``); the method (timers,
+ceilings, rows) in ``benchmarks/common.py``. Output: a table on the terminal, and in ``--out`` (default
+``./bench-results/<date>-<device>``) ``results.json``, ``results.csv``, ``results.md`` and ``speedup.png``,
+stamped with device, versions, git revision and date.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import glob
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+
+def benchmarks_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(os.path.dirname(here), "benchmarks"), os.path.join(here, "_benchmarks")):
+        if os.path.isfile(os.path.join(cand, "common.py")):
+            return cand
+    raise FileNotFoundError("pydl's benchmarks/ folder was not found next to the package")
+
+
+def _load(path: str):
+    bdir = os.path.dirname(path)
+    if bdir not in sys.path:
+        sys.path.insert(0, bdir)  # bench modules import `common` from their own folder
+    name = "pydl_bench_" + os.path.splitext(os.path.basename(path))[0]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses (Case, Row) look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def available_ops() -> List[str]:
+    return sorted(os.path.basename(p)[len("bench_"):-3] for p in glob.glob(os.path.join(benchmarks_dir(), "bench_*.py")))
+
+
+def common():
+    """benchmarks/common.py, imported under the name the bench modules use for it (`common`)."""
+    bdir = benchmarks_dir()
+    if bdir not in sys.path:
+        sys.path.insert(0, bdir)
+    return importlib.import_module("common")
+
+
+def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, dtypes=None):
+    cases = []
+    for op in ops:
+        path = os.path.join(benchmarks_dir(), f"bench_{op}.py")
+        if not os.path.isfile(path):
+            raise SystemExit(f"pydl bench: no benchmark for {op!r}; have {available_ops()}")
+        mod = _load(path)
+        for c in mod.cases(quick, device):
+            if dtypes and c.dtype not in dtypes:
+                continue
+            if backends:
+                c.backends = tuple(b for b in c.backends if b in backends)
+                if not c.backends:
+                    continue
+            cases.append(c)
+    return cases
+
+
+class _Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = max(total, 1), 0, time.time()
+
+    def __call__(self, row):
+        self.done += 1
+        width = 30
+        filled = int(width * min(self.done, self.total) / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{row.op} {row.variant} {row.backend} {row.shape}  {time.time() - self.t0:.0f}s   ")
+        sys.stderr.flush()
+
+    def close(self):
+        sys.stderr.write("\n")
+
+
+def write_results(out_dir: str, env: dict, ceilings: dict, rows: list) -> dict:
+    """JSON + CSV + Markdown + PNG into out_dir; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    recs = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    paths = {k: os.path.join(out_dir, f) for k, f in
+             (("json", "results.json"), ("csv", "results.csv"), ("md", "results.md"), ("png", "speedup.png"))}
+    with open(paths["json"], "w") as f:
+        json.dump({"environment": env, "ceilings": ceilings, "rows": recs}, f, indent=1)
+    if recs:
+        with open(paths["csv"], "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(recs[0].keys()))
+            w.writeheader()
+            w.writerows(recs)
+    with open(paths["md"], "w") as f:
+        f.write(markdown(env, ceilings, recs))
+    try:
+        plot_speedups(recs, paths["png"], title=f"pydl vs torch - {env.get('gpu') or env.get('cpu')} "
+                                                f"({env.get('threads')} threads) {env.get('date', '')[:10]}")
+    except Exception as e:  # noqa: BLE001 - no matplotlib: the numbers are still written
+        paths["png"] = f"(no chart: {type(e).__name__}: {e})"
+    return paths
+
+
+def markdown(env: dict, ceilings: dict, recs: list) -> str:
+    head = (f"Measured {env.get('date')} on {env.get('gpu') or env.get('cpu')} (device {env.get('device')}, "
+            f"{env.get('threads')} threads), torch {env.get('torch')}, triton {env.get('triton')}, "
+            f"CUDA {env.get('cuda')}, pydl {env.get('pydl')}@{env.get('git')}.\n"
+            f"Ceilings measured in the same run: " + ", ".join(f"{k} {v:.3g}" for k, v in ceilings.items()) +
+            ".\nSpeed-up = torch time / pydl time (> 1: pydl faster). Median of repeated runs ± IQR.\n\n")
+    lines = ["| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up | GB/s | TFLOP/s | % ceiling |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in recs:
+        g = "" if r.get("gbps") is None else f"{r['gbps']:.1f}"
+        t = "" if r.get("tflops") is None else f"{r['tflops']:.3f}"
+        p = "" if r.get("pct_of_ceiling") is None else f"{r['pct_of_ceiling']:.0f}%"
+        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
+                     f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | {g} | {t} | {p} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_speedups(recs: list, path: str, title: str = "") -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']} {r['variant']} [{r['backend']}] {r['shape']} {r['dtype']}" for r in recs]
+    vals = [r["ratio"] for r in recs]
+    fig, ax = plt.subplots(figsize=(10, max(2.0, 0.28 * len(recs) + 1)))
+    colors = ["#2a9d8f" if v >= 1 else "#e76f51" for v in vals]
+    ax.barh(range(len(vals)), vals, color=colors)
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_yticks(range(len(vals)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up vs torch (log scale; right of the line = pydl faster)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compare(path_a: str, path_b: str) -> str:
+    """Rows present in both result files, with B's time relative to A's (< 1: B faster)."""
+    a, b = (json.load(open(p)) for p in (path_a, path_b))
+    key = lambda r: (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], r["device"])  # noqa: E731
+    ra = {key(r): r for r in a["rows"]}
+    lines = [f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
+             f"B: {path_b} ({b['environment'].get('date')}, {b['environment'].get('git')})",
+             "| op | variant | backend | shape | dtype | A ms | B ms | B/A | A speed-up | B speed-up |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    n = 0
+    for r in b["rows"]:
+        o = ra.get(key(r))
+        if o is None:
+            continue
+        n += 1
+        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
+                     f"{o['median_ms']:.3f} | {r['median_ms']:.3f} | {r['median_ms'] / o['median_ms']:.2f} | "
+                     f"{o['ratio']:.2f}x | {r['ratio']:.2f}x |")
+    if n == 0:
+        lines.append("(no rows in common)")
+    return "\n".join(lines)
+
+
+def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=None, out=None,
+        progress=True) -> dict:
+    import torch
+
+    cm = common()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("pydl bench: --device cuda but no CUDA GPU is available")
+    cm.set_threads(threads)
+    ops = list(ops) if ops else available_ops()
+    env = cm.environment(device)
+    cases = collect_cases(ops, quick, device, backends, dtypes)
+    bar = _Progress(sum(len(cm.usable_backends(c, device)) for c in cases)) if progress else None
+    rows = cm.run_cases(cases, device, quick, progress=bar)
+    if bar:
+        bar.close()
+    ceil = cm.ceilings(device, quick)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or os.path.join("bench-results", f"{stamp}-{device}")
+    paths = write_results(out, env, ceil, rows)
+    return {"env": env, "ceilings": ceil, "rows": rows, "paths": paths, "table": cm.format_table(rows)}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark pydl's ops against torch (see benchmarks/)")
+    p.add_argument("ops", nargs="*", help="ops to benchmark (default: all)")
+    p.add_argument("--backend", action="append", help="only these backends (repeatable)")
+    p.add_argument("--dtype", action="append", help="only these dtypes, e.g. float32 (repeatable)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--quick", action="store_true", help="small shape set (< 1 minute on a 2-core CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="compare two result files and exit")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
+    res = run(args.ops, args.quick, args.device, args.backend, args.dtype, args.threads, args.out)
+    env = res["env"]
+    print(f"# {env['date']}  {env.get('gpu') or env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
+          f"triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
+    print("ceilings: " + ", ".join(f"{k}={v:.3g}" for k, v in res["ceilings"].items()))
+    print(res["table"])
+    print(f"results: {os.path.abspath(os.path.dirname(res['paths']['json']))}")
+    return 0

@@ -1,0 +1,164 @@
+"""The tooling around the kernels: build, doctor, bench runner, GPU check, README/CI consistency."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pydl
+from pydl import _build, backends
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pydl(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "pydl.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_import_compiles_nothing_and_skips_triton():
+    code = ("import sys, pydl, torch; x = pydl.act_stats(torch.randn(5), backend='reference'); "
+            "print('triton' in sys.modules, any(k.startswith('pydl_cpu') for k in dir(torch.ops)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_every_compiled_op_builds_and_links_for_cpu_and_cuda():
+    """What CI relies on: every csrc/cpu/<op>.cpp and csrc/cuda/<op>.{cu,cpp} compiles AND links here.
+    (CUDA is skipped only where the toolchain is missing; on CI's machine it is present.)"""
+    for op in _build.compiled_ops("cpu"):
+        res = _build.load(op, "cpu")
+        assert res.ok, f"cpu {op}: {res.error}"
+    ok, why = _build.cuda_toolchain()
+    if not ok:
+        if "cuda" in os.environ.get("PYDL_REQUIRE_BACKENDS", "") or os.environ.get("CI"):
+            pytest.fail(f"CUDA toolchain unusable on CI: {why}")
+        pytest.skip(why)
+    assert _build.compiled_ops("cuda"), "no CUDA sources found"
+    for op in _build.compiled_ops("cuda"):
+        res = _build.load(op, "cuda")
+        assert res.ok, f"cuda {op}: {res.error}"
+
+
+def test_stale_build_lock_does_not_hang():
+    """A build killed half-way may leave a lock file; the next process must not wait on it forever."""
+    assert _build.load("act_stats", "cpu").ok
+    build_dir = os.path.join(_build.cache_dir(), _build.ext_name("act_stats", "cpu"))
+    with open(os.path.join(build_dir, "lock"), "w") as f:
+        f.write("left by a killed build")
+    code = "from pydl import _build; r = _build.load('act_stats', 'cpu'); print(r.ok)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_build_failure_is_reported_not_raised(monkeypatch, tmp_path):
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(tmp_path))
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "broken.cpp").write_text("this is not C++\n")
+    monkeypatch.setenv("PYDL_CACHE_DIR", str(tmp_path / "cache"))
+    res = _build.load("broken", "cpu")
+    try:
+        assert not res.ok and "broken" in res.error
+    finally:
+        _build._results.pop(("broken", "cpu"), None)
+
+
+def test_doctor_prints_backends():
+    r = _pydl("doctor")
+    assert r.returncode == 0, r.stderr
+    assert "act_stats" in r.stdout and "cpu@cpu" in r.stdout and "triton@cpu" in r.stdout
+    assert "extension cache" in r.stdout
+    info = __import__("pydl.cli", fromlist=["x"]).doctor_report()
+    assert info["ops"]["act_stats"]["reference@cpu"][0] is True
+
+
+def test_bench_cases_are_well_formed():
+    from pydl import bench
+
+    ops = bench.available_ops()
+    assert "act_stats" in ops
+    for op in ops:
+        for c in bench.collect_cases([op], quick=True, device="cpu"):
+            assert c.op and c.variant and c.shape and c.dtype and c.backends
+            fns = c.setup()
+            assert callable(fns["torch"]) and callable(fns["pydl"])
+
+
+def test_bench_report_writing_and_compare(tmp_path):
+    from pydl import bench
+
+    cm = bench.common()
+    rows = [cm.Row("act_stats", "vs one x.sum()", "cpu", "4x4", "float32", "cpu", 2, 1.0, 0.1, 2.0, 0.1, 2.0,
+                   gbps=10.0, pct_of_ceiling=25.0),
+            cm.Row("conv2d", "forward", "cpu", "1x3x8x8", "float32", "cpu", 2, 4.0, 0.2, 2.0, 0.1, 0.5,
+                   tflops=0.1, pct_of_ceiling=30.0)]
+    env = {"date": "2026-01-01T00:00:00", "cpu": "test cpu", "threads": 2, "device": "cpu", "torch": "x",
+           "triton": "y", "cuda": None, "pydl": "0", "git": "abc"}
+    paths = bench.write_results(str(tmp_path / "a"), env, {"copy_gbps": 40.0}, rows)
+    data = json.load(open(paths["json"]))
+    assert data["rows"][0]["ratio"] == 2.0 and data["environment"]["git"] == "abc"
+    md = open(paths["md"]).read()
+    assert "| act_stats | vs one x.sum() | cpu | 4x4 | float32 | 1.000 ± 0.100 | 2.000 | 2.00x" in md
+    assert os.path.getsize(paths["png"]) > 1000
+    assert open(paths["csv"]).read().count("\n") == 3
+    rows[0].median_ms = 0.5
+    paths_b = bench.write_results(str(tmp_path / "b"), env, {"copy_gbps": 40.0}, rows)
+    cmp = bench.compare(paths["json"], paths_b["json"])
+    assert "| act_stats | vs one x.sum() | cpu | 4x4 | float32 | 1.000 | 0.500 | 0.50 |" in cmp
+
+
+def test_bench_runs_end_to_end(tmp_path):
+    r = _pydl("bench", "act_stats", "--quick", "--threads", "1", "--out", str(tmp_path), "--dtype", "float32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.load(open(tmp_path / "results.json"))
+    assert data["rows"] and all(row["backend"] == "cpu" for row in data["rows"])  # interpreter never timed
+    assert all(row["median_ms"] > 0 and row["torch_ms"] > 0 for row in data["rows"])
+    assert data["environment"]["threads"] == 1
+
+
+def test_selftest_plan_and_report(tmp_path):
+    from pydl import selftest
+
+    p = argparse.ArgumentParser()
+    selftest.add_arguments(p)
+    steps = selftest.plan(p.parse_args(["--gpu"]))
+    names = [s["name"] for s in steps]
+    assert names[:3] == ["doctor", "build", "tests"] and names[-1] == "bench"
+    assert "--require-cuda" in steps[1]["cmd"] and "--quick" in steps[-1]["cmd"]
+    assert "--quick" not in selftest.plan(p.parse_args(["--gpu", "--full"]))[-1]["cmd"]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.md").write_text("| op |\n|---|\n| act_stats |\n")
+    results = [{"name": "doctor", "rc": 0, "seconds": 1.0, "log": "doctor.log", "tail": "GPU: fake"},
+               {"name": "tests", "rc": 1, "seconds": 9.0, "log": "tests.log", "tail": "1 failed"}]
+    path = selftest.write_report(str(tmp_path), {"date": "d", "gpu": "Fake GPU"}, results)
+    md = open(path).read()
+    assert "| doctor | ok |" in md and "| tests | FAILED (rc 1) |" in md and "act_stats" in md
+    assert json.load(open(tmp_path / "report.json"))["steps"][1]["rc"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_selftest_without_gpu_says_so():
+    r = _pydl("selftest", "--gpu")
+    assert r.returncode == 2 and "no CUDA GPU" in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_gpu_tests_are_collected_and_skipped_cleanly():
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_act_stats.py", "-m", "gpu", "-q", "-rs"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert "skipped" in r.stdout and "needs a CUDA GPU" in r.stdout and "passed" not in r.stdout
+
+
+def test_readme_commands_and_ci_agree():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    blocks = readme.split("```")
+    first = blocks[1].strip().splitlines()
+    cmds = [l.split("#")[0].strip() for l in first if l.strip() and not l.strip().startswith(("#", "bash"))]
+    assert len(cmds) == 2, cmds
+    assert "pydl demo" in cmds[0]
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert cmds[1] in ci, f"README test command {cmds[1]!r} not run by .ci/run"
