@@ -36,7 +36,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSharedSlots = 12 * 1024;  // 48 KB of int32: beyond that, count straight into global memory
+constexpr int kMaxSharedSlots = 8 * 1024;  // 32 KB of int32 (static + dynamic shared must stay under the
+                                           // 48 KB a block gets without opt-in); beyond it, count in global memory
 // extra slots after the bins, in the order of counts' columns 2..6
 constexpr int kNaN = 0, kPosInf = 1, kNegInf = 2, kBelow = 3, kAbove = 4, kNumExtra = 5;
 

@@ -1,0 +1,590 @@
+"""``pydl demo``: the main job. Train on real data with pydl's kernels and show everything inside.
+
+    pydl demo                 # a small CNN on scikit-learn's handwritten digits (real scans, no download)
+    pydl demo --data DIR      # any ImageFolder-style directory (DIR/<class>/<image>)
+    pydl demo rnn             # a character-level LSTM on text that ships with Python
+    pydl demo --quick         # the < 30 s version the tests run
+
+It writes a self-contained report folder (default ./pydl-demo/): report.html (opens offline; images are
+files beside it), PNGs, and the raw data as NPZ/JSON -- training curves, the colorful dimension of every
+layer, layer statistics, Grad-CAM overlays for right and wrong predictions, 1D and 2D loss landscapes,
+gradient flow, a table timing this model's layers with pydl vs torch, and what ran where (pydl doctor).
+The report's path is printed last.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
+
+from . import backends
+from .debug.progress import progress as _progress_bar
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+def load_digits(size: int = 16, seed: int = 0, valid_frac: float = 0.2):
+    """scikit-learn's 1797 handwritten digits (8x8 scans, 17 grey levels), upsampled to size x size so the
+    conv layers and Grad-CAM maps have room. Returns (xtr, ytr, xva, yva, class_names)."""
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target, dtype=torch.long)
+    return _split(x, y, seed, valid_frac) + ([str(i) for i in range(10)],)
+
+
+def load_image_folder(root: str, size: int = 32, seed: int = 0, valid_frac: float = 0.2):
+    """DIR/<class>/<image files>: greyscale, resized to size x size, scaled to [0, 1]."""
+    from PIL import Image
+
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if len(classes) < 2:
+        raise SystemExit(f"pydl demo --data: {root} needs at least two class folders, found {classes}")
+    xs, ys = [], []
+    for ci, c in enumerate(classes):
+        for fn in sorted(os.listdir(os.path.join(root, c))):
+            try:
+                img = Image.open(os.path.join(root, c, fn)).convert("L").resize((size, size))
+            except Exception:  # noqa: BLE001 - not an image: skip it
+                continue
+            xs.append(torch.tensor(np.asarray(img), dtype=torch.float32)[None] / 255.0)
+            ys.append(ci)
+    if len(xs) < 10:
+        raise SystemExit(f"pydl demo --data: found only {len(xs)} readable images under {root}")
+    return _split(torch.stack(xs), torch.tensor(ys), seed, valid_frac) + (classes,)
+
+
+def _split(x, y, seed, valid_frac):
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    nv = max(1, int(len(x) * valid_frac))
+    va, tr = perm[:nv], perm[nv:]
+    mean, std = x[tr].mean(), x[tr].std()
+    x = (x - mean) / std
+    return x[tr], y[tr], x[va], y[va]
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------
+
+
+def make_cnn(n_classes: int, in_ch: int = 1, widths=(16, 32, 64)) -> tnn.Module:
+    """Conv -> BatchNorm -> GeneralRelu blocks (stride 2 after the first), global average pool, linear head:
+    a GAP + linear head, so plain CAM works too. Built from torch.nn modules and converted to pydl's."""
+    from .nn import GeneralRelu, convert
+
+    layers, c = [], in_ch
+    for i, w in enumerate(widths):
+        layers += [tnn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1, bias=False), tnn.BatchNorm2d(w),
+                   GeneralRelu(leak=0.1, sub=0.4)]
+        c = w
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(c, n_classes)]
+    return convert(tnn.Sequential(*layers))
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------
+
+
+def train(model, xtr, ytr, xva, yva, epochs: int, bs: int = 64, lr: float = 1e-2, seed: int = 0,
+          stats=None, quiet: bool = False) -> Dict[str, list]:
+    """Adam + one-cycle schedule. Returns per-step and per-epoch curves."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(xtr) / bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    hist = {"step_loss": [], "step_acc": [], "lr": [], "epoch_valid_loss": [], "epoch_valid_acc": [],
+            "epoch_train_loss": [], "epoch_seconds": []}
+    g = torch.Generator().manual_seed(seed)
+    for ep in range(epochs):
+        model.train()
+        t0 = time.time()
+        perm = torch.randperm(len(xtr), generator=g)
+        bar = _progress_bar(range(steps_per_epoch), desc=f"epoch {ep + 1}/{epochs}", disable=quiet)
+        tot = 0.0
+        for i in bar:
+            idx = perm[i * bs:(i + 1) * bs]
+            xb, yb = xtr[idx], ytr[idx]
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            acc = (out.argmax(1) == yb).float().mean().item()
+            hist["step_loss"].append(loss.item())
+            hist["step_acc"].append(acc)
+            hist["lr"].append(sched.get_last_lr()[0])
+            tot += loss.item()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        if stats is not None and hasattr(stats, "new_epoch"):
+            stats.new_epoch()
+        vl, va = evaluate(model, xva, yva)
+        hist["epoch_valid_loss"].append(vl)
+        hist["epoch_valid_acc"].append(va)
+        hist["epoch_train_loss"].append(tot / steps_per_epoch)
+        hist["epoch_seconds"].append(time.time() - t0)
+        if not quiet:
+            print(f"epoch {ep + 1}: train loss {tot / steps_per_epoch:.3f}  valid loss {vl:.3f}  valid acc {va:.3f}",
+                  flush=True)
+    return hist
+
+
+@torch.no_grad()
+def evaluate(model, x, y, bs: int = 256) -> Tuple[float, float]:
+    was = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), bs):
+        out = model(x[i:i + bs])
+        loss += F.cross_entropy(out, y[i:i + bs], reduction="sum").item()
+        correct += (out.argmax(1) == y[i:i + bs]).sum().item()
+    model.train(was)
+    return loss / len(x), correct / len(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# layer timing: pydl vs torch on this model's own layers and shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def time_layers(model, x, quick: bool = False) -> List[dict]:
+    """Forward+backward time of every converted layer, pydl module vs its torch twin, on the input it sees in
+    this model (captured with a forward hook), same process, same threads."""
+    from torch.utils import benchmark
+
+    from .nn.convert import _TO_TORCH
+
+    inputs = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if type(m) in _TO_TORCH:
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, n=name: inputs.setdefault(n, inp[0].detach())))
+    was = model.training
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    model.train(was)
+    rows = []
+    for name, m in model.named_modules():
+        if name not in inputs:
+            continue
+        xin = inputs[name].clone().requires_grad_(True)
+        twin = m.to_torch() if hasattr(m, "to_torch") else None
+        if twin is None:
+            continue
+        ref = _clone_module(twin)
+        mine = _clone_module(m)
+        mine.train()
+        ref.train()
+
+        def step(mod):
+            def f():
+                out = mod(xin)
+                out = out[0] if isinstance(out, tuple) else out
+                out.sum().backward()
+            return f
+
+        times = {}
+        for label, mod in (("pydl", mine), ("torch", ref)):
+            fn = step(mod)
+            fn()
+            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            times[label] = t.blocked_autorange(min_run_time=0.05 if quick else 0.3).median * 1e3
+        rows.append({"layer": name, "module": type(m).__name__, "input": "x".join(map(str, xin.shape)),
+                     "backend": getattr(m, "backend", None) or backends.get_backend(),
+                     "pydl_ms": times["pydl"], "torch_ms": times["torch"], "speedup": times["torch"] / times["pydl"]})
+    return rows
+
+
+def _clone_module(m):
+    import copy
+
+    return copy.deepcopy(m)
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_curves(hist: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 3, figsize=(13, 3.4))
+    steps = np.arange(1, len(hist["step_loss"]) + 1)
+    spe = len(steps) / max(1, len(hist["epoch_valid_loss"]))
+    ep_x = spe * np.arange(1, len(hist["epoch_valid_loss"]) + 1)
+    axs[0].plot(steps, hist["step_loss"], lw=0.8, label="train (per batch)")
+    axs[0].plot(ep_x, hist["epoch_valid_loss"], "o-", label="valid (per epoch)")
+    axs[0].set(title="loss", xlabel="step", yscale="log")
+    axs[0].legend()
+    axs[1].plot(steps, hist["step_acc"], lw=0.8, label="train (per batch)")
+    axs[1].plot(ep_x, hist["epoch_valid_acc"], "o-", label="valid (per epoch)")
+    axs[1].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
+    axs[1].legend()
+    axs[2].plot(steps, hist["lr"])
+    axs[2].set(title="learning rate (one-cycle)", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: List[dict], cols: List[str], fmt: Dict[str, str] = None) -> str:
+    fmt = fmt or {}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"<td>{html.escape(fmt[c].format(v) if c in fmt and v != '' else str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_html(out: str, title: str, sections: List[Tuple[str, str]]) -> str:
+    """report.html: sections of (heading, HTML body); images are referenced by relative file name."""
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "img{max-width:100%;border:1px solid #ddd;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}"
+           "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}"
+           "h2{border-bottom:2px solid #2a9d8f;padding-bottom:.2em}pre{background:#f6f6f6;padding:.6em;overflow:auto}"
+           ".note{color:#555;font-size:.92em}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for head, body in sections:
+        parts.append(f"<h2>{html.escape(head)}</h2>{body}")
+    parts.append("</body></html>")
+    path = os.path.join(out, "report.html")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    return path
+
+
+def _img(name: str, note: str = "") -> str:
+    n = f"<p class='note'>{html.escape(note)}</p>" if note else ""
+    return f"{n}<img src='{html.escape(name)}' alt='{html.escape(name)}'>"
+
+
+# --------------------------------------------------------------------------------------------------
+# the CNN demo
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cnn(out: str = "pydl-demo", quick: bool = False, data: Optional[str] = None, backend: Optional[str] = None,
+            epochs: Optional[int] = None, seed: int = 0, quiet: bool = False) -> dict:
+    from . import debug
+    from .cli import doctor_report
+
+    os.makedirs(out, exist_ok=True)
+    t_start = time.time()
+    torch.manual_seed(seed)
+    if backend:
+        backends.set_backend(backend)
+    if data:
+        xtr, ytr, xva, yva, classes = load_image_folder(data, seed=seed)
+    else:
+        xtr, ytr, xva, yva, classes = load_digits(seed=seed)
+    if quick:  # the tests' version: fewer images, one epoch and a bit
+        xtr, ytr = xtr[:640], ytr[:640]
+    epochs = epochs or (2 if quick else 8)
+    model = make_cnn(len(classes), in_ch=xtr.shape[1])
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say(f"pydl demo: {len(xtr)} train / {len(xva)} valid images {tuple(xtr.shape[1:])}, {len(classes)} classes, "
+        f"backend {backends.get_backend()}, {torch.get_num_threads()} threads")
+
+    stats = debug.ActivationStats(model, preset="general_relu")
+    with stats:
+        hist = train(model, xtr, ytr, xva, yva, epochs=epochs, seed=seed, stats=stats, quiet=quiet)
+    vl, va = evaluate(model, xva, yva)
+    files: Dict[str, str] = {}
+    files["curves"] = plot_curves(hist, os.path.join(out, "training_curves.png"))
+    files.update(debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick))
+    timing = time_layers(model, xtr[:64], quick=quick)
+    doc = doctor_report()
+    summary = {"valid_loss": vl, "valid_acc": va, "epochs": epochs, "train_images": len(xtr),
+               "valid_images": len(xva), "classes": classes, "backend": backends.get_backend(),
+               "seconds": time.time() - t_start, "history": hist, "layer_timing": timing,
+               "files": {k: os.path.basename(v) for k, v in files.items()}}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    np.savez(os.path.join(out, "history.npz"), **{k: np.asarray(v) for k, v in hist.items()})
+
+    sections = [
+        ("Result", f"<p>Validation accuracy <b>{va:.3f}</b> (chance {1 / len(classes):.2f}), loss {vl:.3f}, after "
+                   f"{epochs} epochs on {len(xtr)} images; {summary['seconds']:.0f} s in all. Kernels: backend "
+                   f"<code>{html.escape(backends.get_backend())}</code>.</p>"),
+        ("Training curves", _img(os.path.basename(files["curves"]))),
+    ]
+    sections += debug_sections(files)
+    sections.append(("This model's layers: pydl vs torch (forward + backward, this machine)",
+                     _table(timing, ["layer", "module", "input", "backend", "pydl_ms", "torch_ms", "speedup"],
+                            {"pydl_ms": "{:.3f}", "torch_ms": "{:.3f}", "speedup": "{:.2f}x"}) +
+                     "<p class='note'>Median of repeated runs, same process, same inputs. Speed-up = torch time / "
+                     "pydl time.</p>"))
+    sections.append(("What ran where (pydl doctor)", f"<pre>{html.escape(_doctor_text(doc))}</pre>"))
+    report = write_html(out, "pydl demo: a CNN on handwritten digits, inside and out", sections)
+    summary["report"] = report
+    return summary
+
+
+def _doctor_text(info: dict) -> str:
+    import io
+
+    from .cli import print_doctor
+
+    buf = io.StringIO()
+    print_doctor(info, buf)
+    return buf.getvalue()
+
+
+def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict[str, str]:
+    """Every debugger figure for the report; returns {key: png path}."""
+    from . import debug
+
+    files = {}
+    files["colorful"] = debug.plot_colorful_dimension(stats, path=os.path.join(out, "colorful_dimension.png"))
+    files["layer_stats"] = debug.plot_layer_stats(stats, path=os.path.join(out, "layer_stats.png"))
+    files["dead"] = debug.plot_dead_chart(stats, path=os.path.join(out, "dead_chart.png"))
+    stats.save(os.path.join(out, "activation_stats.npz"))
+    # gradient flow of one batch at the final weights
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(xtr[:128]), ytr[:128]).backward()
+    files["grad_flow"] = debug.plot_grad_flow(model, path=os.path.join(out, "grad_flow.png"))
+    model.zero_grad(set_to_none=True)
+    # Grad-CAM on the last conv layer, for validation digits the model gets right and wrong
+    convs = [m for m in model.modules() if isinstance(m, tnn.Conv2d)]
+    with torch.no_grad():
+        pred = model.eval()(xva).argmax(1)
+    model.train()
+    right = (pred == yva).nonzero().flatten()[:8]
+    wrong = (pred != yva).nonzero().flatten()[:8]
+    idx = torch.cat([right, wrong])
+    if len(idx):
+        maps = debug.grad_cam(model, convs[-1], xva[idx])
+        labels = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: true {classes[yva[i]]} pred {classes[pred[i]]}"
+                  for i in idx.tolist()]
+        files["gradcam"] = debug.overlay(xva[idx], maps, path=os.path.join(out, "grad_cam.png"), titles=labels)
+    # loss landscapes around the final weights, on a fixed validation batch
+    batch = [(xva[:256], yva[:256])]
+    lf = F.cross_entropy
+    l1 = debug.loss_landscape_1d(model, lf, batch, steps=11 if quick else 31, seed=0)
+    files["landscape_1d"] = debug.plot_landscape_1d(l1, path=os.path.join(out, "loss_landscape_1d.png"))
+    l2 = debug.loss_landscape_2d(model, lf, batch, steps=5 if quick else 15, seed=0)
+    files["landscape_2d"] = debug.plot_landscape_2d(l2, path=os.path.join(out, "loss_landscape_2d.png"))
+    l2.save(os.path.join(out, "loss_landscape_2d.npz"))
+    # inside the first conv layer
+    files["filters"] = debug.plot_filters(convs[0], path=os.path.join(out, "first_layer_filters.png"))
+    files["feature_maps"] = debug.plot_feature_maps(model, convs[0], xva[:1], path=os.path.join(out, "feature_maps.png"))
+    return {k: v for k, v in files.items() if v}
+
+
+def debug_sections(files: Dict[str, str]) -> List[Tuple[str, str]]:
+    b = lambda k: os.path.basename(files[k])  # noqa: E731
+    s = []
+    if "colorful" in files:
+        s.append(("The colorful dimension", _img(b("colorful"), "Per layer: a histogram of activations per batch "
+                  "(x: batch, y: value, colour: log(1 + count)). A healthy layer spreads out; a band stuck at the "
+                  "bottom means dead activations.")))
+    if "layer_stats" in files:
+        s.append(("Layer statistics", _img(b("layer_stats"), "Mean, standard deviation and % of activations near "
+                  "zero per layer per batch, computed on the device by pydl.act_stats in one pass.")))
+    if "dead" in files:
+        s.append(("Dead activations", _img(b("dead"))))
+    if "gradcam" in files:
+        s.append(("Grad-CAM", _img(b("gradcam"), "Where the last conv layer looked, for digits the model got right "
+                  "and wrong.")))
+    if "landscape_1d" in files:
+        s.append(("Loss landscape (1D)", _img(b("landscape_1d"), "Loss along one filter-normalised random direction "
+                  "(Li et al. 2018) through the final weights.")))
+    if "landscape_2d" in files:
+        s.append(("Loss landscape (2D)", _img(b("landscape_2d"))))
+    if "grad_flow" in files:
+        s.append(("Gradient flow", _img(b("grad_flow"), "Mean and max |grad| per parameter tensor on one batch.")))
+    if "filters" in files:
+        s.append(("First-layer filters", _img(b("filters"))))
+    if "feature_maps" in files:
+        s.append(("Feature maps of the first layer", _img(b("feature_maps"))))
+    return s
+
+
+# --------------------------------------------------------------------------------------------------
+# the RNN demo
+# --------------------------------------------------------------------------------------------------
+
+
+def stdlib_text(min_chars: int = 60000) -> str:
+    """English text that ships with every Python: the Zen of Python and the docstrings of stdlib modules."""
+    import importlib
+
+    import this  # noqa: F401 - prints the Zen once; we decode its text below
+
+    zen = "".join(this.d.get(c, c) for c in this.s)
+    parts = [zen]
+    for name in ("collections", "functools", "itertools", "json", "argparse", "logging", "pathlib", "textwrap",
+                 "string", "re", "os", "random", "statistics", "decimal", "fractions", "heapq", "bisect",
+                 "contextlib", "dataclasses", "typing", "unittest", "doctest", "pickle", "csv", "datetime"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        for obj in [mod] + [getattr(mod, a) for a in dir(mod) if not a.startswith("_")]:
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and len(doc) > 200:
+                parts.append(doc)
+        if sum(map(len, parts)) > min_chars:
+            break
+    text = "\n".join(parts)
+    return "".join(c for c in text if c.isprintable() or c == "\n")
+
+
+def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[str] = None, seed: int = 0,
+            quiet: bool = False, steps: Optional[int] = None) -> dict:
+    from . import debug, nn as pnn
+    from .cli import doctor_report
+
+    os.makedirs(out, exist_ok=True)
+    t_start = time.time()
+    torch.manual_seed(seed)
+    if backend:
+        backends.set_backend(backend)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        text = stdlib_text(20000 if quick else 80000)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    V, H, T, B = len(chars), (64 if quick else 256), 48, 32
+    steps = steps or (30 if quick else 400)
+
+    class CharLM(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = tnn.Embedding(V, 32)
+            self.rnn = pnn.LSTM(32, H, num_layers=2, batch_first=True)
+            self.head = tnn.Linear(H, V)
+
+        def forward(self, x, state=None):
+            h, state = self.rnn(self.emb(x), state)
+            return self.head(h), state
+
+    model = CharLM()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    stats = debug.ActivationStats(model, preset="giomo", include=[model.rnn, model.head])
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say(f"pydl demo rnn: {len(text)} characters, vocabulary {V}, 2-layer LSTM hidden {H}, {steps} steps")
+    with stats:
+        bar = _progress_bar(range(steps), desc="training", disable=quiet)
+        for _ in bar:
+            starts = torch.randint(0, len(data) - T - 1, (B,), generator=g)
+            xb = torch.stack([data[s:s + T] for s in starts])
+            yb = torch.stack([data[s + 1:s + T + 1] for s in starts])
+            logits, _ = model(xb)
+            loss = F.cross_entropy(logits.reshape(-1, V), yb.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    sample = sample_text(model, stoi, chars, prompt="The ", n=200 if quick else 600, seed=seed)
+    files = {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(losses)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="character LM training loss")
+    fig.tight_layout()
+    files["curves"] = os.path.join(out, "training_loss.png")
+    fig.savefig(files["curves"], dpi=100)
+    plt.close(fig)
+    files["colorful"] = debug.plot_colorful_dimension(stats, path=os.path.join(out, "colorful_dimension.png"))
+    files["layer_stats"] = debug.plot_layer_stats(stats, path=os.path.join(out, "layer_stats.png"))
+    summary = {"final_loss": float(np.mean(losses[-10:])), "first_loss": losses[0], "steps": steps, "vocab": V,
+               "sample": sample, "seconds": time.time() - t_start, "losses": losses}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    sections = [("Result", f"<p>Loss {losses[0]:.2f} → {summary['final_loss']:.2f} nats/char in {steps} steps "
+                           f"({summary['seconds']:.0f} s).</p>"),
+                ("Training loss", _img(os.path.basename(files["curves"]))),
+                ("Sampled text", f"<pre>{html.escape(sample)}</pre>")]
+    sections += debug_sections(files)
+    sections.append(("What ran where (pydl doctor)", f"<pre>{html.escape(_doctor_text(doctor_report()))}</pre>"))
+    summary["report"] = write_html(out, "pydl demo: a character-level LSTM", sections)
+    return summary
+
+
+@torch.no_grad()
+def sample_text(model, stoi, chars, prompt="The ", n=300, temperature=0.8, seed=0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    was = model.training
+    model.eval()
+    x = torch.tensor([[stoi.get(c, 0) for c in prompt]])
+    logits, state = model(x)
+    out = list(prompt)
+    for _ in range(n):
+        p = torch.softmax(logits[0, -1] / temperature, -1)
+        nxt = torch.multinomial(p, 1, generator=g)
+        out.append(chars[nxt.item()])
+        logits, state = model(nxt.view(1, 1), state)
+    model.train(was)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="train a small model with pydl kernels and write a report of its insides")
+    p.add_argument("which", nargs="?", default="cnn", choices=["cnn", "rnn"])
+    p.add_argument("--quick", action="store_true", help="the < 30 s version")
+    p.add_argument("--data", default=None, help="an ImageFolder-style directory instead of the digits")
+    p.add_argument("--backend", default=None, choices=list(backends.NAMES))
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", default=None, help="report folder (default ./pydl-demo or ./pydl-demo-rnn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    if args.which == "rnn":
+        res = run_rnn(args.out or "pydl-demo-rnn", quick=args.quick, backend=args.backend, seed=args.seed)
+        print(f"final loss {res['final_loss']:.3f} nats/char; sample:\n{res['sample'][:300]}")
+    else:
+        res = run_cnn(args.out or "pydl-demo", quick=args.quick, data=args.data, backend=args.backend,
+                      epochs=args.epochs, seed=args.seed)
+        print(f"validation accuracy {res['valid_acc']:.3f}")
+    print(os.path.abspath(res["report"]))
+    return 0
