@@ -1,2 +1,789 @@
-"""(being written: see the issue tracker)"""
-__all__ = []
+"""Recurrent layers: fused LSTM / GRU cells and whole multi-layer, bidirectional sequences.
+
+Eight ops in the ``pydl`` namespace, each with the four backends (reference, cpu, cuda, triton):
+
+=====================  ==========================================================================
+op                     what it computes
+=====================  ==========================================================================
+``lstm_cell``          one LSTM step: ``(hy, cy, gates)``
+``gru_cell``           one GRU step: ``(hy, ws)``
+``lstm``               a whole LSTM stack over a (T, B, I) sequence: ``(out, hn, cn, reserve, layer_outs)``
+``gru``                a whole GRU stack: ``(out, hn, reserve, layer_outs)``
+``*_backward``         the matching backward through time: one op call, every layer and direction
+=====================  ==========================================================================
+
+**Formulas** (exactly torch's; gate order LSTM i, f, g, o and GRU r, z, n)::
+
+    LSTM: [i f g o] = x W_ih^T + b_ih + h W_hh^T + b_hh
+          i, f, o = sigmoid(.), g = tanh(.);  c' = f c + i g;  h' = o tanh(c')
+    GRU:  [r z] = sigmoid(x W_i[rz]^T + b_i[rz] + h W_h[rz]^T + b_h[rz])
+          n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn));  h' = (1 - z) n + z h
+
+**Shape of the computation.** A layer-direction runs *one* big GEMM for the input projections of all T steps
+(``xg = X W_ih^T + b_ih``, (T*B, 4H)), then the recurrence: per step one small GEMM ``hg = h W_hh^T + b_hh``
+and ONE fused pointwise kernel (all the sigmoids/tanhs and the cell update, reading xg[t] and hg, writing h,
+c and the activated gates). The GEMMs go through the matmul library (MKL / cuBLAS via ATen), where hand
+code would not beat them; the pointwise part is what the kernels fuse. The backward walks time in reverse
+with one fused pointwise kernel + one GEMM (dh = dG W_hh) per step, then computes the weight gradients of
+the layer with a few big GEMMs over all steps at once (dW_ih = dG^T X, dW_hh = dG^T H_prev, db = sum dG).
+
+**What is saved for the backward** (the ``reserve`` output, accumulation dtype): per layer-direction the
+activated gates of every step and the cell state of every step (LSTM, 4H + H per row) or r, z, n and
+``W_hn h + b_hn`` (GRU, 4H per row); plus ``layer_outs``, the outputs of every layer but the last (input dtype,
+needed as the next layer's input for dW_ih). Nothing is recomputed.
+
+**Precision.** Gate pre-activations come out of the GEMMs in the input dtype; the pointwise math, the LSTM
+cell state and the backward's cell-state gradient are fp32 (fp64 for fp64 input); h is stored in the input
+dtype (it is the next GEMM's input, as in torch).
+
+**Dropout** between layers (training only) is a mask ``(L-1, T, B, D*H)`` drawn in Python with torch's RNG
+and passed in, so every backend applies the same mask; torch's own LSTM draws from the RNG in a different
+order, so results equal torch's only with ``dropout=0``.
+
+Not supported: ``proj_size > 0`` (LSTM projections) and PackedSequence input (the modules raise a clear
+error for both).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import backends
+from ._common import LIB, acc_dtype, check_floating, compiled
+
+__all__ = ["lstm_cell", "gru_cell", "lstm", "gru", "lstm_reference", "gru_reference"]
+
+BUILD_UNIT = "rnn"  # every op here is compiled from csrc/cpu/rnn.cpp / csrc/cuda/rnn.{cu,cpp}
+
+LIB.define("lstm_cell(Tensor x, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+           "str backend) -> (Tensor, Tensor, Tensor)")
+LIB.define("lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor x, Tensor hx, Tensor cx, Tensor w_ih, "
+           "Tensor w_hh, Tensor gates, Tensor cy, str backend) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+LIB.define("gru_cell(Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str backend) "
+           "-> (Tensor, Tensor)")
+LIB.define("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, "
+           "str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+LIB.define("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
+           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+LIB.define("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
+           "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, "
+           "int num_layers, bool bidirectional, bool has_bias, str backend) "
+           "-> (Tensor, Tensor, Tensor, Tensor[])")
+LIB.define("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
+           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor)")
+LIB.define("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, "
+           "Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
+           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor[])")
+
+NGATES = {"lstm": 4, "gru": 3}
+RESERVE_COLS = {"lstm": 5, "gru": 4}  # per (t, b) row, in units of H
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks (shared by the dispatcher kernels and the fake implementations)
+# --------------------------------------------------------------------------------------------------
+
+def _check_same(t, ref, op, arg, ref_arg):
+    check_floating(t, op, arg)
+    if t.dtype != ref.dtype:
+        raise TypeError(f"pydl.{op}: {arg} must have the dtype of {ref_arg} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"pydl.{op}: {arg} must be on {ref_arg}'s device ({ref.device}), got {t.device}")
+
+
+def _check_shape(t, shape, op, arg):
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"pydl.{op}: {arg} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_cell(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    op = f"{kind}_cell"
+    G = NGATES[kind]
+    check_floating(x, op, "x")
+    if x.dim() != 2:
+        raise ValueError(f"pydl.{op}: x must be 2-D (batch, input_size), got shape {tuple(x.shape)}")
+    for name, t in (("hx", hx), ("cx", cx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if t is not None:
+            _check_same(t, x, op, name, "x")
+    if w_hh.dim() != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(f"pydl.{op}: w_hh must have shape ({G}*hidden, hidden), got {tuple(w_hh.shape)}")
+    B, I = x.shape
+    H = w_hh.shape[1]
+    _check_shape(w_ih, (G * H, I), op, "w_ih")
+    _check_shape(hx, (B, H), op, "hx")
+    if cx is not None:
+        _check_shape(cx, (B, H), op, "cx")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError(f"pydl.{op}: give both biases or neither")
+    if b_ih is not None:
+        _check_shape(b_ih, (G * H,), op, "b_ih")
+        _check_shape(b_hh, (G * H,), op, "b_hh")
+    if B == 0 or H == 0 or I == 0:
+        raise ValueError(f"pydl.{op}: empty input (batch={B}, input_size={I}, hidden={H}) is not supported")
+
+
+def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
+    """Validates a whole-sequence call; returns (T, B, I, H, D)."""
+    op = kind
+    G = NGATES[kind]
+    check_floating(x, op, "x")
+    if x.dim() != 3:
+        raise ValueError(f"pydl.{op}: x must be 3-D (seq, batch, input_size), got shape {tuple(x.shape)}")
+    if num_layers < 1:
+        raise ValueError(f"pydl.{op}: num_layers must be >= 1, got {num_layers}")
+    D = 2 if bidirectional else 1
+    nw = 4 if has_bias else 2
+    if len(weights) != num_layers * D * nw:
+        raise ValueError(f"pydl.{op}: expected {num_layers * D * nw} weight tensors (layers x directions x "
+                         f"[w_ih, w_hh{', b_ih, b_hh' if has_bias else ''}]), got {len(weights)}")
+    T, B, I = x.shape
+    if T == 0 or B == 0 or I == 0:
+        raise ValueError(f"pydl.{op}: empty input of shape {tuple(x.shape)} is not supported")
+    w_hh0 = weights[1]
+    _check_same(w_hh0, x, op, "weights[1]", "x")
+    if w_hh0.dim() != 2 or w_hh0.shape[0] != G * w_hh0.shape[1] or w_hh0.shape[1] == 0:
+        raise ValueError(f"pydl.{op}: w_hh must have shape ({G}*hidden, hidden), got {tuple(w_hh0.shape)}")
+    H = w_hh0.shape[1]
+    for layer in range(num_layers):
+        in_size = I if layer == 0 else D * H
+        for d in range(D):
+            k = (layer * D + d) * nw
+            names = ("w_ih", "w_hh", "b_ih", "b_hh")
+            shapes = ((G * H, in_size), (G * H, H), (G * H,), (G * H,))
+            for j in range(nw):
+                arg = f"weights[{k + j}] ({names[j]} of layer {layer}{' reverse' if d else ''})"
+                _check_same(weights[k + j], x, op, arg, "x")
+                _check_shape(weights[k + j], shapes[j], op, arg)
+    for name, t in (("h0", h0), ("c0", c0)):
+        if t is not None:
+            _check_same(t, x, op, name, "x")
+            _check_shape(t, (num_layers * D, B, H), op, name)
+    if mask is not None:
+        _check_same(mask, x, op, "dropout_mask", "x")
+        _check_shape(mask, (num_layers - 1, T, B, D * H), op, "dropout_mask")
+    return T, B, I, H, D
+
+
+def _split_weights(weights, k, has_bias):
+    nw = 4 if has_bias else 2
+    w = weights[k * nw: (k + 1) * nw]
+    return (w[0], w[1], w[2], w[3]) if has_bias else (w[0], w[1], None, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pointwise math, in plain torch (the reference backend's kernels; readable ground truth).
+# Every function writes into the output tensors it is given, like the compiled kernels do, so that one
+# sequence driver (below) serves the reference and the Triton backends alike.
+# --------------------------------------------------------------------------------------------------
+
+class RefPointwise:
+    @staticmethod
+    def lstm_fwd(xg, hg, c_prev, gates, c, h):
+        """xg, hg (B, 4H) input dtype; c_prev (B, H) acc -> gates (B, 4H) activated, c (B, H) acc, h (B, H)."""
+        acc = c_prev.dtype
+        pre = xg.to(acc) + hg.to(acc)
+        i, f, g, o = pre.chunk(4, 1)
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        c_new = f * c_prev + i * g
+        gates.copy_(torch.cat([i, f, g, o], 1))
+        c.copy_(c_new)
+        h.copy_(o * c_new.tanh())
+
+    @staticmethod
+    def lstm_bwd(dh_out, dh_rec, dc, gates, c, c_prev, dG, dc_prev):
+        """dh = dh_out + dh_rec is dL/dh_t, dc is dL/dc_t coming from step t+1 (acc). Writes the gradient of
+        the gate pre-activations dG (B, 4H) and dL/dc_{t-1} (dc_prev may be dc itself: elementwise)."""
+        acc = dc.dtype
+        i, f, g, o = gates.chunk(4, 1)
+        dh = dh_out.to(acc) + dh_rec.to(acc)
+        tc = c.tanh()
+        dct = dc + dh * o * (1 - tc * tc)
+        di, df, dg, do = dct * g, dct * c_prev, dct * i, dh * tc
+        dG.copy_(torch.cat([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], 1))
+        dc_prev.copy_(dct * f)
+
+    @staticmethod
+    def gru_fwd(xg, hg, h_prev, ws, h):
+        """xg, hg (B, 3H) input dtype; h_prev (B, H) -> ws (B, 4H) acc = [r, z, n, hn], h (B, H)."""
+        acc = ws.dtype
+        xr, xz, xn = xg.to(acc).chunk(3, 1)
+        hr, hz, hn = hg.to(acc).chunk(3, 1)
+        r = (xr + hr).sigmoid()
+        z = (xz + hz).sigmoid()
+        n = (xn + r * hn).tanh()
+        ws.copy_(torch.cat([r, z, n, hn], 1))
+        h.copy_((1 - z) * n + z * h_prev.to(acc))
+
+    @staticmethod
+    def gru_bwd(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out):
+        """dh = dh_out + dh_rec + dh_dir (dh_dir: the part of dL/dh_t that skips the GEMM, z * dh of step
+        t+1). Writes dGi, dGh (B, 3H): gradients of the input and hidden pre-activations, and z * dh."""
+        acc = dh_dir.dtype
+        r, z, n, hn = ws.chunk(4, 1)
+        dh = dh_out.to(acc) + dh_rec.to(acc) + dh_dir
+        dn = dh * (1 - z) * (1 - n * n)
+        dz = dh * (h_prev.to(acc) - n) * z * (1 - z)
+        dr = dn * hn * r * (1 - r)
+        dGi.copy_(torch.cat([dr, dz, dn], 1))
+        dGh.copy_(torch.cat([dr, dz, dn * r], 1))
+        dh_dir_out.copy_(dh * z)
+
+
+def _linear(x, w, b):
+    return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells: GEMMs through torch, the pointwise part through the backend's kernels (PW).
+# --------------------------------------------------------------------------------------------------
+
+def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    acc = acc_dtype(x.dtype)
+    B, H = hx.shape
+    gates = x.new_empty((B, 4 * H), dtype=acc)
+    c = x.new_empty((B, H), dtype=acc)
+    h = x.new_empty((B, H))
+    PW.lstm_fwd(_linear(x, w_ih, b_ih), _linear(hx, w_hh, b_hh), cx.to(acc).contiguous(), gates, c, h)
+    return h, c.to(x.dtype), gates
+
+
+def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy):
+    acc = gates.dtype
+    dG = x.new_empty(gates.shape)
+    dc = grad_cy.to(acc).contiguous()  # a fresh tensor if grad_cy is not already acc: PW writes into it
+    if dc is grad_cy:
+        dc = dc.clone()
+    PW.lstm_bwd(grad_hy.contiguous(), torch.zeros_like(grad_hy), dc, gates, cy.to(acc).contiguous(),
+                cx.to(acc).contiguous(), dG, dc)
+    db = dG.sum(0, dtype=acc).to(x.dtype)
+    return dG @ w_ih, dG @ w_hh, dc.to(x.dtype), dG.t() @ x, dG.t() @ hx, db
+
+
+def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
+    acc = acc_dtype(x.dtype)
+    B, H = hx.shape
+    ws = x.new_empty((B, 4 * H), dtype=acc)
+    h = x.new_empty((B, H))
+    PW.gru_fwd(_linear(x, w_ih, b_ih), _linear(hx, w_hh, b_hh), hx.contiguous(), ws, h)
+    return h, ws
+
+
+def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws):
+    acc = ws.dtype
+    B, H = hx.shape
+    dGi = x.new_empty((B, 3 * H))
+    dGh = x.new_empty((B, 3 * H))
+    dh_dir = x.new_empty((B, H), dtype=acc)
+    PW.gru_bwd(grad_hy.contiguous(), torch.zeros_like(grad_hy), torch.zeros_like(dh_dir), ws, hx.contiguous(),
+               dGi, dGh, dh_dir)
+    dhx = (dh_dir + (dGh @ w_hh).to(acc)).to(x.dtype)  # the part through the GEMM + the direct z * dh
+    return (dGi @ w_ih, dhx, dGi.t() @ x, dGh.t() @ hx, dGi.sum(0, dtype=acc).to(x.dtype),
+            dGh.sum(0, dtype=acc).to(x.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole sequences (the Python driver used by the reference and Triton backends; the C++ backends run the
+# same loop in C++, see csrc/rnn_driver.h).
+# --------------------------------------------------------------------------------------------------
+
+def _time_order(T, d):
+    return range(T) if d == 0 else range(T - 1, -1, -1)
+
+
+def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has_bias):
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[1]
+    G = NGATES[kind]
+    R = RESERVE_COLS[kind]
+    acc = acc_dtype(x.dtype)
+    x = x.contiguous()
+    reserve = x.new_empty((L * D, T * B * R * H), dtype=acc)
+    layer_outs = x.new_empty((max(L - 1, 0), T, B, D * H))
+    hn = x.new_empty((L * D, B, H))
+    cn = x.new_empty((L * D, B, H)) if kind == "lstm" else None
+    inp = x
+    out = None
+    for layer in range(L):
+        out = layer_outs[layer] if layer < L - 1 else x.new_empty((T, B, D * H))
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, b_ih, b_hh = _split_weights(weights, k, has_bias)
+            # 1) the input projections of every step in one GEMM
+            xg = _linear(inp.reshape(T * B, -1), w_ih, b_ih).view(T, B, G * H)
+            h_prev = h0[k]
+            hcols = slice(d * H, (d + 1) * H)
+            if kind == "lstm":
+                gates = reserve[k, : T * B * 4 * H].view(T, B, 4 * H)
+                cs = reserve[k, T * B * 4 * H:].view(T, B, H)
+                c_prev = c0[k].to(acc).contiguous()
+                for t in _time_order(T, d):  # 2) the recurrence: one GEMM + one fused kernel per step
+                    PW.lstm_fwd(xg[t], _linear(h_prev, w_hh, b_hh), c_prev, gates[t], cs[t], out[t, :, hcols])
+                    h_prev, c_prev = out[t, :, hcols], cs[t]
+                cn[k] = c_prev
+            else:
+                ws = reserve[k].view(T, B, 4 * H)
+                for t in _time_order(T, d):
+                    PW.gru_fwd(xg[t], _linear(h_prev, w_hh, b_hh), h_prev, ws[t], out[t, :, hcols])
+                    h_prev = out[t, :, hcols]
+            hn[k] = h_prev
+        inp = out if mask is None or layer == L - 1 else out * mask[layer]
+    return out, hn, cn, reserve, layer_outs
+
+
+def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
+                        layer_outs, L, bidirectional, has_bias):
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[1]
+    G = NGATES[kind]
+    acc = acc_dtype(x.dtype)
+    nw = 4 if has_bias else 2
+    x = x.contiguous()
+    grad_w: List[Optional[torch.Tensor]] = [None] * len(weights)
+    g_h0 = h0.new_empty(h0.shape)
+    g_c0 = c0.new_empty(c0.shape) if kind == "lstm" else None
+    d_out = grad_out.contiguous()  # dL/d(output of the current layer), (T, B, D*H)
+    d_inp = None
+    for layer in reversed(range(L)):
+        if layer == 0:
+            inp = x
+        else:
+            inp = layer_outs[layer - 1] if mask is None else layer_outs[layer - 1] * mask[layer - 1]
+        out_l = out if layer == L - 1 else layer_outs[layer]
+        d_inp = None
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, _, _ = _split_weights(weights, k, has_bias)
+            hcols = slice(d * H, (d + 1) * H)
+            order = list(_time_order(T, d))
+            dh_rec = grad_hn[k]  # dL/dh of the last step processed: the seed from h_n
+            if kind == "lstm":
+                gates = reserve[k, : T * B * 4 * H].view(T, B, 4 * H)
+                cs = reserve[k, T * B * 4 * H:].view(T, B, H)
+                c0k = c0[k].to(acc)
+                dc = grad_cn[k].to(acc).clone()
+                dG = x.new_empty((T, B, 4 * H))
+                for j in reversed(range(T)):  # walk the steps in the reverse of the order they ran
+                    t = order[j]
+                    c_prev = cs[order[j - 1]] if j > 0 else c0k
+                    PW.lstm_bwd(d_out[t, :, hcols], dh_rec, dc, gates[t], cs[t], c_prev, dG[t], dc)
+                    dh_rec = dG[t] @ w_hh
+                g_h0[k] = dh_rec
+                g_c0[k] = dc
+                dGi = dGh = dG
+            else:
+                ws = reserve[k].view(T, B, 4 * H)
+                dh_dir = torch.zeros((B, H), dtype=acc, device=x.device)
+                dGi = x.new_empty((T, B, 3 * H))
+                dGh = x.new_empty((T, B, 3 * H))
+                for j in reversed(range(T)):
+                    t = order[j]
+                    h_prev = out_l[order[j - 1], :, hcols] if j > 0 else h0[k]
+                    PW.gru_bwd(d_out[t, :, hcols], dh_rec, dh_dir, ws[t], h_prev, dGi[t], dGh[t], dh_dir)
+                    dh_rec = dGh[t] @ w_hh
+                g_h0[k] = (dh_rec.to(acc) + dh_dir).to(x.dtype)
+            # 3) weight gradients of this layer-direction: big GEMMs over all steps at once
+            dGi2, dGh2 = dGi.view(T * B, G * H), dGh.view(T * B, G * H)
+            grad_w[k * nw] = dGi2.t() @ inp.reshape(T * B, -1)
+            # dW_hh = sum_t dGh[t]^T h_{t-1}: h_{t-1} is the previous step's output, h0 for the first step
+            first, prev = (0, slice(0, T - 1)) if d == 0 else (T - 1, slice(1, T))
+            rest = slice(1, T) if d == 0 else slice(0, T - 1)
+            gw_hh = dGh[first].t() @ h0[k]
+            if T > 1:
+                gw_hh = torch.addmm(gw_hh, dGh[rest].reshape(-1, G * H).t(), out_l[prev, :, hcols].reshape(-1, H))
+            grad_w[k * nw + 1] = gw_hh
+            if has_bias:
+                grad_w[k * nw + 2] = dGi2.sum(0, dtype=acc).to(x.dtype)
+                grad_w[k * nw + 3] = dGh2.sum(0, dtype=acc).to(x.dtype)
+            # 4) dL/d(layer input), summed over directions
+            d_inp = dGi2 @ w_ih if d_inp is None else torch.addmm(d_inp, dGi2, w_ih)
+        d_inp = d_inp.view(T, B, -1)
+        if layer > 0:
+            d_out = d_inp if mask is None else d_inp * mask[layer - 1]
+    return d_inp, g_h0, g_c0, grad_w
+
+
+# --------------------------------------------------------------------------------------------------
+# The reference backend: the drivers above with the plain-torch pointwise math.
+# --------------------------------------------------------------------------------------------------
+
+def lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    return lstm_cell_driver(RefPointwise, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+
+def lstm_cell_backward_reference(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy):
+    return lstm_cell_backward_driver(RefPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
+
+
+def gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh):
+    return gru_cell_driver(RefPointwise, x, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell_backward_reference(grad_hy, x, hx, w_ih, w_hh, ws):
+    return gru_cell_backward_driver(RefPointwise, grad_hy, x, hx, w_ih, w_hh, ws)
+
+
+def lstm_reference(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
+    return seq_forward_driver(RefPointwise, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+
+
+def lstm_backward_reference(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                            num_layers, bidirectional, has_bias):
+    return seq_backward_driver(RefPointwise, "lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
+                               reserve, layer_outs, num_layers, bidirectional, has_bias)
+
+
+def gru_reference(x, h0, weights, mask, num_layers, bidirectional, has_bias):
+    out, hn, _, reserve, layer_outs = seq_forward_driver(RefPointwise, "gru", x, h0, None, weights, mask,
+                                                         num_layers, bidirectional, has_bias)
+    return out, hn, reserve, layer_outs
+
+
+def gru_backward_reference(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
+                           bidirectional, has_bias):
+    gx, gh0, _, gw = seq_backward_driver(RefPointwise, "gru", grad_out, grad_hn, None, x, h0, None, weights, mask,
+                                         out, reserve, layer_outs, num_layers, bidirectional, has_bias)
+    return gx, gh0, gw
+
+
+# --------------------------------------------------------------------------------------------------
+# Backend tables
+# --------------------------------------------------------------------------------------------------
+
+class _RnnOp(backends.Op):
+    """All of this file's ops are built from one source per device (csrc/cpu/rnn.cpp, csrc/cuda/rnn.*), not
+    one per op name: availability of the compiled backends is asked for the build unit ``rnn``."""
+
+    def _usable(self, name, device_type):
+        if name not in self._loaders:
+            return False, f"{self.name} has no {name} implementation"
+        return backends.available(name, device_type, BUILD_UNIT if name in ("cpu", "cuda") else None)
+
+
+def _triton(name):
+    def load():
+        from ..kernels import rnn as k
+
+        return getattr(k, f"{name}_triton")
+
+    return load
+
+
+_REF = {
+    "lstm_cell": lstm_cell_reference, "lstm_cell_backward": lstm_cell_backward_reference,
+    "gru_cell": gru_cell_reference, "gru_cell_backward": gru_cell_backward_reference,
+    "lstm": lstm_reference, "lstm_backward": lstm_backward_reference,
+    "gru": gru_reference, "gru_backward": gru_backward_reference,
+}
+
+OPS = {
+    name: backends.register_op(_RnnOp(name, {
+        "reference": (lambda f=ref: f),
+        "cpu": compiled("pydl_cpu", name),
+        "cuda": compiled("pydl_cuda", name),
+        "triton": _triton(name),
+    }))
+    for name, ref in _REF.items()
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatcher kernels (CPU and CUDA keys): check, then run the chosen backend
+# --------------------------------------------------------------------------------------------------
+
+def _lstm_cell_kernel(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
+    check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return OPS["lstm_cell"](backend, x.device.type, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _lstm_cell_backward_kernel(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, backend):
+    return OPS["lstm_cell_backward"](backend, x.device.type, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
+
+
+def _gru_cell_kernel(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
+    check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh)
+    return OPS["gru_cell"](backend, x.device.type, x, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _gru_cell_backward_kernel(grad_hy, x, hx, w_ih, w_hh, ws, backend):
+    return OPS["gru_cell_backward"](backend, x.device.type, grad_hy, x, hx, w_ih, w_hh, ws)
+
+
+def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend):
+    check_seq("lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+    return OPS["lstm"](backend, x.device.type, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+
+
+def _lstm_backward_kernel(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                          num_layers, bidirectional, has_bias, backend):
+    return OPS["lstm_backward"](backend, x.device.type, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
+                                reserve, layer_outs, num_layers, bidirectional, has_bias)
+
+
+def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend):
+    check_seq("gru", x, h0, None, weights, mask, num_layers, bidirectional, has_bias)
+    return OPS["gru"](backend, x.device.type, x, h0, weights, mask, num_layers, bidirectional, has_bias)
+
+
+def _gru_backward_kernel(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
+                         bidirectional, has_bias, backend):
+    return OPS["gru_backward"](backend, x.device.type, grad_out, grad_hn, x, h0, weights, mask, out, reserve,
+                               layer_outs, num_layers, bidirectional, has_bias)
+
+
+for _name, _fn in (("lstm_cell", _lstm_cell_kernel), ("lstm_cell_backward", _lstm_cell_backward_kernel),
+                   ("gru_cell", _gru_cell_kernel), ("gru_cell_backward", _gru_cell_backward_kernel),
+                   ("lstm", _lstm_kernel), ("lstm_backward", _lstm_backward_kernel),
+                   ("gru", _gru_kernel), ("gru_backward", _gru_backward_kernel)):
+    LIB.impl(_name, _fn, "CPU")
+    LIB.impl(_name, _fn, "CUDA")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake (meta) implementations: shapes only, for torch.compile and opcheck
+# --------------------------------------------------------------------------------------------------
+
+def _like(t):
+    """A contiguous tensor of t's shape: what every backend returns (empty_like would copy t's strides)."""
+    return t.new_empty(t.shape)
+
+
+@torch.library.register_fake("pydl::lstm_cell")
+def _lstm_cell_fake(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
+    check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    B, H = hx.shape
+    return x.new_empty((B, H)), x.new_empty((B, H)), x.new_empty((B, 4 * H), dtype=acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("pydl::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, backend):
+    return (_like(x), _like(hx), _like(cx), _like(w_ih),
+            _like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
+
+
+@torch.library.register_fake("pydl::gru_cell")
+def _gru_cell_fake(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
+    check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh)
+    B, H = hx.shape
+    return x.new_empty((B, H)), x.new_empty((B, 4 * H), dtype=acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("pydl::gru_cell_backward")
+def _gru_cell_backward_fake(grad_hy, x, hx, w_ih, w_hh, ws, backend):
+    G = w_ih.shape[0]
+    return (_like(x), _like(hx), _like(w_ih), _like(w_hh),
+            w_ih.new_empty((G,)), w_ih.new_empty((G,)))
+
+
+def _seq_fake(kind, x, weights, num_layers, bidirectional):
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[1]
+    out = x.new_empty((T, B, D * H))
+    hn = x.new_empty((num_layers * D, B, H))
+    reserve = x.new_empty((num_layers * D, T * B * RESERVE_COLS[kind] * H), dtype=acc_dtype(x.dtype))
+    layer_outs = x.new_empty((max(num_layers - 1, 0), T, B, D * H))
+    return out, hn, reserve, layer_outs
+
+
+@torch.library.register_fake("pydl::lstm")
+def _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend):
+    check_seq("lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+    out, hn, reserve, layer_outs = _seq_fake("lstm", x, weights, num_layers, bidirectional)
+    return out, hn, _like(hn), reserve, layer_outs
+
+
+@torch.library.register_fake("pydl::lstm_backward")
+def _lstm_backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                        num_layers, bidirectional, has_bias, backend):
+    return _like(x), _like(h0), _like(c0), [_like(w) for w in weights]
+
+
+@torch.library.register_fake("pydl::gru")
+def _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend):
+    check_seq("gru", x, h0, None, weights, mask, num_layers, bidirectional, has_bias)
+    return _seq_fake("gru", x, weights, num_layers, bidirectional)
+
+
+@torch.library.register_fake("pydl::gru_backward")
+def _gru_backward_fake(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
+                       bidirectional, has_bias, backend):
+    return _like(x), _like(h0), [_like(w) for w in weights]
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd: the backward of every op is itself a backend-dispatched pydl op
+# --------------------------------------------------------------------------------------------------
+
+def _zeros_if_none(g, like):
+    return torch.zeros_like(like) if g is None else g
+
+
+def _lstm_cell_setup(ctx, inputs, output):
+    x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend = inputs
+    _, cy, gates = output
+    ctx.save_for_backward(x, hx, cx, w_ih, w_hh, gates, cy)
+    ctx.has_bias = b_ih is not None
+    ctx.backend = backend
+    ctx.mark_non_differentiable(gates)
+
+
+def _lstm_cell_bwd(ctx, g_hy, g_cy, _g_gates):
+    x, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    g_hy, g_cy = _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx)
+    gx, ghx, gcx, gwi, gwh, gb = torch.ops.pydl.lstm_cell_backward(g_hy, g_cy, x, hx, cx, w_ih, w_hh, gates, cy,
+                                                                  ctx.backend)
+    gb_ih, gb_hh = (gb, gb) if ctx.has_bias else (None, None)
+    return gx, ghx, gcx, gwi, gwh, gb_ih, gb_hh, None
+
+
+torch.library.register_autograd("pydl::lstm_cell", _lstm_cell_bwd, setup_context=_lstm_cell_setup)
+
+
+def _gru_cell_setup(ctx, inputs, output):
+    x, hx, w_ih, w_hh, b_ih, b_hh, backend = inputs
+    _, ws = output
+    ctx.save_for_backward(x, hx, w_ih, w_hh, ws)
+    ctx.has_bias = b_ih is not None
+    ctx.backend = backend
+    ctx.mark_non_differentiable(ws)
+
+
+def _gru_cell_bwd(ctx, g_hy, _g_ws):
+    x, hx, w_ih, w_hh, ws = ctx.saved_tensors
+    g_hy = _zeros_if_none(g_hy, hx)
+    gx, ghx, gwi, gwh, gbi, gbh = torch.ops.pydl.gru_cell_backward(g_hy, x, hx, w_ih, w_hh, ws, ctx.backend)
+    if not ctx.has_bias:
+        gbi = gbh = None
+    return gx, ghx, gwi, gwh, gbi, gbh, None
+
+
+torch.library.register_autograd("pydl::gru_cell", _gru_cell_bwd, setup_context=_gru_cell_setup)
+
+
+def _lstm_setup(ctx, inputs, output):
+    x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
+    out, _, _, reserve, layer_outs = output
+    ctx.save_for_backward(x, h0, c0, mask, out, reserve, layer_outs, *weights)
+    ctx.cfg = (num_layers, bidirectional, has_bias, backend)
+    ctx.mark_non_differentiable(reserve, layer_outs)
+
+
+def _lstm_bwd(ctx, g_out, g_hn, g_cn, _g_reserve, _g_layer_outs):
+    x, h0, c0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
+    g_out, g_hn, g_cn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0), _zeros_if_none(g_cn, c0)
+    gx, gh0, gc0, gw = torch.ops.pydl.lstm_backward(g_out, g_hn, g_cn, x, h0, c0, weights, mask, out, reserve,
+                                                    layer_outs, *ctx.cfg)
+    return gx, gh0, gc0, list(gw), None, None, None, None, None
+
+
+torch.library.register_autograd("pydl::lstm", _lstm_bwd, setup_context=_lstm_setup)
+
+
+def _gru_setup(ctx, inputs, output):
+    x, h0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
+    out, _, reserve, layer_outs = output
+    ctx.save_for_backward(x, h0, mask, out, reserve, layer_outs, *weights)
+    ctx.cfg = (num_layers, bidirectional, has_bias, backend)
+    ctx.mark_non_differentiable(reserve, layer_outs)
+
+
+def _gru_bwd(ctx, g_out, g_hn, _g_reserve, _g_layer_outs):
+    x, h0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
+    g_out, g_hn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0)
+    gx, gh0, gw = torch.ops.pydl.gru_backward(g_out, g_hn, x, h0, weights, mask, out, reserve, layer_outs,
+                                              *ctx.cfg)
+    return gx, gh0, list(gw), None, None, None, None, None
+
+
+torch.library.register_autograd("pydl::gru", _gru_bwd, setup_context=_gru_setup)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------
+
+def _backend(backend):
+    return backends.get_backend() if backend is None else backend
+
+
+def lstm_cell(x, hx=None, cx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
+    """One LSTM step (torch.nn.LSTMCell's math): returns ``(hy, cy)``. ``x`` (B, I); ``hx``, ``cx`` (B, H)
+    (zeros if None); ``w_ih`` (4H, I), ``w_hh`` (4H, H); biases (4H,) or None."""
+    if w_ih is None or w_hh is None:
+        raise TypeError("pydl.lstm_cell: w_ih and w_hh are required")
+    H = w_hh.shape[1]
+    hx = x.new_zeros((x.shape[0], H)) if hx is None else hx
+    cx = x.new_zeros((x.shape[0], H)) if cx is None else cx
+    hy, cy, _ = torch.ops.pydl.lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh, _backend(backend))
+    return hy, cy
+
+
+def gru_cell(x, hx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
+    """One GRU step (torch.nn.GRUCell's math): returns ``hy``."""
+    if w_ih is None or w_hh is None:
+        raise TypeError("pydl.gru_cell: w_ih and w_hh are required")
+    hx = x.new_zeros((x.shape[0], w_hh.shape[1])) if hx is None else hx
+    hy, _ = torch.ops.pydl.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh, _backend(backend))
+    return hy
+
+
+def dropout_masks(x_like, num_layers, T, B, DH, p) -> Optional[torch.Tensor]:
+    """The between-layer dropout masks, scaled by 1/(1-p), drawn with torch's RNG (None when p == 0)."""
+    if p <= 0 or num_layers < 2:
+        return None
+    if p >= 1:
+        return x_like.new_zeros((num_layers - 1, T, B, DH))
+    return x_like.new_empty((num_layers - 1, T, B, DH)).bernoulli_(1 - p).div_(1 - p)
+
+
+def _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias):
+    weights = list(weights)
+    if has_bias is None:
+        per = 2 if bidirectional else 1
+        has_bias = len(weights) == 4 * num_layers * per
+    if batch_first:
+        x = x.transpose(0, 1)
+    return x, weights, has_bias
+
+
+def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num_layers: int = 1,
+         bidirectional: bool = False, batch_first: bool = False, has_bias: Optional[bool] = None,
+         dropout: float = 0.0, training: bool = False, backend: Optional[str] = None):
+    """A whole (multi-layer, optionally bidirectional) LSTM over a sequence, in ONE op call.
+
+    ``weights``: torch's flat order -- for each layer, for each direction: ``w_ih, w_hh[, b_ih, b_hh]``.
+    ``x``: (T, B, I) (or (B, T, I) with ``batch_first``); ``h0``, ``c0``: (layers*dirs, B, H) or None.
+    Returns ``(output, (h_n, c_n))`` like torch.nn.LSTM. ``dropout`` applies between layers when ``training``.
+    """
+    x, weights, has_bias = _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias)
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[1]
+    T, B = x.shape[0], x.shape[1]
+    h0 = x.new_zeros((num_layers * D, B, H)) if h0 is None else h0
+    c0 = x.new_zeros((num_layers * D, B, H)) if c0 is None else c0
+    mask = dropout_masks(x, num_layers, T, B, D * H, dropout) if training else None
+    out, hn, cn, _, _ = torch.ops.pydl.lstm(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
+                                            _backend(backend))
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, (hn, cn)
+
+
+def gru(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, num_layers: int = 1, bidirectional: bool = False,
+        batch_first: bool = False, has_bias: Optional[bool] = None, dropout: float = 0.0, training: bool = False,
+        backend: Optional[str] = None):
+    """A whole GRU stack over a sequence in one op call; returns ``(output, h_n)`` like torch.nn.GRU."""
+    x, weights, has_bias = _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias)
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[1]
+    T, B = x.shape[0], x.shape[1]
+    h0 = x.new_zeros((num_layers * D, B, H)) if h0 is None else h0
+    mask = dropout_masks(x, num_layers, T, B, D * H, dropout) if training else None
+    out, hn, _, _ = torch.ops.pydl.gru(x, h0, weights, mask, num_layers, bidirectional, has_bias, _backend(backend))
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, hn
