@@ -4,8 +4,8 @@
 // How one read gives all of it: the tensor is cut into chunks of kChunk elements that fit in L1 (half and
 // bfloat16 chunks are converted once into a float buffer); everything after the first touch is in L1:
 //   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value;
-//   pass 2 (vectorised): sum of squared deviations from the chunk's own mean (two-pass inside the chunk, so
-//                        no catastrophic cancellation as with sum-of-squares);
+//   (variance)           sums of (v - K) and (v - K)^2 with K the running mean of the chunks before; the
+//                        first chunk of a task, with no K yet, takes a second pass over L1 instead;
 //   scatter (scalar):    histogram increments, spread over 4 sub-histograms -- post-ReLU data piles onto one
 //                        bin, and back-to-back increments of one counter wait on each other (store-to-load
 //                        forwarding); 4 copies let 4 increments be in flight.
@@ -99,9 +99,15 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
   // running sum, finite count, min, max and near-zero count.
   // `omp simd reduction` lets the compiler split each sum into vector lanes (and add the lanes at the end)
   // without -ffast-math; no && / || inside: short-circuit operators are control flow, which stops it.
-  acc_t s = 0, mn = inf, mx = -inf;
+  //
+  // Variance without a second pass: sums of d = v - K and d*d, shifted by K = the mean of the chunks seen so
+  // far. With K near the mean, s2 - s*s/n does not cancel catastrophically (it would with K = 0 when
+  // |mean| >> std). The first chunk of a task has no K yet: it takes a second pass over L1 instead.
+  const bool shifted = mom.n > 0;
+  const acc_t K = shifted ? acc_t(mom.mean) : acc_t(0);
+  acc_t s = 0, s2 = 0, mn = inf, mx = -inf;
   int32_t nf = 0, nzc = 0;  // a chunk has at most kChunk values
-#pragma omp simd reduction(+ : s, nf, nzc) reduction(min : mn) reduction(max : mx)
+#pragma omp simd reduction(+ : s, s2, nf, nzc) reduction(min : mn) reduction(max : mx)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t v = vals[i];
     acc_t t = ((v - lo) * nb) / width;
@@ -115,7 +121,9 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
     sl = v == -inf ? bins + kNegInf : sl;
     slots[i] = sl;
     const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
-    s += fin ? v : acc_t(0);
+    const acc_t d = fin ? v - K : acc_t(0);
+    s += d;
+    s2 += d * d;
     nf += fin;
     mn = std::min(mn, fin ? v : inf);
     mx = std::max(mx, fin ? v : -inf);
@@ -123,7 +131,13 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
   }
   nz += nzc;
   if (nf == 0) return;
-  const acc_t mean = s / acc_t(nf);
+  if (shifted) {
+    const acc_t ds = s / acc_t(nf);
+    const acc_t m2 = std::max(s2 - s * ds, acc_t(0));
+    mom.merge(nf, double(K + ds), double(m2), double(mn), double(mx));
+    return;
+  }
+  const acc_t mean = s / acc_t(nf);  // K = 0 here
   acc_t m2 = 0;
 #pragma omp simd reduction(+ : m2)
   for (int64_t i = 0; i < len; ++i) {
