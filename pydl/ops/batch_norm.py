@@ -1,2 +1,546 @@
-"""(being written: see the issue tracker)"""
-__all__ = []
+"""``batch_norm``: batch normalisation (training and eval), with an optional fused activation, in every backend.
+
+The math, per channel ``c`` of ``x`` of shape ``(N, C, *spatial)`` (``n = N * prod(spatial)`` values a channel):
+
+    training (batch stats):  mean = sum(x) / n,  var = sum((x - mean)^2) / n     (biased, for normalising)
+    eval (running stats):    mean = running_mean, var = running_var
+    invstd = 1 / sqrt(var + eps)
+    z = (x - mean) * invstd * weight + bias      (weight = 1, bias = 0 when affine=False)
+    y = act(z)                                   (none / relu / general_relu: pydl/ops/_activation.py)
+
+    running update (training, in place):  running_mean = (1 - f) * running_mean + f * mean
+                                           running_var  = (1 - f) * running_var  + f * var * n / (n - 1)
+    with f = momentum, or 1 / num_batches_tracked when momentum is None (a cumulative average).
+
+Backward (training): with dz = act'(z) * dy and xmu = x - mean, two per-channel sums in ONE pass over (dy, x)
+
+    sum_dz = sum(dz),  sum_dz_xmu = sum(dz * xmu)
+    dbias = sum_dz,    dweight = sum_dz_xmu * invstd
+    dx = weight * invstd * (dz - sum_dz / n - xmu * invstd^2 * sum_dz_xmu / n)      (a second, elementwise pass)
+
+In eval the mean and var are constants: dx = weight * invstd * dz.
+
+**Ops** (all in the ``pydl`` namespace, each dispatched to a backend like act_stats):
+
+* ``batch_norm(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv, backend)
+  -> (y, mean, invstd, var)``: the forward, differentiable (autograd registered here). ``mean``/``invstd`` are
+  saved for the backward; ``var`` (biased) feeds the running update. It does NOT touch the running stats:
+  torch.library.register_autograd refuses ops that mutate their inputs, so that is a separate op...
+* ``batch_norm_update_running(running_mean!, running_var!, mean, var, count, momentum?, num_batches_tracked?,
+  backend)``: ...the in-place running-stat update, a C-element op run right after the forward.
+* ``batch_norm_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad,
+  backend) -> (dx, dweight, dbias)``: the backward (reduce pass + elementwise pass).
+
+and the separable steps, for a SyncBatchNorm that all-reduces per-channel statistics between ranks:
+
+* ``batch_norm_stats(x) -> (mean, m2)``: per-channel mean and M2 (sum of squared deviations). Ranks combine
+  their (count, mean, M2) with Chan's formula -- one all-reduce of (count*mean, M2 + count*mean^2) or a gather;
+* ``batch_norm_apply(x, mean, invstd, weight, bias, act...) -> y``: the normalise + affine + act step;
+* ``batch_norm_backward_reduce(dy, x, mean, invstd, weight, bias, act...) -> (sum_dz, sum_dz_xmu)``: the two
+  sums (all-reduce them across ranks), then
+* ``batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act...) -> dx``.
+
+Statistics are in the accumulation dtype (fp32; fp64 for fp64 input). ``weight``/``bias``/running stats have
+x's dtype, or fp32 when x is fp16/bf16 (mixed precision, as torch allows); dweight/dbias come back in the
+parameters' dtype.
+
+**Layouts**: every backend sees a *dense* x in one of two layouts, chosen once here (:func:`dense_layout`):
+"NCL" (contiguous: each (n, c) plane of L = prod(spatial) values is contiguous) or "NLC" (channels last, and
+2-D (N, C): rows of C channels). Anything else (sliced, oddly permuted) is copied to contiguous first. y and
+dx come back with x's (dense) strides, as torch's BatchNorm does for channels_last.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from .. import backends
+from . import _activation
+from ._common import LIB, acc_dtype, check_floating
+
+__all__ = ["batch_norm", "batch_norm_reference", "batch_norm_stats", "batch_norm_apply",
+           "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
+
+_ACT_ARGS = "str act, float leak, float sub, float maxv"
+
+LIB.define(f"batch_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+           f"bool use_batch_stats, float eps, {_ACT_ARGS}, str backend) -> (Tensor, Tensor, Tensor, Tensor)")
+LIB.define("batch_norm_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+           "int count, float? momentum, Tensor? num_batches_tracked, str backend) -> ()")
+LIB.define(f"batch_norm_backward(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+           f"bool use_batch_stats, {_ACT_ARGS}, bool input_grad, str backend) -> (Tensor, Tensor, Tensor)")
+LIB.define("batch_norm_stats(Tensor x, str backend) -> (Tensor, Tensor)")
+LIB.define(f"batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, {_ACT_ARGS}, "
+           f"str backend) -> Tensor")
+LIB.define(f"batch_norm_backward_reduce(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
+           f"Tensor? bias, {_ACT_ARGS}, str backend) -> (Tensor, Tensor)")
+LIB.define(f"batch_norm_backward_elemt(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, "
+           f"Tensor? bias, Tensor sum_dz, Tensor sum_dz_xmu, int count, {_ACT_ARGS}, str backend) -> Tensor")
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout and argument checks (shared by the real kernels and the fake ones, so both agree on strides)
+# --------------------------------------------------------------------------------------------------
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True if x is a dense (N, spatial..., C) array: channel fastest. 2-D (N, C) counts (rows of channels)."""
+    if x.dim() == 2:
+        return x.is_contiguous()
+    if x.dim() < 3 or x.is_contiguous():
+        return False  # when both layouts fit (C == 1, or spatial all 1) the contiguous reading wins
+    return x.permute(0, *range(2, x.dim()), 1).is_contiguous()
+
+
+def dense_layout(x: torch.Tensor) -> torch.Tensor:
+    """x itself if it is contiguous or channels-last dense; a contiguous copy otherwise."""
+    return x if (x.is_contiguous() or is_channels_last(x)) else x.contiguous()
+
+
+def channel_count(x: torch.Tensor) -> int:
+    """Values per channel: N * prod(spatial)."""
+    n = x.shape[0]
+    for d in x.shape[2:]:
+        n = n * d
+    return n
+
+
+def _check_param(t, name: str, x: torch.Tensor, op: str) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+    C = x.shape[1]
+    if t.dim() != 1 or t.shape[0] != C:
+        raise ValueError(f"pydl.{op}: {name} must have shape ({C},) (one value per channel of x), "
+                         f"got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"pydl.{op}: {name} is on {t.device} but x is on {x.device}")
+    mixed_ok = x.dtype in (torch.float16, torch.bfloat16) and t.dtype == torch.float32
+    if t.dtype != x.dtype and not mixed_ok:
+        raise TypeError(f"pydl.{op}: {name} has dtype {t.dtype} but x is {x.dtype}; {name} must have x's dtype "
+                        f"(or float32 when x is float16/bfloat16)")
+
+
+def _check_x(x, op: str) -> None:
+    check_floating(x, op, "x")
+    if x.dim() < 2:
+        raise ValueError(f"pydl.{op}: x must have shape (N, C, ...) with rank >= 2, got rank {x.dim()}")
+
+
+def _check_stat(t, name: str, x, op: str) -> None:
+    """mean / invstd / sums: (C,) tensors in the accumulation dtype, on x's device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != (x.shape[1],) or t.device != x.device or t.dtype != acc_dtype(x.dtype):
+        raise ValueError(f"pydl.{op}: {name} must be a ({x.shape[1]},) {acc_dtype(x.dtype)} tensor on {x.device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+def check_forward_args(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
+                       op="batch_norm") -> None:
+    _check_x(x, op)
+    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
+                    (running_var, "running_var")):
+        _check_param(t, name, x, op)
+    if use_batch_stats:
+        if channel_count(x) == 1:  # torch's exact words: code that catches them keeps working
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+    elif running_mean is None or running_var is None:
+        raise ValueError(f"pydl.{op}: eval mode (use_batch_stats=False) needs running_mean and running_var")
+    if not eps >= 0:
+        raise ValueError(f"pydl.{op}: eps must be >= 0, got {eps}")
+    _activation.check_act(act, leak, sub, maxv, op)
+
+
+# --------------------------------------------------------------------------------------------------
+# reference: plain PyTorch, written to be read
+# --------------------------------------------------------------------------------------------------
+
+def _dims(x):
+    return [0] + list(range(2, x.dim()))
+
+
+def _per_channel(t, x):
+    """A (C,) tensor shaped to broadcast against x: (1, C, 1, ...)."""
+    return t.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _ref_stats(x):
+    acc = acc_dtype(x.dtype)
+    n = channel_count(x)
+    if n == 0:
+        z = torch.zeros(x.shape[1], dtype=acc, device=x.device)
+        return z, z.clone()
+    var, mean = torch.var_mean(x.to(acc), dim=_dims(x), correction=0)
+    return mean, var * n
+
+
+def _ref_z(x, mean, invstd, weight, bias):
+    acc = mean.dtype
+    z = (x.to(acc) - _per_channel(mean, x)) * _per_channel(invstd, x)
+    if weight is not None:
+        z = z * _per_channel(weight.to(acc), x)
+    if bias is not None:
+        z = z + _per_channel(bias.to(acc), x)
+    return z
+
+
+def _ref_apply(x, mean, invstd, weight, bias, act, leak, sub, maxv):
+    y = _activation.apply(_ref_z(x, mean, invstd, weight, bias), act, leak, sub, maxv).to(x.dtype)
+    return torch.empty_like(x).copy_(y)  # x's strides (channels_last stays channels_last)
+
+
+def _ref_forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv):
+    acc = acc_dtype(x.dtype)
+    if use_batch_stats:
+        mean, m2 = _ref_stats(x)
+        var = m2 / max(channel_count(x), 1)
+    else:
+        # copies: an op's outputs must not alias its inputs (the schema says they do not)
+        mean, var = running_mean.to(acc, copy=True), running_var.to(acc, copy=True)
+    invstd = torch.rsqrt(var + eps)
+    return _ref_apply(x, mean, invstd, weight, bias, act, leak, sub, maxv), mean, invstd, var
+
+
+def _ref_update_running(running_mean, running_var, mean, var, count, momentum, num_batches_tracked):
+    if count == 0:  # an empty batch leaves the running stats alone (as torch does)
+        return
+    f = (1.0 / num_batches_tracked.double()) if momentum is None else momentum
+    unbiased = var * (count / (count - 1))
+    acc = mean.dtype
+    running_mean.copy_(((1 - f) * running_mean.to(acc) + f * mean).to(running_mean.dtype))
+    running_var.copy_(((1 - f) * running_var.to(acc) + f * unbiased).to(running_var.dtype))
+
+
+def _ref_backward_reduce(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv):
+    acc = mean.dtype
+    dz = _activation.grad(dy.to(acc), _ref_z(x, mean, invstd, weight, bias), act, leak, sub, maxv)
+    xmu = x.to(acc) - _per_channel(mean, x)
+    return dz.sum(_dims(x)), (dz * xmu).sum(_dims(x))
+
+
+def _ref_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act, leak, sub, maxv):
+    acc = mean.dtype
+    dz = _activation.grad(dy.to(acc), _ref_z(x, mean, invstd, weight, bias), act, leak, sub, maxv)
+    k = invstd if weight is None else invstd * weight.to(acc)
+    n = max(count, 1)
+    xmu = x.to(acc) - _per_channel(mean, x)
+    dx = (dz - _per_channel(sum_dz / n, x) - xmu * _per_channel(invstd * invstd * sum_dz_xmu / n, x)) \
+        * _per_channel(k, x)
+    return torch.empty_like(x).copy_(dx.to(x.dtype))
+
+
+def _ref_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad):
+    sum_dz, sum_dz_xmu = _ref_backward_reduce(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv)
+    if not input_grad:
+        dx = x.new_empty((0,))
+    elif use_batch_stats:
+        dx = _ref_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, channel_count(x),
+                                 act, leak, sub, maxv)
+    else:  # mean and invstd are constants: no terms through the statistics
+        zero = torch.zeros_like(sum_dz)
+        dx = _ref_backward_elemt(dy, x, mean, invstd, weight, bias, zero, zero, 1, act, leak, sub, maxv)
+    return dx, sum_dz_xmu * invstd, sum_dz
+
+
+class Kernels(NamedTuple):
+    """One backend's batch-norm kernels (the same signatures in every backend; x is already dense)."""
+    forward: object
+    update_running: object
+    backward: object
+    stats: object
+    apply: object
+    backward_reduce: object
+    backward_elemt: object
+
+
+REFERENCE = Kernels(_ref_forward, _ref_update_running, _ref_backward, _ref_stats, _ref_apply,
+                    _ref_backward_reduce, _ref_backward_elemt)
+
+
+def batch_norm_reference(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+                         momentum=0.1, eps=1e-5, act="none", leak=None, sub=None, maxv=None,
+                         num_batches_tracked=None):
+    """The ground truth as one readable function (plain torch ops, no autograd of its own: autograd
+    differentiates it through torch's ops). Same contract as :func:`batch_norm`."""
+    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    acc = acc_dtype(x.dtype)
+    if training:
+        dims = _dims(x)
+        var, mean = torch.var_mean(x.to(acc), dim=dims, correction=0)
+        if running_mean is not None:
+            with torch.no_grad():
+                _ref_update_running(running_mean, running_var, mean.detach(), var.detach(), channel_count(x),
+                                    momentum, num_batches_tracked)
+    else:
+        mean, var = running_mean.to(acc), running_var.to(acc)
+    z = _ref_z(x, mean, torch.rsqrt(var + eps), weight, bias)
+    return _activation.apply(z, act, leak_, sub_, maxv_).to(x.dtype)
+
+
+def _compiled(namespace: str):
+    def load():
+        ns = getattr(torch.ops, namespace)
+        return Kernels(*(getattr(ns, "batch_norm_" + f).default for f in Kernels._fields))
+
+    return load
+
+
+def _triton():
+    from ..kernels import batch_norm as k
+
+    return Kernels(k.forward, k.update_running, k.backward, k.stats, k.apply, k.backward_reduce, k.backward_elemt)
+
+
+OP = backends.register_op(backends.Op("batch_norm", {
+    "reference": lambda: REFERENCE,
+    "cpu": _compiled("pydl_cpu"),
+    "cuda": _compiled("pydl_cuda"),
+    "triton": _triton,
+}))
+
+
+def kernels(backend: str, device_type: str) -> Kernels:
+    """The Kernels of a backend name ('auto' resolved for this device type)."""
+    return OP.impl(OP.resolve(backend, device_type))
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatcher kernels (CPU and CUDA keys): check, fix the layout, call the backend
+# --------------------------------------------------------------------------------------------------
+
+def _out_dtype(t, fallback):
+    return fallback if t is None else t.dtype
+
+
+def _forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv, backend):
+    check_forward_args(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv)
+    if use_batch_stats:
+        running_mean = running_var = None  # not read: the kernels need not see them
+    return kernels(backend, x.device.type).forward(dense_layout(x), weight, bias, running_mean, running_var,
+                                                   use_batch_stats, eps, act, leak, sub, maxv)
+
+
+def _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, op):
+    _check_x(x, op)
+    check_floating(dy, op, "dy")
+    if dy.shape != x.shape or dy.device != x.device or dy.dtype != x.dtype:
+        raise ValueError(f"pydl.{op}: dy must match x (shape {tuple(x.shape)}, {x.dtype}, {x.device}), got "
+                         f"{tuple(dy.shape)} {dy.dtype} on {dy.device}")
+    _check_stat(mean, "mean", x, op)
+    _check_stat(invstd, "invstd", x, op)
+    _check_param(weight, "weight", x, op)
+    _check_param(bias, "bias", x, op)
+    _activation.check_act(act, leak, sub, maxv, op)
+
+
+def _like(dy, x):
+    """dy in x's (dense) layout: the kernels index both with the same offsets."""
+    return dy if dy.stride() == x.stride() else torch.empty_like(x).copy_(dy)
+
+
+def _backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad, backend):
+    _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, "batch_norm_backward")
+    x = dense_layout(x)
+    dx, dw, db = kernels(backend, x.device.type).backward(_like(dy, x), x, mean, invstd, weight, bias,
+                                                          use_batch_stats, act, leak, sub, maxv, input_grad)
+    return dx, dw.to(_out_dtype(weight, dw.dtype)), db.to(_out_dtype(bias, db.dtype))
+
+
+def _update_running(running_mean, running_var, mean, var, count, momentum, num_batches_tracked, backend):
+    op = "batch_norm_update_running"
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"), (mean, "mean"), (var, "var")):
+        check_floating(t, op, name)
+        if t.shape != mean.shape or t.dim() != 1 or t.device != mean.device:
+            raise ValueError(f"pydl.{op}: {name} must be a ({mean.shape[0]},) tensor on {mean.device}, "
+                             f"got {tuple(t.shape)} on {t.device}")
+    if var.dtype != mean.dtype:
+        raise TypeError(f"pydl.{op}: var ({var.dtype}) and mean ({mean.dtype}) must share a dtype")
+    if momentum is None and num_batches_tracked is None:
+        raise ValueError(f"pydl.{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    if count < 0:
+        raise ValueError(f"pydl.{op}: count must be >= 0, got {count}")
+    kernels(backend, mean.device.type).update_running(running_mean, running_var, mean, var, count, momentum,
+                                                      num_batches_tracked)
+
+
+def _stats(x, backend):
+    _check_x(x, "batch_norm_stats")
+    return kernels(backend, x.device.type).stats(dense_layout(x))
+
+
+def _apply(x, mean, invstd, weight, bias, act, leak, sub, maxv, backend):
+    op = "batch_norm_apply"
+    _check_x(x, op)
+    _check_stat(mean, "mean", x, op)
+    _check_stat(invstd, "invstd", x, op)
+    _check_param(weight, "weight", x, op)
+    _check_param(bias, "bias", x, op)
+    _activation.check_act(act, leak, sub, maxv, op)
+    return kernels(backend, x.device.type).apply(dense_layout(x), mean, invstd, weight, bias, act, leak, sub, maxv)
+
+
+def _backward_reduce(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, backend):
+    _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, "batch_norm_backward_reduce")
+    x = dense_layout(x)
+    return kernels(backend, x.device.type).backward_reduce(_like(dy, x), x, mean, invstd, weight, bias,
+                                                           act, leak, sub, maxv)
+
+
+def _backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act, leak, sub, maxv, backend):
+    op = "batch_norm_backward_elemt"
+    _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, op)
+    _check_stat(sum_dz, "sum_dz", x, op)
+    _check_stat(sum_dz_xmu, "sum_dz_xmu", x, op)
+    x = dense_layout(x)
+    return kernels(backend, x.device.type).backward_elemt(_like(dy, x), x, mean, invstd, weight, bias, sum_dz,
+                                                          sum_dz_xmu, count, act, leak, sub, maxv)
+
+
+for _name, _fn in (("batch_norm", _forward), ("batch_norm_backward", _backward),
+                   ("batch_norm_update_running", _update_running), ("batch_norm_stats", _stats),
+                   ("batch_norm_apply", _apply), ("batch_norm_backward_reduce", _backward_reduce),
+                   ("batch_norm_backward_elemt", _backward_elemt)):
+    LIB.impl(_name, _fn, "CPU")
+    LIB.impl(_name, _fn, "CUDA")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake (meta) implementations: shapes, dtypes and strides only
+# --------------------------------------------------------------------------------------------------
+
+def _stat_like(x):
+    return x.new_empty((x.shape[1],), dtype=acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("pydl::batch_norm")
+def _forward_fake(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv, backend):
+    check_forward_args(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv)
+    return torch.empty_like(dense_layout(x)), _stat_like(x), _stat_like(x), _stat_like(x)
+
+
+@torch.library.register_fake("pydl::batch_norm_backward")
+def _backward_fake(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad, backend):
+    _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, "batch_norm_backward")
+    dx = torch.empty_like(dense_layout(x)) if input_grad else x.new_empty((0,))
+    return (dx, _stat_like(x).to(_out_dtype(weight, mean.dtype)), _stat_like(x).to(_out_dtype(bias, mean.dtype)))
+
+
+@torch.library.register_fake("pydl::batch_norm_update_running")
+def _update_running_fake(running_mean, running_var, mean, var, count, momentum, num_batches_tracked, backend):
+    return None
+
+
+@torch.library.register_fake("pydl::batch_norm_stats")
+def _stats_fake(x, backend):
+    _check_x(x, "batch_norm_stats")
+    return _stat_like(x), _stat_like(x)
+
+
+@torch.library.register_fake("pydl::batch_norm_apply")
+def _apply_fake(x, mean, invstd, weight, bias, act, leak, sub, maxv, backend):
+    return torch.empty_like(dense_layout(x))
+
+
+@torch.library.register_fake("pydl::batch_norm_backward_reduce")
+def _backward_reduce_fake(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, backend):
+    return _stat_like(x), _stat_like(x)
+
+
+@torch.library.register_fake("pydl::batch_norm_backward_elemt")
+def _backward_elemt_fake(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act, leak, sub, maxv,
+                         backend):
+    return torch.empty_like(dense_layout(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd: on the non-mutating forward; its backward is the backend-dispatched batch_norm_backward
+# --------------------------------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _rm, _rv, use_batch_stats, _eps, act, leak, sub, maxv, backend = inputs
+    _y, mean, invstd, var = output
+    ctx.save_for_backward(x, weight, bias, mean, invstd)
+    ctx.args = (use_batch_stats, act, leak, sub, maxv, backend)
+    ctx.mark_non_differentiable(mean, invstd, var)
+
+
+def _autograd_backward(ctx, dy, _dmean, _dinvstd, _dvar):
+    x, weight, bias, mean, invstd = ctx.saved_tensors
+    use_batch_stats, act, leak, sub, maxv, backend = ctx.args
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dx, dw, db = torch.ops.pydl.batch_norm_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act,
+                                                    leak, sub, maxv, need_x, backend)
+    return (dx if need_x else None, dw if need_w else None, db if need_b else None) + (None,) * 9
+
+
+torch.library.register_autograd("pydl::batch_norm", _autograd_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------
+
+def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
+               running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, training: bool = False, momentum: Optional[float] = 0.1,
+               eps: float = 1e-5, act: str = "none", leak: Optional[float] = None, sub: Optional[float] = None,
+               maxv: Optional[float] = None, num_batches_tracked: Optional[torch.Tensor] = None,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """``torch.nn.functional.batch_norm`` with pydl kernels and an optional fused activation.
+
+    ``training=True``: normalise with the batch's statistics and, if running stats are given, update them in
+    place (momentum, or a cumulative average over ``num_batches_tracked`` -- already incremented by the
+    caller, as torch's modules do -- when ``momentum`` is None). ``training=False``: use the running stats.
+    ``act``: ``"none"``, ``"relu"`` or ``"general_relu"`` (fastai's GeneralRelu with ``leak``, ``sub``,
+    ``maxv``; None = off). ``backend``: as everywhere in pydl (None = the current default).
+    """
+    name = backends.get_backend() if backend is None else backend
+    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("pydl.batch_norm: pass both running_mean and running_var, or neither")
+    if training and running_mean is not None:
+        # checked before any work: the forward op does not see running stats it will not read
+        _check_x(x, "batch_norm")
+        _check_param(running_mean, "running_mean", x, "batch_norm")
+        _check_param(running_var, "running_var", x, "batch_norm")
+    y, mean, _invstd, var = torch.ops.pydl.batch_norm(
+        x, weight, bias, None if training else running_mean, None if training else running_var, bool(training),
+        float(eps), act, leak_, sub_, maxv_, name)
+    if training and running_mean is not None:
+        torch.ops.pydl.batch_norm_update_running(running_mean, running_var, mean, var, channel_count(x),
+                                                 None if momentum is None else float(momentum),
+                                                 num_batches_tracked, name)
+    return y
+
+
+def batch_norm_stats(x, backend=None):
+    """Per-channel (mean, M2) of x in the accumulation dtype; the count is N * prod(spatial)."""
+    return torch.ops.pydl.batch_norm_stats(x, backends.get_backend() if backend is None else backend)
+
+
+def batch_norm_apply(x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None, maxv=None,
+                     backend=None):
+    """y = act((x - mean) * invstd * weight + bias), per channel (no autograd: a building block)."""
+    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    return torch.ops.pydl.batch_norm_apply(x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
+                                           backends.get_backend() if backend is None else backend)
+
+
+def batch_norm_backward_reduce(dy, x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None,
+                               maxv=None, backend=None):
+    """(sum(dz), sum(dz * (x - mean))) per channel, dz = act'(z) * dy: one pass over dy and x."""
+    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    return torch.ops.pydl.batch_norm_backward_reduce(dy, x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
+                                                     backends.get_backend() if backend is None else backend)
+
+
+def batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act="none",
+                              leak=None, sub=None, maxv=None, backend=None):
+    """dx from the two (possibly all-reduced) sums and the total per-channel count."""
+    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    return torch.ops.pydl.batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
+                                                    int(count), act, leak_, sub_, maxv_,
+                                                    backends.get_backend() if backend is None else backend)

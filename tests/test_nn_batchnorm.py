@@ -1,0 +1,178 @@
+"""pydl.nn.BatchNorm1d/2d/3d as drop-ins for torch's: constructor, parameters, buffers, state_dict, train/eval
+behaviour, convert() both ways, fused activation, and a short training run that must track torch's losses.
+
+Tolerances: outputs / running stats 2e-5 relative to max(1, |expected|) for float32 (fp32 accumulation over
+<= ~1e4 values per channel, pairwise merged); the training run compares losses to 1e-4 relative: 30 steps of
+SGD let fp32 rounding differences (different summation orders) grow, but only slowly at this learning rate.
+"""
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pydl
+from pydl.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+from conftest import require_backend
+
+OP = "batch_norm"
+PAIRS = [(BatchNorm1d, nn.BatchNorm1d, (4, 5, 7)), (BatchNorm1d, nn.BatchNorm1d, (6, 5)),
+         (BatchNorm2d, nn.BatchNorm2d, (3, 5, 4, 7)), (BatchNorm3d, nn.BatchNorm3d, (2, 5, 3, 2, 3))]
+
+
+def close(a, b, tol=2e-5):
+    a, b = a.detach().double(), b.detach().double()
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    assert float((a - b).abs().max()) <= tol * scale if b.numel() else a.shape == b.shape
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(eps=1e-3, momentum=0.3), dict(momentum=None),
+                                    dict(affine=False), dict(track_running_stats=False),
+                                    dict(affine=False, track_running_stats=False)])
+def test_same_parameters_buffers_and_state_dict(kwargs):
+    for ours_cls, torch_cls, _ in PAIRS:
+        ours, ref = ours_cls(5, **kwargs), torch_cls(5, **kwargs)
+        assert isinstance(ours, torch_cls)
+        assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+        assert [n for n, _ in ours.named_buffers()] == [n for n, _ in ref.named_buffers()]
+        sd = ref.state_dict()
+        assert list(ours.state_dict().keys()) == list(sd.keys())
+        # torch -> pydl -> torch is exact (after perturbing everything so defaults cannot hide a mismatch)
+        for v in sd.values():
+            if v.is_floating_point():
+                v.uniform_()
+            else:
+                v.fill_(7)
+        ours.load_state_dict(sd)
+        back = torch_cls(5, **kwargs)
+        back.load_state_dict(ours.state_dict())
+        for k, v in back.state_dict().items():
+            assert torch.equal(v, sd[k]), k
+        assert ours.backend is None
+        assert repr(ref) in repr(ours) or repr(ours).startswith(type(ours).__name__)
+
+
+def test_state_dict_through_bytes_and_dtype_device_args():
+    m = BatchNorm2d(3, device="cpu", dtype=torch.float64)
+    assert m.weight.dtype == torch.float64 and m.running_var.dtype == torch.float64
+    buf = io.BytesIO()
+    torch.save(nn.BatchNorm2d(3).double().state_dict(), buf)
+    buf.seek(0)
+    m.load_state_dict(torch.load(buf))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("kwargs", [dict(), dict(affine=False), dict(track_running_stats=False)])
+def test_train_and_eval_match_torch(cpu_backend, momentum, kwargs):
+    require_backend(cpu_backend, "cpu", OP)
+    for ours_cls, torch_cls, shape in PAIRS:
+        if cpu_backend == "triton" and len(shape) > 4:
+            continue
+        ours = ours_cls(shape[1], momentum=momentum, backend=cpu_backend, **kwargs)
+        ref = torch_cls(shape[1], momentum=momentum, **kwargs)
+        if ours.affine:
+            with torch.no_grad():
+                ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-1, 1)
+            ours.load_state_dict(ref.state_dict())
+        for step in range(3):
+            x = torch.randn(shape) * 2 + step
+            x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+            y1, y2 = ours(x1), ref(x2)
+            close(y1, y2)
+            dy = torch.randn(shape)
+            y1.backward(dy), y2.backward(dy)
+            close(x1.grad, x2.grad, 5e-5)
+            if ours.affine:
+                close(ours.weight.grad, ref.weight.grad, 5e-5), close(ours.bias.grad, ref.bias.grad, 5e-5)
+            for k, v in ref.state_dict().items():
+                close(ours.state_dict()[k], v)
+        ours.eval(), ref.eval()
+        x = torch.randn(shape)
+        close(ours(x), ref(x))
+
+
+def test_input_rank_checked_like_torch():
+    with pytest.raises(ValueError, match="expected 4D input"):
+        BatchNorm2d(3)(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        BatchNorm1d(3)(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
+    m = BatchNorm2d(3).eval()
+    assert m(torch.randn(1, 3, 1, 1)).shape == (1, 3, 1, 1)  # eval with running stats: fine
+
+
+def test_convert_swaps_and_shares_tensors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.BatchNorm1d(8)))
+    bn2, bn1 = model[1], model[3][2]
+    w, rm = bn2.weight, bn2.running_mean
+    model.eval()
+    pydl.convert(model, backend="reference")
+    assert type(model[1]) is BatchNorm2d and type(model[3][2]) is BatchNorm1d
+    assert model[1].weight is w and model[1].running_mean is rm, "same tensors, not copies"
+    assert model[1].backend == "reference" and not model[1].training
+    pydl.convert(model, to="torch")
+    assert type(model[1]) is nn.BatchNorm2d and model[1].weight is w
+    assert type(model[3][2]) is nn.BatchNorm1d and model[3][2].running_var is bn1.running_var
+
+
+def test_fused_activation_module(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    m = BatchNorm2d(3, act="general_relu", leak=0.1, sub=0.4, maxv=3.0, backend=cpu_backend)
+    ref = nn.BatchNorm2d(3)
+    x = torch.randn(2, 3, 3, 5)
+    y = m(x)
+    z = ref(x)
+    want = (torch.nn.functional.leaky_relu(z, 0.1) - 0.4).clamp_max(3.0)
+    close(y, want)
+    assert "general_relu" in repr(m)
+    with pytest.raises(ValueError, match="no torch twin"):
+        m.to_torch()
+    with pytest.raises(ValueError, match="act must be one of"):
+        BatchNorm2d(3, act="gelu")
+
+
+def test_torch_compile_module_fullgraph():
+    for momentum in (0.1, None):
+        m = BatchNorm2d(3, momentum=momentum)
+        ref = nn.BatchNorm2d(3, momentum=momentum)
+        f = torch.compile(m, fullgraph=True, backend="aot_eager")
+        for _ in range(2):
+            x = torch.randn(4, 3, 5, 5)
+            close(f(x), ref(x))
+        close(m.running_mean, ref.running_mean), close(m.running_var, ref.running_var)
+        assert int(m.num_batches_tracked) == 2
+
+
+def _cnn(bn_cls, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), bn_cls(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), bn_cls(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def test_short_training_run_tracks_torch():
+    """A small CNN, 30 SGD steps, fixed seed: pydl's BatchNorm (auto backend) vs torch's, loss by loss."""
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(30, 16, 3, 12, 12, generator=g)
+    # a learnable task: the class is the sign pattern of the first two channels' means
+    ys = (xs[:, :, 0].mean((-1, -2)) > 0).long() + 2 * (xs[:, :, 1].mean((-1, -2)) > 0).long()
+    losses = {}
+    for name, cls in (("torch", nn.BatchNorm2d), ("pydl", BatchNorm2d)):
+        model = _cnn(cls)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        out = []
+        for i in range(30):
+            loss = nn.functional.cross_entropy(model(xs[i]), ys[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        model.eval()
+        out.append(nn.functional.cross_entropy(model(xs[0]), ys[0]).item())  # eval uses the running stats
+        losses[name] = torch.tensor(out)
+    assert losses["torch"][-2] < losses["torch"][0], "the run must actually train"
+    assert torch.allclose(losses["pydl"], losses["torch"], rtol=1e-4, atol=1e-5), (losses["pydl"], losses["torch"])
