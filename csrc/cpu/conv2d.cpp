@@ -1,0 +1,710 @@
+// conv2d on the CPU: forward (with a fused bias + activation epilogue) and backward (grad input, grad weight,
+// grad bias), for NCHW and channels_last, fp32 / fp64 / fp16 / bf16.
+//
+// The algorithm is tiled im2col + GEMM ("lowering" a convolution to a matrix product):
+//
+//   per (image n, group g, tile of TL output pixels):
+//     1. im2col  -- gather, into a small buffer that stays in L2, the K = Cg*kh*kw input values every output
+//                   pixel of the tile reads (zeros where a tap falls in the padding);
+//     2. GEMM    -- multiply by the weight, (Cout/g x K) @ (K x TL), with at::mm: the ONE building block
+//                   borrowed from ATen (it calls MKL/oneDNN's sgemm/dgemm). Everything around it is ours.
+//     3. epilogue -- read the GEMM tile while it is still in cache, add the bias, apply the activation, and
+//                   write y (and z, the pre-activation, when the backward will need it) in the output's
+//                   layout. Fusing this loop saves a full read + write of the output per op we fused.
+//
+// Why tiles rather than one big im2col matrix: for a 3x3 conv the im2col matrix is 9x the input. Built whole
+// it goes to DRAM and back (tens of MB for a ResNet layer); built one tile at a time it never leaves L2, and
+// the copy costs a few percent of the GEMM instead of doubling the run time.
+//
+// Layouts. NCHW: an output tile is a run of pixels of one image, so the buffer is (K x TL) with the taps as
+// rows: each row is a strided copy of one input row (contiguous for stride 1: vectorised), and the GEMM gives
+// (Cout/g x TL), i.e. NCHW rows of the output. channels_last (NHWC): the buffer is (TL x K') with
+// K' = (kh, kw, Cg) -- each tap is a contiguous run of Cg channels -- and the weight permuted to
+// (Cout, kh, kw, Cg) to match; the GEMM gives (TL x Cout/g), i.e. NHWC rows. Neither layout is copied.
+//
+// Backward, with dz = act'(z) * dy (computed once, in the output's layout, together with grad_bias):
+//   grad_w[g] += dz_tile (Cout/g x TL) @ im2col_tile^T (TL x K)  -- per-thread partial sums, added in order;
+//   grad_x    = col2im(W_g^T @ dz_tile): each tap's value added back into the input pixel it came from.
+//     col2im writes overlap between tiles of one image (the halo), so a grad-x task owns a whole (n, g)
+//     image: tasks never write the same element and there are no atomics.
+//
+// Depthwise convs (one input and one output channel per group) have K = kh*kw = 9: a GEMM per channel would be
+// all overhead. Their forward is a direct convolution instead, vectorised along the row (NCHW) or along the
+// channels (NHWC).
+//
+// Parallelism: at::parallel_for over tasks, each GEMM single-threaded inside it (MKL does not nest). When
+// there are fewer tasks than threads (batch 1, one group, small image) the tasks run in turn and each GEMM
+// uses all the threads itself.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "activation.h"
+#include "common.h"
+
+namespace pydl {
+namespace {
+
+struct Geom {
+  int64_t N, C, H, W;       // input
+  int64_t Co, Cg, Cog, G;   // out channels, in/out channels per group, groups
+  int64_t kh, kw, K;        // kernel, K = Cg*kh*kw
+  int64_t Ho, Wo, L;        // output, L = Ho*Wo
+  int64_t sh, sw, ph, pw, dh, dw;
+  bool cl;                  // channels_last layout (input, output and all gradients)
+};
+
+// First and one-past-last output column wo in [0, Wo) whose tap j lands inside the input row:
+// 0 <= wo*sw - pw + j*dw < W. Everything outside is padding. Computed once per row instead of a branch per
+// element, so the copy loop between them has no condition and vectorises.
+inline void valid_cols(const Geom& g, int64_t j, int64_t& lo, int64_t& hi) {
+  const int64_t off = j * g.dw - g.pw;  // wi = wo*sw + off
+  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+  hi = (g.W - 1 - off) < 0 ? 0 : (g.W - 1 - off) / g.sw + 1;
+  lo = std::min(lo, g.Wo);
+  hi = std::min(std::max(hi, lo), g.Wo);
+}
+
+int64_t pick_tile(const Geom& g, int64_t acc_bytes, int64_t tasks_outside) {
+  // ~256 KB of im2col buffer: L2-resident on any x86 of the last decade, and a GEMM wide enough to run near
+  // peak. Then shrink while there are fewer tasks than 2 per thread (load balance).
+  int64_t tl = std::max<int64_t>(16, (256 * 1024) / std::max<int64_t>(1, g.K * acc_bytes));
+  tl = std::min(tl, g.L);
+  const int64_t threads = at::get_num_threads();
+  while (tl > 64 && tasks_outside * ((g.L + tl - 1) / tl) < 2 * threads) tl /= 2;
+  if (tl >= 16) tl -= tl % 16;  // whole vectors in the epilogue
+  return std::max<int64_t>(1, tl);
+}
+
+// ---- im2col / col2im, NCHW: buffer (K x TL), row k = (ci, i, j) ------------------------------------------
+template <typename scalar_t, typename acc_t>
+void im2col_nchw(const Geom& g, const scalar_t* __restrict__ x, int64_t p0, int64_t tl, acc_t* __restrict__ buf) {
+  // x points at channel 0 of this image's group (channel stride H*W)
+  for (int64_t ci = 0; ci < g.Cg; ++ci)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        acc_t* __restrict__ row = buf + ((ci * g.kh + i) * g.kw + j) * tl;
+        int64_t lo, hi;
+        valid_cols(g, j, lo, hi);
+        const int64_t off = j * g.dw - g.pw;
+        for (int64_t p = p0; p < p0 + tl;) {
+          const int64_t ho = p / g.Wo, wo0 = p - ho * g.Wo;
+          const int64_t wo1 = std::min(g.Wo, wo0 + (p0 + tl - p));
+          acc_t* __restrict__ out = row + (p - p0) - wo0;  // out[wo] for wo in [wo0, wo1)
+          const int64_t hi_in = ho * g.sh - g.ph + i * g.dh;
+          if (hi_in < 0 || hi_in >= g.H) {
+            for (int64_t wo = wo0; wo < wo1; ++wo) out[wo] = acc_t(0);
+          } else {
+            const scalar_t* __restrict__ xr = x + (ci * g.H + hi_in) * g.W + off;
+            const int64_t a = std::max(lo, wo0), b = std::max(a, std::min(hi, wo1));
+            for (int64_t wo = wo0; wo < a; ++wo) out[wo] = acc_t(0);
+            if (g.sw == 1) {
+              for (int64_t wo = a; wo < b; ++wo) out[wo] = acc_t(xr[wo]);
+            } else {
+              for (int64_t wo = a; wo < b; ++wo) out[wo] = acc_t(xr[wo * g.sw]);
+            }
+            for (int64_t wo = b; wo < wo1; ++wo) out[wo] = acc_t(0);
+          }
+          p += wo1 - wo0;
+        }
+      }
+}
+
+template <typename acc_t>
+void col2im_nchw(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64_t tl, acc_t* __restrict__ dx) {
+  // dx: this image's group, (Cg, H, W) in acc_t, accumulated into
+  for (int64_t ci = 0; ci < g.Cg; ++ci)
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const acc_t* __restrict__ row = buf + ((ci * g.kh + i) * g.kw + j) * tl;
+        int64_t lo, hi;
+        valid_cols(g, j, lo, hi);
+        const int64_t off = j * g.dw - g.pw;
+        for (int64_t p = p0; p < p0 + tl;) {
+          const int64_t ho = p / g.Wo, wo0 = p - ho * g.Wo;
+          const int64_t wo1 = std::min(g.Wo, wo0 + (p0 + tl - p));
+          const int64_t hi_in = ho * g.sh - g.ph + i * g.dh;
+          if (hi_in >= 0 && hi_in < g.H) {
+            const acc_t* __restrict__ in = row + (p - p0) - wo0;
+            acc_t* __restrict__ xr = dx + (ci * g.H + hi_in) * g.W + off;
+            const int64_t a = std::max(lo, wo0), b = std::max(a, std::min(hi, wo1));
+            if (g.sw == 1) {
+              for (int64_t wo = a; wo < b; ++wo) xr[wo] += in[wo];  // distinct wo -> distinct wi: vectorises
+            } else {
+              for (int64_t wo = a; wo < b; ++wo) xr[wo * g.sw] += in[wo];
+            }
+          }
+          p += wo1 - wo0;
+        }
+      }
+}
+
+// ---- im2col / col2im, NHWC: buffer (TL x K'), column k' = (i, j, ci) --------------------------------------
+template <typename scalar_t, typename acc_t>
+void im2col_nhwc(const Geom& g, const scalar_t* __restrict__ x, int64_t p0, int64_t tl, acc_t* __restrict__ buf) {
+  // x points at (n, 0, 0, g*Cg): pixel (h, w) channel c is x[(h*W + w)*C + c]
+  for (int64_t p = p0; p < p0 + tl; ++p) {
+    const int64_t ho = p / g.Wo, wo = p - ho * g.Wo;
+    acc_t* __restrict__ dst = buf + (p - p0) * g.K;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+      for (int64_t j = 0; j < g.kw; ++j, dst += g.Cg) {
+        const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+        if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) {
+          for (int64_t c = 0; c < g.Cg; ++c) dst[c] = acc_t(0);
+        } else {
+          const scalar_t* __restrict__ src = x + (hi * g.W + wi) * g.C;
+          for (int64_t c = 0; c < g.Cg; ++c) dst[c] = acc_t(src[c]);
+        }
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+void col2im_nhwc(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64_t tl, acc_t* __restrict__ dx) {
+  // dx: (H, W, Cg) acc_t scratch for this image's group (dense in Cg)
+  for (int64_t p = p0; p < p0 + tl; ++p) {
+    const int64_t ho = p / g.Wo, wo = p - ho * g.Wo;
+    const acc_t* __restrict__ src = buf + (p - p0) * g.K;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+      for (int64_t j = 0; j < g.kw; ++j, src += g.Cg) {
+        const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+        if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) continue;
+        acc_t* __restrict__ d = dx + (hi * g.W + wi) * g.Cg;
+        for (int64_t c = 0; c < g.Cg; ++c) d[c] += src[c];
+      }
+    }
+  }
+}
+
+// ---- the epilogue: bias + activation, written in the output's layout ------------------------------------
+// Templated on the activation so each instance is a branch-free loop the compiler vectorises.
+template <int KIND, typename acc_t>
+inline acc_t act_fwd(acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
+  if (KIND == kActNone) return z;
+  if (KIND == kActRelu) return z > acc_t(0) ? z : acc_t(0);
+  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
+  return y < maxv ? y : maxv;
+}
+
+template <int KIND, typename acc_t>
+inline acc_t act_bwd(acc_t dy, acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
+  if (KIND == kActNone) return dy;
+  if (KIND == kActRelu) return z > acc_t(0) ? dy : acc_t(0);
+  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
+  const acc_t d = z > acc_t(0) ? dy : dy * leak;
+  return y <= maxv ? d : acc_t(0);
+}
+
+// One contiguous run: out[i] = act(in[i] + bias), z[i] = in[i] + bias (if z).
+template <int KIND, typename scalar_t, typename acc_t>
+inline void epilogue_run(const acc_t* __restrict__ in, int64_t len, acc_t bias, const Act<acc_t>& a,
+                         scalar_t* __restrict__ y, scalar_t* __restrict__ z) {
+  const acc_t leak = a.leak, sub = a.sub, maxv = a.maxv;
+  if (z != nullptr) {
+    for (int64_t i = 0; i < len; ++i) {
+      const acc_t v = in[i] + bias;
+      z[i] = scalar_t(v);
+      y[i] = scalar_t(act_fwd<KIND>(v, leak, sub, maxv));
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i] = scalar_t(act_fwd<KIND>(in[i] + bias, leak, sub, maxv));
+  }
+}
+
+// Row-of-channels variant (NHWC): out[c] = act(in[c] + bias[c])
+template <int KIND, typename scalar_t, typename acc_t>
+inline void epilogue_row(const acc_t* __restrict__ in, int64_t len, const acc_t* __restrict__ bias,
+                         const Act<acc_t>& a, scalar_t* __restrict__ y, scalar_t* __restrict__ z) {
+  const acc_t leak = a.leak, sub = a.sub, maxv = a.maxv;
+  for (int64_t c = 0; c < len; ++c) {
+    const acc_t v = in[c] + bias[c];
+    if (z != nullptr) z[c] = scalar_t(v);
+    y[c] = scalar_t(act_fwd<KIND>(v, leak, sub, maxv));
+  }
+}
+
+template <typename F>
+void with_act(int kind, F&& f) {
+  switch (kind) {
+    case kActRelu: f(std::integral_constant<int, kActRelu>()); break;
+    case kActGeneralRelu: f(std::integral_constant<int, kActGeneralRelu>()); break;
+    default: f(std::integral_constant<int, kActNone>()); break;
+  }
+}
+
+// A (rows x cols) matrix view of a raw buffer with leading dimension ld (no copy), for at::mm.
+template <typename acc_t>
+at::Tensor mat(const acc_t* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<acc_t*>(p), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+// Run fn(task) for task in [0, T): in parallel when there are enough tasks, else in turn (each GEMM then
+// parallelises itself).
+template <typename F>
+void for_tasks(int64_t T, F&& fn) {
+  if (T >= at::get_num_threads() && T > 1) {
+    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) fn(t);
+    });
+  } else {
+    for (int64_t t = 0; t < T; ++t) fn(t);
+  }
+}
+
+Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+               at::IntArrayRef dilation, int64_t groups) {
+  Geom g;
+  g.N = x.size(0); g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  g.Co = w.size(0); g.Cg = w.size(1); g.kh = w.size(2); g.kw = w.size(3);
+  g.G = groups; g.Cog = g.Co / groups; g.K = g.Cg * g.kh * g.kw;
+  g.sh = stride[0]; g.sw = stride[1]; g.ph = padding[0]; g.pw = padding[1]; g.dh = dilation[0]; g.dw = dilation[1];
+  g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  g.L = g.Ho * g.Wo;
+  // channels_last in -> channels_last out (the rule of pydl/ops/conv2d.py: out_memory_format)
+  g.cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return g;
+}
+
+void check_conv_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                     const char* op) {
+  check_device(x, c10::DeviceType::CPU, op, "x");
+  check_device(w, c10::DeviceType::CPU, op, "weight");
+  check_floating(x, op, "x");
+  PYDL_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": weight dtype ", w.scalar_type(),
+                  " does not match x dtype ", x.scalar_type());
+  PYDL_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got rank ", x.dim());
+  PYDL_CHECK_VALUE(w.dim() == 4, op, ": weight must be 4-D (Cout, Cin/groups, kh, kw), got rank ", w.dim());
+  PYDL_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+                   ": stride, padding, dilation need 2 entries each");
+  PYDL_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1");
+  PYDL_CHECK_VALUE(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1");
+  PYDL_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0");
+  PYDL_CHECK_VALUE(groups >= 1 && x.size(1) % groups == 0 && w.size(0) % groups == 0, op,
+                   ": in_channels (", x.size(1), ") and out_channels (", w.size(0), ") must be divisible by groups (",
+                   groups, ")");
+  PYDL_CHECK_VALUE(w.size(1) * groups == x.size(1), op, ": weight expects ", w.size(1) * groups,
+                   " input channels but x has ", x.size(1));
+  PYDL_CHECK_VALUE(w.size(0) > 0 && w.size(2) > 0 && w.size(3) > 0, op, ": weight must have nonzero sizes");
+  if (b.has_value()) {
+    check_device(*b, c10::DeviceType::CPU, op, "bias");
+    PYDL_CHECK_TYPE(b->scalar_type() == x.scalar_type(), op, ": bias dtype ", b->scalar_type(),
+                    " does not match x dtype ", x.scalar_type());
+    PYDL_CHECK_VALUE(b->dim() == 1 && b->size(0) == w.size(0), op, ": bias must have shape (", w.size(0), ")");
+  }
+  const int64_t ho = (x.size(2) + 2 * padding[0] - dilation[0] * (w.size(2) - 1) - 1) / stride[0] + 1;
+  const int64_t wo = (x.size(3) + 2 * padding[1] - dilation[1] * (w.size(3) - 1) - 1) / stride[1] + 1;
+  PYDL_CHECK_VALUE(x.size(2) + 2 * padding[0] >= dilation[0] * (w.size(2) - 1) + 1 && ho >= 1 &&
+                       x.size(3) + 2 * padding[1] >= dilation[1] * (w.size(3) - 1) + 1 && wo >= 1,
+                   op, ": kernel (", w.size(2), ", ", w.size(3), ") is larger than the padded input");
+}
+
+Act<double> make_act(const std::string& act, double leak, double sub, double maxv) {
+  Act<double> a;
+  if (act == "none") a.kind = kActNone;
+  else if (act == "relu") a.kind = kActRelu;
+  else if (act == "general_relu") a.kind = kActGeneralRelu;
+  else PYDL_CHECK_VALUE(false, "conv2d: act must be none, relu or general_relu, got ", act);
+  a.leak = leak; a.sub = sub; a.maxv = maxv;
+  return a;
+}
+
+template <typename acc_t>
+Act<acc_t> cast_act(const Act<double>& a) {
+  return Act<acc_t>{a.kind, acc_t(a.leak), acc_t(a.sub), acc_t(a.maxv)};
+}
+
+// =========================================================================================================
+// Forward
+// =========================================================================================================
+
+// Depthwise (Cg == Cog == 1): a direct convolution, no GEMM.
+template <typename scalar_t>
+void depthwise_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, const at::Tensor& b_acc,
+                       const Act<at::opmath_type<scalar_t>>& act, scalar_t* y, scalar_t* z) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* wp = w_acc.data_ptr<acc_t>();  // (C, kh, kw) for NCHW; (kh, kw, C) for NHWC
+  const acc_t* bp = b_acc.data_ptr<acc_t>();  // (C,), zeros if no bias
+  const int64_t C = g.C, KK = g.kh * g.kw;
+  with_act(act.kind, [&](auto kind_c) {
+    constexpr int KIND = decltype(kind_c)::value;
+    if (!g.cl) {
+      // one task per (n, c) plane; each output row accumulates kh*kw shifted input rows, vectorised along wo
+      at::parallel_for(0, g.N * C, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<acc_t> acc(g.Wo);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t c = t % C;
+          const scalar_t* xp = x + t * g.H * g.W;
+          for (int64_t ho = 0; ho < g.Ho; ++ho) {
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            acc_t* __restrict__ a = acc.data();
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+              if (hi < 0 || hi >= g.H) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                int64_t lo, hiw;
+                valid_cols(g, j, lo, hiw);
+                const acc_t wv = wp[c * KK + i * g.kw + j];
+                const scalar_t* __restrict__ xr = xp + hi * g.W + j * g.dw - g.pw;
+                if (g.sw == 1) {
+                  for (int64_t wo = lo; wo < hiw; ++wo) a[wo] += wv * acc_t(xr[wo]);
+                } else {
+                  for (int64_t wo = lo; wo < hiw; ++wo) a[wo] += wv * acc_t(xr[wo * g.sw]);
+                }
+              }
+            }
+            const int64_t o = t * g.L + ho * g.Wo;
+            epilogue_run<KIND>(a, g.Wo, bp[c], act, y + o, z ? z + o : nullptr);
+          }
+        }
+      });
+    } else {
+      // one task per output pixel row; each pixel accumulates kh*kw taps, vectorised along the channels
+      at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<acc_t> acc(C);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t n = t / g.Ho, ho = t % g.Ho;
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            std::fill(acc.begin(), acc.end(), acc_t(0));
+            acc_t* __restrict__ a = acc.data();
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+              if (hi < 0 || hi >= g.H) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+                if (wi < 0 || wi >= g.W) continue;
+                const scalar_t* __restrict__ xr = x + ((n * g.H + hi) * g.W + wi) * C;
+                const acc_t* __restrict__ wr = wp + (i * g.kw + j) * C;
+                for (int64_t c = 0; c < C; ++c) a[c] += wr[c] * acc_t(xr[c]);
+              }
+            }
+            const int64_t o = ((n * g.Ho + ho) * g.Wo + wo) * C;
+            epilogue_row<KIND>(a, C, bp, act, y + o, z ? z + o : nullptr);
+          }
+        }
+      });
+    }
+  });
+}
+
+template <typename scalar_t>
+void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, const at::Tensor& b_acc,
+                  const Act<at::opmath_type<scalar_t>>& act, scalar_t* y, scalar_t* z) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* wp = w_acc.data_ptr<acc_t>();  // (Co, K), K in (ci, i, j) order for NCHW, (i, j, ci) for NHWC
+  const acc_t* bp = b_acc.data_ptr<acc_t>();
+  // 1x1, stride 1, no padding, input already in acc_t: the input IS the im2col matrix; skip the copy.
+  const bool direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
+                      std::is_same<scalar_t, acc_t>::value;
+  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
+  const int64_t tiles = (g.L + TL - 1) / TL;
+  const int64_t T = g.N * g.G * tiles;
+  with_act(act.kind, [&](auto kind_c) {
+    constexpr int KIND = decltype(kind_c)::value;
+    for_tasks(T, [&](int64_t t) {
+      // thread-local scratch, reused across this thread's tasks
+      thread_local std::vector<acc_t> buf, out;
+      buf.resize(direct ? 0 : g.K * TL);
+      out.resize(g.Cog * TL);
+      const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
+      const int64_t tl = std::min(TL, g.L - p0);
+      const at::Tensor wg = mat(wp + gi * g.Cog * g.K, g.Cog, g.K, g.K);
+      if (!g.cl) {
+        const scalar_t* xg = x + (n * g.C + gi * g.Cg) * g.H * g.W;
+        at::Tensor cols;
+        if (direct) {
+          cols = mat(reinterpret_cast<const acc_t*>(xg) + p0, g.K, tl, g.H * g.W);
+        } else {
+          im2col_nchw(g, xg, p0, tl, buf.data());
+          cols = mat(buf.data(), g.K, tl, tl);
+        }
+        at::Tensor o = mat(out.data(), g.Cog, tl, tl);
+        at::mm_out(o, wg, cols);  // (Cog x K) @ (K x tl)
+        for (int64_t co = 0; co < g.Cog; ++co) {
+          const int64_t c = gi * g.Cog + co;
+          const int64_t dst = (n * g.Co + c) * g.L + p0;
+          epilogue_run<KIND>(out.data() + co * tl, tl, bp[c], act, y + dst, z ? z + dst : nullptr);
+        }
+      } else {
+        const scalar_t* xg = x + n * g.H * g.W * g.C + gi * g.Cg;
+        at::Tensor rows;
+        if (direct) {
+          rows = mat(reinterpret_cast<const acc_t*>(xg) + p0 * g.C, tl, g.K, g.C);
+        } else {
+          im2col_nhwc(g, xg, p0, tl, buf.data());
+          rows = mat(buf.data(), tl, g.K, g.K);
+        }
+        at::Tensor o = mat(out.data(), tl, g.Cog, g.Cog);
+        at::mm_out(o, rows, wg.t());  // (tl x K) @ (K x Cog)
+        for (int64_t p = 0; p < tl; ++p) {
+          const int64_t dst = (n * g.L + p0 + p) * g.Co + gi * g.Cog;
+          epilogue_row<KIND>(out.data() + p * g.Cog, g.Cog, bp + gi * g.Cog, act, y + dst, z ? z + dst : nullptr);
+        }
+      }
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::Tensor& w,
+                                              const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
+                                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                              c10::string_view act_name, double leak, double sub, double maxv,
+                                              bool save_preact) {
+  check_conv_args(x_in, w, b, stride, padding, dilation, groups, "conv2d");
+  const Act<double> act = make_act(std::string(act_name), leak, sub, maxv);
+  Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
+  const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor y = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().memory_format(fmt));
+  const bool keep_z = save_preact && act.kind == kActGeneralRelu;
+  at::Tensor z = keep_z ? at::empty_like(y) : at::empty({0}, x.options());
+  if (y.numel() == 0) return {y, z};
+  const bool dw = g.Cg == 1 && g.Cog == 1;
+  // The weight in the accumulator type and in the K order of the layout (see the file comment). Tiny next to
+  // the activations, so copying it per call is cheap.
+  at::Tensor w_acc = dw ? (g.cl ? w.reshape({g.Co, g.kh * g.kw}).t() : w.reshape({g.Co, g.kh * g.kw}))
+                        : (g.cl ? w.permute({0, 2, 3, 1}) : w);
+  w_acc = w_acc.to(acc_type).contiguous();
+  const at::Tensor b_acc = b.has_value() ? b->to(acc_type).contiguous() : at::zeros({g.Co}, x.options().dtype(acc_type));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Act<acc_t> a = cast_act<acc_t>(act);
+    scalar_t* zp = keep_z ? z.data_ptr<scalar_t>() : nullptr;
+    if (dw) {
+      depthwise_forward<scalar_t>(g, x.data_ptr<scalar_t>(), w_acc, b_acc, a, y.data_ptr<scalar_t>(), zp);
+    } else {
+      gemm_forward<scalar_t>(g, x.data_ptr<scalar_t>(), w_acc, b_acc, a, y.data_ptr<scalar_t>(), zp);
+    }
+  });
+  return {y, z};
+}
+
+// =========================================================================================================
+// Backward
+// =========================================================================================================
+
+// dz = act'(z) * dy in acc_t (in the output's layout), and grad_bias = sum of dz per channel.
+// Returns dz; may return grad_y itself (no copy) when there is no activation and it is already acc_t.
+template <typename scalar_t>
+at::Tensor make_dz(const Geom& g, const at::Tensor& dy, const at::Tensor& zs, const Act<double>& act_d,
+                   at::Tensor* grad_b) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const Act<acc_t> act = cast_act<acc_t>(act_d);
+  at::Tensor dz;
+  const int64_t total = dy.numel();
+  if (act.kind == kActNone && std::is_same<scalar_t, acc_t>::value) {
+    dz = dy;
+  } else {
+    dz = at::empty(dy.sizes(), dy.options().dtype(acc_type).memory_format(
+                                    g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+    const scalar_t* d = dy.data_ptr<scalar_t>();
+    const scalar_t* zp = act.kind == kActNone ? nullptr : zs.data_ptr<scalar_t>();
+    acc_t* o = dz.data_ptr<acc_t>();
+    const acc_t leak = act.leak, sub = act.sub, maxv = act.maxv;
+    with_act(act.kind, [&](auto kind_c) {
+      constexpr int KIND = decltype(kind_c)::value;
+      at::parallel_for(0, total, 1 << 14, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+          o[i] = act_bwd<KIND>(acc_t(d[i]), zp ? acc_t(zp[i]) : acc_t(0), leak, sub, maxv);
+      });
+    });
+  }
+  if (grad_b != nullptr) {
+    // Per-channel sums in acc_t with SIMD lanes (omp simd reduction); the lanes and blocks are merged in a
+    // fixed order, so the result is deterministic.
+    at::Tensor gb = at::empty({g.Co}, dy.options().dtype(acc_type));
+    acc_t* gbp = gb.data_ptr<acc_t>();
+    const acc_t* dzp = dz.data_ptr<acc_t>();
+    if (!g.cl) {
+      at::parallel_for(0, g.Co, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          acc_t s = 0;
+          for (int64_t n = 0; n < g.N; ++n) {
+            const acc_t* p = dzp + (n * g.Co + c) * g.L;
+            acc_t sn = 0;
+#pragma omp simd reduction(+ : sn)
+            for (int64_t l = 0; l < g.L; ++l) sn += p[l];
+            s += sn;
+          }
+          gbp[c] = s;
+        }
+      });
+    } else {
+      const int64_t rows = g.N * g.L;
+      const int64_t B = std::max<int64_t>(1, std::min<int64_t>(rows, 4 * at::get_num_threads()));
+      std::vector<acc_t> part(B * g.Co, acc_t(0));
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t bi = b0; bi < b1; ++bi) {
+          acc_t* __restrict__ s = part.data() + bi * g.Co;
+          for (int64_t r = bi * rows / B; r < (bi + 1) * rows / B; ++r) {
+            const acc_t* __restrict__ p = dzp + r * g.Co;
+            for (int64_t c = 0; c < g.Co; ++c) s[c] += p[c];
+          }
+        }
+      });
+      for (int64_t c = 0; c < g.Co; ++c) gbp[c] = 0;
+      for (int64_t bi = 0; bi < B; ++bi)
+        for (int64_t c = 0; c < g.Co; ++c) gbp[c] += part[bi * g.Co + c];
+    }
+    *grad_b = gb;
+  }
+  return dz;
+}
+
+template <typename scalar_t>
+void backward_weight(const Geom& g, const scalar_t* x, const at::Tensor& dz, at::Tensor& gw_acc) {
+  // gw_acc: (Co, K) in acc_t, K in the layout's order. Each thread sums its tasks into its own partial.
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* dzp = dz.data_ptr<acc_t>();
+  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
+  const int64_t tiles = (g.L + TL - 1) / TL;
+  const int64_t T = g.N * g.G * tiles;
+  const bool par = T >= at::get_num_threads() && T > 1;
+  const int64_t P = par ? at::get_num_threads() : 1;
+  std::vector<acc_t> part(P * g.Co * g.K, acc_t(0));
+  auto task = [&](int64_t t, int64_t slot) {
+    thread_local std::vector<acc_t> buf;
+    buf.resize(g.K * TL);
+    const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
+    const int64_t tl = std::min(TL, g.L - p0);
+    at::Tensor dw = mat(part.data() + (slot * g.Co + gi * g.Cog) * g.K, g.Cog, g.K, g.K);
+    if (!g.cl) {
+      im2col_nchw(g, x + (n * g.C + gi * g.Cg) * g.H * g.W, p0, tl, buf.data());
+      const at::Tensor d = mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
+      dw.addmm_(d, mat(buf.data(), g.K, tl, tl).t());  // (Cog x tl) @ (tl x K)
+    } else {
+      im2col_nhwc(g, x + n * g.H * g.W * g.C + gi * g.Cg, p0, tl, buf.data());
+      const at::Tensor d = mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co);
+      dw.addmm_(d.t(), mat(buf.data(), tl, g.K, g.K));  // (Cog x tl) @ (tl x K)
+    }
+  };
+  if (par) {
+    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+      const int64_t slot = at::get_thread_num();
+      for (int64_t t = t0; t < t1; ++t) task(t, slot);
+    });
+  } else {
+    for (int64_t t = 0; t < T; ++t) task(t, 0);
+  }
+  acc_t* out = gw_acc.data_ptr<acc_t>();
+  const int64_t M = g.Co * g.K;
+  at::parallel_for(0, M, 1 << 12, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      acc_t s = 0;
+      for (int64_t p = 0; p < P; ++p) s += part[p * M + i];  // in slot order: deterministic
+      out[i] = s;
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_input(const Geom& g, const at::Tensor& w_acc, const at::Tensor& dz, scalar_t* dx) {
+  // One task per (n, g) image: it owns that slice of dx, so overlapping col2im writes never race.
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* dzp = dz.data_ptr<acc_t>();
+  const acc_t* wp = w_acc.data_ptr<acc_t>();
+  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
+  const int64_t tiles = (g.L + TL - 1) / TL;
+  for_tasks(g.N * g.G, [&](int64_t t) {
+    thread_local std::vector<acc_t> buf, img;
+    buf.resize(g.K * TL);
+    img.assign(g.Cg * g.H * g.W, acc_t(0));  // this group's dx in acc_t, dense (NCHW: Cg,H,W / NHWC: H,W,Cg)
+    const int64_t n = t / g.G, gi = t % g.G;
+    const at::Tensor wg = mat(wp + gi * g.Cog * g.K, g.Cog, g.K, g.K);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t p0 = tile * TL, tl = std::min(TL, g.L - p0);
+      if (!g.cl) {
+        const at::Tensor d = mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
+        at::Tensor cols = mat(buf.data(), g.K, tl, tl);
+        at::mm_out(cols, wg.t(), d);  // (K x Cog) @ (Cog x tl)
+        col2im_nchw(g, buf.data(), p0, tl, img.data());
+      } else {
+        const at::Tensor d = mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co);
+        at::Tensor rows = mat(buf.data(), tl, g.K, g.K);
+        at::mm_out(rows, d, wg);  // (tl x Cog) @ (Cog x K)
+        col2im_nhwc(g, buf.data(), p0, tl, img.data());
+      }
+    }
+    // write out (with the cast for fp16/bf16)
+    const int64_t HW = g.H * g.W;
+    if (!g.cl) {
+      scalar_t* dst = dx + (n * g.C + gi * g.Cg) * HW;
+      for (int64_t i = 0; i < g.Cg * HW; ++i) dst[i] = scalar_t(img[i]);
+    } else {
+      for (int64_t p = 0; p < HW; ++p) {
+        scalar_t* dst = dx + (n * HW + p) * g.C + gi * g.Cg;
+        const acc_t* src = img.data() + p * g.Cg;
+        for (int64_t c = 0; c < g.Cg; ++c) dst[c] = scalar_t(src[c]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& w, const c10::optional<at::Tensor>& z_in,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view act_name, double leak, double sub, double maxv, std::array<bool, 3> mask) {
+  check_conv_args(x_in, w, c10::nullopt, stride, padding, dilation, groups, "conv2d_backward");
+  const Act<double> act = make_act(std::string(act_name), leak, sub, maxv);
+  Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
+  check_device(grad_y, c10::DeviceType::CPU, "conv2d_backward", "grad_y");
+  PYDL_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.Co && grad_y.size(2) == g.Ho &&
+                       grad_y.size(3) == g.Wo,
+                   "conv2d_backward: grad_y must have shape (", g.N, ", ", g.Co, ", ", g.Ho, ", ", g.Wo, ")");
+  PYDL_CHECK_TYPE(grad_y.scalar_type() == x_in.scalar_type(), "conv2d_backward: grad_y dtype must match x");
+  PYDL_CHECK_VALUE(act.kind == kActNone || (z_in.has_value() && z_in->sizes() == grad_y.sizes()),
+                   "conv2d_backward: an activation needs z (pre-activation, or y for relu) shaped like grad_y");
+  const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor dy = grad_y.contiguous(fmt);
+  const at::Tensor zs = act.kind == kActNone ? at::Tensor() : z_in->contiguous(fmt);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor gx = mask[0] ? at::empty(x.sizes(), x.options().memory_format(fmt)) : at::empty({0}, x.options());
+  at::Tensor gw = at::empty({0}, x.options()), gb = at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor gb_acc;
+    const at::Tensor dz = make_dz<scalar_t>(g, dy, zs, act, mask[2] ? &gb_acc : nullptr);
+    if (mask[2]) gb = gb_acc.to(x.scalar_type());
+    if (mask[1]) {
+      at::Tensor gw_acc = at::empty({g.Co, g.K}, x.options().dtype(acc_type));
+      if (g.N * g.L == 0) gw_acc.zero_();
+      else backward_weight<scalar_t>(g, x.data_ptr<scalar_t>(), dz, gw_acc);
+      gw = g.cl ? gw_acc.view({g.Co, g.kh, g.kw, g.Cg}).permute({0, 3, 1, 2}) : gw_acc.view(w.sizes());
+      gw = gw.to(w.scalar_type()).contiguous();
+    }
+    if (mask[0] && gx.numel() > 0) {
+      const at::Tensor w_acc = (g.cl ? w.permute({0, 2, 3, 1}) : w).to(acc_type).contiguous();
+      backward_input<scalar_t>(g, w_acc, dz, gx.data_ptr<scalar_t>());
+    }
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+}  // namespace pydl
+
+TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
+  m.def("conv2d(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+        "str act, float leak, float sub, float maxv, bool save_preact) -> (Tensor, Tensor)");
+  m.def("conv2d_backward(Tensor grad_y, Tensor x, Tensor w, Tensor? z, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, str act, float leak, float sub, float maxv, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pydl_cpu, CPU, m) {
+  m.impl("conv2d", &pydl::conv2d_cpu);
+  m.impl("conv2d_backward", &pydl::conv2d_backward_cpu);
+}
