@@ -1,0 +1,3 @@
+// Stand-in for <cuda.h> in the CPU emulation: everything lives in pydl_cuda_emu.h.
+#pragma once
+#include "pydl_cuda_emu.h"
