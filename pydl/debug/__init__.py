@@ -1,22 +1,37 @@
 """Training debuggers built on PyTorch hooks (the fastai book's, on pydl's one-pass ``act_stats``).
 
-=====================================  ===============================================================
-``Hook``, ``Hooks``                    forward / backward hooks as context managers (``hooks``)
-``ActivationStats``, ``PRESETS``       per-layer per-batch mean/std/near-zero/min/max/histogram (``stats``)
-``plot_colorful_dimension`` & co.      the colorful dimension, layer stats, dead chart (``plots``)
-``cam``, ``overlay``                   CAM, Grad-CAM, Grad-CAM++, LayerCAM (``cam``)
-``loss_landscape_1d`` / ``_2d``        filter-normalised random-direction scans, resumable (``landscape``)
-``plot_feature_maps``, ``plot_filters``  looking inside conv layers (``inspect``)
-``plot_grad_flow``, ``dead_units``     gradient flow and dead/saturated units (``gradflow``)
-=====================================  ===============================================================
+=========================================  ===========================================================
+``Hook``, ``Hooks``                        forward / backward hooks as context managers (``hooks``)
+``ActivationStats``, ``PRESETS``           per-layer per-batch mean/std/near-zero/min/max/histogram
+``plot_colorful_dimension`` & co.          the colorful dimension, layer stats, dead chart (``plots``)
+``cam``, ``grad_cam``, ..., ``overlay``    CAM, Grad-CAM, Grad-CAM++, LayerCAM (``cam``)
+``loss_landscape_1d`` / ``_2d``            filter-normalised random-direction scans, resumable
+``plot_feature_maps``, ``plot_filters``    looking inside conv layers (``inspect``)
+``plot_grad_flow``, ``dead_units``         gradient flow and dead/saturated units (``gradflow``)
+=========================================  ===========================================================
 
 Importing this package imports torch and numpy only; matplotlib is imported inside the plot functions.
+Every plot function takes ``path=`` (PNG written there) and returns the matplotlib Figure.
 """
-from .hooks import Hook, Hooks, hook_output, hook_outputs, leaf_modules
+from .hooks import Hook, Hooks, first_tensor, flat_tensors, hook_output, hook_outputs, leaf_modules
 from .progress import progress
 from .stats import PRESETS, ActivationStats, StatsData, StatsPreset
 from .plots import plot_colorful_dimension, plot_dead_chart, plot_layer_stats
+from .cam import METHODS as CAM_METHODS, cam, class_activation_map, grad_cam, grad_cam_pp, layer_cam, overlay
+from .landscape import (Directions, LandscapeResult, evaluate_points, interpolate_models, interpolation_direction,
+                        loss_landscape_1d, loss_landscape_2d, make_directions, plot_landscape_1d, plot_landscape_2d,
+                        scan_state)
+from .inspect import feature_maps, first_conv, plot_feature_maps, plot_filters
+from .gradflow import DeadUnitReport, dead_units, grad_stats, plot_dead_units, plot_grad_flow
 
-__all__ = ["Hook", "Hooks", "hook_output", "hook_outputs", "leaf_modules", "progress",
-           "PRESETS", "ActivationStats", "StatsData", "StatsPreset",
-           "plot_colorful_dimension", "plot_dead_chart", "plot_layer_stats"]
+__all__ = [
+    "Hook", "Hooks", "hook_output", "hook_outputs", "leaf_modules", "first_tensor", "flat_tensors", "progress",
+    "PRESETS", "ActivationStats", "StatsData", "StatsPreset",
+    "plot_colorful_dimension", "plot_dead_chart", "plot_layer_stats",
+    "CAM_METHODS", "cam", "class_activation_map", "grad_cam", "grad_cam_pp", "layer_cam", "overlay",
+    "Directions", "LandscapeResult", "evaluate_points", "interpolate_models", "interpolation_direction",
+    "loss_landscape_1d", "loss_landscape_2d", "make_directions", "plot_landscape_1d", "plot_landscape_2d",
+    "scan_state",
+    "feature_maps", "first_conv", "plot_feature_maps", "plot_filters",
+    "DeadUnitReport", "dead_units", "grad_stats", "plot_dead_units", "plot_grad_flow",
+]
