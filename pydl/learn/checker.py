@@ -148,8 +148,9 @@ def _run_triton(ex: course.Exercise, path: Path, device: str, timeout: float) ->
         if r.returncode < 0:
             sig = -r.returncode
             why = (f"the checker's process died with signal {sig}"
-                   + (" (segmentation fault): the interpreter touched memory far outside a tensor -- a load or "
-                      "store without a mask, or wrong offsets" if sig == 11 else "") + "\n" + why)
+                   + (" (segmentation fault or heap corruption): the kernel touched memory far outside a tensor "
+                      "-- a load or store without a mask, or wrong offsets" if sig in (6, 7, 11) else "")
+                   + "\n" + why)
         return [{"name": f"runs on {device}", "status": "fail", "detail": why or f"exit code {r.returncode}"}]
 
 

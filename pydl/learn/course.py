@@ -8,7 +8,8 @@ Each exercise is a folder ``pydl/learn/exercises/NN_name/`` holding:
   between ``BEGIN SOLUTION`` / ``END SOLUTION`` marker comments;
 * ``README.md`` (the task) and ``hints.md`` (hints separated by lines of ``---``, shown one at a time).
 
-The starter is *generated* from the solution: every marked region is cut out. Lines inside a region that
+The starter is *generated* from the solution: every marked region is cut out (in Python, a ``pass`` takes
+its place so the block stays valid). Lines inside a region that
 start with ``#|`` (``//|`` in C++) are the exception: they are comments in the solution and become code in
 the starter (a placeholder that keeps the starter runnable, e.g. ``#| acc = tl.zeros(...)``). So the
 starter can never drift from the solution, and ``pydl learn solution`` shows the solution without markers.
@@ -73,10 +74,12 @@ def starter_text(solution: str) -> str:
         if kind == "plain":
             parts.append(item)
             continue
-        for line in item[1:-1]:
-            m = _STARTER.match(line)
-            if m:
-                parts.append(m.group(1) + m.group(3) + "\n")
+        placeholders = [m for m in map(_STARTER.match, item[1:-1]) if m]
+        for m in placeholders:
+            parts.append(m.group(1) + m.group(3) + "\n")
+        begin = _BEGIN.match(item[0])
+        if not placeholders and begin.group(2) == "#":
+            parts.append(begin.group(1) + "pass  # your code here\n")  # keeps a Python block non-empty
     return "".join(parts)
 
 

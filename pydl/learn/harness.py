@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-GUARD = 64  # elements of poison before and after each buffer
+GUARD = 1024  # elements of poison before and after each buffer (more than any BLOCK the checker uses)
 INT_POISON = -123456789
 
 __all__ = ["Case", "GUARD", "INT_POISON", "guarded", "guarded_like", "guard_report", "compare", "Mismatch"]
