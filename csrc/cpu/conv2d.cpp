@@ -41,7 +41,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "activation.h"
@@ -56,7 +58,8 @@ struct Geom {
   int64_t kh, kw, K;        // kernel, K = Cg*kh*kw
   int64_t Ho, Wo, L;        // output, L = Ho*Wo
   int64_t sh, sw, ph, pw, dh, dw;
-  bool cl;                  // channels_last layout (input, output and all gradients)
+  bool cl;                  // channels_last output and gradients (x came in channels_last)
+  bool xcl;                 // im2col from a channels_last copy of x (always when cl; see pick_im2col)
 };
 
 // First and one-past-last output column wo in [0, Wo) whose tap j lands inside the input row:
@@ -73,7 +76,9 @@ inline void valid_cols(const Geom& g, int64_t j, int64_t& lo, int64_t& hi) {
 int64_t pick_tile(const Geom& g, int64_t acc_bytes, int64_t tasks_outside) {
   // ~256 KB of im2col buffer: L2-resident on any x86 of the last decade, and a GEMM wide enough to run near
   // peak. Then shrink while there are fewer tasks than 2 per thread (load balance).
-  int64_t tl = std::max<int64_t>(16, (256 * 1024) / std::max<int64_t>(1, g.K * acc_bytes));
+  // Never narrower than 128 columns though: a GEMM with a thin B runs far below peak (packing overhead per
+  // column), which costs more than a buffer that spills to L3 for the deepest layers (K = 256*9).
+  int64_t tl = std::max<int64_t>(128, (256 * 1024) / std::max<int64_t>(1, g.K * acc_bytes));
   tl = std::min(tl, g.L);
   const int64_t threads = at::get_num_threads();
   while (tl > 64 && tasks_outside * ((g.L + tl - 1) / tl) < 2 * threads) tl /= 2;
@@ -260,6 +265,18 @@ void for_tasks(int64_t T, F&& fn) {
   }
 }
 
+// NCHW input, which im2col? The NCHW im2col copies one output row (Wo values) per (tap, row): for small
+// images (ResNet's 28x28, 14x14, 7x7) those runs are short and the per-run bookkeeping costs more than the
+// copy. Transposing x to channels_last once (one pass over the input) turns every tap into a contiguous run
+// of Cg channels instead. Worth it when rows are short and channel runs long. PYDL_CONV_IM2COL=nchw|nhwc
+// forces one or the other (try both on your machine).
+bool pick_im2col_nhwc(const Geom& g) {
+  static const char* force = std::getenv("PYDL_CONV_IM2COL");
+  if (force != nullptr && std::string(force) == "nchw") return false;
+  if (force != nullptr && std::string(force) == "nhwc") return true;
+  return g.Cg >= 16 && g.Wo <= 32 && !(g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0);
+}
+
 Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
                at::IntArrayRef dilation, int64_t groups) {
   Geom g;
@@ -272,6 +289,7 @@ Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
   g.L = g.Ho * g.Wo;
   // channels_last in -> channels_last out (the rule of pydl/ops/conv2d.py: out_memory_format)
   g.cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  g.xcl = g.cl || pick_im2col_nhwc(g);
   return g;
 }
 
@@ -419,7 +437,7 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
       const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
       const int64_t tl = std::min(TL, g.L - p0);
       const at::Tensor wg = mat(wp + gi * g.Cog * g.K, g.Cog, g.K, g.K);
-      if (!g.cl) {
+      if (!g.xcl) {
         const scalar_t* xg = x + (n * g.C + gi * g.Cg) * g.H * g.W;
         at::Tensor cols;
         if (direct) {
@@ -444,11 +462,21 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
           im2col_nhwc(g, xg, p0, tl, buf.data());
           rows = mat(buf.data(), tl, g.K, g.K);
         }
-        at::Tensor o = mat(out.data(), tl, g.Cog, g.Cog);
-        at::mm_out(o, rows, wg.t());  // (tl x K) @ (K x Cog)
-        for (int64_t p = 0; p < tl; ++p) {
-          const int64_t dst = (n * g.L + p0 + p) * g.Co + gi * g.Cog;
-          epilogue_row<KIND>(out.data() + p * g.Cog, g.Cog, bp + gi * g.Cog, act, y + dst, z ? z + dst : nullptr);
+        if (g.cl) {
+          at::Tensor o = mat(out.data(), tl, g.Cog, g.Cog);
+          at::mm_out(o, rows, wg.t());  // (tl x K) @ (K x Cog): NHWC rows of the output
+          for (int64_t p = 0; p < tl; ++p) {
+            const int64_t dst = (n * g.L + p0 + p) * g.Co + gi * g.Cog;
+            epilogue_row<KIND>(out.data() + p * g.Cog, g.Cog, bp + gi * g.Cog, act, y + dst, z ? z + dst : nullptr);
+          }
+        } else {  // NCHW output from an NHWC im2col: the same product, transposed, gives NCHW rows
+          at::Tensor o = mat(out.data(), g.Cog, tl, tl);
+          at::mm_out(o, wg, rows.t());  // (Cog x K) @ (K x tl)
+          for (int64_t co = 0; co < g.Cog; ++co) {
+            const int64_t c = gi * g.Cog + co;
+            const int64_t dst = (n * g.Co + c) * g.L + p0;
+            epilogue_run<KIND>(out.data() + co * tl, tl, bp[c], act, y + dst, z ? z + dst : nullptr);
+          }
         }
       }
     });
@@ -464,17 +492,18 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
   const Act<double> act = make_act(std::string(act_name), leak, sub, maxv);
   Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = x_in.contiguous(fmt);
+  const bool dw = g.Cg == 1 && g.Cog == 1;
+  if (dw) g.xcl = g.cl;
+  const at::Tensor x = x_in.contiguous(g.xcl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor y = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().memory_format(fmt));
   const bool keep_z = save_preact && act.kind == kActGeneralRelu;
   at::Tensor z = keep_z ? at::empty_like(y) : at::empty({0}, x.options());
   if (y.numel() == 0) return {y, z};
-  const bool dw = g.Cg == 1 && g.Cog == 1;
   // The weight in the accumulator type and in the K order of the layout (see the file comment). Tiny next to
   // the activations, so copying it per call is cheap.
   at::Tensor w_acc = dw ? (g.cl ? w.reshape({g.Co, g.kh * g.kw}).t() : w.reshape({g.Co, g.kh * g.kw}))
-                        : (g.cl ? w.permute({0, 2, 3, 1}) : w);
+                        : (g.xcl ? w.permute({0, 2, 3, 1}) : w);
   w_acc = w_acc.to(acc_type).contiguous();
   const at::Tensor b_acc = b.has_value() ? b->to(acc_type).contiguous() : at::zeros({g.Co}, x.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_cpu", [&] {
@@ -580,14 +609,15 @@ void backward_weight(const Geom& g, const scalar_t* x, const at::Tensor& dz, at:
     const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
     const int64_t tl = std::min(TL, g.L - p0);
     at::Tensor dw = mat(part.data() + (slot * g.Co + gi * g.Cog) * g.K, g.Cog, g.K, g.K);
-    if (!g.cl) {
+    // this tile of dz as a (Cog x tl) matrix, whatever the layout
+    const at::Tensor d = g.cl ? mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co).t()
+                              : mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
+    if (!g.xcl) {
       im2col_nchw(g, x + (n * g.C + gi * g.Cg) * g.H * g.W, p0, tl, buf.data());
-      const at::Tensor d = mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
       dw.addmm_(d, mat(buf.data(), g.K, tl, tl).t());  // (Cog x tl) @ (tl x K)
     } else {
       im2col_nhwc(g, x + n * g.H * g.W * g.C + gi * g.Cg, p0, tl, buf.data());
-      const at::Tensor d = mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co);
-      dw.addmm_(d.t(), mat(buf.data(), tl, g.K, g.K));  // (Cog x tl) @ (tl x K)
+      dw.addmm_(d, mat(buf.data(), tl, g.K, g.K));  // (Cog x tl) @ (tl x K')
     }
   };
   if (par) {
@@ -625,23 +655,27 @@ void backward_input(const Geom& g, const at::Tensor& w_acc, const at::Tensor& dz
     const at::Tensor wg = mat(wp + gi * g.Cog * g.K, g.Cog, g.K, g.K);
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t p0 = tile * TL, tl = std::min(TL, g.L - p0);
-      if (!g.cl) {
-        const at::Tensor d = mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
+      const at::Tensor d = g.cl ? mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co).t()
+                                : mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);  // (Cog x tl)
+      if (!g.xcl) {
         at::Tensor cols = mat(buf.data(), g.K, tl, tl);
         at::mm_out(cols, wg.t(), d);  // (K x Cog) @ (Cog x tl)
         col2im_nchw(g, buf.data(), p0, tl, img.data());
       } else {
-        const at::Tensor d = mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co);
         at::Tensor rows = mat(buf.data(), tl, g.K, g.K);
-        at::mm_out(rows, d, wg);  // (tl x Cog) @ (Cog x K)
+        at::mm_out(rows, d.t(), wg);  // (tl x Cog) @ (Cog x K')
         col2im_nhwc(g, buf.data(), p0, tl, img.data());
       }
     }
     // write out (with the cast for fp16/bf16)
     const int64_t HW = g.H * g.W;
-    if (!g.cl) {
+    if (!g.xcl) {
       scalar_t* dst = dx + (n * g.C + gi * g.Cg) * HW;
       for (int64_t i = 0; i < g.Cg * HW; ++i) dst[i] = scalar_t(img[i]);
+    } else if (!g.cl) {  // (H, W, Cg) scratch -> NCHW planes: a transpose, from L2
+      scalar_t* dst = dx + (n * g.C + gi * g.Cg) * HW;
+      for (int64_t c = 0; c < g.Cg; ++c)
+        for (int64_t p = 0; p < HW; ++p) dst[c * HW + p] = scalar_t(img[p * g.Cg + c]);
     } else {
       for (int64_t p = 0; p < HW; ++p) {
         scalar_t* dst = dx + (n * HW + p) * g.C + gi * g.Cg;
@@ -667,7 +701,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   PYDL_CHECK_VALUE(act.kind == kActNone || (z_in.has_value() && z_in->sizes() == grad_y.sizes()),
                    "conv2d_backward: an activation needs z (pre-activation, or y for relu) shaped like grad_y");
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor x = x_in.contiguous(g.xcl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor dy = grad_y.contiguous(fmt);
   const at::Tensor zs = act.kind == kActNone ? at::Tensor() : z_in->contiguous(fmt);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -682,11 +716,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       at::Tensor gw_acc = at::empty({g.Co, g.K}, x.options().dtype(acc_type));
       if (g.N * g.L == 0) gw_acc.zero_();
       else backward_weight<scalar_t>(g, x.data_ptr<scalar_t>(), dz, gw_acc);
-      gw = g.cl ? gw_acc.view({g.Co, g.kh, g.kw, g.Cg}).permute({0, 3, 1, 2}) : gw_acc.view(w.sizes());
+      gw = g.xcl ? gw_acc.view({g.Co, g.kh, g.kw, g.Cg}).permute({0, 3, 1, 2}) : gw_acc.view(w.sizes());
       gw = gw.to(w.scalar_type()).contiguous();
     }
     if (mask[0] && gx.numel() > 0) {
-      const at::Tensor w_acc = (g.cl ? w.permute({0, 2, 3, 1}) : w).to(acc_type).contiguous();
+      const at::Tensor w_acc = (g.xcl ? w.permute({0, 2, 3, 1}) : w).to(acc_type).contiguous();
       backward_input<scalar_t>(g, w_acc, dz, gx.data_ptr<scalar_t>());
     }
   });
