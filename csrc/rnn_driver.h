@@ -3,7 +3,7 @@
 // preallocated buffers, and the time loop. The pointwise part of a step -- every sigmoid/tanh, the cell
 // update and their gradients, fused in one kernel each -- comes from a `PW` struct that each backend provides:
 //
-//   PW::lstm_fwd(xg, hg, c_prev, gates, c, h)            xg, hg (B,4H); c_prev (B,H) acc -> gates, c, h
+//   PW::lstm_fwd(pre, c_prev, gates, c, h)               pre (B,4H) summed pre-activations; c_prev (B,H) acc
 //   PW::lstm_bwd(dh_out, dh_rec, dc, gates, c, c_prev, dG, dc_prev)
 //   PW::gru_fwd(xg, hg, h_prev, ws, h)                   ws (B,4H) acc = r, z, n, (W_hn h + b_hn)
 //   PW::gru_bwd(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out)
@@ -45,6 +45,12 @@ inline void linear_out(Tensor& out, const Tensor& x, const Tensor& w_t, const Te
 
 inline Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
+}
+
+// LSTM: x W_ih^T + (b_ih + b_hh). Both biases go into the input projection, so a step only adds h W_hh^T,
+// which the GEMM does in place (beta = 1) into this buffer: no separate (B, 4H) output, no bias broadcast.
+inline Tensor lstm_input_gemm(const Tensor& x, const Tensor& w_ih, const Tensor& b_ih, const Tensor& b_hh) {
+  return b_ih.defined() ? at::addmm(b_ih + b_hh, x, w_ih.t()) : at::mm(x, w_ih.t());
 }
 
 struct LayerW {
@@ -155,7 +161,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell(const Tensor& x, const Tensor& hx, 
   auto c = at::empty({B, H}, x.options().dtype(acc));
   auto h = at::empty({B, H}, x.options());
   const Tensor bi = b_ih ? *b_ih : Tensor(), bh = b_hh ? *b_hh : Tensor();
-  PW::lstm_fwd(linear(x, w_ih, bi), linear(hx, w_hh, bh), cx.to(acc).contiguous(), gates, c, h);
+  Tensor pre = lstm_input_gemm(x, w_ih, bi, bh);
+  pre.addmm_(hx, w_hh.t());
+  PW::lstm_fwd(pre, cx.to(acc).contiguous(), gates, c, h);
   return {h, c.to(x.scalar_type()), gates};
 }
 
@@ -218,7 +226,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
   auto layer_outs = at::empty({std::max<int64_t>(L - 1, 0), T, B, D * H}, x.options());
   auto hn = at::empty({L * D, B, H}, x.options());
   Tensor cn = is_lstm ? at::empty({L * D, B, H}, x.options()) : Tensor();
-  auto hg = at::empty({B, G * H}, x.options());  // the per-step recurrent GEMM's output, reused every step
+  auto hg = at::empty({B, G * H}, x.options());  // GRU: the per-step recurrent GEMM's output, reused every step
   Tensor inp = x, out;
   for (int64_t l = 0; l < L; ++l) {
     out = l < L - 1 ? layer_outs[l] : at::empty({T, B, D * H}, x.options());
@@ -226,8 +234,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
       const int64_t k = l * D + d;
       const LayerW W = layer_weights(weights, k, has_bias);
       // 1) the input projections of all T steps: one big GEMM
-      const Tensor xg = linear(inp.reshape({T * B, -1}), W.w_ih, W.b_ih).view({T, B, G * H});
-      const Tensor w_hh_t = W.w_hh.t();
+      const Tensor inp2 = inp.reshape({T * B, -1});
+      const Tensor xg = (is_lstm ? lstm_input_gemm(inp2, W.w_ih, W.b_ih, W.b_hh) : linear(inp2, W.w_ih, W.b_ih))
+                            .view({T, B, G * H});
+      // W_hh^T made contiguous once: MKL's small per-step GEMM runs ~20% faster on it than on a transposed view
+      const Tensor w_hh_t = W.w_hh.t().contiguous();
       const Tensor hcols = out.narrow(2, d * H, H);
       Tensor h_prev = h0[k];
       const Tensor res = reserve[k];
@@ -237,9 +248,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
         Tensor c_prev = c0[k].to(acc).contiguous();
         for (int64_t s = 0; s < T; ++s) {  // 2) the recurrence: one GEMM + one fused pointwise kernel per step
           const int64_t t = step_time(s, d, T);
-          linear_out(hg, h_prev, w_hh_t, W.b_hh);
+          Tensor pre = xg[t];
+          pre.addmm_(h_prev, w_hh_t);  // xg[t] += h W_hh^T, in place
           Tensor g_t = gates[t], c_t = cs[t], h_t = hcols[t];
-          PW::lstm_fwd(xg[t], hg, c_prev, g_t, c_t, h_t);
+          PW::lstm_fwd(pre, c_prev, g_t, c_t, h_t);
           h_prev = h_t;
           c_prev = c_t;
         }

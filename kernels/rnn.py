@@ -45,15 +45,15 @@ def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @jit
-def _lstm_fwd_kernel(xg, s_xg, hg, s_hg, cp, s_cp, gates, s_g, c, s_c, h, s_h, B, H,
+def _lstm_fwd_kernel(pre, s_pre, cp, s_cp, gates, s_g, c, s_c, h, s_h, B, H,
                      ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rb, rh, m = _tile(B, H, BLOCK_B, BLOCK_H)
-    px, ph = xg + rb * s_xg + rh, hg + rb * s_hg + rh
-    # pre-activations: input part + hidden part, summed in ACC (they come out of two GEMMs)
-    i = tl.load(px, mask=m, other=0.0).to(ACC) + tl.load(ph, mask=m, other=0.0).to(ACC)
-    f = tl.load(px + H, mask=m, other=0.0).to(ACC) + tl.load(ph + H, mask=m, other=0.0).to(ACC)
-    g = tl.load(px + 2 * H, mask=m, other=0.0).to(ACC) + tl.load(ph + 2 * H, mask=m, other=0.0).to(ACC)
-    o = tl.load(px + 3 * H, mask=m, other=0.0).to(ACC) + tl.load(ph + 3 * H, mask=m, other=0.0).to(ACC)
+    # the pre-activations (x W_ih^T + h W_hh^T + biases, summed by the GEMMs), gate k at column k*H + j
+    pp = pre + rb * s_pre + rh
+    i = tl.load(pp, mask=m, other=0.0).to(ACC)
+    f = tl.load(pp + H, mask=m, other=0.0).to(ACC)
+    g = tl.load(pp + 2 * H, mask=m, other=0.0).to(ACC)
+    o = tl.load(pp + 3 * H, mask=m, other=0.0).to(ACC)
     i, f, g, o = _sigmoid(i), _sigmoid(f), _tanh(g), _sigmoid(o)
     c_new = f * tl.load(cp + rb * s_cp + rh, mask=m, other=0.0).to(ACC) + i * g
     pg = gates + rb * s_g + rh
@@ -160,12 +160,12 @@ class TritonPointwise:
         return tl.float64 if t.dtype == torch.float64 else tl.float32
 
     @classmethod
-    def lstm_fwd(cls, xg, hg, c_prev, gates, c, h):
+    def lstm_fwd(cls, pre, c_prev, gates, c, h):
         B, H = h.shape
-        xg, hg, c_prev = _rows(xg), _rows(hg), _rows(c_prev)
+        pre, c_prev = _rows(pre), _rows(c_prev)
         grid, blk = cls._grid(B, H, h.device)
-        _lstm_fwd_kernel[grid](xg, xg.stride(0), hg, hg.stride(0), c_prev, c_prev.stride(0), gates, gates.stride(0),
-                               c, c.stride(0), h, h.stride(0), B, H, ACC=cls._acc(c), **blk)
+        _lstm_fwd_kernel[grid](pre, pre.stride(0), c_prev, c_prev.stride(0), gates, gates.stride(0), c, c.stride(0),
+                               h, h.stride(0), B, H, ACC=cls._acc(c), **blk)
 
     @classmethod
     def lstm_bwd(cls, dh_out, dh_rec, dc, gates, c, c_prev, dG, dc_prev):

@@ -68,31 +68,29 @@ inline void for_rows(int64_t B, int64_t H, const F& f) {
 
 // The row loops, one template per kernel (a #pragma cannot sit inside AT_DISPATCH's macro argument).
 template <typename scalar_t>
-void lstm_fwd_impl(const Tensor& xg, const Tensor& hg, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {
+void lstm_fwd_impl(const Tensor& pre, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {
   const int64_t B = h.size(0), H = h.size(1);
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* X = xg.data_ptr<scalar_t>();
-  const scalar_t* Y = hg.data_ptr<scalar_t>();
+  const scalar_t* X = pre.data_ptr<scalar_t>();
   const acc_t* CP = c_prev.data_ptr<acc_t>();
   acc_t* Gt = gates.data_ptr<acc_t>();
   acc_t* C = c.data_ptr<acc_t>();
   scalar_t* Hp = h.data_ptr<scalar_t>();
-  const int64_t sx = xg.stride(0), sy = hg.stride(0), scp = c_prev.stride(0), sg = gates.stride(0),
+  const int64_t sx = pre.stride(0), scp = c_prev.stride(0), sg = gates.stride(0),
                 sc = c.stride(0), sh = h.stride(0);
   for_rows(B, H, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* __restrict__ x = X + b * sx;
-      const scalar_t* __restrict__ y = Y + b * sy;
       const acc_t* __restrict__ cp = CP + b * scp;
       acc_t* __restrict__ g = Gt + b * sg;
       acc_t* __restrict__ cc = C + b * sc;
       scalar_t* __restrict__ hh = Hp + b * sh;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const acc_t i = sigmoid_(acc_t(x[j]) + acc_t(y[j]));
-        const acc_t f = sigmoid_(acc_t(x[H + j]) + acc_t(y[H + j]));
-        const acc_t gg = tanh_(acc_t(x[2 * H + j]) + acc_t(y[2 * H + j]));
-        const acc_t o = sigmoid_(acc_t(x[3 * H + j]) + acc_t(y[3 * H + j]));
+        const acc_t i = sigmoid_(acc_t(x[j]));
+        const acc_t f = sigmoid_(acc_t(x[H + j]));
+        const acc_t gg = tanh_(acc_t(x[2 * H + j]));
+        const acc_t o = sigmoid_(acc_t(x[3 * H + j]));
         const acc_t cn = f * cp[j] + i * gg;
         g[j] = i;
         g[H + j] = f;
@@ -224,9 +222,9 @@ void gru_bwd_impl(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_d
 }
 
 struct CpuPW {
-  static void lstm_fwd(const Tensor& xg, const Tensor& hg, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {
+  static void lstm_fwd(const Tensor& pre, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "pydl_lstm_fwd_cpu",
-                                    [&] { lstm_fwd_impl<scalar_t>(xg, hg, c_prev, gates, c, h); });
+                                    [&] { lstm_fwd_impl<scalar_t>(pre, c_prev, gates, c, h); });
   }
 
   static void lstm_bwd(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dc, const Tensor& gates,
