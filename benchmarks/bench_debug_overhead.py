@@ -1,0 +1,179 @@
+"""What ActivationStats costs a training step (issue #6 target: <= 10% of step time on CPU).
+
+The small CNN of the fastai 2022 course (five stride-2 3x3 convs with batch norm and ReLU; batch 512 of
+1x28x28, MNIST-sized) trained with SGD: forward, cross-entropy, backward, step, zero_grad. "torch" is the
+plain step; "pydl" is the same step on an identical copy of the model with an ActivationStats recording
+**every** batch (its act_stats kernels on the backend named in the row). The target is checked for the
+default configuration (preset fastai2019 on the 9 leaf modules with parameters: convs and BNs). Shown for
+information: the ``course2022`` preset (two act_stats passes + abs per layer), all leaf modules (ReLUs
+too), and a harsher model whose stride-1 first block makes large activations for little compute.
+
+Both steps are timed with benchmarks.common (torch.utils.benchmark, blocked_autorange, same threads). On a
+shared machine two timings taken a minute apart drift apart, so the verdict uses a *paired* measurement:
+a plain step and a recorded step back to back, many times, and the median of the per-pair overheads.
+
+    python benchmarks/bench_debug_overhead.py [--quick] [--threads N]     # exit status 1 if over target
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+try:
+    from benchmarks.common import Case, environment, format_table, run_cases, set_threads, time_cpu
+except ImportError:  # run as a script
+    from common import Case, environment, format_table, run_cases, set_threads, time_cpu
+
+from pydl.debug import ActivationStats, leaf_modules
+
+TARGET = 0.10  # overhead as a fraction of the plain step
+
+
+def course_cnn() -> nn.Module:
+    """The fastai 2022 course's CNN for (Fashion-)MNIST (notebook 10_activations, with batch norm): five
+    stride-2 3x3 convs 1-8-16-32-64-10, each but the last followed by BatchNorm2d + ReLU, then Flatten."""
+    nfs = [1, 8, 16, 32, 64]
+    layers = []
+    for ci, co in zip(nfs[:-1], nfs[1:]):
+        layers += [nn.Conv2d(ci, co, 3, 2, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Conv2d(64, 10, 3, 2, 1), nn.Flatten())
+
+
+def cifar_cnn() -> nn.Module:
+    """A harsher case: a stride-1 first block at 32x32, so the largest activations cost little compute."""
+    def block(ci, co, stride):
+        return [nn.Conv2d(ci, co, 3, stride, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(*block(3, 16, 1), *block(16, 32, 2), *block(32, 64, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+MODELS = {"course": (course_cnn, (512, 1, 28, 28), "course CNN bs512 1x28x28"),
+          "cifar": (cifar_cnn, (64, 3, 32, 32), "stride-1 CNN bs64 3x32x32")}
+
+
+def make_step(model: nn.Module, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def _setup(model_name: str, preset: str, include_parameterless: bool):
+    def setup():
+        torch.manual_seed(0)
+        build, shape, _ = MODELS[model_name]
+        x = torch.randn(shape)
+        y = torch.randint(0, 10, (shape[0],))
+        plain = build()
+        hooked = copy.deepcopy(plain)
+        keep = {}
+
+        def pydl_fn(backend):
+            if "stats" in keep:  # one recorder per model
+                keep["stats"].remove()
+            keep["stats"] = ActivationStats(hooked, preset=preset, include_parameterless=include_parameterless,
+                                            backend=backend)
+            return make_step(hooked, x, y)
+
+        return {"torch": make_step(plain, x, y), "pydl": pydl_fn, "keep": keep}
+
+    return setup
+
+
+# (model, preset, include_parameterless, gated): the first is the issue's target configuration
+VARIANTS = [("course", "fastai2019", False, True), ("course", "course2022", False, False),
+            ("course", "fastai2019", True, False), ("cifar", "fastai2019", False, False)]
+
+
+def _what(model_name, incl):
+    n = len(leaf_modules(MODELS[model_name][0](), incl))
+    return f"{n} layers"
+
+
+def cases(quick: bool, device: str):
+    if device != "cpu":
+        return []  # the target is about the CPU; on a GPU the hooks never wait for the device anyway
+    out = []
+    for model_name, preset, incl, _ in (VARIANTS[:1] if quick else VARIANTS):
+        out.append(Case("act_stats", f"ActivationStats {preset}, {_what(model_name, incl)}, every step",
+                        MODELS[model_name][2], "float32", _setup(model_name, preset, incl), backends=("cpu",),
+                        note="torch = plain training step; pydl = the same step with stats recorded"))
+    return out
+
+
+def paired_overhead(model_name: str = "course", preset: str = "fastai2019", include_parameterless: bool = False,
+                    pairs: int = 60, backend: str = "cpu"):
+    """Step-by-step pairs: a plain step and a recorded step back to back (order alternating, ABBA, so slow
+    drift cancels), ``pairs`` times. Returns (median of per-pair overheads, overhead of the fastest steps,
+    median plain ms, median recorded ms). Other processes on a shared machine come and go within seconds;
+    two steps a few milliseconds apart see the same load, so their ratio is far steadier than the ratio
+    of two timings taken a minute apart."""
+    fns = _setup(model_name, preset, include_parameterless)()
+    plain, hooked = fns["torch"], fns["pydl"](backend)
+    for _ in range(3):  # warm-up: allocator, first act_stats call (extension load)
+        plain()
+        hooked()
+    clock = time.perf_counter
+    tp, th, ratios = [], [], []
+    for i in range(pairs):
+        order = (plain, hooked) if i % 2 == 0 else (hooked, plain)
+        t = []
+        for fn in order:
+            t0 = clock()
+            fn()
+            t.append(clock() - t0)
+        a, b = (t[0], t[1]) if i % 2 == 0 else (t[1], t[0])
+        tp.append(a)
+        th.append(b)
+        ratios.append(b / a - 1)
+    stats = fns["keep"]["stats"]
+    stats.remove()
+    assert len(stats) >= pairs and stats.data.hist.sum() > 0  # the recorder really recorded every step
+    return (statistics.median(ratios), min(th) / min(tp) - 1, 1e3 * statistics.median(tp),
+            1e3 * statistics.median(th))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pairs", type=int, default=60)
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads)
+    env = environment("cpu")
+    print(f"# {env['date']}  cpu={env['cpu']}  threads={threads}  torch {env['torch']}  pydl {env['pydl']}@{env['git']}")
+    rows = run_cases(cases(args.quick, "cpu"), "cpu", args.quick)
+    print(format_table(rows))
+    for r in rows:
+        print(f"  {r.variant}: overhead {100 * (r.median_ms / r.torch_ms - 1):+.1f}% "
+              f"({r.median_ms:.2f} ms vs {r.torch_ms:.2f} ms)")
+    pairs = 20 if args.quick else args.pairs
+    print(f"\npaired steps (plain/recorded back to back, {pairs} pairs; the verdict uses the median of the "
+          f"per-pair overheads):")
+    ok = True
+    for model_name, preset, incl, gated in (VARIANTS[:1] if args.quick else VARIANTS):
+        med, best, tp, th = paired_overhead(model_name, preset, incl, pairs)
+        verdict = ("PASS" if med <= TARGET else "FAIL") if gated else "info"
+        ok &= med <= TARGET or not gated
+        print(f"  {MODELS[model_name][2]}, {preset}, {_what(model_name, incl)}: median step plain {tp:.2f} ms, "
+              f"recorded {th:.2f} ms; overhead median {100 * med:+.1f}%, fastest-vs-fastest {100 * best:+.1f}%  "
+              f"[{verdict}, target <= {100 * TARGET:.0f}%]")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
