@@ -199,19 +199,22 @@ def test_separable_steps_compose_to_the_fused_op(cpu_backend):
 
 def test_gradcheck_float64(cpu_backend):
     require_backend(cpu_backend, "cpu", OP)
-    for training in (True, False):
-        for act in ACTS:
-            for kind in ("contiguous", "channels_last"):
-                x = layout(torch.randn(3, 2, 2, 3, dtype=torch.float64), kind).requires_grad_()
-                w = (torch.rand(2, dtype=torch.float64) + 0.5).requires_grad_()
-                b = torch.randn(2, dtype=torch.float64).requires_grad_()
-                rm, rv = torch.randn(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64) + 0.5
+    combos = [(t, a, k) for t in (True, False) for a in ACTS for k in ("contiguous", "channels_last")]
+    if cpu_backend == "triton":  # the interpreter runs each of gradcheck's ~100 launches slowly: a cover, not all
+        combos = [(True, ACTS[2], "channels_last"), (True, ACTS[1], "contiguous"), (False, ACTS[2], "contiguous")]
+    for training, act, kind in combos:
+        x = layout(torch.randn(3, 2, 2, 3, dtype=torch.float64), kind).requires_grad_()
+        w = (torch.rand(2, dtype=torch.float64) + 0.5).requires_grad_()
+        b = torch.randn(2, dtype=torch.float64).requires_grad_()
+        rm, rv = torch.randn(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64) + 0.5
 
-                def f(x, w, b):
-                    return pydl.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
-                                           act=act[0], leak=act[1], sub=act[2], maxv=act[3], backend=cpu_backend)
+        def f(x, w, b):
+            return pydl.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
+                                   act=act[0], leak=act[1], sub=act[2], maxv=act[3], backend=cpu_backend)
 
-                assert torch.autograd.gradcheck(f, (x, w, b))
+        # fast_mode checks random projections of the Jacobian: the same bug-finding power here, far
+        # fewer backward calls
+        assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=cpu_backend == "triton")
     # affine=False, 2-D input
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: pydl.batch_norm(x, training=True, backend=cpu_backend), (x,))
