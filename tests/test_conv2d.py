@@ -1,0 +1,485 @@
+"""conv2d: every backend against torch.nn.functional.conv2d and torch.nn.grad (input/weight gradients).
+
+Tolerances (element-wise, |got - want| <= atol + rtol * |want|), justified by the dtype and the reduction
+length K = Cin/groups * kh * kw (<= ~150 here):
+* float64 vs torch in float64: 1e-10 -- both sum ~K products in fp64 (different orders: ~K * 1e-16);
+* float32 vs torch in float64: 1e-4 -- fp32 accumulation of ~K terms of magnitude ~1 (K * 6e-8 ~ 1e-5), x10;
+* float16 / bfloat16: compared with the fp64 conv of the *same rounded inputs*; the accumulation is fp32, so
+  the error is the final rounding of the output (fp16 5e-4, bf16 4e-3 relative) plus fp32 accumulation:
+  rtol 2e-3 / 1.6e-2 with atol scaled by sqrt(K) (the typical output magnitude for unit-normal data).
+"""
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pydl
+from pydl.ops.conv2d import conv2d_backward_reference, conv2d_reference
+
+from conftest import require_backend
+
+OP = "conv2d"
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def torch_act(z, act, leak=0.1, sub=0.4, maxv=1.5):
+    if act == "none":
+        return z
+    if act == "relu":
+        return F.relu(z)
+    return (F.leaky_relu(z, leak) - sub).clamp_max(maxv)
+
+
+def random_cases(n, seed, tiny):
+    """A seeded grid of conv configurations: groups (incl. depthwise), 1x1, odd sizes, batch 1, strides,
+    paddings, dilations, rectangular kernels. ``tiny`` keeps them small enough for Triton's interpreter."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        groups = rng.choice([1, 1, 2, 3])
+        cg = rng.choice([1, 2, 3] if tiny else [1, 2, 3, 5, 8])
+        cog = rng.choice([1, 2, 3] if tiny else [1, 2, 4, 7])
+        if rng.random() < 0.2:  # depthwise (with multiplier 1)
+            cg, cog, groups = 1, 1, rng.choice([2, 3, 4])
+        kh, kw = rng.choice([(1, 1), (3, 3), (2, 3), (3, 1), (5, 5) if not tiny else (3, 2)])
+        s = (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2]))
+        d = (rng.choice([1, 1, 2]), rng.choice([1, 1, 2]))
+        p = (rng.choice([0, 1, 2]), rng.choice([0, 1]))
+        N = rng.choice([1, 2] if tiny else [1, 2, 3])
+        H = rng.randint(1, 7 if tiny else 13)
+        W = rng.randint(1, 7 if tiny else 13)
+        cl = rng.random() < 0.35
+        ho = (H + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+        wo = (W + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+        if ho < 1 or wo < 1:
+            continue
+        out.append(dict(N=N, C=cg * groups, H=H, W=W, Co=cog * groups, kh=kh, kw=kw, stride=s, padding=p,
+                        dilation=d, groups=groups, cl=cl))
+    return out
+
+
+def make_inputs(c, dtype=torch.float64, bias=True, requires_grad=False):
+    x = torch.randn(c["N"], c["C"], c["H"], c["W"], dtype=dtype)
+    if c.get("cl"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c["Co"], c["C"] // c["groups"], c["kh"], c["kw"], dtype=dtype)
+    b = torch.randn(c["Co"], dtype=dtype) if bias else None
+    if requires_grad:
+        for t in (x, w, b):
+            if t is not None:
+                t.requires_grad_(True)
+    return x, w, b
+
+
+def conv_kw(c):
+    return dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"])
+
+
+def close(got, want, dtype, k=1, what=""):
+    tol = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-4),
+           torch.float16: (2e-3, 2e-3 * math.sqrt(k)), torch.bfloat16: (1.6e-2, 1.6e-2 * math.sqrt(k))}[dtype]
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol[0], atol=tol[1], msg=lambda m: f"{what}: {m}")
+
+
+def check_case(c, backend, act="none", dtype=torch.float64, bias=True):
+    """Forward and all three gradients of one configuration vs torch (in float64 on the same inputs)."""
+    x, w, b = make_inputs(c, dtype, bias, requires_grad=True)
+    y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=backend, **conv_kw(c))
+    x64, w64 = x.detach().double(), w.detach().double()
+    b64 = None if b is None else b.detach().double()
+    z64 = F.conv2d(x64, w64, b64, **conv_kw(c))
+    k = w.shape[1] * w.shape[2] * w.shape[3]
+    assert y.dtype == dtype and y.shape == z64.shape
+    want_fmt = torch.channels_last if (c.get("cl") and not x.is_contiguous()) else torch.contiguous_format
+    assert y.is_contiguous(memory_format=want_fmt), "output layout must follow the input's"
+    close(y, torch_act(z64, act), dtype, k, f"forward {c} {act}")
+
+    gy = torch.randn_like(z64)
+    gx, gw, *gb = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], gy.to(dtype))
+    # the expected gradients from torch.nn.grad (and the activation's derivative, from autograd)
+    zz = z64.clone().requires_grad_(True)
+    (dz,) = torch.autograd.grad(torch_act(zz, act), zz, gy)
+    want_gx = torch.nn.grad.conv2d_input(x64.shape, w64, dz, **conv_kw(c))
+    want_gw = torch.nn.grad.conv2d_weight(x64, w64.shape, dz, **conv_kw(c))
+    ko = c["Co"] // c["groups"] * c["kh"] * c["kw"]
+    close(gx, want_gx, dtype, ko, f"grad_x {c} {act}")
+    close(gw, want_gw, dtype, dz.shape[0] * dz.shape[2] * dz.shape[3], f"grad_w {c} {act}")
+    if b is not None:
+        close(gb[0], dz.sum((0, 2, 3)), dtype, dz.numel() // dz.shape[1], f"grad_b {c} {act}")
+
+
+# --------------------------------------------------------------------------------------------------
+# parity
+# --------------------------------------------------------------------------------------------------
+
+def test_reference_matches_torch():
+    """The ground truth itself (im2col + matmul, col2im) against torch over a wide grid."""
+    for c in random_cases(25, seed=1, tiny=False):
+        check_case(c, "reference")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_grid_fp64(cpu_backend, seed):
+    require_backend(cpu_backend, "cpu", OP)
+    tiny = cpu_backend == "triton"
+    n = {"triton": 8, "reference": 15}.get(cpu_backend, 40)
+    for c in random_cases(n, seed=100 + seed, tiny=tiny):
+        check_case(c, cpu_backend, bias=bool(seed))
+
+
+@pytest.mark.parametrize("act", ["relu", "general_relu"])
+def test_fused_activation(cpu_backend, act):
+    require_backend(cpu_backend, "cpu", OP)
+    tiny = cpu_backend == "triton"
+    for c in random_cases(4 if tiny else 12, seed=7, tiny=tiny):
+        check_case(c, cpu_backend, act=act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dtypes(cpu_backend, dtype):
+    require_backend(cpu_backend, "cpu", OP)
+    tiny = cpu_backend == "triton"
+    for c in random_cases(3 if tiny else 10, seed=11, tiny=tiny):
+        check_case(c, cpu_backend, act="relu" if c["N"] == 1 else "none", dtype=dtype)
+
+
+def test_named_shapes(cpu_backend):
+    """The shapes the issue names, explicitly: 1x1, depthwise, odd sizes, batch 1, channels_last, dilation."""
+    require_backend(cpu_backend, "cpu", OP)
+    base = dict(N=2, C=4, H=5, W=7, Co=6, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                cl=False)
+    variants = [
+        dict(kh=1, kw=1, padding=(0, 0)),                        # 1x1 (no im2col at all on the CPU)
+        dict(kh=1, kw=1, padding=(0, 0), cl=True),               # 1x1 channels_last
+        dict(C=4, Co=4, groups=4),                               # depthwise
+        dict(C=4, Co=4, groups=4, cl=True, stride=(2, 2)),       # depthwise channels_last, strided
+        dict(C=4, Co=8, groups=4),                               # depthwise with multiplier 2
+        dict(N=1, H=1, W=1, padding=(1, 1)),                     # batch 1, a 1x1 image, all padding
+        dict(H=9, W=8, dilation=(2, 3), padding=(2, 3)),         # dilation
+        dict(stride=(2, 3), cl=True, groups=2),                  # strided, groups, channels_last
+        dict(kh=3, kw=3, padding=(0, 0), H=3, W=3),              # kernel == input
+    ]
+    for v in variants:
+        check_case(dict(base, **v), cpu_backend, act="general_relu")
+
+
+def test_cpu_resnet_layers_fp32():
+    """ResNet-like sizes: many parallel tasks, both CPU im2col paths (NCHW rows for wide images, the
+    channels_last transpose for small ones), fp32 vs torch in fp64."""
+    require_backend("cpu", "cpu", OP)
+    cases = [dict(N=2, C=32, H=30, W=36, Co=24, kh=3, kw=3, stride=(1, 1), padding=(1, 1)),   # wide: NCHW im2col
+             dict(N=3, C=32, H=14, W=14, Co=40, kh=3, kw=3, stride=(1, 1), padding=(1, 1)),   # small: NHWC im2col
+             dict(N=2, C=32, H=15, W=15, Co=16, kh=3, kw=3, stride=(2, 2), padding=(1, 1), cl=True),
+             dict(N=2, C=48, H=9, W=9, Co=48, kh=1, kw=1, stride=(1, 1), padding=(0, 0)),
+             dict(N=2, C=32, H=20, W=20, Co=32, kh=3, kw=3, stride=(1, 1), padding=(1, 1), groups=32)]
+    for c in cases:
+        c.setdefault("dilation", (1, 1))
+        c.setdefault("groups", 1)
+        check_case(c, "cpu", act="relu", dtype=torch.float32)
+
+
+def test_backward_op_output_mask(cpu_backend):
+    """The backward op computes only what the mask asks for (empty tensors elsewhere), and each gradient does
+    not depend on which others were asked for."""
+    require_backend(cpu_backend, "cpu", OP)
+    x, w, _ = make_inputs(dict(N=2, C=4, H=5, W=5, Co=4, kh=3, kw=3, groups=2))
+    gy = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    args = ([1, 1], [1, 1], [1, 1], 2, "none", 0.0, 0.0, math.inf)
+    full = torch.ops.pydl.conv2d_backward(gy, x, w, None, *args, [True, True, True], cpu_backend)
+    for mask in ([True, False, False], [False, True, False], [False, False, True]):
+        got = torch.ops.pydl.conv2d_backward(gy, x, w, None, *args, mask, cpu_backend)
+        for i in range(3):
+            if mask[i]:
+                torch.testing.assert_close(got[i], full[i], rtol=1e-12, atol=1e-12)
+            else:
+                assert got[i].numel() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# gradcheck, opcheck, compile
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["none", "general_relu"])
+def test_gradcheck(cpu_backend, act):
+    require_backend(cpu_backend, "cpu", OP)
+    c = dict(N=2, C=4, H=4, W=5, Co=4, kh=3, kw=2, stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
+    # the interpreter runs ~1000x slower: a smaller problem and gradcheck's fast mode (random projections,
+    # two evaluations per input instead of two per input *element*)
+    fast = cpu_backend == "triton"
+    if fast:
+        c.update(N=1, H=3, W=4)
+    x, w, b = make_inputs(c, requires_grad=True)
+    # maxv = 3: the clamp is active somewhere, but no z sits within gradcheck's eps of a kink (seeded data)
+    fn = lambda x, w, b: pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=3.0, backend=cpu_backend,  # noqa
+                                     **conv_kw(c))
+    assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7, fast_mode=fast)
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (xc, w, b), eps=1e-6, atol=1e-7, fast_mode=fast)
+
+
+def test_general_relu_backward_recomputes_z_if_not_saved(cpu_backend):
+    """Calling the op with save_preact=False and then differentiating: the backward recomputes z."""
+    require_backend(cpu_backend, "cpu", OP)
+    x, w, b = make_inputs(dict(N=1, C=2, H=4, W=4, Co=3, kh=3, kw=3, groups=1), requires_grad=True)
+    y, z = torch.ops.pydl.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "general_relu", 0.1, 0.4, 1.5, False,
+                                 cpu_backend)
+    assert z.numel() == 0
+    g = torch.autograd.grad(y.sum(), (x, w, b))
+    y2 = pydl.conv2d(x, w, b, padding=1, act="general_relu", leak=0.1, sub=0.4, maxv=1.5, backend="reference")
+    want = torch.autograd.grad(y2.sum(), (x, w, b))
+    for a, e in zip(g, want):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_opcheck(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(2, 4, 5, 6)
+    w = torch.randn(6, 2, 3, 3)
+    b = torch.randn(6)
+    for xx, act, save in ((x, "none", False), (x.contiguous(memory_format=torch.channels_last), "general_relu", True),
+                          (x, "relu", False)):
+        torch.library.opcheck(torch.ops.pydl.conv2d.default,
+                              (xx, w, b, [2, 1], [1, 1], [1, 1], 2, act, 0.1, 0.4, 1.5, save, cpu_backend))
+    gy = torch.randn(2, 6, 3, 6)
+    z = torch.randn(2, 6, 3, 6)
+    torch.library.opcheck(torch.ops.pydl.conv2d_backward.default,
+                          (gy, x, w, z, [2, 1], [1, 1], [1, 1], 2, "general_relu", 0.1, 0.4, 1.5,
+                           [True, True, True], cpu_backend), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    conv = pydl.nn.Conv2d(3, 4, 3, padding=1)
+
+    def f(x):
+        return pydl.conv2d(x * 2, conv.weight, conv.bias, padding="same", act="relu").sum() + conv(x).sum()
+
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    out = torch.compile(f, fullgraph=True, backend="eager")(x)
+    (g,) = torch.autograd.grad(out, x)
+    want = F.relu(F.conv2d(x * 2, conv.weight, conv.bias, padding=1)).sum() + F.conv2d(x, conv.weight, conv.bias,
+                                                                                       padding=1).sum()
+    (wg,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g, wg, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# the Python-side conveniences: padding strings and modes, unbatched input, empty batch, layouts
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_padding_strings_and_modes(backend):
+    require_backend(backend, "cpu", OP)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    for k, d in [(3, 1), (4, 1), (2, 3), (5, 2)]:  # even kernels give asymmetric "same"
+        w = torch.randn(6, 2, k, k, dtype=torch.float64)
+        for pad in ("same", "valid", 1, (2, 1)):
+            for mode in ("zeros", "reflect", "replicate", "circular"):
+                if pad == "valid" and mode != "zeros":
+                    continue
+                m = torch.nn.Conv2d(4, 6, k, padding=pad, dilation=d, groups=2, padding_mode=mode, bias=False,
+                                    dtype=torch.float64)
+                if isinstance(pad, str) or 7 + 2 * (pad if isinstance(pad, int) else pad[0]) > d * (k - 1):
+                    try:
+                        want = m._conv_forward(x, w, None)
+                    except RuntimeError:
+                        continue  # torch itself refuses (e.g. reflect padding wider than the input)
+                    got = pydl.conv2d(x, w, None, padding=pad, dilation=d, groups=2, padding_mode=mode,
+                                      backend=backend)
+                    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10,
+                                               msg=lambda s: f"k={k} d={d} pad={pad} mode={mode}: {s}")
+
+
+def test_unbatched_empty_and_noncontiguous(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    x3 = torch.randn(3, 5, 6, dtype=torch.float64)
+    got = pydl.conv2d(x3, w, padding=1, backend=cpu_backend)
+    torch.testing.assert_close(got, F.conv2d(x3, w, padding=1), rtol=1e-10, atol=1e-10)
+    e = pydl.conv2d(torch.empty(0, 3, 5, 6, dtype=torch.float64), w, padding=1, backend=cpu_backend)
+    assert e.shape == (0, 4, 5, 6)
+    big = torch.randn(2, 6, 7, 9, dtype=torch.float64)
+    xs = big[:, ::2, 1:, ::2]  # neither contiguous nor channels_last
+    torch.testing.assert_close(pydl.conv2d(xs, w, stride=2, backend=cpu_backend), F.conv2d(xs, w, stride=2),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_triton_block_sizes(poison):
+    """Results must not depend on the launch shape (interpreter: two block sizes, two splits of grad_w);
+    `poison` NaN-fills every torch.empty, so an output element a program forgot shows up."""
+    require_backend("triton", "cpu", OP)
+    from pydl.kernels.conv2d import conv2d_backward_triton, conv2d_triton
+
+    for c in [dict(N=2, C=6, H=5, W=7, Co=6, kh=3, kw=3, stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=3,
+                   cl=False),
+              dict(N=1, C=5, H=6, W=4, Co=20, kh=2, kw=3, stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=1,
+                   cl=True)]:
+        x, w, b = make_inputs(c)
+        args = (list(c["stride"]), list(c["padding"]), list(c["dilation"]), c["groups"])
+        want_y, want_z = conv2d_reference(x, w, b, *args, "general_relu", 0.1, 0.4, 1.5, True)
+        gy = torch.randn_like(want_y)
+        want_g = conv2d_backward_reference(gy, x, w, want_z, *args, "general_relu", 0.1, 0.4, 1.5, [True] * 3)
+        for block, split in [((16, 16, 16), 1), ((32, 16, 32), 3)]:
+            y, z = conv2d_triton(x, w, b, *args, "general_relu", 0.1, 0.4, 1.5, True, block=block)
+            torch.testing.assert_close(y, want_y, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(z, want_z, rtol=1e-10, atol=1e-10)
+            g = conv2d_backward_triton(gy, x, w, want_z, *args, "general_relu", 0.1, 0.4, 1.5, [True] * 3,
+                                       block=block, split=split)
+            for a, e in zip(g, want_g):
+                torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(x=torch.randn(2, 5, 6, 6)), ValueError, "divisible by groups"),             # 5 channels, groups 2
+    (dict(w=torch.randn(5, 2, 3, 3)), ValueError, "divisible by groups"),             # 5 out channels, groups 2
+    (dict(w=torch.randn(4, 3, 3, 3)), ValueError, "input channels"),                  # Cin/groups mismatch
+    (dict(w=torch.randn(4, 2, 9, 9)), ValueError, "larger than the padded input"),
+    (dict(x=torch.randn(6, 6, 6)), ValueError, "input channels"),                     # unbatched, 6 channels
+    (dict(x=torch.randn(2, 2, 4, 6, 6)), ValueError, "4-D"),
+    (dict(x=torch.randn(6, 6)), ValueError, "4-D"),
+    (dict(w=torch.randn(4, 2, 3)), ValueError, "weight must be 4-D"),
+    (dict(w=torch.randn(4, 2, 3, 3, dtype=torch.float64)), TypeError, "weight dtype"),
+    (dict(b=torch.randn(4, dtype=torch.float64)), TypeError, "bias dtype"),
+    (dict(b=torch.randn(5)), ValueError, "bias must have shape"),
+    (dict(x=torch.randint(0, 3, (2, 4, 6, 6))), TypeError, "x must be float16"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(padding="full"), ValueError, "padding must be"),
+    (dict(padding="same", stride=2), ValueError, "strided"),
+    (dict(padding_mode="mirror"), ValueError, "padding_mode"),
+    (dict(act="gelu"), ValueError, "act must be"),
+])
+def test_bad_input(cpu_backend, bad, exc, match):
+    require_backend(cpu_backend, "cpu", OP)
+    args = dict(x=torch.randn(2, 4, 6, 6), w=torch.randn(4, 2, 3, 3), b=torch.randn(4), stride=1, padding=0,
+                dilation=1, padding_mode="zeros", act="none")
+    args.update(bad)
+    with pytest.raises(exc, match=match):
+        pydl.conv2d(args.pop("x"), args.pop("w"), args.pop("b"), groups=2, backend=cpu_backend, **args)
+
+
+def test_device_mismatch_is_named():
+    x = torch.randn(1, 2, 4, 4)
+    w = torch.randn(2, 2, 3, 3, device="meta")
+    with pytest.raises(ValueError, match="weight is on meta"):
+        pydl.conv2d(x, w, backend="reference")
+
+
+def test_cpp_kernel_checks_its_own_arguments():
+    """The compiled op is callable directly (torch.ops.pydl_cpu.conv2d): it validates too."""
+    require_backend("cpu", "cpu", OP)
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)
+    a = ([1, 1], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match="divisible by groups"):
+        torch.ops.pydl_cpu.conv2d(x, w, None, *a, 3, "none", 0.0, 0.0, math.inf, False)
+    with pytest.raises(TypeError, match="weight dtype"):
+        torch.ops.pydl_cpu.conv2d(x, w.double(), None, *a, 2, "none", 0.0, 0.0, math.inf, False)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        torch.ops.pydl_cpu.conv2d(x, torch.randn(4, 2, 7, 7), None, *a, 2, "none", 0.0, 0.0, math.inf, False)
+    with pytest.raises(ValueError, match="act must be"):
+        torch.ops.pydl_cpu.conv2d(x, w, None, *a, 2, "tanh", 0.0, 0.0, math.inf, False)
+    with pytest.raises(ValueError, match="grad_y must have shape"):
+        torch.ops.pydl_cpu.conv2d_backward(torch.randn(1, 4, 2, 2), x, w, None, *a, 2, "none", 0.0, 0.0, math.inf,
+                                           [True, True, True])
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU (skipped without one; run by scripts/gpu_check.sh)
+# --------------------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    dict(N=2, C=64, H=28, W=28, Co=64, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1),
+    dict(N=3, C=32, H=15, W=17, Co=48, kh=3, kw=3, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1),
+    dict(N=2, C=64, H=14, W=14, Co=128, kh=1, kw=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1),
+    dict(N=2, C=32, H=20, W=20, Co=32, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=32),
+    dict(N=1, C=12, H=9, W=11, Co=18, kh=3, kw=2, stride=(2, 1), padding=(2, 1), dilation=(2, 2), groups=3),
+    dict(N=2, C=3, H=33, W=31, Co=24, kh=7, kw=7, stride=(2, 2), padding=(3, 3), dilation=(1, 1), groups=1),
+]
+
+
+def _to_cuda(c, dtype, bias=True):
+    x, w, b = make_inputs(c, dtype, bias)
+    return x.cuda(), w.cuda(), (None if b is None else b.cuda())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("cl", [False, True])
+def test_gpu_parity(gpu_backend, dtype, cl):
+    require_backend(gpu_backend, "cuda", OP)
+    for c in GPU_CASES:
+        c = dict(c, cl=cl)
+        for act in ("none", "relu", "general_relu"):
+            x, w, b = _to_cuda(c, dtype)
+            x.requires_grad_(True)
+            w.requires_grad_(True)
+            b.requires_grad_(True)
+            y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=gpu_backend, **conv_kw(c))
+            z64 = F.conv2d(x.detach().double(), w.detach().double(), b.detach().double(), **conv_kw(c))
+            k = w.shape[1] * w.shape[2] * w.shape[3]
+            close(y, torch_act(z64, act), dtype, k, f"gpu forward {c} {act}")
+            gy = torch.randn_like(z64)
+            gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy.to(dtype))
+            zz = z64.clone().requires_grad_(True)
+            (dz,) = torch.autograd.grad(torch_act(zz, act), zz, gy)
+            # fp16/bf16: dz is rounded to the input dtype before its GEMMs (as cuDNN does): compare loosely
+            close(gx, torch.nn.grad.conv2d_input(x.shape, w.detach().double(), dz, **conv_kw(c)), dtype,
+                  4 * c["Co"] // c["groups"] * c["kh"] * c["kw"], f"gpu grad_x {c} {act}")
+            close(gw, torch.nn.grad.conv2d_weight(x.detach().double(), w.shape, dz, **conv_kw(c)), dtype,
+                  4 * dz.numel() // dz.shape[1], f"gpu grad_w {c} {act}")
+            close(gb, dz.sum((0, 2, 3)), dtype, 4 * dz.numel() // dz.shape[1], f"gpu grad_b {c} {act}")
+
+
+@pytest.mark.gpu
+def test_gpu_big_index_math():
+    """An activation past 2**31 elements: int64 index math (forward only, fp16, one output channel)."""
+    require_backend("cuda", "cuda", OP)
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2 ** 30:
+        pytest.skip("needs 24 GB")
+    x = torch.randn(1, 1, 2 ** 16, 2 ** 15 + 8, device="cuda", dtype=torch.float16)
+    w = torch.randn(1, 1, 1, 1, device="cuda", dtype=torch.float16)
+    for backend in ("cuda", "triton"):
+        y = pydl.conv2d(x, w, backend=backend)
+        assert torch.equal(y[0, 0, -1, -5:], (x[0, 0, -1, -5:].float() * w.float().view(())).half())
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_and_compile(gpu_backend):
+    require_backend(gpu_backend, "cuda", OP)
+    x = torch.randn(2, 4, 9, 8, device="cuda")
+    w = torch.randn(6, 2, 3, 3, device="cuda")
+    b = torch.randn(6, device="cuda")
+    torch.library.opcheck(torch.ops.pydl.conv2d.default,
+                          (x, w, b, [1, 2], [1, 1], [1, 1], 2, "general_relu", 0.1, 0.4, 1.5, True, gpu_backend))
+    f = torch.compile(lambda t: pydl.conv2d(t, w, b, padding=1, groups=2, act="relu", backend=gpu_backend),
+                      fullgraph=True)
+    torch.testing.assert_close(f(x), F.relu(F.conv2d(x, w, b, padding=1, groups=2)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_switch(gpu_backend):
+    """Off by default: exact fp32 (tight tolerance). On: TF32 (loose tolerance), still correct."""
+    require_backend(gpu_backend, "cuda", OP)
+    from pydl.ops import conv2d as op
+
+    x = torch.randn(4, 64, 16, 16, device="cuda")
+    w = torch.randn(64, 64, 3, 3, device="cuda")
+    want = F.conv2d(x.double(), w.double(), padding=1)
+    assert not op.ALLOW_TF32
+    torch.testing.assert_close(pydl.conv2d(x, w, padding=1, backend=gpu_backend).double(), want, rtol=1e-4, atol=1e-3)
+    op.ALLOW_TF32 = True
+    try:
+        torch.testing.assert_close(pydl.conv2d(x, w, padding=1, backend=gpu_backend).double(), want, rtol=2e-2,
+                                   atol=0.5)
+    finally:
+        op.ALLOW_TF32 = False
