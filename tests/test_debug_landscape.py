@@ -236,3 +236,19 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="indices"):
         evaluate_points(model, F.cross_entropy, data(), make_directions(model, 1), LandscapeResult(np.arange(3.0)),
                         indices=[5], show_progress=False)
+
+
+def test_progress_helper_without_tqdm(monkeypatch):
+    import io
+    import sys
+
+    from pydl.debug import progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    out = io.StringIO()
+    assert list(progress(range(5), desc="scan", file=out, min_interval=0)) == [0, 1, 2, 3, 4]
+    text = out.getvalue()
+    assert "scan" in text and "5/5" in text and text.endswith("\n")
+    out = io.StringIO()
+    assert list(progress(iter(range(3)), enable=False, file=out)) == [0, 1, 2] and out.getvalue() == ""

@@ -226,16 +226,19 @@ class LandscapeResult:
 
 @contextlib.contextmanager
 def scan_state(model: nn.Module):
-    """Eval mode inside; on exit every parameter, buffer and ``training`` flag is put back bit for bit."""
+    """Eval mode inside; on exit every parameter, buffer and ``training`` flag is put back bit for bit.
+    Yields ``{name: saved copy}`` of every parameter and buffer (a scan's origin: no second copy needed)."""
     flags = [(m, m.training) for m in model.modules()]
-    saved = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    saved = {k: t.detach().clone() for k, t in tensors.items()}
     try:
         model.eval()
-        yield
+        yield saved
     finally:
         with torch.no_grad():
-            for t, s in saved:
-                t.copy_(s)
+            for k, t in tensors.items():
+                t.copy_(saved[k])
         for m, f in flags:
             m.training = f
 
@@ -292,8 +295,7 @@ def evaluate_points(model: nn.Module, loss_fn: Callable, data, directions: Direc
         raise ValueError(f"evaluate_points: directions name tensors the model lacks: {missing[:5]}")
     device = next(model.parameters()).device
     data_b = _batches(data, batches)
-    with scan_state(model), torch.no_grad():
-        origin = {k: named[k].detach().clone() for k in names}
+    with scan_state(model) as origin, torch.no_grad():
         for count, i in enumerate(_progress(idx.tolist(), total=len(idx), desc="loss landscape",
                                             enable=show_progress), 1):
             c = result.coords(i)

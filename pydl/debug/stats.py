@@ -414,7 +414,10 @@ class ActivationStats:
         if not self.modules:
             raise ValueError("ActivationStats: no modules to hook (pass modules= or include_parameterless=True)")
         names = {id(m): n for n, m in model.named_modules()}
-        self.names = [names.get(id(m)) or f"{i}:{type(m).__name__}" for i, m in enumerate(self.modules)]
+        # dotted names as in model.named_modules(); the root (named "") by its class, a module from outside
+        # the model by its position and class
+        self.names = [type(m).__name__ if names.get(id(m)) == "" else names.get(id(m)) or f"{i}:{type(m).__name__}"
+                      for i, m in enumerate(self.modules)]
         self.every, self.train_only, self.chunk = every, train_only, chunk
         self.backend = backend
         self.steps_per_epoch = steps_per_epoch
