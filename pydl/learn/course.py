@@ -60,6 +60,8 @@ def split_regions(text: str):
             region = None
         elif region is not None:
             region.append(line)
+        elif _STARTER.match(line):
+            raise MarkerError(f"line {no}: a starter placeholder (#| or //|) outside BEGIN/END SOLUTION")
         else:
             out.append(("plain", line))
     if region is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import course
-from .harness import GUARD, Case, compare, guard_report, poison_value
+from .harness import GUARD, Case, compare, guard_report, poison_np, poison_value
 
 EMU_HEADER = course.COMMON / "pydl_cuda_emu.h"
 IO_HEADER = course.COMMON / "pydl_learn_io.h"
@@ -112,17 +112,17 @@ def harness_source(ex: course.Exercise, learner_path: str) -> str:
     call = []
     for name, base, ptr, const in _parse_signature(ex.module.SIGNATURE):
         if ptr:
-            lines.append(f'  auto {name} = c.array<{base}>("{name}");')
-            call.append(f"{name}.ptr()")
+            lines.append(f'  auto arg_{name} = c.array<{base}>("{name}");')
+            call.append(f"arg_{name}.ptr()")
         else:
-            lines.append(f'  {base} {name} = c.scalar<{base}>("{name}");')
-            call.append(name)
+            lines.append(f'  {base} arg_{name} = c.scalar<{base}>("{name}");')
+            call.append(f"arg_{name}")
     lines.append(f"  {ex.entry}({', '.join(call)});")
     lines.append('  pydl_io::check(cudaGetLastError(), "the launch");')
     lines.append('  pydl_io::check(cudaDeviceSynchronize(), "the kernel (cudaDeviceSynchronize)");')
     for name, base, ptr, const in _parse_signature(ex.module.SIGNATURE):
         if ptr and not const:
-            lines.append(f"  {name}.write_back();")
+            lines.append(f"  arg_{name}.write_back();")
     lines += ["  return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -186,8 +186,7 @@ def write_case(case: Case, ex: course.Exercise, folder: Path) -> Dict[str, Tuple
             elif name in case.outs:
                 shape, _ = case.outs[name]
                 n = int(np.prod(shape))
-                fill = np.nan if npdt in (np.float32, np.float64) else np.array(poison_value(tdt)).astype(npdt)
-                buf = np.full(n + 2 * GUARD, fill, dtype=npdt)
+                buf = poison_np(n + 2 * GUARD, npdt)
                 outs[name] = (n, npdt)
             else:
                 raise KeyError(f"case {case.label} has no array {name!r}")
@@ -204,42 +203,51 @@ def run_cases(ex: course.Exercise, exe: Path, cases: List[Case], work: Path, tim
     """Run every case; returns (number run, [(case, problems)] for the failing ones)."""
     failed = []
     for i, case in enumerate(cases):
-        folder = work / f"case{i}"
-        outs = write_case(case, ex, folder)
-        env = dict(os.environ)
-        if seed_env:
-            env["PYDL_EMU_SEED"] = str(case.params.get("seed", i))
-        try:
-            r = subprocess.run([str(exe), str(folder)], capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            failed.append((case, [f"did not finish within {timeout:.0f} s (an endless loop? a loop whose bound "
-                                  f"never changes, or a barrier threads wait at forever)"]))
-            continue
-        if r.returncode != 0:
-            why = r.stderr.strip() or r.stdout.strip()
-            if r.returncode < 0:
-                sig = -r.returncode
-                why = (f"crashed with signal {sig}" + (" (segmentation fault: a read or write far outside an "
-                       "array -- check your bounds tests)" if sig == 11 else "") + ("\n" + why if why else ""))
-            failed.append((case, [why[-2000:]]))
-            continue
-        problems = []
-        for name, (n, npdt) in outs.items():
-            buf = np.fromfile(folder / f"{name}.bin", dtype=npdt)
-            tbuf = torch.from_numpy(buf.view(np.int32) if npdt == np.uint32 else buf)
-            msg = guard_report(name, tbuf, n)
-            if msg:
-                problems.append(msg)
-            if name in case.expected:
-                exp = case.expected[name]
-                got = tbuf[GUARD:GUARD + n].reshape(exp.shape)
-                atol, rtol = case.tol.get(name, (1e-5, 1e-5))
-                m = compare(name, got, exp, atol, rtol)
-                if m:
-                    problems.append(m.text)
-        if problems:
-            failed.append((case, problems))
+        # the emulation runs every case twice: threads of a block first-to-last (even seed) and last-to-first
+        # (odd seed), blocks in a different shuffled order each time -- a missing barrier rarely survives both
+        for seed in ((2 * i, 2 * i + 1) if seed_env else (None,)):
+            problems = _run_one(ex, exe, case, work / f"case{i}", timeout, seed)
+            if problems:
+                if seed is not None:
+                    order = "first-to-last" if seed % 2 == 0 else "last-to-first"
+                    problems = problems + [f"(emulation schedule: seed {seed}, threads of each block run {order})"]
+                failed.append((case, problems))
+                break
     return len(cases), failed
+
+
+def _run_one(ex, exe, case, folder, timeout, seed) -> List[str]:
+    outs = write_case(case, ex, folder)
+    env = dict(os.environ)
+    if seed is not None:
+        env["PYDL_EMU_SEED"] = str(seed)
+    try:
+        r = subprocess.run([str(exe), str(folder)], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return [f"did not finish within {timeout:.0f} s (an endless loop? a loop whose bound "
+                f"never changes, or a barrier threads wait at forever)"]
+    if r.returncode != 0:
+        why = r.stderr.strip() or r.stdout.strip()
+        if r.returncode < 0:
+            sig = -r.returncode
+            why = (f"crashed with signal {sig}" + (" (segmentation fault: a read or write far outside an "
+                   "array -- check your bounds tests)" if sig == 11 else "") + ("\n" + why if why else ""))
+        return [why[-2000:]]
+    problems = []
+    for name, (n, npdt) in outs.items():
+        buf = np.fromfile(folder / f"{name}.bin", dtype=npdt)
+        tbuf = torch.from_numpy(buf.view(np.int32) if npdt == np.uint32 else buf)
+        msg = guard_report(name, tbuf, n)
+        if msg:
+            problems.append(msg)
+        if name in case.expected:
+            exp = case.expected[name]
+            got = tbuf[GUARD:GUARD + n].reshape(exp.shape)
+            atol, rtol = case.tol.get(name, (1e-5, 1e-5))
+            m = compare(name, got, exp, atol, rtol)
+            if m:
+                problems.append(m.text)
+    return problems
 
 
 def source_checks(ex: course.Exercise, src: str) -> List[str]:
@@ -299,9 +307,8 @@ def check(ex: course.Exercise, learner: Path, use_gpu: Optional[bool] = None, ti
             n, failed = run_cases(ex, gpu_exe, gcases, work / "gpu_cases", timeout, seed_env=False)
             levels.append(_level("correct on a GPU", n, failed, gcases))
         else:
-            levels.append({"name": "correct on a GPU", "status": "skip",
-                           "detail": "no CUDA GPU here: not run, so NOT passed" + (
-                               " (and nvcc is missing)" if gpu_exe is None else "")})
+            why = ("no CUDA GPU here" if not gpu else "the GPU build (nvcc) was skipped or is unavailable")
+            levels.append({"name": "correct on a GPU", "status": "skip", "detail": why + ": not run, so NOT passed"})
     return levels
 
 

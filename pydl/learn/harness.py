@@ -5,6 +5,9 @@ launch parameters (block sizes) and the expected results. Outputs are not handed
 is a view into a bigger buffer whose every element -- inside and around the view -- holds *poison* (NaN for
 floats, a sentinel for integers). After the call:
 
+Output poison is a NaN with a recognisable bit pattern (0x7FC0DEAD for float32), compared bit for bit: a
+kernel that copies *input* guard values (plain NaN) into the output's guard is caught too.
+
 * poison left *inside* the view means the kernel never wrote those elements (grid too small, a mask too
   strict, a missing store);
 * anything but poison in the *guard* around the view means the kernel wrote outside its output (a store
@@ -41,8 +44,35 @@ class Case:
     note: str = ""                                 # why this case exists (printed when it fails)
 
 
+# output poison: NaN payloads no arithmetic produces (x86 keeps an input NaN's payload, GPUs return a canonical NaN)
+POISON_BITS = {torch.float32: (torch.int32, np.uint32, 0x7FC0DEAD),
+               torch.float64: (torch.int64, np.uint64, 0x7FF8DEADDEADDEAD)}
+
+
 def poison_value(dtype: torch.dtype):
+    """What the checker puts around INPUTS: a plain NaN (floats) or a sentinel (integers)."""
     return float("nan") if dtype.is_floating_point else INT_POISON
+
+
+def poison_fill_(buf: torch.Tensor) -> torch.Tensor:
+    """Fill an OUTPUT buffer with poison: the NaN bit pattern of POISON_BITS (floats) or INT_POISON."""
+    if buf.dtype in POISON_BITS:
+        ity, _, bits = POISON_BITS[buf.dtype]
+        buf.view(ity).fill_(bits)
+    elif buf.is_floating_point():
+        buf.fill_(float("nan"))
+    else:
+        buf.fill_(INT_POISON)
+    return buf
+
+
+def poison_np(n: int, npdtype) -> np.ndarray:
+    """n elements of output poison as a numpy array (the CUDA track writes these to files)."""
+    npdtype = np.dtype(npdtype)
+    for _, (_, uty, bits) in POISON_BITS.items():
+        if np.dtype(uty).itemsize == npdtype.itemsize and npdtype.kind == "f":
+            return np.full(n, bits, dtype=uty).view(npdtype)
+    return np.full(n, INT_POISON, dtype=np.int64).astype(npdtype)
 
 
 def guarded(t: torch.Tensor, device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -57,14 +87,17 @@ def guarded(t: torch.Tensor, device) -> Tuple[torch.Tensor, torch.Tensor]:
 def guarded_like(shape, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(view, buffer): an output of ``shape`` full of poison, inside a poisoned buffer."""
     n = math.prod(shape)
-    buf = torch.full((n + 2 * GUARD,), poison_value(dtype), dtype=dtype, device=device)
+    buf = poison_fill_(torch.empty((n + 2 * GUARD,), dtype=dtype, device=device))
     return buf[GUARD:GUARD + n].view(shape), buf
 
 
 def _is_poison(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "f":
+        for _, (_, uty, bits) in POISON_BITS.items():
+            if np.dtype(uty).itemsize == a.dtype.itemsize:
+                return a.view(uty) == np.array(bits, dtype=uty)
         return np.isnan(a)
-    return a == INT_POISON
+    return a == np.array(INT_POISON).astype(a.dtype)
 
 
 def guard_report(name: str, buf: torch.Tensor, n: int) -> Optional[str]:
@@ -122,10 +155,10 @@ def compare(name: str, got: torch.Tensor, exp: torch.Tensor, atol: float = 1e-5,
         g64, e64 = g.astype(np.float64), e.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             close = np.isclose(g64, e64, atol=atol, rtol=rtol, equal_nan=True)
-        poison = np.isnan(g64) & ~np.isnan(e64)
+        poison = _is_poison(g) & ~np.isnan(e64)
     else:
         close = g == e
-        poison = (g == INT_POISON) & (e != INT_POISON)
+        poison = _is_poison(g) & (e != INT_POISON)
     if not poisoned:  # an output the learner's code allocated itself: NaN there is not the checker's poison
         poison = np.zeros_like(close)
     bad = np.flatnonzero(~close.reshape(-1))
@@ -140,8 +173,9 @@ def compare(name: str, got: torch.Tensor, exp: torch.Tensor, atol: float = 1e-5,
     elif n_poison:
         lines[0] += f" ({n_poison} never written: still poison)"
     if g.dtype.kind == "f" and np.isnan(g64.reshape(-1)[bad]).any() and n_poison < bad.size:
-        lines.append("  NaN where a number was expected can also come from an unmasked LOAD: the checker puts "
-                     "NaN right after every input, so reading past the end brings NaN in")
+        lines.append("  NaN where a number was expected: an unmasked LOAD past the end of an input (the checker "
+                     "puts NaN around every input), or (CUDA) a read of shared memory nobody wrote yet -- the "
+                     "emulation fills it with NaN; a missing __syncthreads() does that")
     lines.append(f"  {'index':<18}{'expected':>16}{'got':>16}")
     for flat in bad[:show]:
         idx = np.unravel_index(flat, g.shape) if g.ndim else ()

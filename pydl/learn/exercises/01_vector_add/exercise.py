@@ -12,6 +12,7 @@ LEARNED = ("A Triton program works on a whole BLOCK of elements at once; the gri
            "and the mask keeps the last, partial block from reading or writing past the end.")
 MUTANTS = {
     "unmasked store": [("tl.store(out_ptr + offs, x + y, mask=mask)", "tl.store(out_ptr + offs, x + y)")],
+    "mask always true": [("mask = offs < n", "mask = offs >= 0")],
     "grid rounded down": [("triton.cdiv(n, block)", "max(1, n // block)")],
 }
 

@@ -26,10 +26,10 @@ def mean_var_kernel(x_ptr, mean_ptr, var_ptr, n_cols, row_stride, BLOCK: tl.cons
         bmean = tl.sum(x, axis=0) / nb
         d = tl.where(mask, x - bmean, 0.0)
         bm2 = tl.sum(d * d, axis=0)
-        # END SOLUTION
         #| nb = tl.zeros((), dtype=tl.float32)
         #| bmean = tl.zeros((), dtype=tl.float32)
         #| bm2 = tl.zeros((), dtype=tl.float32)
+        # END SOLUTION
         # TODO(2): merge (nb, bmean, bm2) into the running (n, mean, m2) -- Chan et al.:
         #   delta = bmean - mean;  n' = n + nb;  mean' = mean + delta * nb / n'
         #   m2' = m2 + bm2 + delta^2 * n * nb / n'

@@ -35,9 +35,9 @@ def bn_backward_kernel(x_ptr, dy_ptr, mean_ptr, invstd_ptr, w_ptr, dx_ptr, dw_pt
         acc_dyx += dy * xhat
     sum_dy = tl.sum(acc_dy, axis=0)
     sum_dyx = tl.sum(acc_dyx, axis=0)
-    # END SOLUTION
     #| sum_dy = 0.0
     #| sum_dyx = 0.0
+    # END SOLUTION
     # TODO(2): pass 2 -- dx for every value of the channel; then store dweight and dbias.
     # BEGIN SOLUTION
     k = w * invstd
