@@ -473,3 +473,17 @@ def test_gpu_triton_block_sizes():
     for block in (128, 1024):
         got = tk.forward(x, None, None, None, None, True, 1e-5, "none", 0.0, 0.0, math.inf, block=block)
         close(got[0], want[0], 2e-5)
+
+
+def test_cuda_extension_compiles_and_links():
+    """The CUDA backend must build on a machine without a GPU (explicit archs) and register its ops; the GPU
+    tests above run it."""
+    from pydl import _build
+
+    ok, why = _build.cuda_toolchain()
+    if not ok:
+        pytest.skip(f"no CUDA toolchain here: {why}")
+    res = _build.load(OP, "cuda")
+    assert res.ok, res.error[-3000:]
+    for name in ("forward", "update_running", "backward", "stats", "apply", "backward_reduce", "backward_elemt"):
+        assert hasattr(torch.ops.pydl_cuda, "batch_norm_" + name)
