@@ -211,10 +211,21 @@ def _triton_bwd():
     return conv2d_backward_triton
 
 
+def _cuda(name: str):
+    """The compiled CUDA op takes one more argument than the other backends: the TF32 switch, read per call."""
+    load = compiled("pydl_cuda", name)
+
+    def loader():
+        fn = load()
+        return lambda *args: fn(*args, ALLOW_TF32)
+
+    return loader
+
+
 OP = backends.register_op(backends.Op("conv2d", {
     "reference": lambda: conv2d_reference,
     "cpu": compiled("pydl_cpu", "conv2d"),
-    "cuda": compiled("pydl_cuda", "conv2d"),
+    "cuda": _cuda("conv2d"),
     "triton": _triton_fwd,
 }))
 
@@ -223,7 +234,7 @@ OP = backends.register_op(backends.Op("conv2d", {
 OP_BWD = backends.Op("conv2d", {
     "reference": lambda: conv2d_backward_reference,
     "cpu": compiled("pydl_cpu", "conv2d_backward"),
-    "cuda": compiled("pydl_cuda", "conv2d_backward"),
+    "cuda": _cuda("conv2d_backward"),
     "triton": _triton_bwd,
 })
 
