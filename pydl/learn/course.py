@@ -144,6 +144,15 @@ class Exercise:
     def solution(self) -> str:
         return solution_text(self.solution_source())
 
+    def mutant(self, name: str) -> str:
+        """The solution with one known bug put in (the course's tests check that the checker catches it)."""
+        src = self.solution()
+        for old, new in self.mutants[name]:
+            if old not in src:
+                raise MarkerError(f"{self.name}: mutant {name!r} does not apply: {old!r} not in the solution")
+            src = src.replace(old, new)
+        return src
+
     def readme(self) -> str:
         return (self.folder / "README.md").read_text()
 

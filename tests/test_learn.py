@@ -1,0 +1,379 @@
+"""The kernel-writing course (pydl.learn): the course cannot rot.
+
+* every exercise's reference solution passes its own checker; every starter fails it with a message that
+  says where; every known-wrong solution (MUTANTS in each exercise.py) fails it;
+* each starter is its solution with the marked regions removed (checked line by line);
+* the CUDA emulation behaves like CUDA where the exercises depend on it (barriers, shuffles, deadlocks);
+* the checker's diffs, guards and poison work; the CLI works end to end in a temporary workspace.
+
+Triton files are checked in batches (one process runs many files; a crash only costs the file that caused it),
+so the whole module stays within a couple of minutes on a CPU.
+"""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pydl.learn import checker, course, cuda
+from pydl.learn.course import MarkerError, solution_text, split_regions, starter_text
+from pydl.learn.harness import GUARD, compare, guard_report, guarded_like
+
+EXS = course.exercises()
+TRITON = [e for e in EXS if e.track == "triton"]
+CUDA = [e for e in EXS if e.track == "cuda"]
+HAVE_CXX = cuda.find_cxx() is not None
+HAVE_NVCC = cuda.find_nvcc() is not None
+needs_cxx = pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler: the CUDA emulation cannot be built")
+
+
+def cpu_levels_passed(levels):
+    cpu = [lv for lv in levels if lv["name"].startswith("correct") and "CPU" in lv["name"]]
+    return bool(cpu) and all(lv["status"] == "pass" for lv in cpu) and not any(lv["status"] == "fail" for lv in levels)
+
+
+def failure_text(levels):
+    return "\n".join(f"[{lv['status']}] {lv['name']}: {lv.get('detail', '')}" for lv in levels)
+
+
+# --------------------------------------------------------------------------------------------------
+# The catalogue
+# --------------------------------------------------------------------------------------------------
+
+def test_curriculum_is_complete():
+    names = [e.name for e in EXS]
+    assert len(names) >= 14 and len(set(names)) == len(names)
+    assert {"vector_add", "general_relu", "softmax", "block_reduce", "welford", "histogram", "act_stats",
+            "batch_norm_forward", "batch_norm_backward", "lstm_cell", "matmul", "conv2d"} <= set(names)
+    assert {"cuda_vector_add", "cuda_reduce", "cuda_histogram", "cuda_matmul", "cuda_lstm_cell"} <= set(names)
+    assert [e.number for e in EXS] == sorted(e.number for e in EXS)
+    for ex in EXS:
+        assert ex.track in course.TRACKS
+        assert ex.title and ex.teaches and ex.learned
+        assert (ex.folder / ex.file).exists()
+        assert len(ex.readme()) > 500, f"{ex.name}: the task statement should explain why, not just what"
+        assert len(ex.hints()) >= 2, f"{ex.name}: progressive hints"
+        assert len(ex.mutants) >= 2, f"{ex.name}: known-wrong solutions"
+        if ex.track == "cuda":
+            assert ex.module.SIGNATURE and ex.entry in ex.solution()
+        cases = ex.module.cases("cpu")
+        assert len(cases) >= 4
+        # sizes that are not block multiples and two or more block sizes
+        blocks = {tuple(sorted((k, v) for k, v in c.params.items() if k in ("block", "bm", "bn", "bk", "tile")))
+                  for c in cases}
+        assert len(blocks) >= 2, f"{ex.name}: at least two block sizes"
+
+
+@pytest.mark.parametrize("ex", EXS, ids=lambda e: e.name)
+def test_starter_is_solution_minus_regions(ex):
+    src = ex.solution_source()
+    items = split_regions(src)
+    regions = [it for kind, it in items if kind == "region"]
+    assert regions, "an exercise without TODO regions teaches nothing"
+    starter, solution = ex.starter(), ex.solution()
+    assert "BEGIN SOLUTION" not in starter and "END SOLUTION" not in starter
+    assert "BEGIN SOLUTION" not in solution and "END SOLUTION" not in solution
+    placeholder = re.compile(r"^\s*(#|//)\|")
+    # the solution is the source without marker and placeholder lines
+    kept = [ln for ln in src.splitlines() if "BEGIN SOLUTION" not in ln and "END SOLUTION" not in ln
+            and not placeholder.match(ln)]
+    assert solution.splitlines() == kept
+    # the starter's lines outside regions are exactly the solution's lines outside regions, in order
+    outside = [it.rstrip("\n") for kind, it in items if kind == "plain"]
+    placeholders = [placeholder.sub("", ln).strip() for _, it in items if _ == "region" for ln in it
+                    if placeholder.match(ln)]
+    starter_plain = [ln for ln in starter.splitlines()
+                     if ln.strip() not in placeholders and ln.strip() != "pass  # your code here"]
+    assert starter_plain == outside
+    # every region is announced by a TODO comment in the lines just above it
+    lines = src.splitlines()
+    for i, ln in enumerate(lines):
+        if "BEGIN SOLUTION" in ln:
+            above = "\n".join(lines[max(0, i - 6):i])
+            assert "TODO" in above, f"{ex.name}: region at line {i + 1} has no TODO above it"
+    # no solution line leaks into the starter (lines that also occur outside regions excepted)
+    body = {ln.strip() for _, it in items if _ == "region" for ln in it[1:-1] if ln.strip() and not placeholder.match(ln)}
+    leaked = body & {ln.strip() for ln in starter.splitlines()} - {ln.strip() for ln in outside}
+    assert not leaked
+
+
+def test_marker_errors():
+    with pytest.raises(MarkerError):
+        split_regions("a\n# BEGIN SOLUTION\nb\n")
+    with pytest.raises(MarkerError):
+        split_regions("# END SOLUTION\n")
+    with pytest.raises(MarkerError):
+        split_regions("x = 1\n#| y = 2\n")
+    src = "def f():\n    # TODO\n    # BEGIN SOLUTION\n    return 1\n    #| return 0\n    # END SOLUTION\n"
+    assert starter_text(src) == "def f():\n    # TODO\n    return 0\n"
+    assert solution_text(src) == "def f():\n    # TODO\n    return 1\n"
+    assert "pass" in starter_text("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checker plumbing: diffs, guards, poison
+# --------------------------------------------------------------------------------------------------
+
+def test_compare_reports_indices_and_values():
+    exp = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    got = exp.clone()
+    got[2, 1] = 99.0
+    m = compare("out", got, exp)
+    assert m is not None and "1 of 12" in m.text and "[2, 1]" in m.text and "99" in m.text and "9" in m.text
+    assert compare("out", exp.clone(), exp) is None
+    ints = torch.tensor([1, 2, 3], dtype=torch.int32)
+    assert compare("h", ints + torch.tensor([0, 0, 1], dtype=torch.int32), ints) is not None  # exact for ints
+
+
+def test_poison_and_guards():
+    view, buf = guarded_like((5,), torch.float32, "cpu")
+    m = compare("out", view, torch.zeros(5))
+    assert m is not None and "never wrote" in m.text
+    assert guard_report("out", buf, 5) is None
+    view.zero_()
+    assert compare("out", view, torch.zeros(5)) is None
+    buf[GUARD + 5] = float("nan")  # a plain NaN (what an unmasked load of an input guard gives) is not poison
+    msg = guard_report("out", buf, 5)
+    assert msg is not None and "AFTER the end" in msg and "offsets 5" in msg
+    ibuf = guarded_like((3,), torch.int32, "cpu")[1]
+    ibuf[GUARD - 1] = 0
+    assert "BEFORE the start" in guard_report("h", ibuf, 3)
+
+
+def test_environment_self_test():
+    rows = checker.environment()
+    what = {r["what"]: r for r in rows}
+    assert {"python", "torch", "triton interpreter", "C++ compiler", "nvcc", "CUDA GPU"} <= set(what)
+    assert what["triton interpreter"]["ok"], what["triton interpreter"]["detail"]  # this machine: triton 3.8 + numpy 2.4
+    for r in rows:
+        if not r["ok"]:
+            assert r["fix"], f"{r['what']} is missing but no advice is given"
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton track: solutions pass, starters and mutants fail
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def triton_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton")
+    jobs, keys = [], []
+    for ex in TRITON:
+        variants = {"solution": ex.solution(), "starter": ex.starter()}
+        variants.update({f"mutant:{k}": ex.mutant(k) for k in ex.mutants})
+        for kind, src in variants.items():
+            d = root / ex.name / re.sub(r"\W+", "_", kind)
+            d.mkdir(parents=True)
+            (d / ex.file).write_text(src)
+            jobs.append((ex.name, d / ex.file))
+            keys.append((ex.name, kind))
+    results = checker.check_many_triton(jobs, "cpu")
+    return dict(zip(keys, results))
+
+
+@pytest.mark.parametrize("ex", TRITON, ids=lambda e: e.name)
+def test_triton_solution_passes(ex, triton_results):
+    levels = triton_results[(ex.name, "solution")]
+    assert cpu_levels_passed(levels), failure_text(levels)
+    assert levels[0]["name"] == "imports" and levels[0]["status"] == "pass"
+
+
+@pytest.mark.parametrize("ex", TRITON, ids=lambda e: e.name)
+def test_triton_starter_fails_helpfully(ex, triton_results):
+    levels = triton_results[(ex.name, "starter")]
+    assert not cpu_levels_passed(levels)
+    failed = [lv for lv in levels if lv["status"] == "fail"]
+    detail = failed[0]["detail"]
+    assert "case:" in detail and ("expected" in detail or "raised" in detail), detail
+
+
+@pytest.mark.parametrize("ex", TRITON, ids=lambda e: e.name)
+def test_triton_mutants_fail(ex, triton_results):
+    for kind in ex.mutants:
+        levels = triton_results[(ex.name, f"mutant:{kind}")]
+        assert not cpu_levels_passed(levels), f"{ex.name}: the bug {kind!r} passed the checker"
+        assert any(lv["status"] == "fail" for lv in levels)
+
+
+def test_act_stats_plugs_into_pydl(triton_results):
+    levels = triton_results[("act_stats", "solution")]
+    plug = [lv for lv in levels if "inside pydl" in lv["name"]]
+    assert plug and plug[0]["status"] == "pass", failure_text(levels)
+    assert "YOUR kernel" in plug[0]["detail"]
+
+
+def test_plugin_steps_for_unwritten_ops_are_skipped_not_passed(triton_results):
+    for name in ("batch_norm_forward", "batch_norm_backward", "lstm_cell", "conv2d"):
+        plug = [lv for lv in triton_results[(name, "solution")] if "inside pydl" in lv["name"]]
+        assert plug and plug[0]["status"] == "skip"
+
+
+def test_crash_fails_only_the_crashing_file(tmp_path):
+    bad = tmp_path / "bad" / "vector_add.py"
+    bad.parent.mkdir()
+    bad.write_text("import os\nos.abort()\n")
+    good = tmp_path / "good" / "vector_add.py"
+    good.parent.mkdir()
+    good.write_text(course.get("vector_add").solution())
+    res = checker.check_many_triton([("vector_add", bad), ("vector_add", good)])
+    assert res[0][0]["status"] == "fail" and not cpu_levels_passed(res[0])
+    assert cpu_levels_passed(res[1]), failure_text(res[1])
+
+
+def test_full_check_levels_and_time_limit(tmp_path):
+    ex = course.get("vector_add")
+    f = tmp_path / ex.file
+    f.write_text(ex.solution())
+    res = checker.check(ex, f, gpu=False)
+    assert res.passed
+    gpu = [lv for lv in res.levels if "GPU" in lv["name"]]
+    assert gpu and gpu[0]["status"] == "skip"  # skipped is reported as such, never as passed
+    # an endless loop is stopped by the time limit and reported
+    f.write_text(ex.solution().replace("def vector_add(", "def vector_add(*a, **k):\n    while True:\n        pass\n\n\ndef _old("))
+    res = checker.check(ex, f, gpu=False, timeout=20)
+    assert not res.passed and "did not finish" in failure_text(res.levels)
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA track
+# --------------------------------------------------------------------------------------------------
+
+def _cuda_check(ex, tmp_path, src, nvcc=False):
+    f = tmp_path / ex.file
+    f.write_text(src)
+    return cuda.check(ex, f, use_gpu=False, nvcc=nvcc)
+
+
+@needs_cxx
+@pytest.mark.parametrize("ex", CUDA, ids=lambda e: e.name)
+def test_cuda_solution_passes(ex, tmp_path):
+    levels = _cuda_check(ex, tmp_path, ex.solution(), nvcc=HAVE_NVCC)
+    assert cpu_levels_passed(levels), failure_text(levels)
+    if HAVE_NVCC:
+        assert levels[0]["name"].startswith("compiles for the GPU") and levels[0]["status"] == "pass", failure_text(levels)
+    assert levels[-1]["name"] == "correct on a GPU" and levels[-1]["status"] == ("skip" if not torch.cuda.is_available() else levels[-1]["status"])
+
+
+@needs_cxx
+@pytest.mark.parametrize("ex", CUDA, ids=lambda e: e.name)
+def test_cuda_starter_and_mutants_fail(ex, tmp_path):
+    levels = _cuda_check(ex, tmp_path, ex.starter())
+    assert not cpu_levels_passed(levels)
+    detail = [lv for lv in levels if lv["status"] == "fail"][0]["detail"]
+    assert "case:" in detail or "error" in detail, detail
+    for kind in ex.mutants:
+        levels = _cuda_check(ex, tmp_path, ex.mutant(kind))
+        assert any(lv["status"] == "fail" for lv in levels), f"{ex.name}: the bug {kind!r} passed the checker"
+
+
+@needs_cxx
+def test_emulation_reports_deadlock_and_bad_launch(tmp_path):
+    ex = course.get("cuda_reduce")
+    src = ex.solution().replace("warp_sums[warp] = v;\n  __syncthreads();", "{ warp_sums[warp] = v;\n  __syncthreads(); }")
+    assert src != ex.solution()
+    text = failure_text(_cuda_check(ex, tmp_path, src))
+    assert "DEADLOCK" in text and "__syncthreads" in text
+    # more than 1024 threads per block: a GPU refuses the launch; so does the emulation
+    src = ex.solution().replace("sum_kernel<<<blocks, block>>>", "sum_kernel<<<blocks, 2048>>>")
+    text = failure_text(_cuda_check(ex, tmp_path, src))
+    assert "invalid configuration" in text
+
+
+@needs_cxx
+def test_emulation_rewrite_keeps_lines_and_skips_comments():
+    src = "// launch with kernel<<<blocks, threads>>>(x)\n__global__ void k(float* p) {\n  __shared__ float a[4][8];\n" \
+          "  extern __shared__ int d[];\n}\nvoid f(){ k<<<dim3(1, 2), 32, 16>>>(p); }\n"
+    out = cuda.emu_source(src, "x.cu")
+    assert out.count("\n") == src.count("\n") + 1  # + the #line directive
+    assert "pydl_emu::Launcher(dim3(1, 2), 32, 16).bind(k)(p)" in out
+    assert "auto& a = pydl_emu::shared<float[4][8]>" in out
+    assert "int* d = pydl_emu::dynamic_shared<int>()" in out
+    assert "<<<" not in out
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLI, end to end
+# --------------------------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    from pydl.cli import main
+
+    code = main(["learn", *argv])
+    out = capsys.readouterr().out
+    return code, out
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    code, out = run_cli(capsys, "--workspace", ws, "list")
+    assert code == 0 and "vector_add" in out and "cuda_matmul" in out and "todo" in out and "0/" in out
+    assert out.index("Triton") < out.index("CUDA C++")
+
+    code, out = run_cli(capsys, "start", "vector_add", "--workspace", ws)
+    assert code == 0
+    folder = Path(ws) / "vector_add"
+    learner = folder / "vector_add.py"
+    assert learner.read_text() == course.get("vector_add").starter()
+    assert (folder / "README.md").exists() and (folder / "test_vector_add.py").exists()
+    assert "TODO" in learner.read_text()
+
+    code, out = run_cli(capsys, "check", "vector_add", "--workspace", ws, "--no-gpu")
+    assert code == 1 and "[FAIL]" in out and "environment:" in out and "hint" in out
+
+    code, out = run_cli(capsys, "hint", "vector_add", "--workspace", ws)
+    assert "Hint 1/" in out and "Hint 2/" not in out
+    code, out = run_cli(capsys, "hint", "vector_add", "--workspace", ws)
+    assert "Hint 1/" in out and "Hint 2/" in out
+
+    code, out = run_cli(capsys, "solution", "vector_add")
+    assert code == 0 and "tl.store(out_ptr + offs, x + y, mask=mask)" in out and "BEGIN SOLUTION" not in out
+
+    learner.write_text(course.get("vector_add").solution())
+    code, out = run_cli(capsys, "check", "--workspace", ws, "--no-gpu")  # defaults to the last exercise
+    assert code == 0 and "PASSED" in out and "What you learned" in out and "Next:" in out
+    assert "[SKIP] correct on GPU" in out
+
+    code, out = run_cli(capsys, "list", "--workspace", ws)
+    assert re.search(r"vector_add\s+passing", out) and "1/" in out
+
+    # starting again keeps the learner's work
+    code, out = run_cli(capsys, "start", "vector_add", "--workspace", ws)
+    assert "keeping your work" in out and learner.read_text() == course.get("vector_add").solution()
+
+    # editing the file after passing makes it "started" again
+    learner.write_text(learner.read_text() + "\n# edited\n")
+    code, out = run_cli(capsys, "list", "--workspace", ws)
+    assert re.search(r"vector_add\s+started", out)
+
+    # the test file handed to the learner runs the same checker
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ws_test_vector_add", folder / "test_vector_add.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.test_vector_add()  # the (edited, still correct) solution passes
+
+    code, out = run_cli(capsys, "doctor")
+    assert code == 0 and "triton interpreter" in out
+
+
+@needs_cxx
+def test_cli_cuda_exercise(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    run_cli(capsys, "start", "cuda_vector_add", "--workspace", ws)
+    f = Path(ws) / "cuda_vector_add" / "cuda_vector_add.cu"
+    assert "TODO" in f.read_text() and "add_kernel" in f.read_text()
+    code, out = run_cli(capsys, "check", "cuda_vector_add", "--workspace", ws, "--no-gpu", "--no-nvcc")
+    assert code == 1 and "never wrote" in out
+    f.write_text(course.get("cuda_vector_add").solution())
+    code, out = run_cli(capsys, "check", "cuda_vector_add", "--workspace", ws, "--no-gpu")
+    assert code == 0 and "PASSED" in out and "[PASS] correct on the CPU emulation" in out
+    assert ("[PASS] compiles for the GPU" in out) == HAVE_NVCC
+
+
+def test_unknown_exercise_is_a_clear_error():
+    with pytest.raises(KeyError, match="vector_add"):
+        course.get("no_such_exercise")
