@@ -127,6 +127,19 @@ class Result:
             lv["status"] == "pass" for lv in cpu)
 
 
+def gpu_only_note(ex: course.Exercise) -> str:
+    """What the CPU levels of this exercise cannot show, in plain words."""
+    if ex.track == "triton":
+        base = ("Triton's interpreter runs the programs of a launch one after another, so races between programs "
+                "cannot show on a CPU; masked-off lanes of a load without other= are NaN here, garbage on a GPU")
+    else:
+        base = ("the emulation runs one thread at a time, so races (two threads or blocks updating the same "
+                "memory without an atomic) cannot show on a CPU")
+    if ex.gpu_only_bugs:
+        return f"Only a GPU can reveal: {ex.gpu_only_bugs} ({base})."
+    return f"Nothing in this exercise depends on that, but note: {base}."
+
+
 def _run_triton(ex: course.Exercise, path: Path, device: str, timeout: float) -> List[dict]:
     env = dict(os.environ)
     if device == "cpu":
@@ -207,7 +220,7 @@ def check(ex: course.Exercise, path: Path, gpu: Optional[bool] = None, timeout: 
         gpu_name = "correct on GPU (compiled Triton)"
         if not have_gpu:
             res.levels.append({"name": gpu_name, "status": "skip",
-                               "detail": "no CUDA GPU here: not run, so NOT passed"})
+                               "detail": "no CUDA GPU here: not run, so NOT passed. " + gpu_only_note(ex)})
         elif not cpu_ok:
             res.levels.append({"name": gpu_name, "status": "skip", "detail": "fix the CPU level first"})
         else:
@@ -236,11 +249,7 @@ def print_result(ex: course.Exercise, res: Result, out=None) -> None:
     if res.passed:
         w(f"\nPASSED: {ex.name}.\nWhat you learned: {ex.learned}\n")
         if any(lv["status"] == "skip" and "GPU" in lv["name"] for lv in res.levels):
-            w("Not checked here: the GPU level was skipped (no GPU). ")
-            if ex.gpu_only_bugs:
-                w(f"Only a GPU can reveal: {ex.gpu_only_bugs}\n")
-            else:
-                w("\n")
+            w(f"Not checked here: the GPU level was skipped. {gpu_only_note(ex)}\n")
         nxt = course.next_of(ex)
         if nxt:
             w(f"Next: {nxt.name} -- {nxt.title}.  Run `pydl learn start {nxt.name}`.\n")

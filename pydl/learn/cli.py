@@ -85,6 +85,8 @@ def cmd_start(args) -> int:
     print(f"wrote {folder / 'README.md'} (the task) and {test.name} (the test it must pass)\n")
     print(f"{ex.number:02d} {ex.name}: {ex.title}")
     print(f"   teaches: {ex.teaches}")
+    if ex.gpu_only_bugs:
+        print(f"   only a GPU reveals: {ex.gpu_only_bugs}")
     print(f"Edit the TODO parts of {target.name}, then run `pydl learn check {ex.name}`.")
     return 0
 

@@ -173,9 +173,10 @@ def compare(name: str, got: torch.Tensor, exp: torch.Tensor, atol: float = 1e-5,
     elif n_poison:
         lines[0] += f" ({n_poison} never written: still poison)"
     if g.dtype.kind == "f" and np.isnan(g64.reshape(-1)[bad]).any() and n_poison < bad.size:
-        lines.append("  NaN where a number was expected: an unmasked LOAD past the end of an input (the checker "
-                     "puts NaN around every input), or (CUDA) a read of shared memory nobody wrote yet -- the "
-                     "emulation fills it with NaN; a missing __syncthreads() does that")
+        lines.append("  NaN where a number was expected comes from: a load past the end of an input without a "
+                     "mask (the checker puts NaN around every input); a masked load without `other=` whose lanes "
+                     "are then used (NaN here, garbage on a GPU); or (CUDA) a read of shared memory nobody wrote "
+                     "yet (the emulation fills it with NaN -- a missing __syncthreads()?)")
     lines.append(f"  {'index':<18}{'expected':>16}{'got':>16}")
     for flat in bad[:show]:
         idx = np.unravel_index(flat, g.shape) if g.ndim else ()

@@ -8,6 +8,9 @@ crash Triton's interpreter, and a wrong loop bound can hang it; neither may take
 On ``--device cpu`` the parent sets ``TRITON_INTERPRET=1`` so every ``@triton.jit`` kernel in the learner's
 file runs in the interpreter.
 
+In the interpreter, masked-off lanes of a load without ``other=`` are filled with NaN (see
+:func:`poison_masked_loads`): on a GPU they hold garbage, and a kernel must not depend on them.
+
 The result is JSON: a list of levels, each ``{"name", "status": "pass"|"fail"|"skip", "detail"}``.
 """
 from __future__ import annotations
@@ -51,11 +54,45 @@ def load_learner(path: str):
     return mod
 
 
+def poison_masked_loads() -> None:
+    """Make masked-off lanes of ``tl.load(..., mask=m)`` *without* ``other=`` hold NaN (floats) or a garbage
+    integer in Triton's interpreter, instead of the zeros it gives them. On a GPU those lanes are undefined;
+    a kernel that reduces over them is wrong there even though zeros would hide it here."""
+    import numpy as np
+    from triton.runtime import interpreter as interp
+
+    builder = getattr(interp, "InterpreterBuilder", None)
+    if builder is None or getattr(builder, "_pydl_poisoned", False):
+        return
+    original = builder.create_masked_load
+
+    def create_masked_load(self, ptrs, mask, other, *args, **kwargs):
+        if other is None:
+            dtype_np = interp._get_np_dtype(ptrs.get_element_ty())
+            if np.dtype(dtype_np).kind == "f":
+                fill = np.full(ptrs.data.shape, np.nan, dtype=dtype_np)
+            elif np.dtype(dtype_np).kind in "iu":
+                fill = np.full(ptrs.data.shape, np.iinfo(dtype_np).max // 3, dtype=dtype_np)
+            else:
+                fill = None
+            if fill is not None:
+                other = interp.TensorHandle(fill, ptrs.get_element_ty())
+        return original(self, ptrs, mask, other, *args, **kwargs)
+
+    builder.create_masked_load = create_masked_load
+    builder._pydl_poisoned = True
+
+
 def run(exercise: str, path: str, device: str) -> dict:
     from . import course
     from .harness import run_case
 
     ex = course.get(exercise)
+    if device == "cpu":
+        try:
+            poison_masked_loads()
+        except Exception:  # noqa: BLE001 - an interpreter without this hook: lanes stay zero
+            pass
     where = "CPU (Triton interpreter)" if device == "cpu" else "GPU (compiled Triton)"
     levels = []
     t0 = time.perf_counter()

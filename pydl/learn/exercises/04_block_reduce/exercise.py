@@ -15,6 +15,7 @@ GPU_ONLY_BUGS = None
 MUTANTS = {
     "max pads with 0": [('other=float("-inf"))\n        r = tl.max', "other=0.0)\n        r = tl.max")],
     "unmasked sum load": [("x = tl.load(x_ptr + offs, mask=mask, other=0.0)", "x = tl.load(x_ptr + offs)")],
+    "masked load without other": [("x = tl.load(x_ptr + offs, mask=mask, other=0.0)", "x = tl.load(x_ptr + offs, mask=mask)")],
     "one pass only": [("        cur, n = dst, programs\n", "        return\n")],
 }
 

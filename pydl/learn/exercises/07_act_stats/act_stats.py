@@ -76,7 +76,7 @@ def act_stats_kernel(x_ptr, fstats_ptr, counts_ptr, hist_ptr, M, lo, hi, eps,
     tl.store(fstats_ptr + g * 4 + 1, tl.where(has, m2, 0.0))
     tl.store(fstats_ptr + g * 4 + 2, tl.where(has, mn, nan))
     tl.store(fstats_ptr + g * 4 + 3, tl.where(has, mx, nan))
-    tl.store(counts_ptr + g * 7 + 0, M.to(tl.int64))
+    tl.store(counts_ptr + g * 7 + 0, tl.zeros((), dtype=tl.int64) + M)  # (M may arrive as a constant 1)
     tl.store(counts_ptr + g * 7 + 1, nz.to(tl.int64))
     slot = tl.arange(0, NSLOTS)
     h = local.to(tl.int64)

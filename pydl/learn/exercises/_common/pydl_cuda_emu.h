@@ -23,6 +23,9 @@
 //   extern __shared__ T name[];                        ->  T* name = pydl_emu::dynamic_shared<T>();
 #pragma once
 
+#if defined(__APPLE__) && !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700  // macOS hides the (deprecated, still working) ucontext API without it
+#endif
 #include <ucontext.h>
 
 #include <algorithm>
