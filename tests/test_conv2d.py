@@ -394,6 +394,131 @@ def test_cpp_kernel_checks_its_own_arguments():
 
 
 # --------------------------------------------------------------------------------------------------
+# The CUDA kernels' index math, checked on the host (no GPU needed, only nvcc)
+# --------------------------------------------------------------------------------------------------
+
+_EMU_SRC = r"""
+#define PYDL_CONV_INDEX_MATH_ONLY
+#include "cuda/conv2d.cu"
+using namespace pydl::cuda;
+// The GEMM of one mode, as a plain host loop over the SAME loaders/epilogue the kernels use.
+template <typename T, int MODE> void run(const ConvArgs& a) {
+  const int64_t M = size_m<MODE>(a), N = size_n<MODE>(a), Z = MODE == kWgrad ? a.G * a.split : a.G;
+  for (int64_t z = 0; z < Z; ++z) {
+    const int64_t g = MODE == kWgrad ? z / a.split : z, s = MODE == kWgrad ? z % a.split : 0;
+    const int64_t K = size_k<MODE>(a, s);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k)
+          acc += double(load_a<T, MODE>(a, g, s, m, k, M, K)) * double(load_b<T, MODE>(a, g, s, k, n, K, N));
+        store_c<T, MODE>(a, g, s, m, n, typename Acc<T>::type(acc));
+      }
+  }
+}
+extern "C" size_t conv_args_size() { return sizeof(ConvArgs); }
+extern "C" void emulate(int mode, const ConvArgs* a) {
+  if (mode == 0) run<double, kFwd>(*a); else if (mode == 1) run<double, kDgrad>(*a); else run<double, kWgrad>(*a);
+}
+"""
+
+
+def _emulator(tmp_path_factory):
+    import ctypes
+    import shutil
+    import subprocess
+
+    from pydl import _build
+
+    home = _build._find_cuda_home()
+    if home is None:
+        pytest.skip("no nvcc: cannot compile the CUDA index math for the host")
+    d = tmp_path_factory.mktemp("conv_emu")
+    (d / "emu.cu").write_text(_EMU_SRC)
+    cmd = [f"{home}/bin/nvcc", "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC", "-I", _build.csrc_dir(),
+           "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+           "-gencode=arch=compute_80,code=sm_80", str(d / "emu.cu"), "-o", str(d / "emu.so")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lib = ctypes.CDLL(str(d / "emu.so"))
+    I64 = ctypes.c_int64
+
+    class ConvArgs(ctypes.Structure):  # mirrors csrc/cuda/conv2d.h (the size check below catches drift)
+        _fields_ = ([("dtype", ctypes.c_int)] + [(n, I64) for n in "N C H W Co Cg Cog G KH KW Ho Wo sh sw ph pw dh dw".split()]
+                    + [("sx", I64 * 4), ("sy", I64 * 4), ("sdx", I64 * 4)]
+                    + [(n, ctypes.c_void_p) for n in "x w b y z dy zs dx ws gb".split()]
+                    + [("split", I64), ("per_split", I64), ("act", ctypes.c_int), ("leak", ctypes.c_double),
+                       ("sub", ctypes.c_double), ("maxv", ctypes.c_double), ("save_z", ctypes.c_bool),
+                       ("ci_inner", ctypes.c_bool), ("allow_tf32", ctypes.c_bool)])
+
+    lib.conv_args_size.restype = ctypes.c_size_t
+    assert lib.conv_args_size() == ctypes.sizeof(ConvArgs), "ConvArgs layout changed: update this mirror"
+    shutil.rmtree(d, ignore_errors=True)
+    return lib, ConvArgs
+
+
+def test_cuda_index_math_on_host(tmp_path_factory):
+    """csrc/cuda/conv2d.cu's loaders and epilogue (the error-prone part of an implicit GEMM: which element each
+    (m, k) reads, the dgrad gather's divisibility test, the wgrad pixel split, strides of every layout) run in
+    a host loop and are compared with torch. Catches index bugs on a machine without a GPU."""
+    import ctypes
+
+    lib, ConvArgs = _emulator(tmp_path_factory)
+    rng = random.Random(3)
+    done = 0
+    while done < 60:
+        g, cg, cog = rng.choice([1, 2, 3]), rng.randint(1, 3), rng.randint(1, 3)
+        kh, kw = rng.randint(1, 3), rng.randint(1, 3)
+        s, d = (rng.randint(1, 3), rng.randint(1, 2)), (rng.randint(1, 2), rng.randint(1, 2))
+        p, N, H, W = (rng.randint(0, 2), rng.randint(0, 2)), rng.randint(1, 2), rng.randint(1, 7), rng.randint(1, 7)
+        if (H + 2 * p[0] - d[0] * (kh - 1) - 1) < 0 or (W + 2 * p[1] - d[1] * (kw - 1) - 1) < 0:
+            continue
+        done += 1
+        layout, act = rng.choice(["nchw", "cl", "sliced"]), rng.choice(["none", "relu", "general_relu"])
+        x = torch.randn(N, cg * g, H, (2 if layout == "sliced" else 1) * W, dtype=torch.float64)
+        x = x[..., ::2] if layout == "sliced" else x
+        fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt) if layout == "cl" else x
+        w = torch.randn(cog * g, cg, kh, kw, dtype=torch.float64)
+        b = torch.randn(cog * g, dtype=torch.float64)
+        z_t = F.conv2d(x, w, b, s, p, d, g)
+        a = ConvArgs()
+        a.dtype = 3  # double
+        a.N, a.C, a.H, a.W = x.shape
+        a.Co, a.Cg, a.KH, a.KW = w.shape
+        a.G, a.Cog = g, cog
+        a.sh, a.sw, a.ph, a.pw, a.dh, a.dw = *s, *p, *d
+        a.Ho, a.Wo = z_t.shape[2], z_t.shape[3]
+        a.ci_inner = x.stride(1) == 1 and x.shape[1] > 1
+        a.act, a.leak, a.sub, a.maxv = {"none": 0, "relu": 1, "general_relu": 2}[act], 0.1, 0.4, 1.5
+        y = torch.full_like(z_t, math.nan).contiguous(memory_format=fmt)
+        z = torch.full_like(y, math.nan)
+        for i in range(4):
+            a.sx[i], a.sy[i] = x.stride(i), y.stride(i)
+        a.x, a.w, a.b, a.y, a.z, a.save_z = x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), z.data_ptr(), True
+        lib.emulate(0, ctypes.byref(a))
+        torch.testing.assert_close(z, z_t, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(y, torch_act(z_t, act), rtol=1e-10, atol=1e-10)
+
+        dy = torch.randn_like(z_t).contiguous(memory_format=fmt)
+        zz = z_t.clone().requires_grad_(True)
+        (dz,) = torch.autograd.grad(torch_act(zz, act), zz, dy)
+        zs = torch.empty_like(dy).copy_(torch_act(z_t, act) if act == "relu" else z_t)  # y stands in for z (relu)
+        dx = torch.full(x.shape, math.nan, dtype=x.dtype).contiguous(memory_format=fmt)
+        split = rng.randint(1, 4)
+        ws = torch.full((split, w.shape[0], cg * kh * kw), math.nan, dtype=torch.float64)
+        for i in range(4):
+            a.sy[i], a.sdx[i] = dy.stride(i), dx.stride(i)
+        a.dy, a.zs, a.dx, a.ws = dy.data_ptr(), zs.data_ptr(), dx.data_ptr(), ws.data_ptr()
+        a.split, a.per_split = split, -(-(N * a.Ho * a.Wo) // split)
+        lib.emulate(1, ctypes.byref(a))
+        lib.emulate(2, ctypes.byref(a))
+        torch.testing.assert_close(dx, torch.nn.grad.conv2d_input(x.shape, w, dz, s, p, d, g), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ws.sum(0).view(w.shape), torch.nn.grad.conv2d_weight(x, w.shape, dz, s, p, d, g),
+                                   rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
 # GPU (skipped without one; run by scripts/gpu_check.sh)
 # --------------------------------------------------------------------------------------------------
 

@@ -49,31 +49,35 @@ namespace {
 
 using namespace nvcuda;
 
+// The index math below is __host__ __device__: a CPU-only machine can run it in a host loop and check it
+// against torch (tests/test_conv2d.py::test_cuda_index_math_on_host) before any GPU sees it.
+#define PYDL_CONV_HD __host__ __device__ __forceinline__
+
 enum Mode : int { kFwd = 0, kDgrad = 1, kWgrad = 2 };
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+PYDL_CONV_HD float to_acc(float v) { return v; }
+PYDL_CONV_HD double to_acc(double v) { return v; }
+PYDL_CONV_HD float to_acc(__half v) { return __half2float(v); }
+PYDL_CONV_HD float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <typename T> PYDL_CONV_HD T from_acc(typename Acc<T>::type v);
+template <> PYDL_CONV_HD float from_acc<float>(float v) { return v; }
+template <> PYDL_CONV_HD double from_acc<double>(double v) { return v; }
+template <> PYDL_CONV_HD __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> PYDL_CONV_HD __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // ---- problem sizes per mode ------------------------------------------------------------------------------
-template <int MODE> __device__ __host__ __forceinline__ int64_t size_m(const ConvArgs& a) {
+template <int MODE> PYDL_CONV_HD int64_t size_m(const ConvArgs& a) {
   return MODE == kFwd ? a.N * a.Ho * a.Wo : MODE == kDgrad ? a.N * a.H * a.W : a.Cog;
 }
-template <int MODE> __device__ __host__ __forceinline__ int64_t size_n(const ConvArgs& a) {
+template <int MODE> PYDL_CONV_HD int64_t size_n(const ConvArgs& a) {
   return MODE == kFwd ? a.Cog : MODE == kDgrad ? a.Cg : a.Cg * a.KH * a.KW;
 }
 // K of this block: for kWgrad, the length of its pixel range
-template <int MODE> __device__ __forceinline__ int64_t size_k(const ConvArgs& a, int64_t s) {
+template <int MODE> PYDL_CONV_HD int64_t size_k(const ConvArgs& a, int64_t s) {
   if (MODE == kFwd) return a.Cg * a.KH * a.KW;
   if (MODE == kDgrad) return a.Cog * a.KH * a.KW;
   const int64_t P = a.N * a.Ho * a.Wo, begin = s * a.per_split;
@@ -82,7 +86,7 @@ template <int MODE> __device__ __forceinline__ int64_t size_k(const ConvArgs& a,
 }
 
 // tap k -> (input channel, kernel row, kernel column), in the layout's order
-__device__ __forceinline__ void tap(const ConvArgs& a, int k, int& ci, int& ki, int& kj) {
+PYDL_CONV_HD void tap(const ConvArgs& a, int k, int& ci, int& ki, int& kj) {
   const int KH = int(a.KH), KW = int(a.KW), Cg = int(a.Cg);
   if (a.ci_inner) {
     ci = k % Cg;
@@ -99,7 +103,7 @@ __device__ __forceinline__ void tap(const ConvArgs& a, int k, int& ci, int& ki, 
 
 // dz at element offset `off` of grad_y: the activation's backward applied on the fly
 template <typename T>
-__device__ __forceinline__ typename Acc<T>::type load_dz(const ConvArgs& a, int64_t off) {
+PYDL_CONV_HD typename Acc<T>::type load_dz(const ConvArgs& a, int64_t off) {
   using acc_t = typename Acc<T>::type;
   const acc_t d = to_acc(static_cast<const T*>(a.dy)[off]);
   if (a.act == kActNone) return d;
@@ -110,7 +114,7 @@ __device__ __forceinline__ typename Acc<T>::type load_dz(const ConvArgs& a, int6
 
 // ---- operand element loaders (0 outside the problem or in the padding) -------------------------------------
 template <typename T, int MODE>
-__device__ __forceinline__ typename Acc<T>::type load_a(const ConvArgs& a, int64_t g, int64_t s, int64_t m,
+PYDL_CONV_HD typename Acc<T>::type load_a(const ConvArgs& a, int64_t g, int64_t s, int64_t m,
                                                         int64_t k, int64_t M, int64_t K) {
   using acc_t = typename Acc<T>::type;
   if (m >= M || k >= K) return acc_t(0);
@@ -140,7 +144,7 @@ __device__ __forceinline__ typename Acc<T>::type load_a(const ConvArgs& a, int64
 }
 
 template <typename T, int MODE>
-__device__ __forceinline__ typename Acc<T>::type load_b(const ConvArgs& a, int64_t g, int64_t s, int64_t k,
+PYDL_CONV_HD typename Acc<T>::type load_b(const ConvArgs& a, int64_t g, int64_t s, int64_t k,
                                                         int64_t n, int64_t K, int64_t N) {
   using acc_t = typename Acc<T>::type;
   if (k >= K || n >= N) return acc_t(0);
@@ -165,7 +169,7 @@ __device__ __forceinline__ typename Acc<T>::type load_b(const ConvArgs& a, int64
 
 // ---- the epilogue: one finished element of C --------------------------------------------------------------
 template <typename T, int MODE>
-__device__ __forceinline__ void store_c(const ConvArgs& a, int64_t g, int64_t s, int64_t m, int64_t n,
+PYDL_CONV_HD void store_c(const ConvArgs& a, int64_t g, int64_t s, int64_t m, int64_t n,
                                         typename Acc<T>::type v) {
   using acc_t = typename Acc<T>::type;
   if (MODE == kFwd) {  // bias + activation, y (and z) at output pixel m, channel g*Cog + n
@@ -191,12 +195,14 @@ __device__ __forceinline__ void store_c(const ConvArgs& a, int64_t g, int64_t s,
 
 // Which way consecutive threads walk a tile, so that their global loads/stores are coalesced: along m for
 // NCHW pixels (consecutive wo are adjacent), along k where the reduction index is the contiguous one.
-template <int MODE> __device__ __forceinline__ bool a_along_k(const ConvArgs& a) {
+template <int MODE> PYDL_CONV_HD bool a_along_k(const ConvArgs& a) {
   return MODE == kWgrad || (MODE == kFwd && a.ci_inner);
 }
-template <int MODE> __device__ __forceinline__ bool c_along_n(const ConvArgs& a) {
+template <int MODE> PYDL_CONV_HD bool c_along_n(const ConvArgs& a) {
   return MODE == kWgrad || (MODE == kFwd && a.sy[1] == 1) || (MODE == kDgrad && a.sdx[1] == 1);
 }
+
+#ifndef PYDL_CONV_INDEX_MATH_ONLY  // (the host-side check compiles only what is above this line)
 
 // =========================================================================================================
 // SIMT engine: fp32 (exact) and fp64
@@ -419,8 +425,10 @@ cudaError_t launch_bgrad(const ConvArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+#endif  // PYDL_CONV_INDEX_MATH_ONLY
 }  // namespace
 
+#ifndef PYDL_CONV_INDEX_MATH_ONLY
 cudaError_t conv2d_forward_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kFwd>(a, stream); }
 cudaError_t conv2d_dgrad_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kDgrad>(a, stream); }
 cudaError_t conv2d_wgrad_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kWgrad>(a, stream); }
@@ -434,6 +442,8 @@ cudaError_t conv2d_bgrad_launch(const ConvArgs& a, cudaStream_t stream) {
   }
   return cudaErrorInvalidValue;
 }
+
+#endif  // PYDL_CONV_INDEX_MATH_ONLY
 
 }  // namespace cuda
 }  // namespace pydl
