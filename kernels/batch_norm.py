@@ -263,12 +263,27 @@ def _update_running_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, nbt_ptr, params_pt
     else:
         f = tl.load(params_ptr)
     bessel = tl.load(params_ptr + 1)
-    rm = tl.load(rm_ptr + c, mask=cm, other=0.0).to(tl.float64)
-    rv = tl.load(rv_ptr + c, mask=cm, other=0.0).to(tl.float64)
-    m = tl.load(mean_ptr + c, mask=cm, other=0.0).to(tl.float64)
-    v = tl.load(var_ptr + c, mask=cm, other=0.0).to(tl.float64)
-    tl.store(rm_ptr + c, ((1.0 - f) * rm + f * m).to(rm_ptr.dtype.element_ty), mask=cm)
-    tl.store(rv_ptr + c, ((1.0 - f) * rv + f * v * bessel).to(rv_ptr.dtype.element_ty), mask=cm)
+    rm = _to_f64(tl.load(rm_ptr + c, mask=cm, other=0.0))
+    rv = _to_f64(tl.load(rv_ptr + c, mask=cm, other=0.0))
+    m = _to_f64(tl.load(mean_ptr + c, mask=cm, other=0.0))
+    v = _to_f64(tl.load(var_ptr + c, mask=cm, other=0.0))
+    tl.store(rm_ptr + c, _from_f64((1.0 - f) * rm + f * m, rm_ptr.dtype.element_ty), mask=cm)
+    tl.store(rv_ptr + c, _from_f64((1.0 - f) * rv + f * v * bessel, rv_ptr.dtype.element_ty), mask=cm)
+
+
+@jit
+def _to_f64(v):
+    """Any float -> fp64 through fp32 (exact for fp16/bf16): the interpreter mis-converts bf16 <-> fp64."""
+    if v.dtype != tl.float64:
+        v = v.to(tl.float32)
+    return v.to(tl.float64)
+
+
+@jit
+def _from_f64(v, dtype: tl.constexpr):
+    if dtype != tl.float64:
+        v = v.to(tl.float32)  # fp64 -> fp32 -> fp16/bf16: rounds twice, at most half an ulp of fp32 apart
+    return v.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -267,6 +267,18 @@ def test_torch_compile_fullgraph():
     assert w.grad is not None and w.grad.shape == (3,)
 
 
+def test_zero_channels_and_zero_length(cpu_backend):
+    """C = 0 and L = 0: empty outputs of the right shape, no crash."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(3, 0, 4, requires_grad=True)
+    y = pydl.batch_norm(x, torch.zeros(0), torch.ones(0), torch.ones(0), torch.zeros(0), True, backend=cpu_backend)
+    assert y.shape == (3, 0, 4)
+    y.sum().backward()
+    x = torch.randn(3, 2, 0)
+    y = pydl.batch_norm(x, torch.zeros(2), torch.ones(2), None, None, False, backend=cpu_backend)
+    assert y.shape == (3, 2, 0)
+
+
 def test_empty_batch(cpu_backend):
     """N = 0: an empty output; running stats untouched, as torch leaves them."""
     require_backend(cpu_backend, "cpu", OP)
@@ -380,13 +392,19 @@ def test_triton_block_sizes(poison):
         want = kernels("reference", "cpu").forward(x, w, b, None, None, True, 1e-5, "relu", 0.0, 0.0, math.inf)
         want_b = kernels("reference", "cpu").backward(dy, x, want[1], want[2], w, b, True, "relu", 0.0, 0.0,
                                                       math.inf, True)
-        for block in (16, 64):
-            got = tk.forward(x, w, b, None, None, True, 1e-5, "relu", 0.0, 0.0, math.inf, block=block)
+        # two tile sizes x one or several programs per channel (splits > 1 exercises the partial/finalize
+        # merge, which a GPU always uses and the interpreter's default of one split would skip)
+        for block, splits in ((16, 1), (16, 3), (64, 2)):
+            got = tk.forward(x, w, b, None, None, True, 1e-5, "relu", 0.0, 0.0, math.inf, block=block,
+                             splits=splits)
             for g, r, nm in zip(got, want, ("y", "mean", "invstd", "var")):
-                close(g, r, 2e-5, f"{nm} block={block}")
-            got_b = tk.backward(dy, x, want[1], want[2], w, b, True, "relu", 0.0, 0.0, math.inf, True, block=block)
+                close(g, r, 2e-5, f"{nm} block={block} splits={splits}")
+            got_b = tk.backward(dy, x, want[1], want[2], w, b, True, "relu", 0.0, 0.0, math.inf, True, block=block,
+                                splits=splits)
             for g, r, nm in zip(got_b, want_b, ("dx", "dw", "db")):
-                close(g, r, 5e-5, f"{nm} block={block}")
+                close(g, r, 5e-5, f"{nm} block={block} splits={splits}")
+            mean, m2 = tk.stats(x, block=block, splits=splits)
+            close(m2 / (x.numel() // 5), want[3], 2e-5, "stats M2")
 
 
 # --------------------------------------------------------------------------------------------------

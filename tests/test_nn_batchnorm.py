@@ -92,6 +92,20 @@ def test_train_and_eval_match_torch(cpu_backend, momentum, kwargs):
         close(ours(x), ref(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_module_in_other_dtypes(cpu_backend, dtype):
+    """Parameters and buffers in the module's dtype (not just fp32 with half activations)."""
+    require_backend(cpu_backend, "cpu", OP)
+    ours = BatchNorm2d(3, dtype=dtype, backend=cpu_backend)
+    ref = nn.BatchNorm2d(3, dtype=dtype)
+    tol = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float64: 1e-10}[dtype]
+    for _ in range(2):
+        x = torch.randn(4, 3, 3, 5).to(dtype)
+        close(ours(x), ref(x), tol)
+        assert ours.running_var.dtype == dtype
+        close(ours.running_mean, ref.running_mean, tol), close(ours.running_var, ref.running_var, tol)
+
+
 def test_input_rank_checked_like_torch():
     with pytest.raises(ValueError, match="expected 4D input"):
         BatchNorm2d(3)(torch.randn(2, 3, 4))

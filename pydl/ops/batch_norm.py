@@ -170,7 +170,7 @@ def _per_channel(t, x):
 def _ref_stats(x):
     acc = acc_dtype(x.dtype)
     n = channel_count(x)
-    if n == 0:
+    if x.numel() == 0:  # no values (or no channels): zero statistics, as every backend gives
         z = torch.zeros(x.shape[1], dtype=acc, device=x.device)
         return z, z.clone()
     var, mean = torch.var_mean(x.to(acc), dim=_dims(x), correction=0)
