@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 try:
-    from benchmarks.common import Case, environment, format_table, run_cases, set_threads, time_cpu
+    from benchmarks.common import Case, environment, format_table, run_cases, set_threads
 except ImportError:  # run as a script
-    from common import Case, environment, format_table, run_cases, set_threads, time_cpu
+    from common import Case, environment, format_table, run_cases, set_threads
 
 from pydl.debug import ActivationStats, leaf_modules
 

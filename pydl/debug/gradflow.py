@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..ops.act_stats import act_stats
 from .hooks import first_tensor
 
 __all__ = ["grad_stats", "plot_grad_flow", "dead_units", "DeadUnitReport", "plot_dead_units",
-           "ACTIVATIONS", "SATURATION"]
+           "ACTIVATIONS"]
 
 
 def grad_stats(model: nn.Module, skip_bias: bool = True) -> Dict[str, Tuple[float, float]]:
@@ -96,9 +96,6 @@ def _bounds(m: nn.Module) -> Optional[Tuple[float, float]]:
     if isinstance(m, (nn.Tanh, nn.Softsign)):
         return -1.0, 1.0
     return None
-
-
-SATURATION = "within `margin` x (hi - lo) of either end of a bounded activation's range"
 
 
 class DeadUnitReport:

@@ -7,7 +7,6 @@ Both render with a pyplot-free Figure (see :mod:`pydl.debug.plots`) and write a 
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import torch

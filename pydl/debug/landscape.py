@@ -43,7 +43,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ a long run. matplotlib is imported only inside these functions: ``import pydl.de
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
