@@ -312,7 +312,14 @@ def _ci_inner(x):
     return x.stride(1) == 1 and x.shape[1] > 1
 
 
-def _blocks(block):
+# fp64 has no tensor-core path here (broadcast-multiply-sum): its (BM, BK, BN) product lives in registers, so
+# it gets one small fixed tile instead of the autotuned ones (which would not fit).
+_FP64_BLOCK = (32, 32, 8)
+
+
+def _blocks(block, dtype=None, device=None):
+    if block is None and dtype == torch.float64 and device is not None and device.type == "cuda":
+        block = _FP64_BLOCK
     if block is None:
         return None
     bm, bn, bk = block
@@ -342,7 +349,7 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
             sh, sw, ph, pw, dh, dw, *x.stride(), *y.stride())
     meta = dict(KH=KH, KW=KW, CI_INNER=_ci_inner(x), HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act],
                 ACC=acc, PRECISION=prec, MODE=mode)
-    blk = _blocks(block)
+    blk = _blocks(block, x.dtype, x.device)
     if blk is not None:
         grid = (triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(Cog, blk["BLOCK_N"]), groups)
         _fwd_kernel[grid](*args, **meta, **blk)
@@ -370,7 +377,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         zs = torch.empty_like(dy).copy_(zs)
     mode, prec, acc = _mode_and_precision(x.dtype, x.device)
     params = _params(leak, sub, maxv, x.dtype, x.device)
-    blk = _blocks(block)
+    blk = _blocks(block, x.dtype, x.device)
     empty = x.new_empty((0,))
     gx, gw, gb = empty, empty, empty
     code = ACT_CODES[act]

@@ -1,0 +1,104 @@
+"""conv2d vs torch (oneDNN on the CPU, cuDNN on a GPU) over ResNet-style layers.
+
+Variants (same inputs, same process, same threads):
+* "forward": pydl.conv2d(x, w, b) vs F.conv2d(x, w, b);
+* "fused bias+relu": pydl.conv2d(..., act="relu") -- bias and ReLU in the conv's epilogue -- vs torch's
+  unfused F.relu(F.conv2d(x, w, b)) (what a model without a graph compiler runs);
+* "forward+backward": forward, then grad_x, grad_w, grad_b (training step of one layer), vs torch's.
+
+TFLOP/s count the multiply-adds of the convolution only (2*N*Cout*Ho*Wo*Cin/g*kh*kw per forward, 3x that for
+forward+backward). Layers: 3x3 stride 1 at 56/28/14 px, 3x3 stride 2, 1x1 (bottleneck), a depthwise 3x3,
+NCHW and one channels_last.
+
+Targets (issue #4): CPU ``cpu`` backend >= 0.8x torch forward on the 3x3 layers, fused >= 1.0x torch's
+unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x.
+"""
+import torch
+import torch.nn.functional as F
+
+try:
+    from benchmarks.common import Case, main_for
+except ImportError:  # run as a script
+    from common import Case, main_for
+
+import pydl
+
+# (name, N, Cin, H, Cout, k, stride, groups)
+LAYERS = [
+    ("3x3 s1 64@56", 64, 56, 64, 3, 1, 1),
+    ("3x3 s1 128@28", 128, 28, 128, 3, 1, 1),
+    ("3x3 s1 256@14", 256, 14, 256, 3, 1, 1),
+    ("3x3 s2 64@56->128", 64, 56, 128, 3, 2, 1),
+    ("1x1 s1 256@56->64", 256, 56, 64, 1, 1, 1),
+    ("dw3x3 s1 128@28", 128, 28, 128, 3, 1, 128),
+]
+
+
+def _flops(n, cin, h, cout, k, s, g):
+    ho = (h + 2 * (k // 2) - k) // s + 1
+    return 2.0 * n * cout * ho * ho * (cin // g) * k * k
+
+
+def cases(quick: bool, device: str):
+    n = (2 if quick else 4) if device == "cpu" else (8 if quick else 32)
+    dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+    backends = ("cpu",) if device == "cpu" else ("cuda", "triton")
+    layers = LAYERS[:3] + LAYERS[4:] if quick else LAYERS
+    out = []
+    for name, cin, h, cout, k, s, g in layers:
+        for dtype in dtypes:
+            for cl in ([False, True] if name.startswith("3x3 s1 128") else [False]):
+                fl = _flops(n, cin, h, cout, k, s, g)
+                dname = str(dtype).replace("torch.", "") + (" cl" if cl else "")
+                shape = f"{name} N={n}"
+
+                def make(cin=cin, h=h, cout=cout, k=k, g=g, dtype=dtype, cl=cl, grad=False):
+                    x = torch.randn(n, cin, h, h, device=device, dtype=dtype)
+                    if cl:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    w = torch.randn(cout, cin // g, k, k, device=device, dtype=dtype) * (cin // g * k * k) ** -0.5
+                    b = torch.randn(cout, device=device, dtype=dtype)
+                    if grad:
+                        for t in (x, w, b):
+                            t.requires_grad_(True)
+                    return x, w, b
+
+                def s_fwd(k=k, s=s, g=g, make=make):
+                    x, w, b = make()
+                    kw = dict(stride=s, padding=k // 2, groups=g)
+
+                    def pyd(be):
+                        return lambda: pydl.conv2d(x, w, b, backend=be, **kw)
+
+                    return {"torch": lambda: F.conv2d(x, w, b, **kw), "pydl": pyd}
+
+                def s_fused(k=k, s=s, g=g, make=make):
+                    x, w, b = make()
+                    kw = dict(stride=s, padding=k // 2, groups=g)
+                    return {"torch": lambda: F.relu(F.conv2d(x, w, b, **kw)),
+                            "pydl": lambda be: (lambda: pydl.conv2d(x, w, b, act="relu", backend=be, **kw))}
+
+                def s_train(k=k, s=s, g=g, make=make):
+                    x, w, b = make(grad=True)
+                    kw = dict(stride=s, padding=k // 2, groups=g)
+                    gy = torch.randn_like(F.conv2d(x.detach(), w.detach(), None, **kw))
+
+                    def t_step():
+                        return torch.autograd.grad(F.conv2d(x, w, b, **kw), (x, w, b), gy)
+
+                    def p_step(be):
+                        return lambda: torch.autograd.grad(pydl.conv2d(x, w, b, backend=be, **kw), (x, w, b), gy)
+
+                    return {"torch": t_step, "pydl": p_step}
+
+                out.append(Case("conv2d", "forward", shape, dname, s_fwd, flops=fl, backends=backends))
+                out.append(Case("conv2d", "fused bias+relu vs unfused", shape, dname, s_fused, flops=fl,
+                                backends=backends))
+                if not (quick and dtype != dtypes[0]):
+                    out.append(Case("conv2d", "forward+backward", shape, dname, s_train, flops=3 * fl,
+                                    backends=backends))
+    return out
+
+
+if __name__ == "__main__":
+    main_for(cases)
