@@ -287,52 +287,62 @@ __global__ void channel_consts(BnArgs a, bool grad) {
 // Elementwise: apply and elemt, one kernel per layout, both ops through a functor
 // ---------------------------------------------------------------------------------------------------
 
+// An elementwise op is a functor with two parts: at(c) reads channel c's constants (once per block in NCL,
+// where a block never leaves its plane: the stores to y cannot be proven not to alias them, so the compiler
+// would otherwise reload them for every element), and operator()(e, k) does element e.
 template <typename T, typename acc_t>
 struct ApplyOp {
+  struct K { acc_t scale, shift; };
   const T* __restrict__ x;
   T* __restrict__ y;
   const acc_t* consts;
   int64_t C;
   Act<acc_t> act;
-  __device__ __forceinline__ void operator()(int64_t e, int64_t c) const {
-    const acc_t z = to_acc(x[e]) * consts[C + c] + consts[2 * C + c];
-    y[e] = from_acc<T>(act.forward(z));
+  __device__ __forceinline__ K at(int64_t c) const { return {consts[C + c], consts[2 * C + c]}; }
+  __device__ __forceinline__ void operator()(int64_t e, const K& k) const {
+    y[e] = from_acc<T>(act.forward(to_acc(x[e]) * k.scale + k.shift));
   }
 };
 
 template <typename T, typename acc_t>
 struct ElemtOp {
+  struct K { acc_t mean, scale, shift, k, mean_dz, proj; };
   const T* __restrict__ x;
   const T* __restrict__ dy;
   T* __restrict__ dx;
   const acc_t* consts;
   int64_t C;
   Act<acc_t> act;
-  __device__ __forceinline__ void operator()(int64_t e, int64_t c) const {
+  __device__ __forceinline__ K at(int64_t c) const {
+    return {consts[c], consts[C + c], consts[2 * C + c], consts[3 * C + c], consts[4 * C + c], consts[5 * C + c]};
+  }
+  __device__ __forceinline__ void operator()(int64_t e, const K& q) const {
     const acc_t xv = to_acc(x[e]);
-    const acc_t dz = act.backward(to_acc(dy[e]), xv * consts[C + c] + consts[2 * C + c]);
-    dx[e] = from_acc<T>(consts[3 * C + c] * (dz - consts[4 * C + c] - (xv - consts[c]) * consts[5 * C + c]));
+    const acc_t dz = act.backward(to_acc(dy[e]), xv * q.scale + q.shift);
+    dx[e] = from_acc<T>(q.k * (dz - q.mean_dz - (xv - q.mean) * q.proj));
   }
 };
 
-// NCL: blockIdx.x = plane (n, c); blockIdx.y strides over chunks of kThreads*4 values of the plane.
+// NCL: blockIdx.x = plane (n, c); blockIdx.y strides over chunks of kThreads*4 values of the plane. Four
+// independent loads per thread per chunk keep enough bytes in flight to cover memory latency.
 template <typename F>
 __global__ void __launch_bounds__(kThreads) elementwise_ncl(F f, int64_t C, int64_t L) {
-  const int64_t plane = blockIdx.x, c = plane % C, base = plane * L;
+  const int64_t plane = blockIdx.x, base = plane * L;
+  const auto k = f.at(plane % C);
   for (int64_t i0 = int64_t(blockIdx.y) * kThreads * 4; i0 < L; i0 += int64_t(gridDim.y) * kThreads * 4) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t i = i0 + k * kThreads + threadIdx.x;
-      if (i < L) f(base + i, c);
+    for (int j = 0; j < 4; ++j) {
+      const int64_t i = i0 + j * kThreads + threadIdx.x;
+      if (i < L) f(base + i, k);
     }
   }
 }
 
-// NLC: a grid-stride walk of the flat array; the channel is the index modulo C.
+// NLC: a grid-stride walk of the flat array; the channel is the index modulo C (its constants: L1 hits).
 template <typename F>
 __global__ void __launch_bounds__(kThreads) elementwise_nlc(F f, int64_t C, int64_t numel) {
   for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < numel; e += int64_t(gridDim.x) * kThreads)
-    f(e, e % C);
+    f(e, f.at(e % C));
 }
 
 // ---------------------------------------------------------------------------------------------------
