@@ -377,3 +377,19 @@ def test_cli_cuda_exercise(tmp_path, capsys):
 def test_unknown_exercise_is_a_clear_error():
     with pytest.raises(KeyError, match="vector_add"):
         course.get("no_such_exercise")
+
+
+# --------------------------------------------------------------------------------------------------
+# On a GPU machine: every reference solution also passes the GPU levels (compiled Triton, nvcc + real run)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ex", EXS, ids=lambda e: e.name)
+def test_solution_passes_on_gpu(ex, tmp_path):
+    f = tmp_path / ex.file
+    f.write_text(ex.solution())
+    res = checker.check(ex, f, gpu=True)
+    text = failure_text(res.levels)
+    assert res.passed, text
+    gpu = [lv for lv in res.levels if lv["name"].startswith("correct on") and "GPU" in lv["name"]]
+    assert gpu and all(lv["status"] == "pass" for lv in gpu), text

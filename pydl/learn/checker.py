@@ -92,15 +92,16 @@ def print_environment(rows, track: Optional[str] = None, out=None, verbose: bool
     need = {"triton": {"python", "torch", "triton interpreter"},
             "cuda": {"python", "torch", "C++ compiler"}}.get(track, None)
     parts = []
+    optional = {"CUDA GPU", "nvcc"}
     for r in rows:
-        required = need is None or r["what"] in need
+        required = r["what"] not in optional if need is None else r["what"] in need
         if r["ok"]:
             parts.append(f"{r['what']} ok")
         else:
             parts.append(f"{r['what']} {'MISSING' if required else 'absent'}")
     out.write("environment: " + "; ".join(parts) + "\n")
     for r in rows:
-        if verbose or (not r["ok"] and (need is None or r["what"] in need)):
+        if verbose or (not r["ok"] and (r["what"] not in optional if need is None else r["what"] in need)):
             out.write(f"  {r['what']}: {r['detail']}" + (f"\n    fix: {r['fix']}" if not r["ok"] and r["fix"] else "")
                       + "\n")
 
