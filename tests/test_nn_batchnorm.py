@@ -106,6 +106,17 @@ def test_module_in_other_dtypes(cpu_backend, dtype):
         close(ours.running_mean, ref.running_mean, tol), close(ours.running_var, ref.running_var, tol)
 
 
+def test_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    m = BatchNorm2d(3, momentum=None, act="relu", backend="reference")
+    m(torch.randn(2, 3, 4, 4))
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert type(other) is BatchNorm2d and other.act == "relu" and other.backend == "reference"
+        assert torch.equal(other.running_var, m.running_var) and int(other.num_batches_tracked) == 1
+
+
 def test_input_rank_checked_like_torch():
     with pytest.raises(ValueError, match="expected 4D input"):
         BatchNorm2d(3)(torch.randn(2, 3, 4))

@@ -44,6 +44,10 @@ Statistics are in the accumulation dtype (fp32; fp64 for fp64 input). ``weight``
 x's dtype, or fp32 when x is fp16/bf16 (mixed precision, as torch allows); dweight/dbias come back in the
 parameters' dtype.
 
+Backends: each backend provides a :class:`Kernels` tuple of seven functions (forward, update_running,
+backward, stats, apply, backward_reduce, backward_elemt) with the reference functions' signatures;
+``backends.all_ops()["batch_norm"].override(name, Kernels(...))`` plugs in another set.
+
 **Layouts**: every backend sees a *dense* x in one of two layouts, chosen once here (:func:`dense_layout`):
 "NCL" (contiguous: each (n, c) plane of L = prod(spatial) values is contiguous) or "NLC" (channels last, and
 2-D (N, C): rows of C channels). Anything else (sliced, oddly permuted) is copied to contiguous first. y and
