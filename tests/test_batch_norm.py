@@ -55,7 +55,7 @@ def layout(x, kind):
             return x.transpose(1, 2).contiguous().transpose(1, 2)
         return x
     if kind == "sliced":  # the same values, not dense: every other element of a wider tensor
-        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype, device=x.device)
         return wide[..., ::2].copy_(x)
     return x.contiguous()
 
@@ -412,7 +412,10 @@ def test_triton_block_sizes(poison):
 # --------------------------------------------------------------------------------------------------
 
 def _gpu_case(backend, shape, kind, dtype, training, act):
-    x = layout(torch.randn(shape, dtype=torch.float64).to(dtype), kind).cuda()
+    # built on the GPU: .cuda() of a non-dense CPU tensor would hand back a contiguous copy
+    x = layout(torch.randn(shape, dtype=torch.float64, device="cuda").to(dtype), kind)
+    if kind == "sliced":
+        assert not x.is_contiguous()
     C = shape[1]
     pdt = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     w = (torch.rand(C, dtype=pdt, device="cuda") + 0.5).requires_grad_()
