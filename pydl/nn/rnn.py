@@ -36,6 +36,19 @@ def _share_params(src: tnn.Module, dst: tnn.Module) -> tnn.Module:
     return dst
 
 
+def _autocast(x, weights, hx):
+    """Under CUDA autocast torch runs its recurrent layers (cuDNN) in the autocast dtype; do the same, so a
+    converted model behaves alike. (Custom ops are not in autocast's tables, hence the explicit casts.)"""
+    dev = x.device.type
+    if dev != "cuda" or not torch.is_autocast_enabled(dev):
+        return x, weights, hx
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t  # noqa: E731
+    if isinstance(hx, tuple):
+        hx = tuple(cast(h) for h in hx)
+    return cast(x), [cast(w) for w in weights], cast(hx) if isinstance(hx, torch.Tensor) else hx
+
+
 def _no_packed(module, x):
     if isinstance(x, PackedSequence):
         raise TypeError(f"pydl.nn.{type(module).__name__} does not support PackedSequence input; pass a padded "
@@ -81,6 +94,7 @@ class _SeqMixin:
                 hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
         batch_first = self.batch_first and batched
         weights = self._flat_weights
+        x, weights, hx = _autocast(x, weights, hx)
         common = dict(num_layers=self.num_layers, bidirectional=self.bidirectional, batch_first=batch_first,
                       has_bias=self.bias, dropout=self.dropout, training=self.training, backend=self.backend)
         if self._kind == "lstm":

@@ -1,0 +1,130 @@
+"""LSTM / GRU: pydl's fused cells and whole-sequence ops vs torch.nn, same weights, same inputs, same threads.
+
+Baselines: ``torch.nn.LSTMCell`` / ``GRUCell`` (separate ATen ops per gate function, autograd op by op) and
+``torch.nn.LSTM`` / ``GRU`` (on the CPU torch's fp32 LSTM runs oneDNN's fused RNN primitive; its GRU runs
+ATen's per-step loop; on a GPU both are cuDNN).
+
+Every case's op is "rnn" (the build unit whose availability the harness checks); the variant names the
+torch module compared against. Variants: "forward" (under no_grad, as in inference) and "forward+backward" (a training step's worth: the
+output's gradient is a fixed random tensor, weights and input get gradients).
+
+FLOPs counted: the GEMMs only (2 * rows * K * N each): forward = input projection + recurrent projection of
+every step, every layer and direction; forward+backward = 3x forward (dX, dW_ih, dW_hh and dh per step).
+
+Targets (issue #5): on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
+for hidden <= 512.
+"""
+import torch
+
+try:
+    from benchmarks.common import Case, main_for
+except ImportError:  # run as a script
+    from common import Case, main_for
+
+import pydl
+
+
+def _seq_flops(kind, T, B, I, H, L=1, D=1):
+    G = 4 if kind == "lstm" else 3
+    total = 0
+    for layer in range(L):
+        in_size = I if layer == 0 else D * H
+        total += D * 2 * T * B * (in_size + H) * G * H
+    return total
+
+
+def _cell_case(kind, B, I, H, variant, device, dtype, backends):
+    tcls = torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell
+    pcls = pydl.nn.LSTMCell if kind == "lstm" else pydl.nn.GRUCell
+
+    def setup():
+        torch.manual_seed(0)
+        t = tcls(I, H).to(device, dtype)
+        p = pcls.from_torch(t)
+        x = torch.randn(B, I, device=device, dtype=dtype, requires_grad=variant != "forward")
+        h = torch.randn(B, H, device=device, dtype=dtype)
+        hx = (h, torch.randn_like(h)) if kind == "lstm" else h
+        gh = torch.randn(B, H, device=device, dtype=dtype)
+
+        def step(m):
+            if variant == "forward":
+                def fn():
+                    with torch.no_grad():
+                        return m(x, hx)
+            else:
+                def fn():
+                    out = m(x, hx)
+                    (out[0] if kind == "lstm" else out).backward(gh)
+            return fn
+
+        def for_backend(b):
+            p.backend = b
+            return step(p)
+
+        return {"torch": step(t), "pydl": for_backend}
+
+    G = 4 if kind == "lstm" else 3
+    flops = 2 * B * (I + H) * G * H * (1 if variant == "forward" else 3)
+    return Case("rnn", f"{tcls.__name__} {variant}", f"B={B} I={I} H={H}", str(dtype).replace("torch.", ""), setup,
+                flops=flops, backends=backends)
+
+
+def _seq_case(kind, T, B, I, H, variant, device, dtype, backends, L=1, bidir=False):
+    tcls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+    pcls = pydl.nn.LSTM if kind == "lstm" else pydl.nn.GRU
+    D = 2 if bidir else 1
+
+    def setup():
+        torch.manual_seed(0)
+        t = tcls(I, H, num_layers=L, bidirectional=bidir).to(device, dtype)
+        p = pcls.from_torch(t)
+        x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=variant != "forward")
+        go = torch.randn(T, B, D * H, device=device, dtype=dtype)
+
+        def step(m):
+            if variant == "forward":
+                def fn():
+                    with torch.no_grad():
+                        return m(x)
+            else:
+                def fn():
+                    m(x)[0].backward(go)
+            return fn
+
+        def for_backend(b):
+            p.backend = b
+            return step(p)
+
+        return {"torch": step(t), "pydl": for_backend}
+
+    flops = _seq_flops(kind, T, B, I, H, L, D) * (1 if variant == "forward" else 3)
+    shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bidir" if bidir else "")
+    return Case("rnn", f"{tcls.__name__} {variant}", shape, str(dtype).replace("torch.", ""), setup, flops=flops, backends=backends)
+
+
+def cases(quick: bool, device: str):
+    backends = ("cpu",) if device == "cpu" else ("cuda", "triton")
+    dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+    if quick:
+        cell_shapes = [(32, 256, 256)]
+        seq_shapes = [(50, 32, 256, 256)]
+    else:
+        cell_shapes = [(16, 128, 128), (64, 512, 512), (64, 1024, 1024)]
+        seq_shapes = [(50, 16, 128, 128), (50, 32, 256, 256), (100, 64, 512, 512)] + (
+            [(50, 64, 1024, 1024)] if device == "cuda" else [(50, 16, 1024, 1024)])
+    out = []
+    for dtype in dtypes:
+        for kind in ("lstm", "gru"):
+            for variant in ("forward", "forward+backward"):
+                for B, I, H in cell_shapes:
+                    out.append(_cell_case(kind, B, I, H, variant, device, dtype, backends))
+                for T, B, I, H in seq_shapes:
+                    out.append(_seq_case(kind, T, B, I, H, variant, device, dtype, backends))
+        if not quick:  # a stacked bidirectional model, as in a tagger
+            for variant in ("forward", "forward+backward"):
+                out.append(_seq_case("lstm", 50, 32, 128, 256, variant, device, dtype, backends, L=2, bidir=True))
+    return out
+
+
+if __name__ == "__main__":
+    main_for(cases)
