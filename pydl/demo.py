@@ -27,7 +27,11 @@ import torch.nn as tnn
 import torch.nn.functional as F
 
 from . import backends
-from .debug.progress import progress as _progress_bar
+from .debug.progress import progress as _progress
+
+
+def _progress_bar(it, desc="", disable=False):
+    return _progress(it, desc=desc, enable=not disable)
 
 # --------------------------------------------------------------------------------------------------
 # data
@@ -101,7 +105,7 @@ def make_cnn(n_classes: int, in_ch: int = 1, widths=(16, 32, 64)) -> tnn.Module:
 # --------------------------------------------------------------------------------------------------
 
 
-def train(model, xtr, ytr, xva, yva, epochs: int, bs: int = 64, lr: float = 1e-2, seed: int = 0,
+def train(model, xtr, ytr, xva, yva, epochs: int, bs: int = 32, lr: float = 1e-2, seed: int = 0,
           stats=None, quiet: bool = False) -> Dict[str, list]:
     """Adam + one-cycle schedule. Returns per-step and per-epoch curves."""
     torch.manual_seed(seed)
@@ -131,10 +135,8 @@ def train(model, xtr, ytr, xva, yva, epochs: int, bs: int = 64, lr: float = 1e-2
             hist["step_acc"].append(acc)
             hist["lr"].append(sched.get_last_lr()[0])
             tot += loss.item()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-        if stats is not None and hasattr(stats, "new_epoch"):
-            stats.new_epoch()
+        if stats is not None:
+            stats.mark_epoch()  # an epoch separator in the colorful dimension
         vl, va = evaluate(model, xva, yva)
         hist["epoch_valid_loss"].append(vl)
         hist["epoch_valid_acc"].append(va)
@@ -173,9 +175,15 @@ def time_layers(model, x, quick: bool = False) -> List[dict]:
 
     inputs = {}
     hooks = []
+
+    def grab(name):
+        def hook(mod, inp, out):  # returns None: a forward hook that returns a value replaces the output
+            inputs.setdefault(name, inp[0].detach())
+        return hook
+
     for name, m in model.named_modules():
         if type(m) in _TO_TORCH:
-            hooks.append(m.register_forward_hook(lambda mod, inp, out, n=name: inputs.setdefault(n, inp[0].detach())))
+            hooks.append(m.register_forward_hook(grab(name)))
     was = model.training
     model.train()
     with torch.no_grad():
@@ -307,15 +315,17 @@ def run_cnn(out: str = "pydl-demo", quick: bool = False, data: Optional[str] = N
         xtr, ytr, xva, yva, classes = load_image_folder(data, seed=seed)
     else:
         xtr, ytr, xva, yva, classes = load_digits(seed=seed)
-    if quick:  # the tests' version: fewer images, one epoch and a bit
-        xtr, ytr = xtr[:640], ytr[:640]
     epochs = epochs or (2 if quick else 8)
     model = make_cnn(len(classes), in_ch=xtr.shape[1])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"pydl demo: {len(xtr)} train / {len(xva)} valid images {tuple(xtr.shape[1:])}, {len(classes)} classes, "
         f"backend {backends.get_backend()}, {torch.get_num_threads()} threads")
 
-    stats = debug.ActivationStats(model, preset="general_relu")
+    from .nn import GeneralRelu
+
+    # the activations after each GeneralRelu, binned over its natural range (-7, 7)
+    acts = [m for m in model.modules() if isinstance(m, GeneralRelu)]
+    stats = debug.ActivationStats(model, modules=acts, preset="general_relu")
     with stats:
         hist = train(model, xtr, ytr, xva, yva, epochs=epochs, seed=seed, stats=stats, quiet=quiet)
     vl, va = evaluate(model, xva, yva)
@@ -364,41 +374,72 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
     """Every debugger figure for the report; returns {key: png path}."""
     from . import debug
 
+    p = lambda name: os.path.join(out, name)  # noqa: E731
     files = {}
-    files["colorful"] = debug.plot_colorful_dimension(stats, path=os.path.join(out, "colorful_dimension.png"))
-    files["layer_stats"] = debug.plot_layer_stats(stats, path=os.path.join(out, "layer_stats.png"))
-    files["dead"] = debug.plot_dead_chart(stats, path=os.path.join(out, "dead_chart.png"))
-    stats.save(os.path.join(out, "activation_stats.npz"))
+    debug.plot_colorful_dimension(stats, path=p("colorful_dimension.png"))
+    files["colorful"] = p("colorful_dimension.png")
+    debug.plot_layer_stats(stats, path=p("layer_stats.png"))
+    files["layer_stats"] = p("layer_stats.png")
+    debug.plot_dead_chart(stats, path=p("dead_chart.png"))
+    files["dead"] = p("dead_chart.png")
+    stats.save_npz(p("activation_stats.npz"))
+    stats.to_json(p("activation_stats.json"), hist=False)
     # gradient flow of one batch at the final weights
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(xtr[:128]), ytr[:128]).backward()
-    files["grad_flow"] = debug.plot_grad_flow(model, path=os.path.join(out, "grad_flow.png"))
+    debug.plot_grad_flow(model, path=p("grad_flow.png"))
+    files["grad_flow"] = p("grad_flow.png")
     model.zero_grad(set_to_none=True)
-    # Grad-CAM on the last conv layer, for validation digits the model gets right and wrong
+    # Grad-CAM on the last conv layer, for validation images the model gets right and wrong
     convs = [m for m in model.modules() if isinstance(m, tnn.Conv2d)]
+    was = model.training
     with torch.no_grad():
         pred = model.eval()(xva).argmax(1)
-    model.train()
+    model.train(was)
     right = (pred == yva).nonzero().flatten()[:8]
     wrong = (pred != yva).nonzero().flatten()[:8]
     idx = torch.cat([right, wrong])
     if len(idx):
-        maps = debug.grad_cam(model, convs[-1], xva[idx])
-        labels = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: true {classes[yva[i]]} pred {classes[pred[i]]}"
-                  for i in idx.tolist()]
-        files["gradcam"] = debug.overlay(xva[idx], maps, path=os.path.join(out, "grad_cam.png"), titles=labels)
-    # loss landscapes around the final weights, on a fixed validation batch
-    batch = [(xva[:256], yva[:256])]
-    lf = F.cross_entropy
-    l1 = debug.loss_landscape_1d(model, lf, batch, steps=11 if quick else 31, seed=0)
-    files["landscape_1d"] = debug.plot_landscape_1d(l1, path=os.path.join(out, "loss_landscape_1d.png"))
-    l2 = debug.loss_landscape_2d(model, lf, batch, steps=5 if quick else 15, seed=0)
-    files["landscape_2d"] = debug.plot_landscape_2d(l2, path=os.path.join(out, "loss_landscape_2d.png"))
-    l2.save(os.path.join(out, "loss_landscape_2d.npz"))
+        maps = debug.grad_cam(model, xva[idx], convs[-1])
+        titles = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: {classes[yva[i]]}->{classes[pred[i]]}" for i in idx.tolist()]
+        files["gradcam"] = _cam_grid([debug.overlay(xva[i], maps[k]) for k, i in enumerate(idx.tolist())], titles,
+                                     p("grad_cam.png"))
+    # loss landscapes around the final weights, on a fixed validation batch (cost: one forward per point)
+    batch = (xva[:256], yva[:256])
+    l1 = debug.loss_landscape_1d(model, F.cross_entropy, batch, steps=11 if quick else 41, seed=0,
+                                 path=p("loss_landscape_1d.npz"), resume=False, show_progress=False)
+    debug.plot_landscape_1d(l1, path=p("loss_landscape_1d.png"))
+    files["landscape_1d"] = p("loss_landscape_1d.png")
+    l2 = debug.loss_landscape_2d(model, F.cross_entropy, batch, steps=7 if quick else 21, seed=0,
+                                 path=p("loss_landscape_2d.npz"), resume=False, show_progress=False)
+    debug.plot_landscape_2d(l2, path=p("loss_landscape_2d.png"))
+    files["landscape_2d"] = p("loss_landscape_2d.png")
     # inside the first conv layer
-    files["filters"] = debug.plot_filters(convs[0], path=os.path.join(out, "first_layer_filters.png"))
-    files["feature_maps"] = debug.plot_feature_maps(model, convs[0], xva[:1], path=os.path.join(out, "feature_maps.png"))
-    return {k: v for k, v in files.items() if v}
+    debug.plot_filters(convs[0], path=p("first_layer_filters.png"))
+    files["filters"] = p("first_layer_filters.png")
+    debug.plot_feature_maps(model, convs[0], xva[:1], path=p("feature_maps.png"))
+    files["feature_maps"] = p("feature_maps.png")
+    return files
+
+
+def _cam_grid(images: List[np.ndarray], titles: List[str], path: str, ncols: int = 8) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrows = math.ceil(n / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 1.95 * nrows), squeeze=False)
+    for k, ax in enumerate(axs.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k])
+            ax.set_title(titles[k], fontsize=7, color="black" if titles[k].startswith("ok") else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def debug_sections(files: Dict[str, str]) -> List[Tuple[str, str]]:
@@ -496,7 +537,7 @@ def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[s
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    stats = debug.ActivationStats(model, preset="giomo", include=[model.rnn, model.head])
+    stats = debug.ActivationStats(model, modules=[model.rnn, model.head], preset="giomo")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"pydl demo rnn: {len(text)} characters, vocabulary {V}, 2-layer LSTM hidden {H}, {steps} steps")
     with stats:
@@ -512,8 +553,6 @@ def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[s
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.3f}")
     sample = sample_text(model, stoi, chars, prompt="The ", n=200 if quick else 600, seed=seed)
     files = {}
     import matplotlib
@@ -528,8 +567,11 @@ def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[s
     files["curves"] = os.path.join(out, "training_loss.png")
     fig.savefig(files["curves"], dpi=100)
     plt.close(fig)
-    files["colorful"] = debug.plot_colorful_dimension(stats, path=os.path.join(out, "colorful_dimension.png"))
-    files["layer_stats"] = debug.plot_layer_stats(stats, path=os.path.join(out, "layer_stats.png"))
+    files["colorful"] = os.path.join(out, "colorful_dimension.png")
+    debug.plot_colorful_dimension(stats, path=files["colorful"])
+    files["layer_stats"] = os.path.join(out, "layer_stats.png")
+    debug.plot_layer_stats(stats, path=files["layer_stats"])
+    stats.save_npz(os.path.join(out, "activation_stats.npz"))
     summary = {"final_loss": float(np.mean(losses[-10:])), "first_loss": losses[0], "steps": steps, "vocab": V,
                "sample": sample, "seconds": time.time() - t_start, "losses": losses}
     with open(os.path.join(out, "summary.json"), "w") as f:

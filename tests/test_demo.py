@@ -1,0 +1,77 @@
+"""`pydl demo --quick` end to end: a report whose files exist and whose numbers are sane."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+
+def _check_report(out, report):
+    assert os.path.isfile(report)
+    html = open(report).read()
+    refs = re.findall(r"src='([^']+)'", html)
+    assert refs, "the report shows no images"
+    for r in refs:
+        path = os.path.join(out, r)
+        assert os.path.isfile(path), f"report.html references a missing file {r}"
+        assert os.path.getsize(path) > 2000, f"{r} is (nearly) empty"
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{r} is not a PNG"
+    return html
+
+
+def test_cnn_demo_quick(tmp_path):
+    from pydl.demo import run_cnn
+
+    out = str(tmp_path / "demo")
+    res = run_cnn(out, quick=True, quiet=True)
+    html = _check_report(out, res["report"])
+    assert res["valid_acc"] > 0.5, res["valid_acc"]  # chance is 0.1; two quick epochs reach ~0.95
+    for key in ("colorful", "layer_stats", "gradcam", "landscape_1d", "landscape_2d", "grad_flow", "curves"):
+        assert key in res["files"], f"missing figure {key}"
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["valid_acc"] == res["valid_acc"]
+    assert summary["layer_timing"] and all(r["pydl_ms"] > 0 and r["torch_ms"] > 0 for r in summary["layer_timing"])
+    assert "Conv2d" in {r["module"] for r in summary["layer_timing"]}
+    assert os.path.isfile(os.path.join(out, "activation_stats.npz"))
+    assert os.path.isfile(os.path.join(out, "loss_landscape_2d.npz"))
+    assert "pydl doctor" in html and "Validation accuracy" in html
+
+
+def test_rnn_demo_quick(tmp_path):
+    from pydl.demo import run_rnn
+
+    out = str(tmp_path / "rnn")
+    res = run_rnn(out, quick=True, quiet=True, steps=25)
+    _check_report(out, res["report"])
+    assert res["final_loss"] < res["first_loss"] - 0.5, (res["first_loss"], res["final_loss"])
+    assert res["sample"].startswith("The ") and len(res["sample"]) > 100
+
+
+def test_demo_cli_image_folder(tmp_path):
+    """--data DIR with an ImageFolder-style tree (images made here: two classes of bars)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, axis in (("horizontal", 0), ("vertical", 1)):
+        d = tmp_path / "data" / c
+        d.mkdir(parents=True)
+        for i in range(24):
+            img = rng.integers(0, 40, (20, 20)).astype(np.uint8)
+            k = rng.integers(4, 16)
+            if axis == 0:
+                img[k:k + 3, :] = 255
+            else:
+                img[:, k:k + 3] = 255
+            Image.fromarray(img).save(d / f"{i}.png")
+    from pydl.demo import load_image_folder
+
+    xtr, ytr, xva, yva, classes = load_image_folder(str(tmp_path / "data"), size=16)
+    assert classes == ["horizontal", "vertical"] and xtr.shape[1:] == (1, 16, 16)
+    assert len(xtr) + len(xva) == 48 and set(ytr.tolist()) == {0, 1}
