@@ -130,10 +130,12 @@ inline void check_seq(int64_t G, const Tensor& x, const Tensor& h0, const Tensor
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = (l * D + d) * nw;
       const std::vector<int64_t> shapes[4] = {{G * H, in}, {G * H, H}, {G * H}, {G * H}};
+      const char* names[4] = {"w_ih", "w_hh", "b_ih", "b_hh"};
       for (int64_t j = 0; j < nw; ++j) {
         check_like(weights[k + j], x, op, "weights[i]");
-        PYDL_CHECK_VALUE(weights[k + j].sizes() == at::IntArrayRef(shapes[j]), op, ": weights[", k + j,
-                         "] must have shape ", at::IntArrayRef(shapes[j]), ", got ", weights[k + j].sizes());
+        PYDL_CHECK_VALUE(weights[k + j].sizes() == at::IntArrayRef(shapes[j]), op, ": weights[", k + j, "] (",
+                         names[j], " of layer ", l, d ? " reverse" : "", ") must have shape ",
+                         at::IntArrayRef(shapes[j]), ", got ", weights[k + j].sizes());
       }
     }
   }
@@ -170,14 +172,16 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell(const Tensor& x, const Tensor& hx, 
 template <class PW>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& x, const Tensor& hx, const Tensor& cx,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy) {
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool need_dx, bool need_dh) {
   const auto acc = gates.scalar_type();
   auto dG = at::empty(gates.sizes(), x.options());
   auto dc = grad_cy.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();  // PW writes into it
   PW::lstm_bwd(rows(grad_hy), at::zeros_like(grad_hy), dc, gates, cy.to(acc).contiguous(), cx.to(acc).contiguous(),
                dG, dc);
   auto db = dG.sum(0, false, acc).to(x.scalar_type());
-  return {at::mm(dG, w_ih), at::mm(dG, w_hh), dc.to(x.scalar_type()), at::mm(dG.t(), x), at::mm(dG.t(), hx), db};
+  const Tensor skipped = at::empty({0}, x.options());  // a gradient autograd does not need: GEMM skipped
+  return {need_dx ? at::mm(dG, w_ih) : skipped, need_dh ? at::mm(dG, w_hh) : skipped, dc.to(x.scalar_type()),
+          at::mm(dG.t(), x), at::mm(dG.t(), hx), db};
 }
 
 template <class PW>
@@ -195,15 +199,17 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& x, const Tensor& hx, const Ten
 template <class PW>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(const Tensor& grad_hy, const Tensor& x,
                                                                              const Tensor& hx, const Tensor& w_ih,
-                                                                             const Tensor& w_hh, const Tensor& ws) {
+                                                                             const Tensor& w_hh, const Tensor& ws,
+                                                                             bool need_dx, bool need_dh) {
   const auto acc = ws.scalar_type();
   const int64_t B = hx.size(0), H = hx.size(1);
   auto dGi = at::empty({B, 3 * H}, x.options());
   auto dGh = at::empty({B, 3 * H}, x.options());
   auto dh_dir = at::zeros({B, H}, x.options().dtype(acc));
   PW::gru_bwd(rows(grad_hy), at::zeros_like(grad_hy), dh_dir, ws, rows(hx), dGi, dGh, dh_dir);
-  auto dhx = (dh_dir + at::mm(dGh, w_hh).to(acc)).to(x.scalar_type());
-  return {at::mm(dGi, w_ih), dhx, at::mm(dGi.t(), x), at::mm(dGh.t(), hx),
+  const Tensor skipped = at::empty({0}, x.options());
+  auto dhx = need_dh ? (dh_dir + at::mm(dGh, w_hh).to(acc)).to(x.scalar_type()) : skipped;
+  return {need_dx ? at::mm(dGi, w_ih) : skipped, dhx, at::mm(dGi.t(), x), at::mm(dGh.t(), hx),
           dGi.sum(0, false, acc).to(x.scalar_type()), dGh.sum(0, false, acc).to(x.scalar_type())};
 }
 

@@ -202,16 +202,17 @@ def lstm_cell_triton(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return R.lstm_cell_driver(TritonPointwise, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
 
 
-def lstm_cell_backward_triton(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy):
-    return R.lstm_cell_backward_driver(TritonPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
+def lstm_cell_backward_triton(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh):
+    return R.lstm_cell_backward_driver(TritonPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx,
+                                       need_dh)
 
 
 def gru_cell_triton(x, hx, w_ih, w_hh, b_ih, b_hh):
     return R.gru_cell_driver(TritonPointwise, x, hx, w_ih, w_hh, b_ih, b_hh)
 
 
-def gru_cell_backward_triton(grad_hy, x, hx, w_ih, w_hh, ws):
-    return R.gru_cell_backward_driver(TritonPointwise, grad_hy, x, hx, w_ih, w_hh, ws)
+def gru_cell_backward_triton(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh):
+    return R.gru_cell_backward_driver(TritonPointwise, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
 def lstm_triton(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):

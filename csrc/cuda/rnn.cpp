@@ -104,10 +104,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& x, const Tensor&
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cuda(
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& x, const Tensor& hx, const Tensor& cx,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy) {
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool need_dx, bool need_dh) {
   check_device(x, kCUDA, "lstm_cell_backward", "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  return rnn::lstm_cell_backward<CudaPW>(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy);
+  return rnn::lstm_cell_backward<CudaPW>(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx,
+                                                     need_dh);
 }
 
 std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& x, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
@@ -119,10 +120,10 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& x, const Tensor& hx, cons
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward_cuda(
     const Tensor& grad_hy, const Tensor& x, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& ws) {
+    const Tensor& ws, bool need_dx, bool need_dh) {
   check_device(x, kCUDA, "gru_cell_backward", "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  return rnn::gru_cell_backward<CudaPW>(grad_hy, x, hx, w_ih, w_hh, ws);
+  return rnn::gru_cell_backward<CudaPW>(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cuda(const Tensor& x, const Tensor& h0, const Tensor& c0,
@@ -171,10 +172,11 @@ TORCH_LIBRARY_FRAGMENT(pydl_cuda, m) {
   m.def("lstm_cell(Tensor x, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor x, Tensor hx, Tensor cx, Tensor w_ih, "
-        "Tensor w_hh, Tensor gates, Tensor cy) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("gru_cell(Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
-  m.def("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws) "
+        "Tensor w_hh, Tensor gates, Tensor cy, bool need_dx, bool need_dh) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("gru_cell(Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
+  m.def("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, bool need_dx, "
+        "bool need_dh) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
         "bool bidirectional, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "

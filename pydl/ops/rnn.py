@@ -60,12 +60,15 @@ BUILD_UNIT = "rnn"  # every op here is compiled from csrc/cpu/rnn.cpp / csrc/cud
 LIB.define("lstm_cell(Tensor x, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
            "str backend) -> (Tensor, Tensor, Tensor)")
 LIB.define("lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor x, Tensor hx, Tensor cx, Tensor w_ih, "
-           "Tensor w_hh, Tensor gates, Tensor cy, str backend) "
+           "Tensor w_hh, Tensor gates, Tensor cy, bool need_dx, bool need_dh, str backend) "
            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 LIB.define("gru_cell(Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, str backend) "
            "-> (Tensor, Tensor)")
 LIB.define("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, "
-           "str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+           "bool need_dx, bool need_dh, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+# The cell backwards take need_dx / need_dh (autograd's needs_input_grad): a GEMM nobody needs is skipped and
+# its output is an empty (0,) tensor. In a step-by-step loop only the very first hx is a leaf without grad,
+# but a benchmark -- or a model feeding constant states -- pays for the dh GEMM otherwise.
 LIB.define("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
            "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 LIB.define("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
@@ -257,7 +260,7 @@ def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return h, c.to(x.dtype), gates
 
 
-def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy):
+def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx=True, need_dh=True):
     acc = gates.dtype
     dG = x.new_empty(gates.shape)
     dc = grad_cy.to(acc).contiguous()  # a fresh tensor if grad_cy is not already acc: PW writes into it
@@ -266,7 +269,9 @@ def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates
     PW.lstm_bwd(grad_hy.contiguous(), torch.zeros_like(grad_hy), dc, gates, cy.to(acc).contiguous(),
                 cx.to(acc).contiguous(), dG, dc)
     db = dG.sum(0, dtype=acc).to(x.dtype)
-    return dG @ w_ih, dG @ w_hh, dc.to(x.dtype), dG.t() @ x, dG.t() @ hx, db
+    skipped = x.new_empty((0,))
+    return (dG @ w_ih if need_dx else skipped, dG @ w_hh if need_dh else skipped, dc.to(x.dtype), dG.t() @ x,
+            dG.t() @ hx, db)
 
 
 def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
@@ -278,7 +283,7 @@ def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
     return h, ws
 
 
-def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws):
+def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws, need_dx=True, need_dh=True):
     acc = ws.dtype
     B, H = hx.shape
     dGi = x.new_empty((B, 3 * H))
@@ -286,8 +291,10 @@ def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws):
     dh_dir = x.new_empty((B, H), dtype=acc)
     PW.gru_bwd(grad_hy.contiguous(), torch.zeros_like(grad_hy), torch.zeros_like(dh_dir), ws, hx.contiguous(),
                dGi, dGh, dh_dir)
-    dhx = (dh_dir + (dGh @ w_hh).to(acc)).to(x.dtype)  # the part through the GEMM + the direct z * dh
-    return (dGi @ w_ih, dhx, dGi.t() @ x, dGh.t() @ hx, dGi.sum(0, dtype=acc).to(x.dtype),
+    skipped = x.new_empty((0,))
+    # dL/dhx: the part through the GEMM + the direct z * dh
+    dhx = (dh_dir + (dGh @ w_hh).to(acc)).to(x.dtype) if need_dh else skipped
+    return (dGi @ w_ih if need_dx else skipped, dhx, dGi.t() @ x, dGh.t() @ hx, dGi.sum(0, dtype=acc).to(x.dtype),
             dGh.sum(0, dtype=acc).to(x.dtype))
 
 
@@ -426,16 +433,17 @@ def lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return lstm_cell_driver(RefPointwise, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
 
 
-def lstm_cell_backward_reference(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy):
-    return lstm_cell_backward_driver(RefPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
+def lstm_cell_backward_reference(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh):
+    return lstm_cell_backward_driver(RefPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx,
+                                     need_dh)
 
 
 def gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh):
     return gru_cell_driver(RefPointwise, x, hx, w_ih, w_hh, b_ih, b_hh)
 
 
-def gru_cell_backward_reference(grad_hy, x, hx, w_ih, w_hh, ws):
-    return gru_cell_backward_driver(RefPointwise, grad_hy, x, hx, w_ih, w_hh, ws)
+def gru_cell_backward_reference(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh):
+    return gru_cell_backward_driver(RefPointwise, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
 def lstm_reference(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
@@ -506,22 +514,33 @@ OPS = {
 # Dispatcher kernels (CPU and CUDA keys): check, then run the chosen backend
 # --------------------------------------------------------------------------------------------------
 
+def _checked(op, backend, device_type, check):
+    """The implementation of ``op`` for this call. The compiled kernels validate their arguments in C++
+    (they can be called directly), so the Python check runs only for the Python backends: a cell step is
+    short enough for a duplicated check to show in its time."""
+    name = OPS[op].resolve(backend, device_type)
+    if name not in ("cpu", "cuda"):
+        check()
+    return OPS[op].impl(name)
+
+
 def _lstm_cell_kernel(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
-    check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    return OPS["lstm_cell"](backend, x.device.type, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    fn = _checked("lstm_cell", backend, x.device.type, lambda: check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh))
+    return fn(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
 
 
-def _lstm_cell_backward_kernel(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, backend):
-    return OPS["lstm_cell_backward"](backend, x.device.type, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
+def _lstm_cell_backward_kernel(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh, backend):
+    return OPS["lstm_cell_backward"](backend, x.device.type, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy,
+                                     need_dx, need_dh)
 
 
 def _gru_cell_kernel(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
-    check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh)
-    return OPS["gru_cell"](backend, x.device.type, x, hx, w_ih, w_hh, b_ih, b_hh)
+    fn = _checked("gru_cell", backend, x.device.type, lambda: check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh))
+    return fn(x, hx, w_ih, w_hh, b_ih, b_hh)
 
 
-def _gru_cell_backward_kernel(grad_hy, x, hx, w_ih, w_hh, ws, backend):
-    return OPS["gru_cell_backward"](backend, x.device.type, grad_hy, x, hx, w_ih, w_hh, ws)
+def _gru_cell_backward_kernel(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, backend):
+    return OPS["gru_cell_backward"](backend, x.device.type, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
 def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend):
@@ -571,8 +590,8 @@ def _lstm_cell_fake(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
 
 
 @torch.library.register_fake("pydl::lstm_cell_backward")
-def _lstm_cell_backward_fake(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, backend):
-    return (_like(x), _like(hx), _like(cx), _like(w_ih),
+def _lstm_cell_backward_fake(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh, backend):
+    return (_like(x) if need_dx else x.new_empty((0,)), _like(hx) if need_dh else x.new_empty((0,)), _like(cx), _like(w_ih),
             _like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
 
 
@@ -584,9 +603,9 @@ def _gru_cell_fake(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
 
 
 @torch.library.register_fake("pydl::gru_cell_backward")
-def _gru_cell_backward_fake(grad_hy, x, hx, w_ih, w_hh, ws, backend):
+def _gru_cell_backward_fake(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, backend):
     G = w_ih.shape[0]
-    return (_like(x), _like(hx), _like(w_ih), _like(w_hh),
+    return (_like(x) if need_dx else x.new_empty((0,)), _like(hx) if need_dh else x.new_empty((0,)), _like(w_ih), _like(w_hh),
             w_ih.new_empty((G,)), w_ih.new_empty((G,)))
 
 
@@ -646,8 +665,10 @@ def _lstm_cell_setup(ctx, inputs, output):
 def _lstm_cell_bwd(ctx, g_hy, g_cy, _g_gates):
     x, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
     g_hy, g_cy = _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx)
+    need_dx, need_dh = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gx, ghx, gcx, gwi, gwh, gb = torch.ops.pydl.lstm_cell_backward(g_hy, g_cy, x, hx, cx, w_ih, w_hh, gates, cy,
-                                                                  ctx.backend)
+                                                                  need_dx, need_dh, ctx.backend)
+    gx, ghx = (gx if need_dx else None), (ghx if need_dh else None)
     gb_ih, gb_hh = (gb, gb) if ctx.has_bias else (None, None)
     return gx, ghx, gcx, gwi, gwh, gb_ih, gb_hh, None
 
@@ -667,7 +688,10 @@ def _gru_cell_setup(ctx, inputs, output):
 def _gru_cell_bwd(ctx, g_hy, _g_ws):
     x, hx, w_ih, w_hh, ws = ctx.saved_tensors
     g_hy = _zeros_if_none(g_hy, hx)
-    gx, ghx, gwi, gwh, gbi, gbh = torch.ops.pydl.gru_cell_backward(g_hy, x, hx, w_ih, w_hh, ws, ctx.backend)
+    need_dx, need_dh = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    gx, ghx, gwi, gwh, gbi, gbh = torch.ops.pydl.gru_cell_backward(g_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh,
+                                                                  ctx.backend)
+    gx, ghx = (gx if need_dx else None), (ghx if need_dh else None)
     if not ctx.has_bias:
         gbi = gbh = None
     return gx, ghx, gwi, gwh, gbi, gbh, None
