@@ -205,10 +205,82 @@ def test_act_stats_plugs_into_pydl(triton_results):
     assert "YOUR kernel" in plug[0]["detail"]
 
 
-def test_plugin_steps_for_unwritten_ops_are_skipped_not_passed(triton_results):
-    for name in ("batch_norm_forward", "batch_norm_backward", "lstm_cell", "conv2d"):
-        plug = [lv for lv in triton_results[(name, "solution")] if "inside pydl" in lv["name"]]
-        assert plug and plug[0]["status"] == "skip"
+def test_plugin_steps_pass_or_skip(triton_results):
+    from pydl import backends
+
+    registered = backends.all_ops()
+    for name, op in (("batch_norm_forward", "batch_norm"), ("batch_norm_backward", "batch_norm"),
+                     ("lstm_cell", "lstm_cell"), ("conv2d", "conv2d")):
+        levels = triton_results[(name, "solution")]
+        plug = [lv for lv in levels if "inside pydl" in lv["name"]]
+        assert plug, name
+        # an op that is not there is SKIPPED, never passed; one that is there must take the learner's kernel
+        assert plug[0]["status"] == ("pass" if op in registered else "skip"), failure_text(levels)
+
+
+class _FakeKernels:
+    """Learner modules written in plain torch (right, or wrong on purpose) to test the plug-in adapters."""
+
+    def __init__(self, wrong):
+        self.wrong = wrong
+
+    def act_stats(self, x, bins, lo, hi, eps, per_channel, block=64):
+        from pydl.ops.act_stats import act_stats_reference
+
+        fs, cnt, hist = act_stats_reference(x, bins, lo, hi, eps, per_channel)
+        if self.wrong:
+            hist = hist.clone()
+            hist[..., 0] += 1
+        return fs, cnt, hist
+
+    def batch_norm_forward(self, x, weight, bias, eps, y, mean, invstd, block):
+        m = x.mean((0, 2, 3))
+        inv = torch.rsqrt(x.var((0, 2, 3), correction=0) + eps)
+        c = lambda t: t[None, :, None, None]  # noqa: E731
+        y.copy_((x - c(m)) * c(inv * weight) + c(bias) + (0.01 if self.wrong else 0.0))
+        mean.copy_(m)
+        invstd.copy_(inv)
+
+    def batch_norm_backward(self, x, dy, mean, invstd, weight, dx, dweight, dbias, block):
+        c = lambda t: t[None, :, None, None]  # noqa: E731
+        xhat = (x - c(mean)) * c(invstd)
+        db, dw = dy.sum((0, 2, 3)), (dy * xhat).sum((0, 2, 3))
+        M = x.numel() // x.shape[1]
+        dx.copy_(c(weight * invstd) * (dy - c(db) / M - xhat * c(dw) / M) * (1.01 if self.wrong else 1.0))
+        dweight.copy_(dw)
+        dbias.copy_(db)
+
+    def lstm_cell(self, x, h_prev, c_prev, w_ih, w_hh, b_ih, b_hh, h, c, block):
+        gates = x @ w_ih.t() + b_ih + h_prev @ w_hh.t() + b_hh
+        i, f, g, o = gates.chunk(4, 1)
+        if self.wrong:
+            i, f = f, i
+        cn = f.sigmoid() * c_prev + i.sigmoid() * g.tanh()
+        c.copy_(cn)
+        h.copy_(o.sigmoid() * cn.tanh())
+
+    def conv2d(self, x, w, out, stride, pad, bm, bn, bk):
+        out.copy_(torch.nn.functional.conv2d(x, w, stride=stride, padding=pad) * (1.01 if self.wrong else 1.0))
+
+
+def test_plugins_catch_wrong_kernels():
+    from pydl import backends
+    from pydl.learn import plugins
+
+    registered = backends.all_ops()
+    runs = {"act_stats": (lambda m: course.get("act_stats").module.plugin(m, "cpu"), "act_stats"),
+            "bn forward": (lambda m: plugins.batch_norm(m, "cpu", "forward"), "batch_norm"),
+            "bn backward": (lambda m: plugins.batch_norm(m, "cpu", "backward"), "batch_norm"),
+            "lstm_cell": (lambda m: plugins.lstm_cell(m, "cpu"), "lstm_cell"),
+            "conv2d": (lambda m: plugins.conv2d(m, "cpu"), "conv2d")}
+    for what, (run, op) in runs.items():
+        if op not in registered:
+            assert run(_FakeKernels(False))[0] == "skip"
+            continue
+        status, detail = run(_FakeKernels(False))
+        assert status == "pass" and "YOUR" in detail, (what, detail)
+        status, detail = run(_FakeKernels(True))
+        assert status == "fail", (what, status, detail)
 
 
 def test_crash_fails_only_the_crashing_file(tmp_path):
@@ -233,7 +305,7 @@ def test_full_check_levels_and_time_limit(tmp_path):
     assert gpu and gpu[0]["status"] == "skip"  # skipped is reported as such, never as passed
     # an endless loop is stopped by the time limit and reported
     f.write_text(ex.solution().replace("def vector_add(", "def vector_add(*a, **k):\n    while True:\n        pass\n\n\ndef _old("))
-    res = checker.check(ex, f, gpu=False, timeout=20)
+    res = checker.check(ex, f, gpu=False, timeout=6)
     assert not res.passed and "did not finish" in failure_text(res.levels)
 
 

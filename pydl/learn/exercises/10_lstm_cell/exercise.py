@@ -43,10 +43,7 @@ def cases(device):
 
 
 def plugin(mod, device):
-    from pydl import backends
+    """Plug the learner's kernel into pydl (see pydl/learn/plugins.py)."""
+    from pydl.learn import plugins
 
-    ops = backends.all_ops()
-    if "lstm_cell" not in ops:
-        return "skip", "pydl.ops.lstm_cell is not registered in this pydl yet: nothing to plug into"
-    return "skip", ("pydl's lstm_cell op exists, but its Triton backend has a wider contract (backward, "
-                    "sequences); compare your kernel with kernels/rnn.py")
+    return plugins.lstm_cell(mod, device)

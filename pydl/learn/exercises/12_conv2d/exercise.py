@@ -40,9 +40,7 @@ def cases(device):
 
 
 def plugin(mod, device):
-    from pydl import backends
+    """Plug the learner's kernel into pydl (see pydl/learn/plugins.py)."""
+    from pydl.learn import plugins
 
-    if "conv2d" not in backends.all_ops():
-        return "skip", "pydl.ops.conv2d is not registered in this pydl yet: nothing to plug into"
-    return "skip", ("pydl's conv2d op exists, but its Triton backend has a wider contract (bias, groups, "
-                    "dilation, fused activation, backward); compare your kernel with kernels/conv2d.py")
+    return plugins.conv2d(mod, device)
