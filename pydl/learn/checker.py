@@ -201,7 +201,7 @@ def check_many_triton(jobs: List[tuple], device: str = "cpu", timeout: float = 6
     return results  # type: ignore[return-value]
 
 
-def check(ex: course.Exercise, path: Path, gpu: Optional[bool] = None, timeout: float = 300,
+def check(ex: course.Exercise, path: Path, gpu: Optional[bool] = None, timeout: float = 120,
           nvcc: bool = True) -> Result:
     """Run every level of ``ex`` on the learner's file ``path``."""
     import torch

@@ -159,7 +159,7 @@ def register(subparsers) -> None:
     q.add_argument("--file", help="check this file instead of the workspace's")
     q.add_argument("--no-gpu", action="store_true", help="skip the GPU levels even if a GPU is present")
     q.add_argument("--no-nvcc", action="store_true", help="skip compiling with nvcc (CUDA track)")
-    q.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is stopped (default 300)")
+    q.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is stopped (default 120)")
     q.set_defaults(func=cmd_check)
 
     q = sub.add_parser("hint", help="the next hint for an exercise")

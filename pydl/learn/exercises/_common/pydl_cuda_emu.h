@@ -228,6 +228,13 @@ inline void launch(dim3 grid, dim3 block, size_t smem, const std::function<void(
     s.last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  const unsigned long long total = threads * grid.x * grid.y * grid.z;
+  if (total > (1ull << 22)) {
+    std::fprintf(stderr, "emulation: a grid of %u x %u x %u blocks of %llu threads (%llu threads in all) is far "
+                         "more than these test sizes need -- check how the grid size is computed\n",
+                 grid.x, grid.y, grid.z, threads, total);
+    std::exit(6);
+  }
   if (smem > kStaticShared) {
     std::fprintf(stderr, "emulation: %zu bytes of dynamic shared memory asked for; a GPU allows 48 KB "
                          "without opting in\n", smem);
