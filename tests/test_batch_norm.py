@@ -237,6 +237,8 @@ def test_opcheck(cpu_backend):
         dy = torch.randn_like(xx)
         torch.library.opcheck(ops.batch_norm_backward.default,
                               (dy, xx, mean, invstd, w, b, True, *act, True, cpu_backend))
+        if xx is xc:
+            continue  # the layout matters to the ops above; the steps below are checked once
         torch.library.opcheck(ops.batch_norm_update_running.default,
                               (rm.clone(), rv.clone(), mean, var, 12, 0.1, None, cpu_backend))
         torch.library.opcheck(ops.batch_norm_update_running.default,

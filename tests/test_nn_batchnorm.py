@@ -182,7 +182,7 @@ def _cnn(bn_cls, seed=0):
 def test_short_training_run_tracks_torch():
     """A small CNN, 30 SGD steps, fixed seed: pydl's BatchNorm (auto backend) vs torch's, loss by loss."""
     g = torch.Generator().manual_seed(1)
-    xs = torch.randn(30, 16, 3, 12, 12, generator=g)
+    xs = torch.randn(30, 16, 3, 8, 8, generator=g)
     # a learnable task: the class is the sign pattern of the first two channels' means
     ys = (xs[:, :, 0].mean((-1, -2)) > 0).long() + 2 * (xs[:, :, 1].mean((-1, -2)) > 0).long()
     losses = {}
