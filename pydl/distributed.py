@@ -21,6 +21,7 @@ import os
 import socket
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -105,3 +106,75 @@ def run_local(fn: Callable, world: int = 2, args: tuple = (), timeout_s: float =
         mp.start_processes(_entry, args=(world, free_port(), fn, args, timeout_s, d), nprocs=world, join=True,
                            start_method="spawn")
         return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss landscapes, sharded over ranks and resumable
+# --------------------------------------------------------------------------------------------------
+
+def _load_partials(result, checkpoint_dir: Optional[str]):
+    """Merge every partial result found in ``checkpoint_dir`` (the merged file and every rank's shard file,
+    whatever world size wrote them) into ``result``. Every rank reads the same files before any rank writes,
+    so all ranks agree on what is missing."""
+    import glob
+
+    from .debug.landscape import LandscapeResult
+
+    if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
+        return result
+    for path in sorted(glob.glob(os.path.join(checkpoint_dir, "*.npz"))):
+        if path.endswith(".tmp.npz"):
+            continue
+        old = LandscapeResult.load(path)
+        keys = ("kind", "seed", "include_bias_bn", "batches")
+        if not (old.same_grid(result) and all(old.meta.get(k) == result.meta.get(k) for k in keys)):
+            raise ValueError(f"sharded landscape: {path} holds a different scan (grid or {keys})")
+        result.merge(old)
+    return result
+
+
+def sharded_landscape(model, loss_fn, data, ndim: int = 2, steps=21, span=(-1.0, 1.0), seed: int = 0,
+                      include_bias_bn: bool = False, batches: Optional[int] = 1, checkpoint_dir: Optional[str] = None,
+                      group=None, show_progress: bool = False, checkpoint_every: int = 50):
+    """:func:`pydl.debug.loss_landscape_1d` / ``_2d`` with the grid's points split over the ranks of ``group``
+    (every rank holds the same model and data; run under torchrun, or with no process group as one process).
+
+    * Directions come from ``seed`` alone, so every rank builds the same ones without communicating.
+    * Rank r evaluates ``missing[r::world]`` and checkpoints its shard to ``checkpoint_dir/shard<r>.npz``;
+      rank 0 gathers the shards, merges them and saves ``checkpoint_dir/landscape.npz``.
+    * Resumable: on (re)start every partial result in ``checkpoint_dir`` is merged first, and only the points
+      still missing are evaluated -- by whatever number of ranks the restart has.
+    * On the CPU the result equals the single-process scan bit for bit (each point is the same forward pass
+      on the same weights; the split changes only who computes it).
+
+    Returns the complete :class:`~pydl.debug.LandscapeResult` on every rank. Cost: ``points * batches``
+    forward passes in all, ``/ world`` per rank.
+    """
+    from .debug.landscape import LandscapeResult, _meta, evaluate_points, make_directions
+
+    if ndim not in (1, 2):
+        raise ValueError(f"sharded_landscape: ndim must be 1 or 2, got {ndim}")
+    rank, world = rank_and_world(group)
+    d = make_directions(model, ndim, seed, include_bias_bn)
+    if ndim == 1:
+        result = LandscapeResult(np.linspace(span[0], span[1], steps), meta=_meta(d, batches, data))
+    else:
+        nx, ny = (steps, steps) if isinstance(steps, int) else steps
+        (x0, x1), (y0, y1) = (span, span) if not isinstance(span[0], (tuple, list)) else span
+        result = LandscapeResult(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny), meta=_meta(d, batches, data))
+    result = _load_partials(result, checkpoint_dir)
+    if world > 1:
+        dist.barrier(group)  # everyone has read the old files before anyone writes new ones
+    mine = result.missing()[rank::world]
+    shard_path = os.path.join(checkpoint_dir, f"shard{rank}.npz") if checkpoint_dir else None
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    evaluate_points(model, loss_fn, data, d, result, mine, batches, show_progress, shard_path, checkpoint_every)
+    parts = gather_to_rank0((result.loss, result.done), group)
+    if rank == 0:
+        for loss, done in parts:
+            result.merge(LandscapeResult(result.xs, result.ys, loss, done, result.meta))
+        if checkpoint_dir:
+            result.save(os.path.join(checkpoint_dir, "landscape.npz"))
+    loss, done = broadcast_from_rank0((result.loss, result.done), group)
+    return LandscapeResult(result.xs, result.ys, loss, done, result.meta)

@@ -12,6 +12,8 @@ __all__ = ["GeneralRelu", "convert", "register"]
 from .batchnorm import *  # noqa: E402,F401,F403
 from .conv import *  # noqa: E402,F401,F403
 from .rnn import *  # noqa: E402,F401,F403
+from .syncbatchnorm import SyncBatchNorm  # noqa: E402
 from . import batchnorm as _bn, conv as _conv, rnn as _rnn  # noqa: E402
 
 __all__ += list(getattr(_bn, "__all__", [])) + list(getattr(_conv, "__all__", [])) + list(getattr(_rnn, "__all__", []))
+__all__ += ["SyncBatchNorm"]
