@@ -465,3 +465,26 @@ def test_solution_passes_on_gpu(ex, tmp_path):
     assert res.passed, text
     gpu = [lv for lv in res.levels if lv["name"].startswith("correct on") and "GPU" in lv["name"]]
     assert gpu and all(lv["status"] == "pass" for lv in gpu), text
+
+
+@needs_cxx
+def test_compile_errors_point_at_the_learners_line(tmp_path):
+    ex = course.get("cuda_vector_add")
+    src = ex.solution().replace("if (i < n) out[i] = x[i] + y[i];", "if (i < n) out[i] = x[i] + y[i]")
+    levels = _cuda_check(ex, tmp_path, src)
+    failed = [lv for lv in levels if lv["status"] == "fail"]
+    assert failed and "compiles" in failed[0]["name"]
+    line = next(i for i, ln in enumerate(src.splitlines(), 1) if "if (i < n) out[i]" in ln)
+    assert f"{ex.file}:{line + 1}" in failed[0]["detail"] or f"{ex.file}:{line}" in failed[0]["detail"]
+
+
+def test_import_errors_are_reported(tmp_path):
+    ex = course.get("vector_add")
+    f = tmp_path / ex.file
+    f.write_text(ex.solution().replace("def vector_add(", "def vector_add(:"))
+    levels = checker.check_many_triton([(ex.name, f)])[0]
+    assert levels[0]["name"] == "imports" and levels[0]["status"] == "fail"
+    assert "SyntaxError" in levels[0]["detail"]
+    f.write_text(ex.solution().replace("def vector_add(", "def vector_add_renamed("))
+    levels = checker.check_many_triton([(ex.name, f)])[0]
+    assert levels[0]["status"] == "fail" and "no function `vector_add`" in levels[0]["detail"]

@@ -166,7 +166,9 @@ def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: fl
         return False, f"the compiler took more than {timeout:.0f} s", None
     if r.returncode != 0:
         return False, _compile_errors(r.stderr + r.stdout), None
-    return True, " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd[:2])), exe
+    if mode == "emu":
+        return True, f"{os.path.basename(cmd[0])} -std=c++17 with pydl_cuda_emu.h", exe
+    return True, f"nvcc {arch[len('-arch='):]}" + ("" if gpu_present() else " (no GPU here: compiled, not run)"), exe
 
 
 def write_case(case: Case, ex: course.Exercise, folder: Path) -> Dict[str, Tuple[int, np.dtype]]:
