@@ -12,6 +12,8 @@ comparison the same statistics taken the way fastai v2 does (eager torch ops + .
 Both steps are timed with benchmarks.common (torch.utils.benchmark, blocked_autorange, same threads). On a
 shared machine two timings taken a minute apart drift apart, so the verdict uses a *paired* measurement:
 a plain step and a recorded step back to back, many times, and the median of the per-pair overheads.
+Last, the CPU time of each step on one thread (``time.thread_time``), which other processes cannot
+inflate: the work the recorder adds.
 
     python benchmarks/bench_debug_overhead.py [--quick] [--threads N]     # exit status 1 if over target
 """
@@ -156,18 +158,18 @@ def cases(quick: bool, device: str):
 
 
 def paired_overhead(model_name: str = "course", preset: str = "fastai2019", include_parameterless: bool = False,
-                    pairs: int = 60, backend: str = "cpu", every: int = 1):
+                    pairs: int = 60, backend: str = "cpu", every: int = 1, clock=time.perf_counter):
     """Step-by-step pairs: a plain step and a recorded step back to back (order alternating, ABBA, so slow
     drift cancels), ``pairs`` times. Returns (median of per-pair overheads, overhead of the fastest steps,
     median plain ms, median recorded ms). Other processes on a shared machine come and go within seconds;
     two steps a few milliseconds apart see the same load, so their ratio is far steadier than the ratio
-    of two timings taken a minute apart."""
+    of two timings taken a minute apart. ``clock=time.thread_time`` (with one thread) counts only the CPU
+    time the step itself ran: the work, whatever else the machine is doing."""
     fns = _setup(model_name, preset, include_parameterless, every)()
     plain, hooked = fns["torch"], fns["pydl"](backend)
     for _ in range(3):  # warm-up: allocator, first act_stats call (extension load)
         plain()
         hooked()
-    clock = time.perf_counter
     tp, th, ratios = [], [], []
     for i in range(pairs):
         order = (plain, hooked) if i % 2 == 0 else (hooked, plain)
@@ -215,6 +217,14 @@ def main(argv=None) -> int:
               f"median step plain {tp:.2f} ms, "
               f"recorded {th:.2f} ms; overhead median {100 * med:+.1f}%, fastest-vs-fastest {100 * best:+.1f}%  "
               f"[{verdict}, target <= {100 * TARGET:.0f}%]")
+    # CPU work, immune to waiting for the CPU: one thread (no OpenMP barriers to spin in), thread_time
+    print(f"\nCPU work per step (1 thread, time.thread_time, {pairs} pairs; robust to other load):")
+    torch.set_num_threads(1)
+    for model_name, preset, incl, every, gated in (VARIANTS[:1] if args.quick else [VARIANTS[i] for i in (0, 1, 5, 4)]):
+        med, best, tp, th = paired_overhead(model_name, preset, incl, pairs, every=every, clock=time.thread_time)
+        print(f"  {MODELS[model_name][2]}, {_label(preset)}, {_what(model_name, incl)}, {_every(every)}: "
+              f"plain {tp:.2f} ms, recorded {th:.2f} ms of CPU; overhead median {100 * med:+.1f}%")
+    torch.set_num_threads(threads)
     return 0 if ok else 1
 
 
