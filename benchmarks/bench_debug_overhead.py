@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     # CPU work, immune to waiting for the CPU: one thread (no OpenMP barriers to spin in), thread_time
     print(f"\nCPU work per step (1 thread, time.thread_time, {pairs} pairs; robust to other load):")
     torch.set_num_threads(1)
-    for model_name, preset, incl, every, gated in (VARIANTS[:1] if args.quick else [VARIANTS[i] for i in (0, 1, 5, 4)]):
+    cpu_variants = VARIANTS[:1] if args.quick else [VARIANTS[i] for i in (0, 1, 5, 4)]
+    for model_name, preset, incl, every, gated in cpu_variants:
         med, best, tp, th = paired_overhead(model_name, preset, incl, pairs, every=every, clock=time.thread_time)
         print(f"  {MODELS[model_name][2]}, {_label(preset)}, {_what(model_name, incl)}, {_every(every)}: "
               f"plain {tp:.2f} ms, recorded {th:.2f} ms of CPU; overhead median {100 * med:+.1f}%")
