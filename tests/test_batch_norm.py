@@ -220,6 +220,26 @@ def test_gradcheck_float64(cpu_backend):
     assert torch.autograd.gradcheck(lambda x: pydl.batch_norm(x, training=True, backend=cpu_backend), (x,))
 
 
+def test_gradgradcheck_float64(cpu_backend):
+    """Double backward (e.g. gradient penalties) must be right, not silently zero: it differentiates the
+    reference formulas of the backward, with mean and invstd as functions of x in training."""
+    require_backend(cpu_backend, "cpu", OP)
+    combos = [(t, a) for t in (True, False) for a in (ACTS[0], ACTS[2])]
+    if cpu_backend == "triton":
+        combos = combos[1:2]
+    for training, act in combos:
+        x = torch.randn(3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+        w = (torch.rand(2, dtype=torch.float64) + 0.5).requires_grad_()
+        b = torch.randn(2, dtype=torch.float64).requires_grad_()
+        rm, rv = torch.randn(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64) + 0.5
+
+        def f(x, w, b):
+            return pydl.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
+                                   act=act[0], leak=act[1], sub=act[2], maxv=act[3], backend=cpu_backend)
+
+        assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=cpu_backend == "triton")
+
+
 def test_opcheck(cpu_backend):
     require_backend(cpu_backend, "cpu", OP)
     x = torch.randn(2, 3, 2, 3)

@@ -483,6 +483,68 @@ def _autograd_backward(ctx, dy, _dmean, _dinvstd, _dvar):
 torch.library.register_autograd("pydl::batch_norm", _autograd_backward, setup_context=_setup_context)
 
 
+# Double backward (gradient penalties, Hessian-vector products): rare enough that it is not worth a kernel in
+# every backend, and too easy to get silently wrong (without this, autograd would treat the backward op's
+# outputs as constants and return zeros). It differentiates the reference formulas of the first backward in
+# plain torch -- correct in every backend, not fast. In training, mean and invstd are functions of x: they
+# are recomputed from x here so that dependence is differentiated too (the saved ones are constants to
+# autograd). invstd = rsqrt(var(x) + c) with c = invstd_saved^-2 - var(x), detached: the same value as the
+# saved invstd, and the derivative of rsqrt(var + eps) without needing eps.
+
+def _setup_backward_context(ctx, inputs, output):
+    dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad, _backend = inputs
+    ctx.save_for_backward(dy, x, mean, invstd, weight, bias)
+    ctx.args = (use_batch_stats, act, leak, sub, maxv, input_grad)
+
+
+def _double_backward(ctx, ddx, ddw, ddb):
+    dy, x, mean, invstd, weight, bias = ctx.saved_tensors
+    use_batch_stats, act, leak, sub, maxv, input_grad = ctx.args
+    acc = mean.dtype
+    dims = _dims(x)
+    n = max(channel_count(x), 1)
+    with torch.enable_grad():
+        leaves = {"dy": dy.detach().to(acc).requires_grad_(), "x": x.detach().to(acc).requires_grad_()}
+        if weight is not None:
+            leaves["weight"] = weight.detach().to(acc).requires_grad_()
+        if bias is not None:
+            leaves["bias"] = bias.detach().to(acc).requires_grad_()
+        xa = leaves["x"]
+        if use_batch_stats:
+            var, mu = torch.var_mean(xa, dim=dims, correction=0)
+            istd = torch.rsqrt(var + (invstd.detach().pow(-2) - var).detach())
+        else:
+            mu, istd = mean.detach(), invstd.detach()
+        xhat = (xa - _per_channel(mu, x)) * _per_channel(istd, x)
+        w = leaves.get("weight")
+        z = xhat * _per_channel(w, x) if w is not None else xhat
+        if "bias" in leaves:
+            z = z + _per_channel(leaves["bias"], x)
+        dz = _activation.grad(leaves["dy"], z, act, leak, sub, maxv)
+        sum_dz, sum_dz_xhat = dz.sum(dims), (dz * xhat).sum(dims)
+        k = istd if w is None else istd * w
+        if use_batch_stats:
+            dx = (dz - _per_channel(sum_dz / n, x) - xhat * _per_channel(sum_dz_xhat / n, x)) * _per_channel(k, x)
+        else:
+            dx = dz * _per_channel(k, x)
+        outs, gouts = [], []
+        for o, g in ((dx, ddx if input_grad else None), (sum_dz_xhat, ddw), (sum_dz, ddb)):
+            if g is not None and g.numel() == o.numel():
+                outs.append(o)
+                gouts.append(g.to(acc).reshape(o.shape))
+        names = list(leaves)
+        grads = torch.autograd.grad(outs, [leaves[k_] for k_ in names], gouts, allow_unused=True) if outs else \
+            [None] * len(names)
+    got = dict(zip(names, grads))
+    cast = lambda g, like: None if g is None or like is None else g.to(like.dtype)  # noqa: E731
+    return (cast(got.get("dy"), dy), cast(got.get("x"), x), None, None, cast(got.get("weight"), weight),
+            cast(got.get("bias"), bias)) + (None,) * 7
+
+
+torch.library.register_autograd("pydl::batch_norm_backward", _double_backward,
+                                setup_context=_setup_backward_context)
+
+
 # --------------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------------
