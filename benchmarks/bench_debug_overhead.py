@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
     env = environment("cpu")
-    print(f"# {env['date']}  cpu={env['cpu']}  threads={threads}  torch {env['torch']}  pydl {env['pydl']}@{env['git']}")
+    print(f"# {env['date']}  cpu={env['cpu']}  threads={threads}  torch {env['torch']}  "
+          f"pydl {env['pydl']}@{env['git']}")
     rows = run_cases(cases(args.quick, "cpu"), "cpu", args.quick)
     print(format_table(rows))
     for r in rows:

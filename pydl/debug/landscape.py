@@ -51,7 +51,8 @@ from torch import nn
 
 from .progress import progress as _progress
 
-__all__ = ["Directions", "make_directions", "scan_state", "interpolation_direction", "LandscapeResult", "evaluate_points",
+__all__ = ["Directions", "make_directions", "scan_state", "interpolation_direction", "LandscapeResult",
+           "evaluate_points",
            "loss_landscape_1d", "loss_landscape_2d", "interpolate_models", "plot_landscape_1d",
            "plot_landscape_2d"]
 
