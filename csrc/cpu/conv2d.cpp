@@ -73,15 +73,19 @@ inline void valid_cols(const Geom& g, int64_t j, int64_t& lo, int64_t& hi) {
   hi = std::min(std::max(hi, lo), g.Wo);
 }
 
-int64_t pick_tile(const Geom& g, int64_t acc_bytes, int64_t tasks_outside) {
-  // ~256 KB of im2col buffer: L2-resident on any x86 of the last decade, and a GEMM wide enough to run near
-  // peak. Then shrink while there are fewer tasks than 2 per thread (load balance).
-  // Never narrower than 128 columns though: a GEMM with a thin B runs far below peak (packing overhead per
-  // column), which costs more than a buffer that spills to L3 for the deepest layers (K = 256*9).
-  int64_t tl = std::max<int64_t>(128, (256 * 1024) / std::max<int64_t>(1, g.K * acc_bytes));
-  tl = std::min(tl, g.L);
+int64_t pick_tile(const Geom& g, int64_t acc_bytes, int64_t tasks_outside, int64_t pixels) {
+  // ~1 MB of im2col buffer (L2 is 1-2 MB per core on current x86) and never narrower than 128 columns:
+  // every GEMM call re-packs the weight (Cout/g x K, up to 2.4 MB for 256 channels x 3x3), so a wide tile
+  // amortises that; a thin B also runs far below peak. Then shrink while there are fewer than 2 tasks per
+  // thread (load balance). `pixels`: how many output pixels one task's tile may span.
+  static const int64_t budget = [] {
+    const char* kb = std::getenv("PYDL_CONV_TILE_KB");  // for experiments: the im2col buffer size
+    return int64_t(kb != nullptr ? std::atoi(kb) : 1024) * 1024;
+  }();
+  int64_t tl = std::max<int64_t>(128, budget / std::max<int64_t>(1, g.K * acc_bytes));
+  tl = std::min(tl, pixels);
   const int64_t threads = at::get_num_threads();
-  while (tl > 64 && tasks_outside * ((g.L + tl - 1) / tl) < 2 * threads) tl /= 2;
+  while (tl > 64 && tasks_outside * ((pixels + tl - 1) / tl) < 2 * threads) tl /= 2;
   if (tl >= 16) tl -= tl % 16;  // whole vectors in the epilogue
   return std::max<int64_t>(1, tl);
 }
@@ -152,9 +156,12 @@ void col2im_nchw(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64
 // ---- im2col / col2im, NHWC: buffer (TL x K'), column k' = (i, j, ci) --------------------------------------
 template <typename scalar_t, typename acc_t>
 void im2col_nhwc(const Geom& g, const scalar_t* __restrict__ x, int64_t p0, int64_t tl, acc_t* __restrict__ buf) {
-  // x points at (n, 0, 0, g*Cg): pixel (h, w) channel c is x[(h*W + w)*C + c]
+  // x points at (n, 0, 0, g*Cg): pixel (h, w) channel c is x[(h*W + w)*C + c]. p may run past this image
+  // into the next ones (output pixel p of the batch is image p / L): small images tile across the batch.
   for (int64_t p = p0; p < p0 + tl; ++p) {
-    const int64_t ho = p / g.Wo, wo = p - ho * g.Wo;
+    const int64_t n = p / g.L, r = p - n * g.L;
+    const int64_t ho = r / g.Wo, wo = r - ho * g.Wo;
+    const scalar_t* __restrict__ xn = x + n * g.H * g.W * g.C;
     acc_t* __restrict__ dst = buf + (p - p0) * g.K;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t hi = ho * g.sh - g.ph + i * g.dh;
@@ -163,7 +170,7 @@ void im2col_nhwc(const Geom& g, const scalar_t* __restrict__ x, int64_t p0, int6
         if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) {
           for (int64_t c = 0; c < g.Cg; ++c) dst[c] = acc_t(0);
         } else {
-          const scalar_t* __restrict__ src = x + (hi * g.W + wi) * g.C;
+          const scalar_t* __restrict__ src = xn + (hi * g.W + wi) * g.C;
           for (int64_t c = 0; c < g.Cg; ++c) dst[c] = acc_t(src[c]);
         }
       }
@@ -357,12 +364,40 @@ void depthwise_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc
   with_act(act.kind, [&](auto kind_c) {
     constexpr int KIND = decltype(kind_c)::value;
     if (!g.cl) {
-      // one task per (n, c) plane; each output row accumulates kh*kw shifted input rows, vectorised along wo
+      // one task per (n, c) plane
+      const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+      const bool flat = g.sh == 1 && g.sw == 1;
       at::parallel_for(0, g.N * C, 1, [&](int64_t t0, int64_t t1) {
-        std::vector<acc_t> acc(g.Wo);
+        std::vector<acc_t> acc(flat ? g.Ho * Wp : g.Wo);
+        std::vector<acc_t> pad(flat ? Hp * Wp + (g.kw - 1) * g.dw : 0, acc_t(0));
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t c = t % C;
           const scalar_t* xp = x + t * g.H * g.W;
+          if (flat) {
+            // Stride 1: copy the plane into a zero-padded (Hp x Wp) buffer once; then output (ho, wo) reads
+            // pad[(ho + i*dh)*Wp + wo + j*dw], i.e. every tap is ONE shifted pass over a flat array of Ho*Wp
+            // values (columns wo >= Wo are computed and thrown away). Long branch-free loops instead of
+            // kh*kw short ones per output row: a 28-wide row is under two AVX-512 vectors.
+            for (int64_t h = 0; h < g.H; ++h) {
+              acc_t* __restrict__ dst = pad.data() + (h + g.ph) * Wp + g.pw;
+              const scalar_t* __restrict__ src = xp + h * g.W;
+              for (int64_t w = 0; w < g.W; ++w) dst[w] = acc_t(src[w]);
+            }
+            const int64_t n_out = g.Ho * Wp;
+            acc_t* __restrict__ a = acc.data();
+            for (int64_t q = 0; q < n_out; ++q) a[q] = acc_t(0);
+            for (int64_t i = 0; i < g.kh; ++i)
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const acc_t wv = wp[c * KK + i * g.kw + j];
+                const acc_t* __restrict__ src = pad.data() + i * g.dh * Wp + j * g.dw;
+                for (int64_t q = 0; q < n_out; ++q) a[q] += wv * src[q];
+              }
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+              const int64_t o = t * g.L + ho * g.Wo;
+              epilogue_run<KIND>(a + ho * Wp, g.Wo, bp[c], act, y + o, z ? z + o : nullptr);
+            }
+            continue;
+          }
           for (int64_t ho = 0; ho < g.Ho; ++ho) {
             std::fill(acc.begin(), acc.end(), acc_t(0));
             acc_t* __restrict__ a = acc.data();
@@ -387,24 +422,44 @@ void depthwise_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc
         }
       });
     } else {
-      // one task per output pixel row; each pixel accumulates kh*kw taps, vectorised along the channels
+      // one task per output pixel row. Per pixel: collect the in-bounds taps (input pointer + weight row),
+      // then for each chunk of 16 channels sum all taps in a 16-wide register accumulator and store once.
+      // (Adding tap by tap into a C-long buffer instead costs a load and a store per FMA: store-bound.)
+      constexpr int64_t CH = 16;
       at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t t0, int64_t t1) {
         std::vector<acc_t> acc(C);
+        std::vector<const scalar_t*> xs(g.kh * g.kw);
+        std::vector<const acc_t*> ws(g.kh * g.kw);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t n = t / g.Ho, ho = t % g.Ho;
           for (int64_t wo = 0; wo < g.Wo; ++wo) {
-            std::fill(acc.begin(), acc.end(), acc_t(0));
-            acc_t* __restrict__ a = acc.data();
+            int64_t nt = 0;
             for (int64_t i = 0; i < g.kh; ++i) {
               const int64_t hi = ho * g.sh - g.ph + i * g.dh;
               if (hi < 0 || hi >= g.H) continue;
               for (int64_t j = 0; j < g.kw; ++j) {
                 const int64_t wi = wo * g.sw - g.pw + j * g.dw;
                 if (wi < 0 || wi >= g.W) continue;
-                const scalar_t* __restrict__ xr = x + ((n * g.H + hi) * g.W + wi) * C;
-                const acc_t* __restrict__ wr = wp + (i * g.kw + j) * C;
-                for (int64_t c = 0; c < C; ++c) a[c] += wr[c] * acc_t(xr[c]);
+                xs[nt] = x + ((n * g.H + hi) * g.W + wi) * C;
+                ws[nt++] = wp + (i * g.kw + j) * C;
               }
+            }
+            acc_t* __restrict__ a = acc.data();
+            int64_t c0 = 0;
+            for (; c0 + CH <= C; c0 += CH) {
+              acc_t s[CH] = {};
+              for (int64_t k = 0; k < nt; ++k) {
+                const scalar_t* __restrict__ xr = xs[k] + c0;
+                const acc_t* __restrict__ wr = ws[k] + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < CH; ++c) s[c] += wr[c] * acc_t(xr[c]);
+              }
+              for (int64_t c = 0; c < CH; ++c) a[c0 + c] = s[c];
+            }
+            for (int64_t c = c0; c < C; ++c) {  // the ragged last chunk
+              acc_t sc = 0;
+              for (int64_t k = 0; k < nt; ++k) sc += ws[k][c] * acc_t(xs[k][c]);
+              a[c] = sc;
             }
             const int64_t o = ((n * g.Ho + ho) * g.Wo + wo) * C;
             epilogue_row<KIND>(a, C, bp, act, y + o, z ? z + o : nullptr);
@@ -424,9 +479,13 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
   // 1x1, stride 1, no padding, input already in acc_t: the input IS the im2col matrix; skip the copy.
   const bool direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 &&
                       std::is_same<scalar_t, acc_t>::value;
-  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
-  const int64_t tiles = (g.L + TL - 1) / TL;
-  const int64_t T = g.N * g.G * tiles;
+  // NCHW im2col: tiles within one image. NHWC im2col: tiles over the batch's pixels (rows of the im2col
+  // matrix are pixels, whichever image they belong to), so small late-ResNet images still give wide GEMMs.
+  const int64_t pixels = g.xcl ? g.N * g.L : g.L;
+  const int64_t images = g.xcl ? 1 : g.N;
+  const int64_t TL = pick_tile(g, sizeof(acc_t), images * g.G, pixels);
+  const int64_t tiles = (pixels + TL - 1) / TL;
+  const int64_t T = images * g.G * tiles;
   with_act(act.kind, [&](auto kind_c) {
     constexpr int KIND = decltype(kind_c)::value;
     for_tasks(T, [&](int64_t t) {
@@ -435,7 +494,7 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
       buf.resize(direct ? 0 : g.K * TL);
       out.resize(g.Cog * TL);
       const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
-      const int64_t tl = std::min(TL, g.L - p0);
+      const int64_t tl = std::min(TL, pixels - p0);
       const at::Tensor wg = mat(wp + gi * g.Cog * g.K, g.Cog, g.K, g.K);
       if (!g.xcl) {
         const scalar_t* xg = x + (n * g.C + gi * g.Cg) * g.H * g.W;
@@ -454,7 +513,7 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
           epilogue_run<KIND>(out.data() + co * tl, tl, bp[c], act, y + dst, z ? z + dst : nullptr);
         }
       } else {
-        const scalar_t* xg = x + n * g.H * g.W * g.C + gi * g.Cg;
+        const scalar_t* xg = x + gi * g.Cg;  // p0 is a pixel of the whole batch here
         at::Tensor rows;
         if (direct) {
           rows = mat(reinterpret_cast<const acc_t*>(xg) + p0 * g.C, tl, g.K, g.C);
@@ -466,7 +525,7 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
           at::Tensor o = mat(out.data(), tl, g.Cog, g.Cog);
           at::mm_out(o, rows, wg.t());  // (tl x K) @ (K x Cog): NHWC rows of the output
           for (int64_t p = 0; p < tl; ++p) {
-            const int64_t dst = (n * g.L + p0 + p) * g.Co + gi * g.Cog;
+            const int64_t dst = (p0 + p) * g.Co + gi * g.Cog;
             epilogue_row<KIND>(out.data() + p * g.Cog, g.Cog, bp + gi * g.Cog, act, y + dst, z ? z + dst : nullptr);
           }
         } else {  // NCHW output from an NHWC im2col: the same product, transposed, gives NCHW rows
@@ -474,8 +533,14 @@ void gemm_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, con
           at::mm_out(o, wg, rows.t());  // (Cog x K) @ (K x tl)
           for (int64_t co = 0; co < g.Cog; ++co) {
             const int64_t c = gi * g.Cog + co;
-            const int64_t dst = (n * g.Co + c) * g.L + p0;
-            epilogue_run<KIND>(out.data() + co * tl, tl, bp[c], act, y + dst, z ? z + dst : nullptr);
+            // the tile's pixels may span images: one contiguous run per image
+            for (int64_t p = p0; p < p0 + tl;) {
+              const int64_t img = p / g.L, end = std::min(p0 + tl, (img + 1) * g.L);
+              const int64_t dst = (img * g.Co + c) * g.L + (p - img * g.L);
+              epilogue_run<KIND>(out.data() + co * tl + (p - p0), end - p, bp[c], act, y + dst,
+                                 z ? z + dst : nullptr);
+              p = end;
+            }
           }
         }
       }
@@ -597,7 +662,7 @@ void backward_weight(const Geom& g, const scalar_t* x, const at::Tensor& dz, at:
   // gw_acc: (Co, K) in acc_t, K in the layout's order. Each thread sums its tasks into its own partial.
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* dzp = dz.data_ptr<acc_t>();
-  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
+  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G, g.L);
   const int64_t tiles = (g.L + TL - 1) / TL;
   const int64_t T = g.N * g.G * tiles;
   const bool par = T >= at::get_num_threads() && T > 1;
@@ -645,7 +710,7 @@ void backward_input(const Geom& g, const at::Tensor& w_acc, const at::Tensor& dz
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* dzp = dz.data_ptr<acc_t>();
   const acc_t* wp = w_acc.data_ptr<acc_t>();
-  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G);
+  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G, g.L);
   const int64_t tiles = (g.L + TL - 1) / TL;
   for_tasks(g.N * g.G, [&](int64_t t) {
     thread_local std::vector<acc_t> buf, img;
