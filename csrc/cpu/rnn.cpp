@@ -29,6 +29,12 @@ namespace {
 
 using at::Tensor;
 
+// 512-bit vectors where the build enables AVX-512 (-march=native on such a CPU): GCC defaults to 256-bit
+// ones there, and exp + division bound these loops, so the wider registers are worth ~1.5x on the pointwise
+// part. Without AVX-512 enabled this changes nothing.
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+
 inline float exp_f(float x) {
   // exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n ln2 in [-ln2/2, ln2/2]
   x = x < -87.3f ? -87.3f : x;  // keeps 2^n a normal float (and exp(-87.3) ~ 1e-38 is 0 for a sigmoid)
@@ -220,6 +226,8 @@ void gru_bwd_impl(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_d
     }
   });
 }
+
+#pragma GCC pop_options
 
 struct CpuPW {
   static void lstm_fwd(const Tensor& pre, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {

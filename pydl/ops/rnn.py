@@ -660,6 +660,7 @@ def _lstm_cell_setup(ctx, inputs, output):
     ctx.has_bias = b_ih is not None
     ctx.backend = backend
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for `gates` (and hy/cy when unused)
 
 
 def _lstm_cell_bwd(ctx, g_hy, g_cy, _g_gates):
@@ -683,6 +684,7 @@ def _gru_cell_setup(ctx, inputs, output):
     ctx.has_bias = b_ih is not None
     ctx.backend = backend
     ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)
 
 
 def _gru_cell_bwd(ctx, g_hy, _g_ws):
@@ -706,6 +708,9 @@ def _lstm_setup(ctx, inputs, output):
     ctx.save_for_backward(x, h0, c0, mask, out, reserve, layer_outs, *weights)
     ctx.cfg = (num_layers, bidirectional, has_bias, backend)
     ctx.mark_non_differentiable(reserve, layer_outs)
+    # Without this autograd hands the backward a zero-filled gradient for every unused output -- including
+    # the (L*D, T*B*5H) reserve: a memset as large as all the saved activations, every step.
+    ctx.set_materialize_grads(False)
 
 
 def _lstm_bwd(ctx, g_out, g_hn, g_cn, _g_reserve, _g_layer_outs):
@@ -725,6 +730,7 @@ def _gru_setup(ctx, inputs, output):
     ctx.save_for_backward(x, h0, mask, out, reserve, layer_outs, *weights)
     ctx.cfg = (num_layers, bidirectional, has_bias, backend)
     ctx.mark_non_differentiable(reserve, layer_outs)
+    ctx.set_materialize_grads(False)  # see _lstm_setup
 
 
 def _gru_bwd(ctx, g_out, g_hn, _g_reserve, _g_layer_outs):
