@@ -509,3 +509,66 @@ def test_import_errors_are_reported(tmp_path):
     f.write_text(ex.solution().replace("def vector_add(", "def vector_add_renamed("))
     levels = checker.check_many_triton([(ex.name, f)])[0]
     assert levels[0]["status"] == "fail" and "no function `vector_add`" in levels[0]["detail"]
+
+
+EMU_SELFTEST = r"""
+#include <cuda_runtime.h>
+#include <cstdio>
+__global__ void prims(int* out, unsigned* counter) {
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  extern __shared__ int dyn[];
+  __shared__ int stat[64];
+  dyn[t] = t;
+  stat[t] = 2 * t;
+  __syncthreads();
+  int v = lane;
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffff, v, d);      // lane 0: 0 + ... + 31
+  int x = __shfl_xor_sync(0xffffffff, lane, 1);                                   // neighbour swap
+  int u = __shfl_up_sync(0xffffffff, lane, 1);                                    // lane 0 keeps its own
+  int b = __shfl_sync(0xffffffff, lane * 10, 3);                                  // broadcast lane 3
+  unsigned odd = __ballot_sync(0xffffffff, lane & 1);
+  unsigned same = __match_any_sync(0xffffffff, lane / 8);
+  atomicAdd(counter, 1);                                                          // int literal, unsigned target
+  int* o = out + (blockIdx.x * 64 + t) * 8;
+  o[0] = lane == 0 ? v : -1; o[1] = x; o[2] = u; o[3] = b; o[4] = int(odd); o[5] = int(same);
+  o[6] = dyn[63 - t] + stat[63 - t]; o[7] = blockIdx.x * blockDim.x + t + warp * 0;
+}
+int main() {
+  int* out; unsigned* counter;
+  cudaMalloc(&out, 2 * 64 * 8 * sizeof(int)); cudaMalloc(&counter, sizeof(unsigned));
+  cudaMemset(counter, 0, sizeof(unsigned));
+  prims<<<2, 64, 64 * sizeof(int)>>>(out, counter);
+  if (cudaDeviceSynchronize() != cudaSuccess) return 9;
+  int h[2 * 64 * 8]; unsigned c;
+  cudaMemcpy(h, out, sizeof(h), cudaMemcpyDeviceToHost); cudaMemcpy(&c, counter, sizeof(c), cudaMemcpyDeviceToHost);
+  if (c != 128) { std::printf("counter %u\n", c); return 1; }
+  for (int i = 0; i < 128; ++i) {
+    const int t = i % 64, lane = t % 32; const int* o = h + i * 8;
+    if ((lane == 0 && o[0] != 496) || o[1] != (lane ^ 1) || o[2] != (lane ? lane - 1 : 0) || o[3] != 30 ||
+        unsigned(o[4]) != 0xAAAAAAAAu || unsigned(o[5]) != (0xFFu << (8 * (lane / 8))) || o[6] != 3 * (63 - t) ||
+        o[7] != i) { std::printf("thread %d wrong: %d %d %d %d %x %x %d %d\n", i, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]); return 2; }
+  }
+  std::printf("ok\n");
+  return 0;
+}
+"""
+
+
+@needs_cxx
+@pytest.mark.parametrize("seed", ["0", "1"])
+def test_emulation_primitives_behave_like_cuda(tmp_path, seed):
+    """Shuffles, ballot, match_any, static and dynamic shared memory, barriers and atomics in the emulation give
+    what CUDA specifies (the same program would pass on a GPU), in both thread orders."""
+    import subprocess
+
+    src = tmp_path / "prims.cu"
+    src.write_text(EMU_SELFTEST)
+    (tmp_path / "prims.cpp").write_text(cuda.emu_source(EMU_SELFTEST, str(src)))
+    exe = tmp_path / "prims"
+    subprocess.run([cuda.find_cxx(), "-std=c++17", "-w", "-I", str(cuda.EMU_INCLUDE), "-I", str(course.COMMON),
+                    "-include", str(cuda.EMU_HEADER), str(tmp_path / "prims.cpp"), "-o", str(exe)], check=True)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, env=dict(os.environ, PYDL_EMU_SEED=seed))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+    if HAVE_NVCC and seed == "0":  # the program is real CUDA: nvcc compiles it unchanged
+        subprocess.run([cuda.find_nvcc(), "-std=c++17", "-arch=sm_80", str(src), "-o", str(tmp_path / "prims_gpu")],
+                       check=True, capture_output=True)

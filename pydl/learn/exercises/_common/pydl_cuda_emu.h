@@ -419,39 +419,46 @@ inline unsigned __match_any_sync(unsigned mask, T v) {
 inline unsigned __activemask() { return 0xffffffffu; }
 
 // ---- atomics (one thread runs at a time: a plain read-modify-write is atomic here) ---------------------
+// The value's type is taken from the pointer (not deduced from `v`), so atomicAdd(&unsigned_counter, 1) converts
+// 1 like CUDA's overloads do.
+namespace pydl_emu {
 template <typename T>
-inline T atomicAdd(T* p, T v) {
+struct ident {
+  using type = T;
+};
+}  // namespace pydl_emu
+template <typename T>
+inline T atomicAdd(T* p, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   *p = old + v;
   return old;
 }
-inline float atomicAdd(float* p, double v) { return atomicAdd(p, float(v)); }
 template <typename T>
-inline T atomicSub(T* p, T v) {
+inline T atomicSub(T* p, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   *p = old - v;
   return old;
 }
 template <typename T>
-inline T atomicMax(T* p, T v) {
+inline T atomicMax(T* p, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   *p = old > v ? old : v;
   return old;
 }
 template <typename T>
-inline T atomicMin(T* p, T v) {
+inline T atomicMin(T* p, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   *p = old < v ? old : v;
   return old;
 }
 template <typename T>
-inline T atomicExch(T* p, T v) {
+inline T atomicExch(T* p, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   *p = v;
   return old;
 }
 template <typename T>
-inline T atomicCAS(T* p, T cmp, T v) {
+inline T atomicCAS(T* p, typename pydl_emu::ident<T>::type cmp, typename pydl_emu::ident<T>::type v) {
   T old = *p;
   if (old == cmp) *p = v;
   return old;
