@@ -462,9 +462,15 @@ def _gpu_case(backend, shape, kind, dtype, training, act):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("onepass", ["1", "0"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_gpu_parity(gpu_backend, dtype):
+def test_gpu_parity(gpu_backend, dtype, onepass, monkeypatch):
+    """onepass: the CUDA backend's one-read training forward (x kept in shared memory across a grid barrier)
+    or, with PYDL_BN_ONEPASS=0, its two-kernel forward."""
     require_backend(gpu_backend, "cuda", OP)
+    if gpu_backend != "cuda" and onepass == "0":
+        pytest.skip("the switch is the CUDA backend's")
+    monkeypatch.setenv("PYDL_BN_ONEPASS", onepass)
     for shape in [(8, 32, 17, 19), (2, 3, 5, 7), (64, 16), (4, 7, 33), (3, 1, 1, 1), (2, 5, 128, 129)]:
         for kind in ("contiguous", "channels_last", "sliced"):
             for training in (True, False):
@@ -478,6 +484,8 @@ def test_gpu_large_and_cancellation(gpu_backend):
     for kind in ("contiguous", "channels_last"):
         _gpu_case(gpu_backend, (64, 64, 32, 32), kind, torch.float32, True, ACTS[2])
         _gpu_case(gpu_backend, (32, 8, 64, 64), kind, torch.bfloat16, True, ACTS[1])
+    # too big for the one-pass forward's shared memory (~30 MB on an H100): the two-kernel path
+    _gpu_case(gpu_backend, (64, 128, 32, 32), "contiguous", torch.float32, True, ACTS[0])
     x = (torch.randn(16, 3, 65, 63, device="cuda") + 3e3)
     mean, m2 = pydl.batch_norm_stats(x, backend=gpu_backend)
     want = x.double().var((0, 2, 3), correction=0)

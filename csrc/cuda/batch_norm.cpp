@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
@@ -197,6 +198,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
     e.param_dtype = to_dtype(rm.scalar_type());
     check_launch(cuda::bn_eval_stats_launch(e, stream), "eval stats");
   } else if (p.a.N * p.a.L > 0) {
+    // One read of x when it fits in shared memory (see bn_forward_onepass_launch); PYDL_BN_ONEPASS=0 turns it
+    // off (tests run both paths). Any refusal falls back to the two-kernel forward.
+    const char* env = std::getenv("PYDL_BN_ONEPASS");
+    if (!(env && env[0] == '0')) {
+      const cudaError_t err = cuda::bn_forward_onepass_launch(p.a, stream);
+      if (err == cudaSuccess) return {y, mean, invstd, var};
+      (void)cudaGetLastError();  // a refused launch is not a sticky error: clear it, take two passes
+    }
     check_launch(cuda::bn_stats_launch(p.a, true, stream), "stats");
   } else {  // empty batch: nothing to normalise; the same placeholders as the other backends
     mean.zero_();

@@ -20,6 +20,7 @@
 // The activation kind is a runtime argument: it is the same for every thread, so its branches cost a
 // predictable, uniform jump -- not worth 3x the kernel instantiations. Math is fp32 (fp64 for fp64 input);
 // fp16/bf16 only load and store. Index math is 64-bit.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -154,7 +155,10 @@ struct Ws {
     a = reinterpret_cast<acc_t*>(n + args.splits * args.C);
     b = a + args.splits * args.C;
     consts = b + args.splits * args.C;
+    plane_mean = consts + 6 * args.C;
+    plane_m2 = plane_mean + args.N * args.C;
   }
+  acc_t *plane_mean, *plane_m2;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -441,6 +445,128 @@ __global__ void update_running(void* rm, void* rv, BnDType rdt, const void* mean
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The one-read training forward (NCL): x lives in shared memory across a grid-wide barrier
+// ---------------------------------------------------------------------------------------------------
+//
+// The two-kernel forward reads x twice (statistics, then normalise). The second read is avoidable when the
+// whole tensor fits in the GPU's shared memory -- 228 KB x 132 SMs is ~30 MB on an H100, e.g. 64x64x32x32
+// fp32. One block per SM (launched cooperatively, so all are resident at once) copies its range of planes
+// into shared memory, computes each plane's exact two-pass (mean, M2) from there and publishes it; after
+// grid.sync() every plane's moments are visible, each warp merges its channel's N plane moments (in the same
+// order in every block, so every block derives the same mean and invstd), and normalises its plane from
+// shared memory. HBM traffic: x read once, y written once -- a copy's.
+
+constexpr int kOnePassThreads = 1024;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum_all(acc_t v) {  // every lane gets the sum
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a, int64_t planes_per_block) {
+  using acc_t = typename AccOf<T>::type;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sx = reinterpret_cast<T*>(smem_raw);
+  const int64_t C = a.C, L = a.L, P = a.N * a.C;
+  const int64_t p0 = int64_t(blockIdx.x) * planes_per_block;
+  const int64_t p1 = p0 + planes_per_block < P ? p0 + planes_per_block : P;
+  const int64_t len = p1 > p0 ? (p1 - p0) * L : 0;
+  const T* __restrict__ x = static_cast<const T*>(a.x) + p0 * L;
+
+  // 1. this block's planes -> shared memory: one contiguous span, 16-byte loads when it is aligned
+  constexpr int kVec = 16 / sizeof(T);
+  if (len % kVec == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+    const uint4* src = reinterpret_cast<const uint4*>(x);
+    uint4* dst = reinterpret_cast<uint4*>(sx);
+    for (int64_t i = threadIdx.x; i < len / kVec; i += kOnePassThreads) dst[i] = src[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) sx[i] = x[i];
+  }
+  __syncthreads();
+
+  // 2. per plane (one warp each): exact two-pass mean and M2 from shared memory, published to the workspace
+  Ws<acc_t> ws(a);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = kOnePassThreads / 32;
+  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
+    const T* v = sx + (p - p0) * L;
+    acc_t s = 0;
+    for (int64_t i = lane; i < L; i += 32) s += to_acc(v[i]);
+    const acc_t mean = warp_sum_all(s) / acc_t(L);
+    acc_t q = 0;
+    for (int64_t i = lane; i < L; i += 32) {
+      const acc_t d = to_acc(v[i]) - mean;
+      q += d * d;
+    }
+    q = warp_sum_all(q);
+    if (lane == 0) {
+      ws.plane_mean[p] = mean;
+      ws.plane_m2[p] = q;
+    }
+  }
+  cooperative_groups::this_grid().sync();  // every plane's moments are now in global memory
+
+  // 3. per plane: its channel's statistics (merge the N planes of channel c, lanes then a shuffle tree: the
+  //    same order in every block), then normalise the plane from shared memory
+  const Act<acc_t> act{a.act, acc_t(a.leak), acc_t(a.sub), acc_t(a.maxv)};
+  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
+    const int64_t c = p % C;
+    Moments<acc_t> m;
+    m.n = 0; m.mean = 0; m.m2 = 0;
+    for (int64_t n = lane; n < a.N; n += 32) {
+      Moments<acc_t> b;
+      b.n = L; b.mean = ws.plane_mean[n * C + c]; b.m2 = ws.plane_m2[n * C + c];
+      m = merge(m, b);
+    }
+    for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
+    const acc_t mean = __shfl_sync(0xffffffffu, m.mean, 0);
+    const acc_t var = __shfl_sync(0xffffffffu, m.m2, 0) / acc_t(a.N * L);
+    const acc_t invstd = acc_t(1) / sqrt(var + acc_t(a.eps));
+    if (p < C && lane == 0) {  // plane (0, c) reports the channel's statistics
+      static_cast<acc_t*>(a.mean)[c] = mean;
+      static_cast<acc_t*>(a.var)[c] = var;
+      static_cast<acc_t*>(a.invstd)[c] = invstd;
+    }
+    const acc_t w = a.weight ? acc_t(load_param(a.weight, a.param_dtype, c)) : acc_t(1);
+    const acc_t scale = invstd * w;
+    const acc_t shift = (a.bias ? acc_t(load_param(a.bias, a.param_dtype, c)) : acc_t(0)) - mean * scale;
+    const T* v = sx + (p - p0) * L;
+    T* __restrict__ y = static_cast<T*>(a.out) + p * L;
+    for (int64_t i = lane; i < L; i += 32) y[i] = from_acc<T>(act.forward(to_acc(v[i]) * scale + shift));
+  }
+}
+
+template <typename T>
+cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
+  if (a.cl || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
+  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (!coop || sms <= 0) return cudaErrorNotSupported;
+  const int64_t P = a.N * a.C;
+  const int64_t ppb = (P + sms - 1) / sms;  // planes per block, one block per SM
+  const int64_t bytes = ppb * a.L * int64_t(sizeof(T));
+  if (bytes > smem_optin) return cudaErrorNotSupported;  // does not fit: two passes it is
+  const int64_t blocks = (P + ppb - 1) / ppb;
+  auto kernel = forward_onepass_ncl<T>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kOnePassThreads, size_t(bytes));
+  if (err != cudaSuccess) return err;
+  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return cudaErrorNotSupported;  // all blocks must co-reside
+  BnArgs args = a;
+  int64_t planes = ppb;
+  void* params[] = {&args, &planes};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
+                                     dim3(kOnePassThreads), params, size_t(bytes), st);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Launchers
 // ---------------------------------------------------------------------------------------------------
 
@@ -549,6 +675,10 @@ cudaError_t elemt_impl(const BnArgs& a, cudaStream_t st) {
 cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t st) {
   if (a.N * a.L == 0) return cudaErrorInvalidValue;
   PYDL_BN_DISPATCH(a.dtype, stats_impl, a, forward, st)
+}
+
+cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_BN_DISPATCH(a.dtype, onepass_impl, a, st)
 }
 
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {

@@ -63,15 +63,22 @@ inline int64_t bn_splits(const BnArgs& a, int num_sms) {
   return s;
 }
 
-// Partials (count int64 + two accumulators per (split, channel)) + 6 per-channel constants.
+// Partials (count int64 + two accumulators per (split, channel)) + 6 per-channel constants + (mean, M2) per
+// (n, c) plane for the single-pass forward.
 inline int64_t bn_workspace_bytes(const BnArgs& a) {
   const int64_t acc = bn_is_double(a) ? 8 : 4;
-  return a.splits * a.C * (8 + 2 * acc) + 6 * a.C * acc + 16;
+  return a.splits * a.C * (8 + 2 * acc) + 6 * a.C * acc + 2 * a.N * a.C * acc + 16;
 }
 
 // Batch statistics. forward: mean, var (biased), invstd = 1/sqrt(var + eps); else mean and M2 (in `var`).
 // Needs N*L > 0.
 cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t stream);
+// The whole training forward in ONE read of x (NCL only): a cooperative grid of one block per SM keeps its
+// slice of x in shared memory across a grid-wide barrier (statistics need every block's share before anyone
+// can normalise). Writes out, mean, var, invstd. Returns cudaErrorNotSupported (or the cooperative launch's
+// own error) when x does not fit in the GPU's shared memory or the device cannot launch cooperatively: the
+// caller then clears the error and runs bn_stats_launch + bn_apply_launch.
+cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t stream);
 // Eval statistics: mean = running_mean, var = running_var, invstd = 1/sqrt(var + eps) (acc dtype copies).
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t stream);
 // out = act((x - mean) * invstd * weight + bias).
