@@ -9,10 +9,8 @@
 Triton files are checked in batches (one process runs many files; a crash only costs the file that caused it),
 so the whole module stays within a couple of minutes on a CPU.
 """
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest

@@ -7,7 +7,6 @@ x is (N, C, H, W), contiguous (NCHW). For every channel c, over its N*H*W values
 The checker calls `batch_norm_forward(x, weight, bias, eps, y, mean, invstd, block)`. mean and invstd are
 what the backward pass needs (the next exercise); the running-stat update is the launcher's business.
 """
-import torch
 import triton
 import triton.language as tl
 

@@ -7,7 +7,6 @@ gradient dy (same shape as x), compute dx, dweight, dbias. With xhat = (x - mean
     dx         = weight[c] * invstd[c] * (dy - dbias[c] / M - xhat * dweight[c] / M)
 The checker calls `batch_norm_backward(x, dy, mean, invstd, weight, dx, dweight, dbias, block)`.
 """
-import torch
 import triton
 import triton.language as tl
 

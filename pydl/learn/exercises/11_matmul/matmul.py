@@ -3,7 +3,6 @@
 C = A @ B for A (M, K), B (K, N), float32. Each program computes one BM x BN tile of C, walking K in steps
 of BK. The checker calls `matmul(a, b, c, bm, bn, bk)` with sizes that are not multiples of the tiles.
 """
-import torch
 import triton
 import triton.language as tl
 

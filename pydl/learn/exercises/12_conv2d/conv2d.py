@@ -8,7 +8,6 @@ reduction runs over (c, r, s) (C*R*S terms). The "A matrix" -- the image patches
 (that would be im2col): the kernel computes each A element's address from (m, crs) on the fly.
 The checker calls `conv2d(x, w, out, stride, pad, bm, bn, bk)`.
 """
-import torch
 import triton
 import triton.language as tl
 
