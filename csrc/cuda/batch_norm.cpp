@@ -123,6 +123,12 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "pydl: batch_norm CUDA ", what, " failed: ", cudaGetErrorString(err));
 }
 
+// The one-read forward/backward (x kept in shared memory across a grid barrier) unless PYDL_BN_ONEPASS=0.
+bool onepass_enabled() {
+  const char* env = std::getenv("PYDL_BN_ONEPASS");
+  return !(env && env[0] == '0');
+}
+
 at::Tensor like(const at::Tensor& dy, const at::Tensor& x) {  // dy in x's dense layout
   return dy.strides() == x.strides() ? dy : at::empty_like(x).copy_(dy);
 }
@@ -199,9 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
     check_launch(cuda::bn_eval_stats_launch(e, stream), "eval stats");
   } else if (p.a.N * p.a.L > 0) {
     // One read of x when it fits in shared memory (see bn_forward_onepass_launch); PYDL_BN_ONEPASS=0 turns it
-    // off (tests run both paths). Any refusal falls back to the two-kernel forward.
-    const char* env = std::getenv("PYDL_BN_ONEPASS");
-    if (!(env && env[0] == '0')) {
+    // off (the GPU tests run both paths). Any refusal falls back to the two-kernel forward.
+    if (onepass_enabled()) {
       const cudaError_t err = cuda::bn_forward_onepass_launch(p.a, stream);
       if (err == cudaSuccess) return {y, mean, invstd, var};
       (void)cudaGetLastError();  // a refused launch is not a sticky error: clear it, take two passes
@@ -339,17 +344,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_backward(
   p.a.sum_dz_xmu = s2.data_ptr();
   p.a.dweight = dw.data_ptr();
   const int64_t n = p.a.N * p.a.L;
-  if (n > 0 && p.a.C > 0) check_launch(cuda::bn_reduce_launch(p.a, stream), "backward reduce");
-  at::Tensor dx;
-  if (input_grad) {
-    dx = at::empty_like(p.x);
-    p.a.out = dx.data_ptr();
-    p.a.count = n;
-    p.a.use_batch_stats = use_batch_stats;
-    check_launch(cuda::bn_elemt_launch(p.a, stream), "backward elemt");
-  } else {
-    dx = at::empty({0}, p.x.options());
+  at::Tensor dx = input_grad ? at::empty_like(p.x) : at::empty({0}, p.x.options());
+  p.a.out = input_grad ? dx.data_ptr() : nullptr;
+  p.a.count = n;
+  p.a.use_batch_stats = use_batch_stats;
+  if (input_grad && use_batch_stats && n > 0 && p.a.C > 0 && onepass_enabled()) {
+    const cudaError_t err = cuda::bn_backward_onepass_launch(p.a, stream);
+    if (err == cudaSuccess) return {dx, dw, s1};
+    (void)cudaGetLastError();  // refused (does not fit, no cooperative launch): two passes
   }
+  if (n > 0 && p.a.C > 0) check_launch(cuda::bn_reduce_launch(p.a, stream), "backward reduce");
+  if (input_grad) check_launch(cuda::bn_elemt_launch(p.a, stream), "backward elemt");
   return {dx, dw, s1};
 }
 

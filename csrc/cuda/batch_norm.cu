@@ -566,6 +566,120 @@ cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
                                      dim3(kOnePassThreads), params, size_t(bytes), st);
 }
 
+// The backward's counterpart: x (and dy, when both fit) stay in shared memory between the two sums and dx.
+// Per plane (one warp): sum(dz) and sum(dz * (x - mean)) -> workspace; grid.sync(); the channel's sums over
+// its N planes (same order in every block); dx from shared memory. HBM traffic: dy, x read once, dx written
+// once (dy read twice when only x fits).
+template <typename T>
+__global__ void __launch_bounds__(kOnePassThreads) backward_onepass_ncl(BnArgs a, int64_t planes_per_block,
+                                                                       bool dy_in_smem) {
+  using acc_t = typename AccOf<T>::type;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int64_t C = a.C, L = a.L, P = a.N * a.C;
+  const int64_t p0 = int64_t(blockIdx.x) * planes_per_block;
+  const int64_t p1 = p0 + planes_per_block < P ? p0 + planes_per_block : P;
+  const int64_t len = p1 > p0 ? (p1 - p0) * L : 0;
+  T* sx = reinterpret_cast<T*>(smem_raw);
+  T* sdy = sx + planes_per_block * L;  // only when dy_in_smem (the launcher sized the buffer for it)
+  const T* __restrict__ gx = static_cast<const T*>(a.x) + p0 * L;
+  const T* __restrict__ gdy = static_cast<const T*>(a.dy) + p0 * L;
+  for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) {
+    sx[i] = gx[i];
+    if (dy_in_smem) sdy[i] = gdy[i];
+  }
+  __syncthreads();
+  const T* dyp = dy_in_smem ? sdy : gdy;  // this block's dy, wherever it lives
+
+  Ws<acc_t> ws(a);
+  const Act<acc_t> act{a.act, acc_t(a.leak), acc_t(a.sub), acc_t(a.maxv)};
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = kOnePassThreads / 32;
+  auto consts = [&](int64_t c, acc_t& mean, acc_t& invstd, acc_t& w, acc_t& scale, acc_t& shift) {
+    mean = static_cast<const acc_t*>(a.mean)[c];
+    invstd = static_cast<const acc_t*>(a.invstd)[c];
+    w = a.weight ? acc_t(load_param(a.weight, a.param_dtype, c)) : acc_t(1);
+    scale = invstd * w;
+    shift = (a.bias ? acc_t(load_param(a.bias, a.param_dtype, c)) : acc_t(0)) - mean * scale;
+  };
+  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
+    acc_t mean, invstd, w, scale, shift;
+    consts(p % C, mean, invstd, w, scale, shift);
+    const T* xv = sx + (p - p0) * L;
+    const T* dv = dyp + (p - p0) * L;
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t i = lane; i < L; i += 32) {
+      const acc_t xi = to_acc(xv[i]);
+      const acc_t dz = act.backward(to_acc(dv[i]), xi * scale + shift);
+      s1 += dz;
+      s2 += dz * (xi - mean);
+    }
+    s1 = warp_sum_all(s1);
+    s2 = warp_sum_all(s2);
+    if (lane == 0) {
+      ws.plane_mean[p] = s1;  // the plane arrays hold the two sums here
+      ws.plane_m2[p] = s2;
+    }
+  }
+  cooperative_groups::this_grid().sync();
+
+  const acc_t inv_n = acc_t(1) / acc_t(a.N * L);
+  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
+    const int64_t c = p % C;
+    acc_t mean, invstd, w, scale, shift;
+    consts(c, mean, invstd, w, scale, shift);
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t n = lane; n < a.N; n += 32) {
+      s1 += ws.plane_mean[n * C + c];
+      s2 += ws.plane_m2[n * C + c];
+    }
+    s1 = warp_sum_all(s1);
+    s2 = warp_sum_all(s2);
+    if (p < C && lane == 0) {  // plane (0, c) reports the channel's sums
+      static_cast<acc_t*>(a.sum_dz)[c] = s1;
+      static_cast<acc_t*>(a.sum_dz_xmu)[c] = s2;
+      static_cast<acc_t*>(a.dweight)[c] = s2 * invstd;
+    }
+    const acc_t k = scale, mean_dz = s1 * inv_n, proj = s2 * invstd * invstd * inv_n;
+    const T* xv = sx + (p - p0) * L;
+    const T* dv = dyp + (p - p0) * L;
+    T* __restrict__ dx = static_cast<T*>(a.out) + p * L;
+    for (int64_t i = lane; i < L; i += 32) {
+      const acc_t xi = to_acc(xv[i]);
+      const acc_t dz = act.backward(to_acc(dv[i]), xi * scale + shift);
+      dx[i] = from_acc<T>(k * (dz - mean_dz - (xi - mean) * proj));
+    }
+  }
+}
+
+template <typename T>
+cudaError_t backward_onepass_impl(const BnArgs& a, cudaStream_t st) {
+  if (a.cl || !a.use_batch_stats || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
+  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (!coop || sms <= 0) return cudaErrorNotSupported;
+  const int64_t P = a.N * a.C, ppb = (P + sms - 1) / sms;
+  const int64_t slice = ppb * a.L * int64_t(sizeof(T));
+  bool dy_in_smem = 2 * slice <= smem_optin;  // both, else x alone (dy is then read twice)
+  const int64_t bytes = dy_in_smem ? 2 * slice : slice;
+  if (bytes > smem_optin) return cudaErrorNotSupported;
+  const int64_t blocks = (P + ppb - 1) / ppb;
+  auto kernel = backward_onepass_ncl<T>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kOnePassThreads, size_t(bytes));
+  if (err != cudaSuccess) return err;
+  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return cudaErrorNotSupported;
+  BnArgs args = a;
+  int64_t planes = ppb;
+  void* params[] = {&args, &planes, &dy_in_smem};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
+                                     dim3(kOnePassThreads), params, size_t(bytes), st);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Launchers
 // ---------------------------------------------------------------------------------------------------
@@ -679,6 +793,10 @@ cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t st) {
 
 cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t st) {
   PYDL_BN_DISPATCH(a.dtype, onepass_impl, a, st)
+}
+
+cudaError_t bn_backward_onepass_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_BN_DISPATCH(a.dtype, backward_onepass_impl, a, st)
 }
 
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {

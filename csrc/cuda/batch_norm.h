@@ -79,6 +79,9 @@ cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t stream);
 // own error) when x does not fit in the GPU's shared memory or the device cannot launch cooperatively: the
 // caller then clears the error and runs bn_stats_launch + bn_apply_launch.
 cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t stream);
+// The training backward (use_batch_stats, NCL) in one read of (dy, x): writes out = dx, sum_dz, sum_dz_xmu,
+// dweight. The same refusals and fallback (bn_reduce_launch + bn_elemt_launch) as the forward.
+cudaError_t bn_backward_onepass_launch(const BnArgs& a, cudaStream_t stream);
 // Eval statistics: mean = running_mean, var = running_var, invstd = 1/sqrt(var + eps) (acc dtype copies).
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t stream);
 // out = act((x - mean) * invstd * weight + bias).
