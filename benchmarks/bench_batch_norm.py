@@ -7,7 +7,9 @@ x, weight and bias with ``torch.autograd.grad`` (no accumulation into .grad, whi
 
 Minimal traffic, for GB/s: forward = read x + write y (2 x numel x itemsize); forward+backward adds read dy,
 read x, write dx (5 x in all). A training forward must in fact read x twice (statistics, then normalise):
-the CPU backend's channel blocking makes the second read an L2 hit for contiguous input.
+the CPU backend's channel blocking makes the second read an L2 hit for contiguous input, and the CUDA
+backend's one-pass kernels keep x (and dy) in shared memory across a grid barrier when they fit (set
+PYDL_BN_ONEPASS=0 to time its two-kernel path instead).
 
 Targets (issue #3): CPU (2 threads, 64x64x32x32 fp32, also channels_last): cpu backend >= 1.0x torch for
 forward-train and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.

@@ -17,6 +17,11 @@
 // the mean, so no catastrophic cancellation, and two FMAs a value instead of Welford's division), then Chan's
 // pairwise merge across threads, warps and splits.
 //
+// When x (for the backward: x, and dy if it fits too) fits in the GPU's shared memory, the training forward
+// and backward run instead as ONE cooperative kernel each that reads the tensor once and keeps it on chip
+// across a grid-wide barrier (forward_onepass_ncl / backward_onepass_ncl below); the two-stage kernels are
+// the general path and the fallback.
+//
 // The activation kind is a runtime argument: it is the same for every thread, so its branches cost a
 // predictable, uniform jump -- not worth 3x the kernel instantiations. Math is fp32 (fp64 for fp64 input);
 // fp16/bf16 only load and store. Index math is 64-bit.
