@@ -3,7 +3,7 @@
     pydl learn list                 the exercises, in order, with their status (todo / started / passing)
     pydl learn start [NAME]         copy the starter, the task and its test into the workspace
     pydl learn check [NAME]         run the checker on your file (environment self-test first)
-    pydl learn hint NAME            the next hint (--all for every hint)
+    pydl learn hint [NAME]          the next hint (--all for every hint)
     pydl learn solution NAME        the reference solution (only when you ask)
     pydl learn doctor               what the course needs, what is installed, how to fix what is missing
 
@@ -111,7 +111,7 @@ def cmd_check(args) -> int:
 
 def cmd_hint(args) -> int:
     ws = _ws(args)
-    ex = course.get(args.name)
+    ex = _pick(args, ws, want_started=True)
     hints = ex.hints()
     if not hints:
         print("no hints for this exercise")
@@ -163,7 +163,7 @@ def register(subparsers) -> None:
     q.set_defaults(func=cmd_check)
 
     q = sub.add_parser("hint", help="the next hint for an exercise")
-    q.add_argument("name")
+    q.add_argument("name", nargs="?", help="exercise (default: the one you last worked on)")
     q.add_argument("--all", action="store_true", help="every hint at once")
     q.set_defaults(func=cmd_hint)
 
