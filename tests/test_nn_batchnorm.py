@@ -75,7 +75,7 @@ def test_train_and_eval_match_torch(cpu_backend, momentum, kwargs):
             with torch.no_grad():
                 ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-1, 1)
             ours.load_state_dict(ref.state_dict())
-        for step in range(3):
+        for step in range(2):  # a second step: running stats that are no longer the defaults
             x = torch.randn(shape) * 2 + step
             x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
             y1, y2 = ours(x1), ref(x2)
@@ -182,7 +182,7 @@ def _cnn(bn_cls, seed=0):
 def test_short_training_run_tracks_torch():
     """A small CNN, 30 SGD steps, fixed seed: pydl's BatchNorm (auto backend) vs torch's, loss by loss."""
     g = torch.Generator().manual_seed(1)
-    xs = torch.randn(30, 16, 3, 8, 8, generator=g)
+    xs = torch.randn(30, 12, 3, 8, 8, generator=g)
     # a learnable task: the class is the sign pattern of the first two channels' means
     ys = (xs[:, :, 0].mean((-1, -2)) > 0).long() + 2 * (xs[:, :, 1].mean((-1, -2)) > 0).long()
     losses = {}
