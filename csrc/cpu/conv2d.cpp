@@ -751,6 +751,148 @@ void backward_input(const Geom& g, const at::Tensor& w_acc, const at::Tensor& dz
   });
 }
 
+// Depthwise backward (Cg == Cog == 1), direct loops: grad_x and grad_w together, one pass over dz.
+// A task owns a set of channels (every image), so its grad_x elements and grad_w rows are its own: no races.
+template <typename scalar_t>
+void depthwise_backward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc, const at::Tensor& dz,
+                        scalar_t* dx, at::Tensor* gw_acc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* wp = w_acc.data_ptr<acc_t>();  // (C, kh*kw)
+  const acc_t* dzp = dz.data_ptr<acc_t>();
+  acc_t* gwp = gw_acc != nullptr ? gw_acc->data_ptr<acc_t>() : nullptr;  // (C, kh*kw)
+  const int64_t C = g.C, KK = g.kh * g.kw, HW = g.H * g.W;
+  if (!g.cl) {
+    // per channel, per image plane; dx accumulates in an acc_t plane
+    const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+    const bool flat = g.sh == 1 && g.sw == 1;
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<acc_t> dxs(HW);
+      // stride 1: the forward's flat trick in reverse (see depthwise_forward). x and dx live in zero-padded
+      // (Hp x Wp) planes, dz in an (Ho x Wp) plane whose extra columns are 0; every tap is then one long
+      // axpy (dx) and one long dot product (dw) -- a single horizontal sum per tap and plane, not per row.
+      const int64_t tail = (g.kw - 1) * g.dw;
+      std::vector<acc_t> xpad(flat ? Hp * Wp + tail : 0, acc_t(0)), dxpad(flat ? Hp * Wp + tail : 0);
+      std::vector<acc_t> dzw(flat ? g.Ho * Wp : 0, acc_t(0));
+      for (int64_t c = c0; c < c1; ++c) {
+        std::vector<acc_t> dwc(KK, acc_t(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+          const scalar_t* __restrict__ xp = x + (n * C + c) * HW;
+          const acc_t* __restrict__ dzpl = dzp + (n * C + c) * g.L;
+          if (flat) {
+            for (int64_t h = 0; h < g.H; ++h)
+              for (int64_t w = 0; w < g.W; ++w) xpad[(h + g.ph) * Wp + g.pw + w] = acc_t(xp[h * g.W + w]);
+            for (int64_t ho = 0; ho < g.Ho; ++ho)
+              for (int64_t wo = 0; wo < g.Wo; ++wo) dzw[ho * Wp + wo] = dzpl[ho * g.Wo + wo];
+            std::fill(dxpad.begin(), dxpad.end(), acc_t(0));
+            const int64_t nq = g.Ho * Wp;
+            const acc_t* __restrict__ dq = dzw.data();
+            for (int64_t i = 0; i < g.kh; ++i)
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t sh = i * g.dh * Wp + j * g.dw;
+                const acc_t wv = wp[c * KK + i * g.kw + j];
+                acc_t* __restrict__ dxq = dxpad.data() + sh;
+                const acc_t* __restrict__ xq = xpad.data() + sh;
+                acc_t sdw = 0;
+#pragma omp simd reduction(+ : sdw)
+                for (int64_t q = 0; q < nq; ++q) {
+                  dxq[q] += wv * dq[q];
+                  sdw += xq[q] * dq[q];
+                }
+                dwc[i * g.kw + j] += sdw;
+              }
+            if (dx != nullptr) {
+              scalar_t* dst = dx + (n * C + c) * HW;
+              for (int64_t h = 0; h < g.H; ++h)
+                for (int64_t w = 0; w < g.W; ++w) dst[h * g.W + w] = scalar_t(dxpad[(h + g.ph) * Wp + g.pw + w]);
+            }
+            continue;
+          }
+          std::fill(dxs.begin(), dxs.end(), acc_t(0));
+          for (int64_t ho = 0; ho < g.Ho; ++ho) {
+            const acc_t* __restrict__ dzr = dzpl + ho * g.Wo;
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+              if (hi < 0 || hi >= g.H) continue;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                int64_t lo, hiw;
+                valid_cols(g, j, lo, hiw);
+                const acc_t wv = wp[c * KK + i * g.kw + j];
+                const int64_t off = hi * g.W + j * g.dw - g.pw;
+                acc_t* __restrict__ dxr = dxs.data() + off;
+                const scalar_t* __restrict__ xr = xp + off;
+                acc_t sdw = 0;
+                if (g.sw == 1) {
+#pragma omp simd reduction(+ : sdw)
+                  for (int64_t wo = lo; wo < hiw; ++wo) {
+                    dxr[wo] += wv * dzr[wo];
+                    sdw += acc_t(xr[wo]) * dzr[wo];
+                  }
+                } else {
+                  for (int64_t wo = lo; wo < hiw; ++wo) {
+                    dxr[wo * g.sw] += wv * dzr[wo];
+                    sdw += acc_t(xr[wo * g.sw]) * dzr[wo];
+                  }
+                }
+                dwc[i * g.kw + j] += sdw;
+              }
+            }
+          }
+          if (dx != nullptr) {
+            scalar_t* dst = dx + (n * C + c) * HW;
+            for (int64_t q = 0; q < HW; ++q) dst[q] = scalar_t(dxs[q]);
+          }
+        }
+        if (gwp != nullptr)
+          for (int64_t k = 0; k < KK; ++k) gwp[c * KK + k] = dwc[k];
+      }
+    });
+  } else {
+    // channels_last: a task owns a chunk of CH channels; every pixel's update is a CH-wide vector op
+    constexpr int64_t CH = 16;
+    const int64_t chunks = (C + CH - 1) / CH;
+    at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+      std::vector<acc_t> dxs(HW * CH), dwc(KK * CH);
+      for (int64_t ck = k0; ck < k1; ++ck) {
+        const int64_t cb = ck * CH, nc = std::min(CH, C - cb);
+        std::fill(dwc.begin(), dwc.end(), acc_t(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+          std::fill(dxs.begin(), dxs.end(), acc_t(0));
+          for (int64_t ho = 0; ho < g.Ho; ++ho)
+            for (int64_t wo = 0; wo < g.Wo; ++wo) {
+              const acc_t* __restrict__ d = dzp + ((n * g.Ho + ho) * g.Wo + wo) * C + cb;
+              for (int64_t i = 0; i < g.kh; ++i) {
+                const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+                if (hi < 0 || hi >= g.H) continue;
+                for (int64_t j = 0; j < g.kw; ++j) {
+                  const int64_t wi = wo * g.sw - g.pw + j * g.dw;
+                  if (wi < 0 || wi >= g.W) continue;
+                  acc_t* __restrict__ dxr = dxs.data() + (hi * g.W + wi) * CH;
+                  acc_t* __restrict__ dwr = dwc.data() + (i * g.kw + j) * CH;
+                  const acc_t* __restrict__ wr = wp + cb;  // w_acc is (kh*kw, C) here
+                  const scalar_t* __restrict__ xr = x + ((n * g.H + hi) * g.W + wi) * C + cb;
+                  const int64_t t = (i * g.kw + j) * C;
+#pragma omp simd
+                  for (int64_t c = 0; c < nc; ++c) {
+                    dxr[c] += wr[t + c] * d[c];
+                    dwr[c] += acc_t(xr[c]) * d[c];
+                  }
+                }
+              }
+            }
+          if (dx != nullptr)
+            for (int64_t q = 0; q < HW; ++q) {
+              scalar_t* dst = dx + (n * HW + q) * C + cb;
+              for (int64_t c = 0; c < nc; ++c) dst[c] = scalar_t(dxs[q * CH + c]);
+            }
+        }
+        if (gwp != nullptr)
+          for (int64_t k = 0; k < KK; ++k)
+            for (int64_t c = 0; c < nc; ++c) gwp[(cb + c) * KK + k] = dwc[k * CH + c];
+      }
+    });
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& w, const c10::optional<at::Tensor>& z_in,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -777,6 +919,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     at::Tensor gb_acc;
     const at::Tensor dz = make_dz<scalar_t>(g, dy, zs, act, mask[2] ? &gb_acc : nullptr);
     if (mask[2]) gb = gb_acc.to(x.scalar_type());
+    if (g.Cg == 1 && g.Cog == 1) {  // depthwise: direct loops, both gradients in one pass
+      at::Tensor gw_acc = at::zeros({g.Co, g.K}, x.options().dtype(acc_type));
+      if (g.N * g.L > 0 && (mask[0] || mask[1])) {
+        const at::Tensor w_acc = (g.cl ? w.reshape({g.Co, g.K}).t() : w.reshape({g.Co, g.K})).to(acc_type).contiguous();
+        depthwise_backward<scalar_t>(g, x.data_ptr<scalar_t>(), w_acc, dz, mask[0] ? gx.data_ptr<scalar_t>() : nullptr,
+                                     mask[1] ? &gw_acc : nullptr);
+      }
+      if (mask[1]) gw = gw_acc.view(w.sizes()).to(w.scalar_type());
+      return;
+    }
     if (mask[1]) {
       at::Tensor gw_acc = at::empty({g.Co, g.K}, x.options().dtype(acc_type));
       if (g.N * g.L == 0) gw_acc.zero_();
