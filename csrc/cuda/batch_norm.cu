@@ -485,6 +485,8 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
   if (len % kVec == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
     const uint4* src = reinterpret_cast<const uint4*>(x);
     uint4* dst = reinterpret_cast<uint4*>(sx);
+    // unrolled: several independent 16-byte loads in flight per thread, to cover HBM latency
+#pragma unroll 4
     for (int64_t i = threadIdx.x; i < len / kVec; i += kOnePassThreads) dst[i] = src[i];
   } else {
     for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) sx[i] = x[i];
@@ -588,6 +590,7 @@ __global__ void __launch_bounds__(kOnePassThreads) backward_onepass_ncl(BnArgs a
   T* sdy = sx + planes_per_block * L;  // only when dy_in_smem (the launcher sized the buffer for it)
   const T* __restrict__ gx = static_cast<const T*>(a.x) + p0 * L;
   const T* __restrict__ gdy = static_cast<const T*>(a.dy) + p0 * L;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) {
     sx[i] = gx[i];
     if (dy_in_smem) sdy[i] = gdy[i];
