@@ -18,7 +18,8 @@ Backward (training): with dz = act'(z) * dy and xmu = x - mean, two per-channel 
     dbias = sum_dz,    dweight = sum_dz_xmu * invstd
     dx = weight * invstd * (dz - sum_dz / n - xmu * invstd^2 * sum_dz_xmu / n)      (a second, elementwise pass)
 
-In eval the mean and var are constants: dx = weight * invstd * dz.
+In eval the mean and var are constants: dx = weight * invstd * dz. Double backward (gradient penalties) is
+differentiated through the reference formulas in plain torch, for every backend: correct, not fast.
 
 **Ops** (all in the ``pydl`` namespace, each dispatched to a backend like act_stats):
 
@@ -34,7 +35,9 @@ In eval the mean and var are constants: dx = weight * invstd * dz.
 and the separable steps, for a SyncBatchNorm that all-reduces per-channel statistics between ranks:
 
 * ``batch_norm_stats(x) -> (mean, m2)``: per-channel mean and M2 (sum of squared deviations). Ranks combine
-  their (count, mean, M2) with Chan's formula -- one all-reduce of (count*mean, M2 + count*mean^2) or a gather;
+  their (count, mean, M2): an all_gather merged with Chan's formula is exact; one all-reduce of (count,
+  count*mean, M2 + count*mean^2) is cheaper, but its last term is a sum of squares again (cancellation when
+  |mean| >> std);
 * ``batch_norm_apply(x, mean, invstd, weight, bias, act...) -> y``: the normalise + affine + act step;
 * ``batch_norm_backward_reduce(dy, x, mean, invstd, weight, bias, act...) -> (sum_dz, sum_dz_xmu)``: the two
   sums (all-reduce them across ranks), then
