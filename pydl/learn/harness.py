@@ -92,6 +92,7 @@ def guarded_like(shape, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _is_poison(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
     if a.dtype.kind == "f":
         for _, (_, uty, bits) in POISON_BITS.items():
             if np.dtype(uty).itemsize == a.dtype.itemsize:
