@@ -252,16 +252,20 @@ def test_opcheck(cpu_backend):
 
 
 def test_torch_compile_fullgraph():
+    """aot_eager: dynamo captures the whole function (no graph break), AOTAutograd traces the op's fake and its
+    registered autograd (the general_relu path saves z as the op's second output)."""
     conv = pydl.nn.Conv2d(3, 4, 3, padding=1)
 
     def f(x):
-        return pydl.conv2d(x * 2, conv.weight, conv.bias, padding="same", act="relu").sum() + conv(x).sum()
+        y = pydl.conv2d(x * 2, conv.weight, conv.bias, padding="same", act="general_relu", leak=0.1, sub=0.4,
+                        maxv=1.0)
+        return y.sum() + conv(x).sum()
 
     x = torch.randn(2, 3, 6, 5, requires_grad=True)
-    out = torch.compile(f, fullgraph=True, backend="eager")(x)
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
     (g,) = torch.autograd.grad(out, x)
-    want = F.relu(F.conv2d(x * 2, conv.weight, conv.bias, padding=1)).sum() + F.conv2d(x, conv.weight, conv.bias,
-                                                                                       padding=1).sum()
+    want = torch_act(F.conv2d(x * 2, conv.weight, conv.bias, padding=1), "general_relu", 0.1, 0.4, 1.0).sum() + \
+        F.conv2d(x, conv.weight, conv.bias, padding=1).sum()
     (wg,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(g, wg, rtol=1e-4, atol=1e-4)
