@@ -5,8 +5,8 @@
   attributes: ``backend`` (None = the current default) and ``act`` -- the fused epilogue activation
   (``"none"`` for a plain conv; :func:`fuse_conv_bn_act` sets it).
 * :class:`ConvBnAct`: conv (no bias) -> BatchNorm2d -> activation, the block of a ResNet/fastai model. In
-  training the three run one after another (BN needs the batch's statistics, which only exist after the
-  conv). In eval mode BN is an affine map per channel, so it is *folded* into the conv's weight and bias and
+  training the conv runs, then BN with the activation fused into pydl's batch_norm kernel (BN needs the
+  batch's statistics, which only exist after the conv, so BN cannot go into the conv's epilogue). In eval mode BN is an affine map per channel, so it is *folded* into the conv's weight and bias and
   the whole block is ONE conv with the bias + activation fused into its epilogue.
 * :func:`fold_conv_bn` / :func:`fuse_conv_bn_act` / :func:`fuse_model`: the same fold as standalone modules
   (for deployment): weights are copied, the source modules are left untouched.
@@ -194,13 +194,21 @@ class ConvBnAct(tnn.Module):
             padding = d * (k - 1) // 2
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False,
                            device=device, dtype=dtype)
-        self.bn = _batchnorm_cls()(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype)
         if isinstance(act, tnn.Module):
             self.act = _act_of(act)
         else:
             _activation.check_act(act, *(_activation.params(act, leak, sub, maxv) if act != "none"
                                          else (0.0, 0.0, math.inf)), "ConvBnAct")
             self.act = (act,) + (_activation.params(act, leak, sub, maxv) if act != "none" else (0.0, 0.0, math.inf))
+        bn_cls = _batchnorm_cls()
+        a, lk, sb, mx = self.act
+        try:  # pydl's BatchNorm2d fuses the activation into its own kernel (training: conv, then BN+act)
+            self.bn = bn_cls(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype, act=a,
+                             leak=lk, sub=sb, maxv=None if mx == math.inf else mx)
+            self._bn_fuses_act = True
+        except TypeError:  # torch's BatchNorm2d: the activation runs after it
+            self.bn = bn_cls(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype)
+            self._bn_fuses_act = False
 
     @property
     def backend(self) -> Optional[str]:
@@ -215,7 +223,8 @@ class ConvBnAct(tnn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act, leak, sub, maxv = self.act
         if self.training or not self.bn.track_running_stats:
-            return _activation.apply(self.bn(self.conv(x)), act, leak, sub, maxv)
+            z = self.bn(self.conv(x))
+            return z if self._bn_fuses_act else _activation.apply(z, act, leak, sub, maxv)
         w, b = fold_conv_bn(self.conv, self.bn)
         c = self.conv
         return _conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups, c.padding_mode, act=act, leak=leak,
