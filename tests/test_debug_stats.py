@@ -226,6 +226,17 @@ def test_files_roundtrip(tmp_path):
     assert j["layers"]["7"]["hist"] == d.hist[:, 3].tolist()
 
 
+def test_a_failed_forward_leaves_no_half_record():
+    torch.manual_seed(0)
+    model = small_cnn()
+    with ActivationStats(model) as st:
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 5, 10, 10))  # wrong channel count: fails inside the first conv
+        train(model, 2)
+    assert st.data.steps.tolist() == [1, 2]  # the failed forward counted as a step but left no record
+    assert np.isfinite(st.data.mean).all()
+
+
 def test_mark_epoch():
     model = small_cnn()
     with ActivationStats(model) as st:
