@@ -421,6 +421,22 @@ template <typename T, int MODE> void run(const ConvArgs& a) {
 }
 extern "C" size_t conv_args_size() { return sizeof(ConvArgs); }
 extern "C" void emulate(int mode, const ConvArgs* a) {
+  if (is_depthwise(*a)) {  // the direct depthwise kernels' per-element functions
+    if (mode == 0) {
+      for (int64_t e = 0; e < a->N * a->Co * a->Ho * a->Wo; ++e) dw_fwd_elem<double>(*a, e);
+    } else if (mode == 1) {
+      for (int64_t e = 0; e < a->N * a->C * a->H * a->W; ++e) dw_dgrad_elem<double>(*a, e);
+    } else {
+      const int64_t KK = a->KH * a->KW;
+      for (int64_t c = 0; c < a->Co; ++c)
+        for (int64_t t = 0; t < KK; ++t) {
+          double s = 0;
+          for (int64_t p = 0; p < a->N * a->Ho * a->Wo; ++p) s += dw_wgrad_term<double>(*a, c, t, p);
+          static_cast<double*>(a->ws)[c * KK + t] = s;
+        }
+    }
+    return;
+  }
   if (mode == 0) run<double, kFwd>(*a); else if (mode == 1) run<double, kDgrad>(*a); else run<double, kWgrad>(*a);
 }
 """
@@ -471,6 +487,8 @@ def test_cuda_index_math_on_host(tmp_path_factory):
     done = 0
     while done < 60:
         g, cg, cog = rng.choice([1, 2, 3]), rng.randint(1, 3), rng.randint(1, 3)
+        if done % 4 == 0:  # depthwise: the direct kernels
+            g, cg, cog = rng.randint(2, 5), 1, 1
         kh, kw = rng.randint(1, 3), rng.randint(1, 3)
         s, d = (rng.randint(1, 3), rng.randint(1, 2)), (rng.randint(1, 2), rng.randint(1, 2))
         p, N, H, W = (rng.randint(0, 2), rng.randint(0, 2)), rng.randint(1, 2), rng.randint(1, 7), rng.randint(1, 7)
@@ -508,7 +526,7 @@ def test_cuda_index_math_on_host(tmp_path_factory):
         (dz,) = torch.autograd.grad(torch_act(zz, act), zz, dy)
         zs = torch.empty_like(dy).copy_(torch_act(z_t, act) if act == "relu" else z_t)  # y stands in for z (relu)
         dx = torch.full(x.shape, math.nan, dtype=x.dtype).contiguous(memory_format=fmt)
-        split = rng.randint(1, 4)
+        split = 1 if cg == cog == 1 else rng.randint(1, 4)  # as conv2d_wgrad_split_for
         ws = torch.full((split, w.shape[0], cg * kh * kw), math.nan, dtype=torch.float64)
         for i in range(4):
             a.sy[i], a.sdx[i] = dy.stride(i), dx.stride(i)

@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   }
   if (mask[1]) {
     const int64_t P = a.N * a.Ho * a.Wo, K = a.Cg * a.KH * a.KW;
-    a.split = cuda::conv2d_wgrad_split(a.Cog, K, a.G, P, cuda_sm_count(x.get_device()));
+    a.split = cuda::conv2d_wgrad_split_for(a, cuda_sm_count(x.get_device()));
     a.per_split = P > 0 ? (P + a.split - 1) / a.split : 1;
     const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     at::Tensor ws = at::empty({a.split, a.Co, K}, x.options().dtype(acc));

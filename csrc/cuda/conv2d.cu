@@ -23,6 +23,9 @@
 // The epilogue runs from registers (SIMT) or from the accumulators staged through shared memory (WMMA):
 // bias + activation for the forward, plain stores for the gradients.
 //
+// Depthwise convs (one input and one output channel per group) skip the GEMM machinery: direct kernels, one
+// thread per output / grad-input element, one block per weight element for grad_w (see dw_fwd_elem).
+//
 // The activation's backward dz = act'(z) * dy is applied while A is loaded (dgrad, wgrad) and in the bias
 // reduction: dz is never stored. grad_w is split over pixel ranges (blockIdx.z = group * split + range)
 // written to a workspace and summed in a fixed order by the caller: deterministic, no float atomics.
@@ -201,6 +204,78 @@ template <int MODE> PYDL_CONV_HD bool a_along_k(const ConvArgs& a) {
 template <int MODE> PYDL_CONV_HD bool c_along_n(const ConvArgs& a) {
   return MODE == kWgrad || (MODE == kFwd && a.sy[1] == 1) || (MODE == kDgrad && a.sdx[1] == 1);
 }
+
+// ---- depthwise (Cg == Cout/g == 1): direct, one thread per element ---------------------------------------
+// A depthwise conv is G tiny GEMMs with N = 1 and K = kh*kw: a 64x64 tile would do 1/64 useful work. So it
+// gets direct kernels: each output (or grad-input) element sums its kh*kw taps; each weight element reduces
+// over all pixels in one block. Element e is decomposed with the channel fastest for channels_last (adjacent
+// threads then touch adjacent addresses) and the column fastest for NCHW.
+PYDL_CONV_HD void dw_split(int64_t e, int64_t C, int64_t H, int64_t W, bool c_fast, int64_t& n, int64_t& c,
+                           int64_t& h, int64_t& w) {
+  if (c_fast) {
+    c = e % C; e /= C; w = e % W; e /= W; h = e % H; n = e / H;
+  } else {
+    w = e % W; e /= W; h = e % H; e /= H; c = e % C; n = e / C;
+  }
+}
+
+template <typename T>
+PYDL_CONV_HD void dw_fwd_elem(const ConvArgs& a, int64_t e) {
+  using acc_t = typename Acc<T>::type;
+  int64_t n, c, ho, wo;
+  dw_split(e, a.Co, a.Ho, a.Wo, a.sy[1] == 1, n, c, ho, wo);
+  const T* x = static_cast<const T*>(a.x);
+  const T* w = static_cast<const T*>(a.w) + c * a.KH * a.KW;
+  const T* xc = x + n * a.sx[0] + c * a.sx[1];
+  acc_t v = 0;
+  for (int64_t i = 0; i < a.KH; ++i) {
+    const int64_t hi = ho * a.sh - a.ph + i * a.dh;
+    if (hi < 0 || hi >= a.H) continue;
+    for (int64_t j = 0; j < a.KW; ++j) {
+      const int64_t wi = wo * a.sw - a.pw + j * a.dw;
+      if (wi < 0 || wi >= a.W) continue;
+      v += to_acc(w[i * a.KW + j]) * to_acc(xc[hi * a.sx[2] + wi * a.sx[3]]);
+    }
+  }
+  store_c<T, kFwd>(a, c, 0, (n * a.Ho + ho) * a.Wo + wo, 0, v);  // group c, channel 0 of the group
+}
+
+template <typename T>
+PYDL_CONV_HD void dw_dgrad_elem(const ConvArgs& a, int64_t e) {
+  using acc_t = typename Acc<T>::type;
+  int64_t n, c, h, w;
+  dw_split(e, a.C, a.H, a.W, a.sdx[1] == 1, n, c, h, w);
+  const T* wt = static_cast<const T*>(a.w) + c * a.KH * a.KW;
+  acc_t v = 0;
+  for (int64_t i = 0; i < a.KH; ++i) {
+    const int64_t th = h + a.ph - i * a.dh;
+    if (th < 0) continue;
+    const int64_t ho = th / a.sh;
+    if (ho * a.sh != th || ho >= a.Ho) continue;
+    for (int64_t j = 0; j < a.KW; ++j) {
+      const int64_t tw = w + a.pw - j * a.dw;
+      if (tw < 0) continue;
+      const int64_t wo = tw / a.sw;
+      if (wo * a.sw != tw || wo >= a.Wo) continue;
+      v += to_acc(wt[i * a.KW + j]) * load_dz<T>(a, n * a.sy[0] + c * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
+    }
+  }
+  static_cast<T*>(a.dx)[n * a.sdx[0] + c * a.sdx[1] + h * a.sdx[2] + w * a.sdx[3]] = from_acc<T>(v);
+}
+
+// one term of grad_w[c, tap]: dz at output pixel p times the input value that tap read
+template <typename T>
+PYDL_CONV_HD typename Acc<T>::type dw_wgrad_term(const ConvArgs& a, int64_t c, int64_t tap, int64_t p) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t hw = a.Ho * a.Wo, n = p / hw, r = p - n * hw, ho = r / a.Wo, wo = r - ho * a.Wo;
+  const int64_t i = tap / a.KW, j = tap - i * a.KW;
+  const int64_t hi = ho * a.sh - a.ph + i * a.dh, wi = wo * a.sw - a.pw + j * a.dw;
+  if (hi < 0 || hi >= a.H || wi < 0 || wi >= a.W) return acc_t(0);
+  const acc_t xv = to_acc(static_cast<const T*>(a.x)[n * a.sx[0] + c * a.sx[1] + hi * a.sx[2] + wi * a.sx[3]]);
+  return xv * load_dz<T>(a, n * a.sy[0] + c * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
+}
+
+PYDL_CONV_HD bool is_depthwise(const ConvArgs& a) { return a.Cg == 1 && a.Cog == 1; }
 
 #ifndef PYDL_CONV_INDEX_MATH_ONLY  // (the host-side check compiles only what is above this line)
 
@@ -425,13 +500,79 @@ cudaError_t launch_bgrad(const ConvArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// ---- depthwise kernels: grid-stride loops over elements; grad_w one block per (channel, tap) ------------
+template <typename T>
+__global__ void __launch_bounds__(256) dw_fwd_kernel(ConvArgs a, int64_t total) {
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
+    dw_fwd_elem<T>(a, e);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) dw_dgrad_kernel(ConvArgs a, int64_t total) {
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
+    dw_dgrad_elem<T>(a, e);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) dw_wgrad_kernel(ConvArgs a) {
+  using acc_t = typename Acc<T>::type;
+  __shared__ acc_t red[256];
+  const int64_t KK = a.KH * a.KW, c = blockIdx.x / KK, tap = blockIdx.x % KK, P = a.N * a.Ho * a.Wo;
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < P; p += 256) sum += dw_wgrad_term<T>(a, c, tap, p);
+  red[threadIdx.x] = sum;
+  __syncthreads();
+  for (int d = 128; d > 0; d >>= 1) {  // fixed-order tree: deterministic
+    if (threadIdx.x < d) red[threadIdx.x] += red[threadIdx.x + d];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) static_cast<acc_t*>(a.ws)[c * KK + tap] = red[0];  // split 0 (the glue uses 1 split)
+}
+
+inline unsigned elem_blocks(int64_t total, int num_sms_hint) {
+  const int64_t b = (total + 255) / 256, cap = int64_t(num_sms_hint) * 32;
+  return unsigned(b < cap ? (b > 0 ? b : 1) : cap);
+}
+
+template <typename T>
+cudaError_t launch_dw(const ConvArgs& a, int mode, cudaStream_t stream) {
+  if (mode == kFwd) {
+    const int64_t total = a.N * a.Co * a.Ho * a.Wo;
+    if (total) dw_fwd_kernel<T><<<elem_blocks(total, 1024), 256, 0, stream>>>(a, total);
+  } else if (mode == kDgrad) {
+    const int64_t total = a.N * a.C * a.H * a.W;
+    if (total) dw_dgrad_kernel<T><<<elem_blocks(total, 1024), 256, 0, stream>>>(a, total);
+  } else {
+    const int64_t blocks = a.Co * a.KH * a.KW;
+    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    if (blocks) dw_wgrad_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t dispatch_dw(const ConvArgs& a, int mode, cudaStream_t stream) {
+  switch (a.dtype) {
+    case ConvDType::kFloat: return launch_dw<float>(a, mode, stream);
+    case ConvDType::kHalf: return launch_dw<__half>(a, mode, stream);
+    case ConvDType::kBFloat16: return launch_dw<__nv_bfloat16>(a, mode, stream);
+    case ConvDType::kDouble: return launch_dw<double>(a, mode, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 #endif  // PYDL_CONV_INDEX_MATH_ONLY
 }  // namespace
 
 #ifndef PYDL_CONV_INDEX_MATH_ONLY
-cudaError_t conv2d_forward_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kFwd>(a, stream); }
-cudaError_t conv2d_dgrad_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kDgrad>(a, stream); }
-cudaError_t conv2d_wgrad_launch(const ConvArgs& a, cudaStream_t stream) { return dispatch<kWgrad>(a, stream); }
+cudaError_t conv2d_forward_launch(const ConvArgs& a, cudaStream_t stream) {
+  return is_depthwise(a) ? dispatch_dw(a, kFwd, stream) : dispatch<kFwd>(a, stream);
+}
+cudaError_t conv2d_dgrad_launch(const ConvArgs& a, cudaStream_t stream) {
+  return is_depthwise(a) ? dispatch_dw(a, kDgrad, stream) : dispatch<kDgrad>(a, stream);
+}
+cudaError_t conv2d_wgrad_launch(const ConvArgs& a, cudaStream_t stream) {
+  return is_depthwise(a) ? dispatch_dw(a, kWgrad, stream) : dispatch<kWgrad>(a, stream);
+}
 
 cudaError_t conv2d_bgrad_launch(const ConvArgs& a, cudaStream_t stream) {
   switch (a.dtype) {

@@ -61,5 +61,10 @@ inline int64_t conv2d_wgrad_split(int64_t Cog, int64_t K, int64_t G, int64_t pix
   return s < 1 ? 1 : s;
 }
 
+inline int64_t conv2d_wgrad_split_for(const ConvArgs& a, int num_sms) {
+  if (a.Cg == 1 && a.Cog == 1) return 1;  // depthwise: the direct kernel reduces over all pixels itself
+  return conv2d_wgrad_split(a.Cog, a.Cg * a.KH * a.KW, a.G, a.N * a.Ho * a.Wo, num_sms);
+}
+
 }  // namespace cuda
 }  // namespace pydl
