@@ -157,6 +157,7 @@ template <class PW>
 std::tuple<Tensor, Tensor, Tensor> lstm_cell(const Tensor& x, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
                                              const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                              const std::optional<Tensor>& b_hh) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const auto acc = acc_type(x.scalar_type());
   const int64_t B = hx.size(0), H = hx.size(1);
   auto gates = at::empty({B, 4 * H}, x.options().dtype(acc));
@@ -173,6 +174,7 @@ template <class PW>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& x, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool need_dx, bool need_dh) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const auto acc = gates.scalar_type();
   auto dG = at::empty(gates.sizes(), x.options());
   auto dc = grad_cy.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();  // PW writes into it
@@ -187,6 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
 template <class PW>
 std::tuple<Tensor, Tensor> gru_cell(const Tensor& x, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const auto acc = acc_type(x.scalar_type());
   const int64_t B = hx.size(0), H = hx.size(1);
   auto ws = at::empty({B, 4 * H}, x.options().dtype(acc));
@@ -201,6 +204,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(con
                                                                              const Tensor& hx, const Tensor& w_ih,
                                                                              const Tensor& w_hh, const Tensor& ws,
                                                                              bool need_dx, bool need_dh) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const auto acc = ws.scalar_type();
   const int64_t B = hx.size(0), H = hx.size(1);
   auto dGi = at::empty({B, 3 * H}, x.options());
@@ -224,6 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
                                                                const Tensor& c0, at::TensorList weights,
                                                                const std::optional<Tensor>& mask, int64_t L,
                                                                bool bidir, bool has_bias) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const Tensor x = x_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), D = bidir ? 2 : 1, H = weights[1].size(1);
   const int64_t G = is_lstm ? 4 : 3, R = is_lstm ? 5 : 4;
@@ -284,7 +289,8 @@ template <class PW>
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
     bool is_lstm, const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x_in,
     const Tensor& h0, const Tensor& c0, at::TensorList weights, const std::optional<Tensor>& mask, const Tensor& out,
-    const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias) {
+    const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias, bool need_dx) {
+  const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const Tensor x = x_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), D = bidir ? 2 : 1, H = weights[1].size(1);
   const int64_t G = is_lstm ? 4 : 3, nw = has_bias ? 4 : 2;
@@ -354,9 +360,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
         grad_w[k * nw + 2] = dGi2.sum(0, false, acc).to(x.scalar_type());
         grad_w[k * nw + 3] = is_lstm ? grad_w[k * nw + 2].clone() : dGh2.sum(0, false, acc).to(x.scalar_type());
       }
-      // 4) dL/d(layer input), summed over the directions
-      d_inp = d_inp.defined() ? at::addmm(d_inp, dGi2, W.w_ih) : at::mm(dGi2, W.w_ih);
+      // 4) dL/d(layer input), summed over the directions (skipped for x itself when it needs no gradient)
+      if (l > 0 || need_dx) d_inp = d_inp.defined() ? at::addmm(d_inp, dGi2, W.w_ih) : at::mm(dGi2, W.w_ih);
     }
+    if (!d_inp.defined()) return {at::empty({0}, x.options()), g_h0, g_c0, grad_w};
     d_inp = d_inp.view({T, B, -1});
     if (l > 0) d_out = mask ? d_inp * (*mask)[l - 1] : d_inp;
   }

@@ -221,9 +221,9 @@ def lstm_triton(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
 
 
 def lstm_backward_triton(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                         num_layers, bidirectional, has_bias):
+                         num_layers, bidirectional, has_bias, need_dx):
     return R.seq_backward_driver(TritonPointwise, "lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
-                                 reserve, layer_outs, num_layers, bidirectional, has_bias)
+                                 reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
 def gru_triton(x, h0, weights, mask, num_layers, bidirectional, has_bias):
@@ -233,7 +233,8 @@ def gru_triton(x, h0, weights, mask, num_layers, bidirectional, has_bias):
 
 
 def gru_backward_triton(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                        bidirectional, has_bias):
+                        bidirectional, has_bias, need_dx):
     gx, gh0, _, gw = R.seq_backward_driver(TritonPointwise, "gru", grad_out, grad_hn, None, x, h0, None, weights,
-                                           mask, out, reserve, layer_outs, num_layers, bidirectional, has_bias)
+                                           mask, out, reserve, layer_outs, num_layers, bidirectional, has_bias,
+                                           need_dx)
     return gx, gh0, gw

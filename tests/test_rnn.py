@@ -253,6 +253,38 @@ def test_noncontiguous_and_broadcast_inputs(cpu_backend):
     assert torch.allclose(g, gw, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_input_without_grad_skips_dx(cpu_backend, kind):
+    """x needs no gradient: the backward skips layer 0's dX GEMM (need_dx=False), every weight grad unchanged."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(6)
+    T, B, I, H, L = 3, 2, 3, 4, 2
+    m = make_torch(kind, I, H, L, True, True)
+    ws = list(m._flat_weights)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.zeros(L * 2, B, H, dtype=torch.float64)
+    out, hn, cn = run_seq(kind, cpu_backend, x, ws, h0, h0, L, True, True)
+    got = torch.autograd.grad(out.sum() + hn.sum(), ws)
+    want_out, want_state = m(x)
+    want_hn = want_state[0] if kind == "lstm" else want_state
+    want = torch.autograd.grad(want_out.sum() + want_hn.sum(), ws)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(got, want))
+    # the backward op itself: an empty grad_x, the same grad_h0 as with need_dx=True
+    if kind == "lstm":
+        _, _, _, reserve, layer_outs = torch.ops.pydl.lstm(x, h0, h0, ws, None, L, True, True, cpu_backend)
+        args = (torch.ones_like(out), torch.zeros_like(hn), torch.zeros_like(hn), x, h0, h0, ws, None, out.detach(),
+                reserve, layer_outs, L, True, True)
+    else:
+        _, _, reserve, layer_outs = torch.ops.pydl.gru(x, h0, ws, None, L, True, True, cpu_backend)
+        args = (torch.ones_like(out), torch.zeros_like(hn), x, h0, ws, None, out.detach(), reserve, layer_outs, L,
+                True, True)
+    bwd = getattr(torch.ops.pydl, f"{kind}_backward")
+    skipped = bwd(*args, False, cpu_backend)
+    full = bwd(*args, True, cpu_backend)
+    assert skipped[0].numel() == 0 and full[0].shape == x.shape
+    assert torch.allclose(skipped[1], full[1]) and all(torch.equal(a, b) for a, b in zip(skipped[-1], full[-1]))
+
+
 def test_triton_tilings_and_poison(poison):
     """Two tilings of the Triton kernels give the same numbers; `poison` NaN-fills every torch.empty first,
     so an element a kernel forgot to write (a masked-off edge) shows up as NaN."""

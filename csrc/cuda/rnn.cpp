@@ -137,11 +137,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cuda(const Tensor& x, co
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
     const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x, const Tensor& h0,
     const Tensor& c0, at::TensorList weights, const std::optional<Tensor>& mask, const Tensor& out,
-    const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias) {
+    const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias, bool need_dx) {
   check_device(x, kCUDA, "lstm_backward", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   return rnn::seq_backward<CudaPW>(true, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
-                                   layer_outs, L, bidir, has_bias);
+                                   layer_outs, L, bidir, has_bias, need_dx);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_cuda(const Tensor& x, const Tensor& h0, at::TensorList weights,
@@ -156,11 +156,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_cuda(const Tensor& x, const Tenso
 std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
     const Tensor& grad_out, const Tensor& grad_hn, const Tensor& x, const Tensor& h0, at::TensorList weights,
     const std::optional<Tensor>& mask, const Tensor& out, const Tensor& reserve, const Tensor& layer_outs, int64_t L,
-    bool bidir, bool has_bias) {
+    bool bidir, bool has_bias, bool need_dx) {
   check_device(x, kCUDA, "gru_backward", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   auto r = rnn::seq_backward<CudaPW>(false, grad_out, grad_hn, Tensor(), x, h0, Tensor(), weights, mask, out,
-                                     reserve, layer_outs, L, bidir, has_bias);
+                                     reserve, layer_outs, L, bidir, has_bias, need_dx);
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r)};
 }
 
@@ -181,12 +181,12 @@ TORCH_LIBRARY_FRAGMENT(pydl_cuda, m) {
         "bool bidirectional, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
         "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
-        "bool bidirectional, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor[])");
+        "bool bidirectional, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
   m.def("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, bool bidirectional, "
         "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, "
-        "Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, bool bidirectional, bool has_bias) "
-        "-> (Tensor, Tensor, Tensor[])");
+        "Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, bool bidirectional, bool has_bias, "
+        "bool need_dx) -> (Tensor, Tensor, Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(pydl_cuda, CUDA, m) {

@@ -31,7 +31,7 @@ the layer with a few big GEMMs over all steps at once (dW_ih = dG^T X, dW_hh = d
 **What is saved for the backward** (the ``reserve`` output, accumulation dtype): per layer-direction the
 activated gates of every step and the cell state of every step (LSTM, 4H + H per row) or r, z, n and
 ``W_hn h + b_hn`` (GRU, 4H per row); plus ``layer_outs``, the outputs of every layer but the last (input dtype,
-needed as the next layer's input for dW_ih). Nothing is recomputed.
+needed as the next layer's input for dW_ih). Nothing is recomputed but the dropout-masked layer inputs.
 
 **Precision.** Gate pre-activations come out of the GEMMs in the input dtype; the pointwise math, the LSTM
 cell state and the backward's cell-state gradient are fp32 (fp64 for fp64 input); h is stored in the input
@@ -73,13 +73,15 @@ LIB.define("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropo
            "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 LIB.define("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
            "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, "
-           "int num_layers, bool bidirectional, bool has_bias, str backend) "
+           "int num_layers, bool bidirectional, bool has_bias, bool need_dx, str backend) "
            "-> (Tensor, Tensor, Tensor, Tensor[])")
 LIB.define("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
            "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor)")
 LIB.define("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, "
            "Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
-           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor[])")
+           "bool bidirectional, bool has_bias, bool need_dx, str backend) -> (Tensor, Tensor, Tensor[])")
+# need_dx = False (x needs no gradient, e.g. raw features): the first layer's dX GEMM is skipped and grad_x is
+# an empty (0,) tensor -- one of the five GEMM-sized pieces of a one-layer backward.
 
 NGATES = {"lstm": 4, "gru": 3}
 RESERVE_COLS = {"lstm": 5, "gru": 4}  # per (t, b) row, in units of H
@@ -249,6 +251,7 @@ def lstm_input_gemm(x, w_ih, b_ih, b_hh):
 # Cells: GEMMs through torch, the pointwise part through the backend's kernels (PW).
 # --------------------------------------------------------------------------------------------------
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     acc = acc_dtype(x.dtype)
     B, H = hx.shape
@@ -260,6 +263,7 @@ def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return h, c.to(x.dtype), gates
 
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx=True, need_dh=True):
     acc = gates.dtype
     dG = x.new_empty(gates.shape)
@@ -274,6 +278,7 @@ def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates
             dG.t() @ hx, db)
 
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
     acc = acc_dtype(x.dtype)
     B, H = hx.shape
@@ -283,6 +288,7 @@ def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
     return h, ws
 
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws, need_dx=True, need_dh=True):
     acc = ws.dtype
     B, H = hx.shape
@@ -307,6 +313,7 @@ def _time_order(T, d):
     return range(T) if d == 0 else range(T - 1, -1, -1)
 
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has_bias):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
@@ -352,8 +359,9 @@ def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has
     return out, hn, cn, reserve, layer_outs
 
 
+@torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
-                        layer_outs, L, bidirectional, has_bias):
+                        layer_outs, L, bidirectional, has_bias, need_dx=True):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
@@ -418,7 +426,10 @@ def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights
                 grad_w[k * nw + 2] = dGi2.sum(0, dtype=acc).to(x.dtype)
                 grad_w[k * nw + 3] = dGh2.sum(0, dtype=acc).to(x.dtype)
             # 4) dL/d(layer input), summed over directions
-            d_inp = dGi2 @ w_ih if d_inp is None else torch.addmm(d_inp, dGi2, w_ih)
+            if layer > 0 or need_dx:
+                d_inp = dGi2 @ w_ih if d_inp is None else torch.addmm(d_inp, dGi2, w_ih)
+        if d_inp is None:
+            return x.new_empty((0,)), g_h0, g_c0, grad_w
         d_inp = d_inp.view(T, B, -1)
         if layer > 0:
             d_out = d_inp if mask is None else d_inp * mask[layer - 1]
@@ -451,9 +462,9 @@ def lstm_reference(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias
 
 
 def lstm_backward_reference(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                            num_layers, bidirectional, has_bias):
+                            num_layers, bidirectional, has_bias, need_dx):
     return seq_backward_driver(RefPointwise, "lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
-                               reserve, layer_outs, num_layers, bidirectional, has_bias)
+                               reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
 def gru_reference(x, h0, weights, mask, num_layers, bidirectional, has_bias):
@@ -463,9 +474,9 @@ def gru_reference(x, h0, weights, mask, num_layers, bidirectional, has_bias):
 
 
 def gru_backward_reference(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                           bidirectional, has_bias):
+                           bidirectional, has_bias, need_dx):
     gx, gh0, _, gw = seq_backward_driver(RefPointwise, "gru", grad_out, grad_hn, None, x, h0, None, weights, mask,
-                                         out, reserve, layer_outs, num_layers, bidirectional, has_bias)
+                                         out, reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
     return gx, gh0, gw
 
 
@@ -549,9 +560,9 @@ def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, 
 
 
 def _lstm_backward_kernel(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                          num_layers, bidirectional, has_bias, backend):
+                          num_layers, bidirectional, has_bias, need_dx, backend):
     return OPS["lstm_backward"](backend, x.device.type, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
-                                reserve, layer_outs, num_layers, bidirectional, has_bias)
+                                reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
 def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend):
@@ -560,9 +571,9 @@ def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backe
 
 
 def _gru_backward_kernel(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                         bidirectional, has_bias, backend):
+                         bidirectional, has_bias, need_dx, backend):
     return OPS["gru_backward"](backend, x.device.type, grad_out, grad_hn, x, h0, weights, mask, out, reserve,
-                               layer_outs, num_layers, bidirectional, has_bias)
+                               layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
 for _name, _fn in (("lstm_cell", _lstm_cell_kernel), ("lstm_cell_backward", _lstm_cell_backward_kernel),
@@ -629,8 +640,8 @@ def _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, ba
 
 @torch.library.register_fake("pydl::lstm_backward")
 def _lstm_backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                        num_layers, bidirectional, has_bias, backend):
-    return _like(x), _like(h0), _like(c0), [_like(w) for w in weights]
+                        num_layers, bidirectional, has_bias, need_dx, backend):
+    return _like(x) if need_dx else x.new_empty((0,)), _like(h0), _like(c0), [_like(w) for w in weights]
 
 
 @torch.library.register_fake("pydl::gru")
@@ -641,8 +652,8 @@ def _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend
 
 @torch.library.register_fake("pydl::gru_backward")
 def _gru_backward_fake(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                       bidirectional, has_bias, backend):
-    return _like(x), _like(h0), [_like(w) for w in weights]
+                       bidirectional, has_bias, need_dx, backend):
+    return _like(x) if need_dx else x.new_empty((0,)), _like(h0), [_like(w) for w in weights]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,7 +717,8 @@ def _lstm_setup(ctx, inputs, output):
     x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
     out, _, _, reserve, layer_outs = output
     ctx.save_for_backward(x, h0, c0, mask, out, reserve, layer_outs, *weights)
-    ctx.cfg = (num_layers, bidirectional, has_bias, backend)
+    ctx.cfg = (num_layers, bidirectional, has_bias)
+    ctx.backend = backend
     ctx.mark_non_differentiable(reserve, layer_outs)
     # Without this autograd hands the backward a zero-filled gradient for every unused output -- including
     # the (L*D, T*B*5H) reserve: a memset as large as all the saved activations, every step.
@@ -717,8 +729,8 @@ def _lstm_bwd(ctx, g_out, g_hn, g_cn, _g_reserve, _g_layer_outs):
     x, h0, c0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
     g_out, g_hn, g_cn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0), _zeros_if_none(g_cn, c0)
     gx, gh0, gc0, gw = torch.ops.pydl.lstm_backward(g_out, g_hn, g_cn, x, h0, c0, weights, mask, out, reserve,
-                                                    layer_outs, *ctx.cfg)
-    return gx, gh0, gc0, list(gw), None, None, None, None, None
+                                                    layer_outs, *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
+    return gx if ctx.needs_input_grad[0] else None, gh0, gc0, list(gw), None, None, None, None, None
 
 
 torch.library.register_autograd("pydl::lstm", _lstm_bwd, setup_context=_lstm_setup)
@@ -728,7 +740,8 @@ def _gru_setup(ctx, inputs, output):
     x, h0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
     out, _, reserve, layer_outs = output
     ctx.save_for_backward(x, h0, mask, out, reserve, layer_outs, *weights)
-    ctx.cfg = (num_layers, bidirectional, has_bias, backend)
+    ctx.cfg = (num_layers, bidirectional, has_bias)
+    ctx.backend = backend
     ctx.mark_non_differentiable(reserve, layer_outs)
     ctx.set_materialize_grads(False)  # see _lstm_setup
 
@@ -737,8 +750,8 @@ def _gru_bwd(ctx, g_out, g_hn, _g_reserve, _g_layer_outs):
     x, h0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
     g_out, g_hn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0)
     gx, gh0, gw = torch.ops.pydl.gru_backward(g_out, g_hn, x, h0, weights, mask, out, reserve, layer_outs,
-                                              *ctx.cfg)
-    return gx, gh0, list(gw), None, None, None, None, None
+                                              *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
+    return gx if ctx.needs_input_grad[0] else None, gh0, list(gw), None, None, None, None, None
 
 
 torch.library.register_autograd("pydl::gru", _gru_bwd, setup_context=_gru_setup)
