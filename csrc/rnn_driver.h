@@ -13,8 +13,8 @@
 // `reserve` are documented in pydl/ops/rnn.py, whose Python driver (reference and Triton backends) this
 // mirrors line for line.
 //
-// NOTE for contributors: torch's JIT build hashes only the listed sources, not headers. After editing this
-// file, touch csrc/cpu/rnn.cpp and csrc/cuda/rnn.cpp (or clear the cache) so the JIT rebuilds them.
+// Both extensions rebuild when this header changes: each new process runs ninja, whose dependency files
+// list the headers a source includes.
 #pragma once
 
 #include <ATen/ATen.h>
