@@ -182,3 +182,35 @@ def test_default_padding_keeps_size():
     assert m.conv.padding == (4, 4)
     assert m(torch.randn(2, 3, 9, 9)).shape == (2, 4, 9, 9)
     assert m.act[0] == "relu" and math.isinf(m.act[3])
+
+
+def test_autocast_and_parametrizations():
+    """Under autocast the conv runs in the autocast dtype (as F.conv2d); weight_norm-style parametrizations go
+    through _conv_forward, which pydl's Conv2d also routes to its kernels."""
+    m = Conv2d(3, 4, 3, padding=1)
+    m.backend = "reference"
+    x = torch.randn(2, 3, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        want = tnn.functional.conv2d(x, m.weight, m.bias, padding=1)
+    assert y.dtype == torch.bfloat16 == want.dtype
+    torch.testing.assert_close(y.float(), want.float(), rtol=2e-2, atol=2e-2)
+    wn = torch.nn.utils.parametrizations.weight_norm(Conv2d(3, 4, 3, padding=1))
+    wn.backend = "reference"
+    ref = tnn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        ref.weight.copy_(wn.weight)
+        ref.bias.copy_(wn.bias)
+    from pydl import backends
+    from pydl.ops.conv2d import conv2d_reference
+
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return conv2d_reference(*args)
+
+    with backends.all_ops()["conv2d"].override("reference", spy):
+        out = wn(x)
+    assert calls, "the parametrized module must run pydl's conv2d"
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)

@@ -67,10 +67,14 @@ class Conv2d(tnn.Conv2d):
         # fused epilogue (act, leak, sub, maxv); "none" = a plain conv, as torch.nn.Conv2d
         self.act: Tuple[str, float, float, float] = ("none", 0.0, 0.0, math.inf)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        # torch.nn.Conv2d's hook for subclasses and parametrizations (weight norm...): route it to pydl too
         act, leak, sub, maxv = self.act
-        return _conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                       self.padding_mode, act=act, leak=leak, sub=sub, maxv=maxv, backend=self.backend)
+        return _conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
+                       act=act, leak=leak, sub=sub, maxv=maxv, backend=self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self.bias)
 
     @classmethod
     def from_torch(cls, m: tnn.Conv2d) -> "Conv2d":

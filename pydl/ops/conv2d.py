@@ -372,6 +372,12 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     elif pads[0] != pads[1] or pads[2] != pads[3]:
         # asymmetric "same": zero-pad the extra row/column, then convolve with the symmetric part
         x = F.pad(x, (0, pads[3] - pads[2], 0, pads[1] - pads[0]))
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        # autocast lists conv2d as a lower-precision op: run it in the autocast dtype, as F.conv2d does
+        dt = torch.get_autocast_dtype(dev)
+        x, weight = x.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
     leak_f, sub_f, maxv_f = _activation.params(act, leak, sub, maxv) if act != "none" else (0.0, 0.0, math.inf)
     save = act == "general_relu" and torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
