@@ -150,10 +150,13 @@ class Op:
 
     ``impls`` maps backend name -> a zero-argument loader that returns the implementation callable (so
     that Triton is imported, or the C++ extension built, only when that backend is first used).
+    ``build_unit``: the csrc/<device>/<unit> sources its compiled kernels are built from (default: ``name``;
+    several ops can share one, as the eight rnn ops share ``rnn``).
     """
 
-    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]]):
+    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]], build_unit: Optional[str] = None):
         self.name = name
+        self.build_unit = build_unit or name
         self._loaders = impls
         self._impls: Dict[str, Callable] = {}
         self._resolved: Dict[Tuple[str, str], str] = {}
@@ -164,7 +167,7 @@ class Op:
     def _usable(self, name: str, device_type: str) -> Tuple[bool, str]:
         if name not in self._loaders:
             return False, f"{self.name} has no {name} implementation"
-        return available(name, device_type, self.name if name in ("cpu", "cuda") else None)
+        return available(name, device_type, self.build_unit if name in ("cpu", "cuda") else None)
 
     def resolve(self, requested: str, device_type: str) -> str:
         key = (requested, device_type)

@@ -64,6 +64,7 @@ def doctor_report(build: bool = False) -> dict:
     info["cuda_archs"] = _build.cuda_arch_list()
     ops = {}
     for name, op in backends.all_ops().items():
+        unit = getattr(op, "build_unit", name)  # the compiled sources it comes from (rnn ops share one)
         rows = {}
         for b in op.backends():
             for dev in ("cpu", "cuda"):
@@ -71,10 +72,10 @@ def doctor_report(build: bool = False) -> dict:
                     continue
                 if b in ("cpu", "cuda"):
                     if build:
-                        ok, why = backends.available(b, b, name) if (b == "cpu" or torch.cuda.is_available()) \
-                            else _build_only(name, b)
+                        ok, why = backends.available(b, b, unit) if (b == "cpu" or torch.cuda.is_available()) \
+                            else _build_only(unit, b)
                     else:
-                        built = _build.cached_build_exists(name, b)
+                        built = _build.cached_build_exists(unit, b)
                         ok, why = (built, "built (cached)" if built else "not built yet: compiles on first use "
                                    "or with `pydl build`")
                         if b == "cuda" and not torch.cuda.is_available():

@@ -484,16 +484,6 @@ def gru_backward_reference(grad_out, grad_hn, x, h0, weights, mask, out, reserve
 # Backend tables
 # --------------------------------------------------------------------------------------------------
 
-class _RnnOp(backends.Op):
-    """All of this file's ops are built from one source per device (csrc/cpu/rnn.cpp, csrc/cuda/rnn.*), not
-    one per op name: availability of the compiled backends is asked for the build unit ``rnn``."""
-
-    def _usable(self, name, device_type):
-        if name not in self._loaders:
-            return False, f"{self.name} has no {name} implementation"
-        return backends.available(name, device_type, BUILD_UNIT if name in ("cpu", "cuda") else None)
-
-
 def _triton(name):
     def load():
         from ..kernels import rnn as k
@@ -511,12 +501,13 @@ _REF = {
 }
 
 OPS = {
-    name: backends.register_op(_RnnOp(name, {
+    # all eight ops come from one source per device (csrc/cpu/rnn.cpp, csrc/cuda/rnn.*): build unit "rnn"
+    name: backends.register_op(backends.Op(name, {
         "reference": (lambda f=ref: f),
         "cpu": compiled("pydl_cpu", name),
         "cuda": compiled("pydl_cuda", name),
         "triton": _triton(name),
-    }))
+    }, build_unit=BUILD_UNIT))
     for name, ref in _REF.items()
 }
 
