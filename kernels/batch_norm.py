@@ -111,7 +111,7 @@ def _rsqrt(v, ACC: tl.constexpr):
 
 
 @jit
-def _stats_finalize(ws_n, ws_a, ws_b, mean_ptr, out2_ptr, invstd_ptr, C, splits, count, eps,
+def _stats_finalize(ws_n, ws_a, ws_b, mean_ptr, out2_ptr, invstd_ptr, C, splits, count, prm_ptr,
                     FORWARD: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """Merge each channel's partials in split order. FORWARD: write mean, var (out2), invstd; else mean, M2."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -134,9 +134,16 @@ def _stats_finalize(ws_n, ws_a, ws_b, mean_ptr, out2_ptr, invstd_ptr, C, splits,
     if FORWARD:
         var = m2 / tl.maximum(count, 1).to(ACC)
         tl.store(out2_ptr + c, var, mask=cm)
-        tl.store(invstd_ptr + c, _rsqrt(var + eps, ACC), mask=cm)
+        tl.store(invstd_ptr + c, _rsqrt(var + tl.load(prm_ptr), ACC), mask=cm)
     else:
         tl.store(out2_ptr + c, m2, mask=cm)
+
+
+@jit
+def _act_params(prm_ptr):
+    """(leak, sub, maxv) from the parameter tensor [eps, leak, sub, maxv], in the accumulation dtype: a Python
+    float argument would reach a compiled kernel as fp32 (0.1 -> 0.10000000149), too coarse for fp64 input."""
+    return tl.load(prm_ptr + 1), tl.load(prm_ptr + 2), tl.load(prm_ptr + 3)
 
 
 @jit
@@ -154,20 +161,21 @@ def _scale_shift(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, cmask, HAS_W: tl.constex
 
 @jit
 def _apply_kernel(x_ptr, y_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, O, I, sO, sI, sC, C, ib_count, n_cb,
-                  leak, sub, maxv, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+                  prm_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
                   ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     c = (pid % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     off, mask = _tile(pid // n_cb, ib_count, tl.arange(0, BLOCK_I), c, O, I, sO, sI, sC, C, BLOCK_I)
     _mean, scale, shift = _scale_shift(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, c < C, HAS_W, HAS_B)
     x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
+    leak, sub, maxv = _act_params(prm_ptr)
     y = act_forward(x * scale[None, :] + shift[None, :], leak, sub, maxv, ACT)
     tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @jit
 def _reduce_partial(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, ws_a, ws_b, O, I, sO, sI, sC, C, per, n_cb,
-                    leak, sub, maxv, SPLIT_OUTER: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                    prm_ptr, SPLIT_OUTER: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                     ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program (split, channel block): partial sum(dz) and sum(dz * (x - mean)), dz = act'(z) * dy."""
     pid = tl.program_id(0)
@@ -176,6 +184,7 @@ def _reduce_partial(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, ws_a, ws_
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mean, scale, shift = _scale_shift(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
+    leak, sub, maxv = _act_params(prm_ptr)
     if SPLIT_OUTER:
         o0 = s * per
         o1 = tl.minimum(O, o0 + per)
@@ -225,7 +234,7 @@ def _reduce_finalize(ws_a, ws_b, invstd_ptr, s1_ptr, s2_ptr, dw_ptr, C, splits, 
 
 @jit
 def _elemt_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, s1_ptr, s2_ptr, count,
-                  O, I, sO, sI, sC, C, ib_count, n_cb, leak, sub, maxv,
+                  O, I, sO, sI, sC, C, ib_count, n_cb, prm_ptr,
                   USE_STATS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
                   ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx = k * (dz - mean_dz - (x - mean) * proj): k = w*invstd, mean_dz = sum_dz/n, proj = sum_dz_xmu*invstd^2/n
@@ -246,6 +255,7 @@ def _elemt_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, s1_
         proj = tl.zeros((BLOCK_C,), ACC)
     x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
     dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(ACC)
+    leak, sub, maxv = _act_params(prm_ptr)
     dz = act_backward(dy, x * scale[None, :] + shift[None, :], leak, sub, maxv, ACT)
     dx = k[None, :] * (dz - mean_dz[None, :] - (x - mean[None, :]) * proj[None, :])
     tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -333,9 +343,14 @@ class _Geo:
         return (self.O * self.ib_count * self.n_cb,)
 
 
-def _act_args(act, leak, sub, maxv):
-    # maxv = inf stays inf in fp32; Python floats reach the kernel as fp32 scalars
-    return dict(leak=float(leak), sub=float(sub), maxv=float(maxv), ACT=ACT_CODES[act])
+def _params(x, eps=0.0, leak=0.0, sub=0.0, maxv=math.inf):
+    """[eps, leak, sub, maxv] as a tensor in the accumulation dtype (see _act_params for why not floats)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.tensor([eps, leak, sub, maxv], dtype=acc, device=x.device)
+
+
+def _act_args(x, act, leak, sub, maxv):
+    return dict(prm_ptr=_params(x, 0.0, leak, sub, maxv), ACT=ACT_CODES[act])
 
 
 def _stats_into(x, g: _Geo, outs, forward, eps, splits=None):
@@ -347,7 +362,7 @@ def _stats_into(x, g: _Geo, outs, forward, eps, splits=None):
                                    SPLIT_OUTER=outer, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C)
     bc = min(triton.next_power_of_2(g.C), 1024)
     _stats_finalize[(triton.cdiv(g.C, bc),)](ws[0], ws[1], ws[2], mean, out2, invstd, g.C, ns, g.count,
-                                             float(eps), FORWARD=forward, ACC=g.tl_acc, BLOCK_C=bc)
+                                             _params(x, eps), FORWARD=forward, ACC=g.tl_acc, BLOCK_C=bc)
 
 
 def _eval_stats(running_mean, running_var, eps, acc):
@@ -358,16 +373,16 @@ def _eval_stats(running_mean, running_var, eps, acc):
     C = var.shape[0]
     if C:
         bc = min(triton.next_power_of_2(C), 1024)
-        _invstd_kernel[(triton.cdiv(C, bc),)](var, invstd, C, float(eps),
+        _invstd_kernel[(triton.cdiv(C, bc),)](var, invstd, C, _params(var, eps),
                                               ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_C=bc)
     return mean, invstd, var
 
 
 @jit
-def _invstd_kernel(var_ptr, invstd_ptr, C, eps, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+def _invstd_kernel(var_ptr, invstd_ptr, C, prm_ptr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     v = tl.load(var_ptr + c, mask=c < C, other=1.0)
-    tl.store(invstd_ptr + c, _rsqrt(v + eps, ACC), mask=c < C)
+    tl.store(invstd_ptr + c, _rsqrt(v + tl.load(prm_ptr), ACC), mask=c < C)
 
 
 def _apply_into(x, y, g, mean, invstd, weight, bias, act, leak, sub, maxv):
@@ -376,7 +391,7 @@ def _apply_into(x, y, g, mean, invstd, weight, bias, act, leak, sub, maxv):
     _apply_kernel[g.grid_elem()](x, y, mean, invstd, weight if weight is not None else mean,
                                  bias if bias is not None else mean, g.O, g.I, g.sO, g.sI, g.sC, g.C, g.ib_count,
                                  g.n_cb, HAS_W=weight is not None, HAS_B=bias is not None, ACC=g.tl_acc,
-                                 BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C, **_act_args(act, leak, sub, maxv))
+                                 BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C, **_act_args(x, act, leak, sub, maxv))
 
 
 def _reduce(dy, x, g, mean, invstd, weight, bias, act, leak, sub, maxv, splits=None):
@@ -393,7 +408,7 @@ def _reduce(dy, x, g, mean, invstd, weight, bias, act, leak, sub, maxv, splits=N
                                     bias if bias is not None else mean, ws[0], ws[1], g.O, g.I, g.sO, g.sI, g.sC, C,
                                     per, g.n_cb, SPLIT_OUTER=outer, HAS_W=weight is not None,
                                     HAS_B=bias is not None, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C,
-                                    **_act_args(act, leak, sub, maxv))
+                                    **_act_args(x, act, leak, sub, maxv))
     bc = min(triton.next_power_of_2(C), 1024)
     _reduce_finalize[(triton.cdiv(C, bc),)](ws[0], ws[1], invstd, s1, s2, dw, C, ns, ACC=g.tl_acc, BLOCK_C=bc)
     return s1, s2, dw
@@ -406,7 +421,7 @@ def _elemt_into(dy, x, dx, g, mean, invstd, weight, bias, s1, s2, count, use_sta
                                  bias if bias is not None else mean, s1, s2, count, g.O, g.I, g.sO, g.sI, g.sC, g.C,
                                  g.ib_count, g.n_cb, USE_STATS=use_stats, HAS_W=weight is not None,
                                  HAS_B=bias is not None, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C,
-                                 **_act_args(act, leak, sub, maxv))
+                                 **_act_args(x, act, leak, sub, maxv))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -564,12 +564,11 @@ def test_triton_kernels_compile_for_a_gpu_without_one():
         return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=dict(consts, **{n: 1 for n in ones})),
                               target=target)
 
-    f32 = dict(leak="fp32", sub="fp32", maxv="fp32", eps="fp32")
     for acc, acc_t, xt, ones in ((tl.float32, "*fp32", "*bf16", ("sI", "O", "n_cb")),
                                  (tl.float64, "*fp64", "*fp64", ("sC", "per", "count", "C"))):
         ptrs = dict(x_ptr=xt, dy_ptr=xt, y_ptr=xt, dx_ptr=xt, w_ptr="*fp32", b_ptr="*fp32", ws_n=acc_t, ws_a=acc_t,
                     ws_b=acc_t, mean_ptr=acc_t, invstd_ptr=acc_t, out2_ptr=acc_t, s1_ptr=acc_t, s2_ptr=acc_t,
-                    dw_ptr=acc_t, var_ptr=acc_t, **f32)
+                    dw_ptr=acc_t, var_ptr=acc_t, prm_ptr=acc_t)
         tile = dict(ACC=acc, BLOCK_I=32, BLOCK_C=64)
         for fn, consts in ((tk._stats_partial, dict(SPLIT_OUTER=True, **tile)),
                            (tk._stats_finalize, dict(FORWARD=True, ACC=acc, BLOCK_C=64)),
