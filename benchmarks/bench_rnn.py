@@ -21,9 +21,9 @@ for hidden <= 512.
 import torch
 
 try:
-    from benchmarks.common import Case, main_for
+    from benchmarks.common import Case, environment, main_for, set_threads, usable_backends
 except ImportError:  # run as a script
-    from common import Case, main_for
+    from common import Case, environment, main_for, set_threads, usable_backends
 
 import pydl
 
@@ -136,8 +136,6 @@ def interleaved(quick: bool, device: str, rounds: int = 5, per_round: int = 3, t
     so the minimum is the estimate least disturbed by them; alternating gives both sides the same chances.
     (benchmarks.common's blocked medians are the better method on a quiet machine.)"""
     import time
-
-    from benchmarks.common import environment, set_threads, usable_backends
 
     set_threads(threads)
     env = environment(device)
