@@ -5,8 +5,8 @@ Baselines: ``torch.nn.LSTMCell`` / ``GRUCell`` (separate ATen ops per gate funct
 ATen's per-step loop; on a GPU both are cuDNN).
 
 Every case's op is "rnn" (the build unit whose availability the harness checks); the variant names the
-torch module compared against. Variants: "forward" (under no_grad, as in inference) and "forward+backward" (a training step's worth: the
-output's gradient is a fixed random tensor, weights and input get gradients).
+torch module compared against. Variants: "forward" (under no_grad, as in inference) and "forward+backward"
+(a training step's worth: the output's gradient is a fixed random tensor, weights and input get gradients).
 
 FLOPs counted: the GEMMs only (2 * rows * K * N each): forward = input projection + recurrent projection of
 every step, every layer and direction; forward+backward = 3x forward (dX, dW_ih, dW_hh and dh per step).
@@ -103,7 +103,8 @@ def _seq_case(kind, T, B, I, H, variant, device, dtype, backends, L=1, bidir=Fal
 
     flops = _seq_flops(kind, T, B, I, H, L, D) * (1 if variant == "forward" else 3)
     shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bidir" if bidir else "")
-    return Case("rnn", f"{tcls.__name__} {variant}", shape, str(dtype).replace("torch.", ""), setup, flops=flops, backends=backends)
+    return Case("rnn", f"{tcls.__name__} {variant}", shape, str(dtype).replace("torch.", ""), setup, flops=flops,
+                backends=backends)
 
 
 def cases(quick: bool, device: str):

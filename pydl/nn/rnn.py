@@ -5,8 +5,11 @@ from ``torch.nn.RNNBase`` (with mode "LSTM"/"GRU", exactly as torch's classes do
 ``torch.nn.LSTMCell`` / ``GRUCell``. So the constructor, the parameter names (``weight_ih_l0``,
 ``bias_hh_l1_reverse``, ...), the ``state_dict`` keys, the init and the repr are torch's own. Why not subclass
 ``torch.nn.LSTM`` itself: torch.compile (Dynamo) refuses any instance of nn.RNN/GRU/LSTM outright ("Dynamo
-does not support RNN, GRU, or LSTM"), and our forward compiles fine. The forward runs the whole sequence (every layer and direction) as one ``torch.ops.pydl.lstm`` /
-``gru`` call, and its backward as one ``*_backward`` call.
+does not support RNN, GRU, or LSTM"), and our forward compiles fine.
+
+The forward runs the whole sequence (every layer and direction) as one ``torch.ops.pydl.lstm`` / ``gru``
+call, and its backward as one ``*_backward`` call. Note: ``isinstance(m, torch.nn.LSTM)`` is False for these
+(it is True for ``torch.nn.RNNBase``).
 
 ``backend``: None (the current default: ``pydl.backend(...)`` context or process default) or a backend name.
 
