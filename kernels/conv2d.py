@@ -22,9 +22,14 @@ input per tap, no im2col buffer in memory.
 The activation's backward dz = act'(z) * dy is applied as dy is loaded, in both backward kernels (z is the
 pre-activation, or y standing in for it under relu), so dz is never stored.
 
+The reduction is ordered (tap, channel): an outer loop over the kh*kw taps, an inner one over blocks of
+channels. Within one tap each row of the A tile reads ONE input pixel, so the addresses are a per-row vector
+(image, row, column, padding test) plus a per-column vector (channel) -- no per-element division of a flat
+tap index, which would cost as much integer work as the tile's multiply-adds. grad_w's grid has one axis over
+(tap, channel block) for the same reason.
+
 Layouts: every tensor is addressed through its strides, so NCHW, channels_last and even sliced inputs are read
-in place. The reduction order follows the layout: for channels_last input the taps are ordered (i, j, c) so a
-K-slice is a contiguous run of channels (coalesced loads); for NCHW it is (c, i, j).
+in place (channels_last makes the channel loads contiguous).
 
 Precision: fp32 inputs use ``input_precision="ieee"`` (exact fp32 FMA, not TF32) unless
 ``pydl.ops.conv2d.ALLOW_TF32`` is set; fp16/bf16 feed tensor cores with fp32 accumulation; fp64 uses a
@@ -41,22 +46,6 @@ import triton.language as tl
 
 from ._activation import ACT_CODES, act_backward, act_forward
 from ._jit import autotune, jit
-
-
-@jit
-def _decompose_k(offs_k, Cg, KH: tl.constexpr, KW: tl.constexpr, CI_INNER: tl.constexpr):
-    """tap index -> (input channel, kernel row, kernel column) in the layout's order."""
-    if CI_INNER:  # (i, j, c): consecutive k = consecutive channels (contiguous in channels_last)
-        ci = offs_k % Cg
-        r = offs_k // Cg
-        ki = r // KW
-        kj = r % KW
-    else:  # (c, i, j): the weight's own order
-        ci = offs_k // (KH * KW)
-        r = offs_k % (KH * KW)
-        ki = r // KW
-        kj = r % KW
-    return ci, ki, kj
 
 
 @jit
@@ -81,7 +70,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr,
                 M, H, W, Ho, Wo, Cg, Cog, K,
                 sh, sw, ph, pw, dh, dw,
                 sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-                KH: tl.constexpr, KW: tl.constexpr, CI_INNER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SAVE_Z: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                 MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -97,23 +86,29 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < Cog
     co = g * Cog + offs_n
-    x_base = x_ptr + n_img * sxn + (g * Cg).to(tl.int64) * sxc
-    hi0 = ho * sh - ph
-    wi0 = wo * sw - pw
+    x_base = x_ptr + n_img * sxn + (g * Cg).to(tl.int64) * sxc  # (BLOCK_M,) pointers: image n, channel 0 of g
+    w_base = w_ptr + co.to(tl.int64) * K                         # (BLOCK_N,) pointers: filter co
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        ci, ki, kj = _decompose_k(offs_k, Cg, KH, KW, CI_INNER)
-        hi = hi0[:, None] + (ki * dh)[None, :]
-        wi = wi0[:, None] + (kj * dw)[None, :]
-        a_mask = m_mask[:, None] & k_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        a = tl.load(x_base[:, None] + ci[None, :] * sxc + hi * sxh + wi * sxw, mask=a_mask, other=0.0)
-        # w is (Cout, Cg, KH, KW) contiguous: element (co, ci, ki, kj) at co*K + (ci*KH + ki)*KW + kj
-        w_off = co[None, :].to(tl.int64) * K + ((ci * KH + ki) * KW + kj)[:, None]
-        b = tl.load(w_ptr + w_off, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _mma(acc, a, b, PRECISION, MODE)
+    # The reduction runs over taps (outer) and channel blocks (inner). Within one tap, every row of the A tile
+    # reads from ONE input pixel (per output pixel: one hi, one wi, one padding test), and the columns are
+    # just channels: the address math is a (BLOCK_M,) vector plus a (BLOCK_K,) vector, not a per-element
+    # division of a flat tap index.
+    for t in range(0, KH * KW):
+        i = t // KW
+        j = t % KW
+        hi = ho * sh - ph + i * dh
+        wi = wo * sw - pw + j * dw
+        row_ok = m_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        a_row = x_base + hi * sxh + wi * sxw
+        for c0 in range(0, Cg, BLOCK_K):
+            ci = c0 + tl.arange(0, BLOCK_K)
+            c_ok = ci < Cg
+            a = tl.load(a_row[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            # w is (Cout, Cg, KH, KW) contiguous: element (co, ci, i, j) at co*K + ci*KH*KW + t
+            b = tl.load(w_base[None, :] + (ci * (KH * KW) + t)[:, None], mask=c_ok[:, None] & n_mask[None, :],
+                        other=0.0)
+            acc = _mma(acc, a, b, PRECISION, MODE)
 
     # epilogue: bias, (z), activation, store -- in registers, one write per output
     if HAS_BIAS:
@@ -132,14 +127,14 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr,
 def _fwd_configs():
     cfgs = []
     for bm, bn, bk, warps, stages in [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-                                      (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (64, 32, 64, 4, 3),
-                                      (32, 32, 32, 2, 4), (64, 16, 32, 2, 4)]:
+                                      (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (64, 64, 64, 4, 3),
+                                      (128, 64, 16, 4, 4), (64, 32, 16, 2, 4), (32, 32, 32, 2, 4)]:
         cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages))
     return cfgs
 
 
 _INTERP_CFG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})
-_fwd_tuned = autotune(_fwd_configs(), key=["M", "Cog", "K", "KH", "KW", "MODE"], interpreter_config=_INTERP_CFG)(
+_fwd_tuned = autotune(_fwd_configs(), key=["M", "Cg", "Cog", "KH", "KW", "MODE"], interpreter_config=_INTERP_CFG)(
     _fwd_kernel)
 
 
@@ -149,7 +144,7 @@ _fwd_tuned = autotune(_fwd_configs(), key=["M", "Cog", "K", "KH", "KW", "MODE"],
 
 @jit
 def _dgrad_kernel(dy_ptr, zs_ptr, w_ptr, dx_ptr, p_ptr,
-                  M, H, W, Ho, Wo, Cg, Cog, K,
+                  M, H, W, Ho, Wo, Cg, Cog,
                   sh, sw, ph, pw, dh, dw,
                   syn, syc, syh, syw, sxn, sxc, sxh, sxw,
                   KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
@@ -169,42 +164,40 @@ def _dgrad_kernel(dy_ptr, zs_ptr, w_ptr, dx_ptr, p_ptr,
     leak = tl.load(p_ptr + 0)
     sub = tl.load(p_ptr + 1)
     maxv = tl.load(p_ptr + 2)
-    dy_base = dy_ptr + n_img * syn
-    zs_base = zs_ptr + n_img * syn
+    dy_img = n_img * syn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)  # (o, i, j): the output channel slowest
-        k_mask = offs_k < K
-        o = offs_k // (KH * KW)
-        rk = offs_k % (KH * KW)
-        ki = rk // KW
-        kj = rk % KW
-        th = h[:, None] + ph - (ki * dh)[None, :]  # = ho * sh when pixel h is tap ki of output row ho
-        tw = w[:, None] + pw - (kj * dw)[None, :]
-        # test th >= 0 before using th % sh: for negative th, % and // differ between C and Python
-        valid = (th >= 0) & (tw >= 0)
+    for t in range(0, KH * KW):  # taps outer: one (ho, wo) per input pixel and tap
+        i = t // KW
+        j = t % KW
+        th = h + ph - i * dh  # = ho * sh when input row h is tap i of output row ho
+        tw = w + pw - j * dw
         ho = th // sh
         wo = tw // sw
-        valid = valid & (ho * sh == th) & (wo * sw == tw) & (ho < Ho) & (wo < Wo)
-        a_mask = m_mask[:, None] & k_mask[None, :] & valid
-        co = (g * Cog + o).to(tl.int64)
-        off = co[None, :] * syc + ho * syh + wo * syw
-        a = tl.load(dy_base[:, None] + off, mask=a_mask, other=0.0)
-        if ACT != 0:  # dz = act'(z) * dy, on the fly
-            zv = tl.load(zs_base[:, None] + off, mask=a_mask, other=0.0)
-            a = act_backward(a.to(ACC), zv.to(ACC), leak, sub, maxv, ACT).to(dy_ptr.dtype.element_ty)
-        # w[(co), ci, ki, kj]
-        w_off = (co * Cg * KH * KW + ki * KW + kj)[:, None] + (offs_n * KH * KW)[None, :]
-        b = tl.load(w_ptr + w_off, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _mma(acc, a, b, PRECISION, MODE)
+        # test th >= 0 first: for negative th, // and % differ between C (GPU) and Python (interpreter)
+        row_ok = m_mask & (th >= 0) & (tw >= 0) & (ho * sh == th) & (wo * sw == tw) & (ho < Ho) & (wo < Wo)
+        dy_row = dy_img + ho * syh + wo * syw
+        for o0 in range(0, Cog, BLOCK_K):
+            o = o0 + tl.arange(0, BLOCK_K)
+            o_ok = o < Cog
+            co = (g * Cog + o).to(tl.int64)
+            off = dy_row[:, None] + co[None, :] * syc
+            am = row_ok[:, None] & o_ok[None, :]
+            a = tl.load(dy_ptr + off, mask=am, other=0.0)
+            if ACT != 0:  # dz = act'(z) * dy, on the fly
+                zv = tl.load(zs_ptr + off, mask=am, other=0.0)
+                a = act_backward(a.to(ACC), zv.to(ACC), leak, sub, maxv, ACT).to(dy_ptr.dtype.element_ty)
+            # w[co, ci, i, j] at co*Cg*KH*KW + ci*KH*KW + t
+            b = tl.load(w_ptr + (co * Cg * (KH * KW) + t)[:, None] + (offs_n * (KH * KW))[None, :],
+                        mask=o_ok[:, None] & n_mask[None, :], other=0.0)
+            acc = _mma(acc, a, b, PRECISION, MODE)
 
     ci = (g * Cg + offs_n).to(tl.int64)
     x_off = (n_img * sxn + h * sxh + w * sxw)[:, None] + ci[None, :] * sxc
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-_dgrad_tuned = autotune(_fwd_configs(), key=["M", "Cg", "K", "KH", "KW", "MODE"],
+_dgrad_tuned = autotune(_fwd_configs(), key=["M", "Cg", "Cog", "KH", "KW", "MODE"],
                         interpreter_config=_INTERP_CFG)(_dgrad_kernel)
 
 
@@ -217,24 +210,28 @@ def _wgrad_kernel(dy_ptr, zs_ptr, x_ptr, ws_ptr, wsb_ptr, p_ptr,
                   P, H, W, Ho, Wo, Cg, Cog, Co, K, per_split,
                   sh, sw, ph, pw, dh, dw,
                   syn, syc, syh, syw, sxn, sxc, sxh, sxw,
-                  KH: tl.constexpr, KW: tl.constexpr, CI_INNER: tl.constexpr, ACT: tl.constexpr,
+                  KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr,
                   WANT_B: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, MODE: tl.constexpr,
                   SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)  # output channels of the group
-    pid_n = tl.program_id(1)  # taps (ci, ki, kj)
+    pid_n = tl.program_id(1)  # (tap, block of input channels)
     pid_z = tl.program_id(2)  # group * SPLIT + split
     g = pid_z // SPLIT
     split = pid_z % SPLIT
+    n_cblocks = tl.cdiv(Cg, BLOCK_N)
+    t = pid_n // n_cblocks
+    cb = pid_n % n_cblocks
+    i = t // KW
+    j = t % KW
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < Cog
     co = (g * Cog + offs_m).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < K
-    ci, ki, kj = _decompose_k(offs_n, Cg, KH, KW, CI_INNER)
+    offs_c = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = offs_c < Cg
+    x_c = (g * Cg + offs_c).to(tl.int64) * sxc
     leak = tl.load(p_ptr + 0)
     sub = tl.load(p_ptr + 1)
     maxv = tl.load(p_ptr + 2)
-    x_c = (g * Cg + ci).to(tl.int64) * sxc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     bacc = tl.zeros((BLOCK_M,), dtype=ACC)
@@ -256,17 +253,17 @@ def _wgrad_kernel(dy_ptr, zs_ptr, x_ptr, ws_ptr, wsb_ptr, p_ptr,
             a = act_backward(a.to(ACC), zv.to(ACC), leak, sub, maxv, ACT).to(dy_ptr.dtype.element_ty)
         if WANT_B:
             bacc += tl.sum(a.to(ACC), axis=1)
-        # B = im2col tile (BLOCK_K pixels x BLOCK_N taps)
-        hi = (ho * sh - ph)[:, None] + (ki * dh)[None, :]
-        wi = (wo * sw - pw)[:, None] + (kj * dw)[None, :]
-        bm = p_mask[:, None] & n_mask[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        b = tl.load(x_ptr + (n_img * sxn)[:, None] + x_c[None, :] + hi * sxh + wi * sxw, mask=bm, other=0.0)
+        # B = the im2col tile for tap (i, j): one input pixel per row (output pixel), channels across
+        hi = ho * sh - ph + i * dh
+        wi = wo * sw - pw + j * dw
+        p_ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        b = tl.load(x_ptr + (n_img * sxn + hi * sxh + wi * sxw)[:, None] + x_c[None, :],
+                    mask=p_ok[:, None] & c_ok[None, :], other=0.0)
         acc = _mma(acc, a, b, PRECISION, MODE)
 
-    # partial sums: ws[split, co, k] in (ci, ki, kj) order = the weight's layout
-    k_w = (ci * KH + ki) * KW + kj
-    ws_off = (split * Co + co)[:, None] * K + k_w[None, :]
-    tl.store(ws_ptr + ws_off, acc, mask=m_mask[:, None] & n_mask[None, :])
+    # partial sums: ws[split, co, ci*KH*KW + t] = the weight's own layout
+    ws_off = (split * Co + co)[:, None] * K + (offs_c * (KH * KW) + t)[None, :]
+    tl.store(ws_ptr + ws_off, acc, mask=m_mask[:, None] & c_ok[None, :])
     if WANT_B:
         if pid_n == 0:
             tl.store(wsb_ptr + split * Co + co, bacc, mask=m_mask)
@@ -275,8 +272,8 @@ def _wgrad_kernel(dy_ptr, zs_ptr, x_ptr, ws_ptr, wsb_ptr, p_ptr,
 _wgrad_tuned = autotune(
     [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=wp, num_stages=st)
      for bm, bn, bk, wp, st in [(64, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 64, 32, 8, 3), (32, 64, 64, 4, 4),
-                                (64, 32, 64, 4, 3), (16, 64, 64, 2, 4)]],
-    key=["P", "Cog", "K", "KH", "KW", "MODE", "SPLIT"], interpreter_config=_INTERP_CFG)(_wgrad_kernel)
+                                (64, 32, 64, 4, 3), (16, 64, 64, 2, 4), (64, 16, 64, 2, 4)]],
+    key=["P", "Cg", "Cog", "KH", "KW", "MODE", "SPLIT"], interpreter_config=_INTERP_CFG)(_wgrad_kernel)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,10 +303,6 @@ def _params(leak, sub, maxv, dtype, device):
     # in the accumulator dtype: a Python float argument would arrive as fp32 (0.1 rounded) in an fp64 kernel
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     return torch.tensor([leak, sub, maxv], dtype=acc, device=device)
-
-
-def _ci_inner(x):
-    return x.stride(1) == 1 and x.shape[1] > 1
 
 
 # fp64 has no tensor-core path here (broadcast-multiply-sum): its (BM, BK, BN) product lives in registers, so
@@ -347,8 +340,8 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
     params = _params(leak, sub, maxv, x.dtype, x.device)
     args = (x, w, b if b is not None else w, y, z if keep else y, params, M, H, W, Ho, Wo, Cg, Cog, K,
             sh, sw, ph, pw, dh, dw, *x.stride(), *y.stride())
-    meta = dict(KH=KH, KW=KW, CI_INNER=_ci_inner(x), HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act],
-                ACC=acc, PRECISION=prec, MODE=mode)
+    meta = dict(KH=KH, KW=KW, HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act], ACC=acc, PRECISION=prec,
+                MODE=mode)
     blk = _blocks(block, x.dtype, x.device)
     if blk is not None:
         grid = (triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(Cog, blk["BLOCK_N"]), groups)
@@ -386,7 +379,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
         M = N * H * W
         if M:
-            args = (dy, zs, w, gx, params, M, H, W, Ho, Wo, Cg, Cog, Cog * KH * KW, sh, sw, ph, pw, dh, dw,
+            args = (dy, zs, w, gx, params, M, H, W, Ho, Wo, Cg, Cog, sh, sw, ph, pw, dh, dw,
                     *dy.stride(), *gx.stride())
             meta = dict(KH=KH, KW=KW, ACT=code, ACC=acc, PRECISION=prec, MODE=mode)
             if blk is not None:
@@ -411,16 +404,17 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         ws = torch.empty((split, Co, K), dtype=acc_t, device=x.device)
         wsb = torch.empty((split, Co), dtype=acc_t, device=x.device)
         if P:
+            meta = dict(KH=KH, KW=KW, ACT=code, WANT_B=bool(output_mask[2]), ACC=acc, PRECISION=prec, MODE=mode,
+                        SPLIT=split)
+
             args = (dy, zs, x, ws, wsb, params, P, H, W, Ho, Wo, Cg, Cog, Co, K, per_split,
                     sh, sw, ph, pw, dh, dw, *dy.stride(), *x.stride())
-            meta = dict(KH=KH, KW=KW, CI_INNER=_ci_inner(x), ACT=code, WANT_B=bool(output_mask[2]), ACC=acc,
-                        PRECISION=prec, MODE=mode, SPLIT=split)
+            # axis 1: every tap times the blocks of input channels
+            grid = lambda m: (triton.cdiv(Cog, m["BLOCK_M"]), KH * KW * triton.cdiv(Cg, m["BLOCK_N"]),  # noqa: E731
+                              groups * split)
             if blk is not None:
-                _wgrad_kernel[(triton.cdiv(Cog, blk["BLOCK_M"]), triton.cdiv(K, blk["BLOCK_N"]), groups * split)](
-                    *args, **meta, **blk)
+                _wgrad_kernel[grid(blk)](*args, **meta, **blk)
             else:
-                grid = lambda m: (triton.cdiv(Cog, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_N"]),  # noqa: E731
-                                  groups * split)
                 _wgrad_tuned[grid](*args, **meta)
         else:
             ws.zero_()
