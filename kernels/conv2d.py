@@ -277,6 +277,136 @@ _wgrad_tuned = autotune(
 
 
 # --------------------------------------------------------------------------------------------------
+# depthwise (one input and one output channel per group): direct kernels
+# --------------------------------------------------------------------------------------------------
+# As a GEMM a depthwise conv has N = 1 output channel per group: a tensor-core tile would be 1/16 useful.
+# Directly: a (pixels x channels) tile, and for each tap one load of x and one multiply-add per element. It is
+# memory-bound, so plain fp32 (fp64) FMAs are the right tool; no tl.dot.
+
+@jit
+def _dw_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, p_ptr,
+                   P, C, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw,
+                   sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+                   KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_Z: tl.constexpr,
+                   ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    n = offs_p // (Ho * Wo)
+    r = offs_p % (Ho * Wo)
+    ho = r // Wo
+    wo = r % Wo
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
+    for t in range(0, KH * KW):
+        i = t // KW
+        j = t % KW
+        hi = ho * sh - ph + i * dh
+        wi = wo * sw - pw + j * dw
+        ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        xv = tl.load(x_ptr + (n * sxn + hi * sxh + wi * sxw)[:, None] + c[None, :].to(tl.int64) * sxc,
+                     mask=ok[:, None] & c_mask[None, :], other=0.0).to(ACC)
+        wv = tl.load(w_ptr + c * (KH * KW) + t, mask=c_mask, other=0.0).to(ACC)
+        acc += xv * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(ACC)[None, :]
+    y_off = (n * syn + ho * syh + wo * syw)[:, None] + c[None, :].to(tl.int64) * syc
+    o_mask = p_mask[:, None] & c_mask[None, :]
+    if SAVE_Z:
+        tl.store(z_ptr + y_off, acc.to(z_ptr.dtype.element_ty), mask=o_mask)
+    y = act_forward(acc, tl.load(p_ptr + 0), tl.load(p_ptr + 1), tl.load(p_ptr + 2), ACT)
+    tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=o_mask)
+
+
+@jit
+def _dw_dgrad_kernel(dy_ptr, zs_ptr, w_ptr, dx_ptr, p_ptr,
+                     P, C, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw,
+                     syn, syc, syh, syw, sxn, sxc, sxh, sxw,
+                     KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels
+    p_mask = offs_p < P
+    n = offs_p // (H * W)
+    r = offs_p % (H * W)
+    h = r // W
+    w = r % W
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    leak = tl.load(p_ptr + 0)
+    sub = tl.load(p_ptr + 1)
+    maxv = tl.load(p_ptr + 2)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
+    for t in range(0, KH * KW):
+        i = t // KW
+        j = t % KW
+        th = h + ph - i * dh
+        tw = w + pw - j * dw
+        ho = th // sh
+        wo = tw // sw
+        ok = p_mask & (th >= 0) & (tw >= 0) & (ho * sh == th) & (wo * sw == tw) & (ho < Ho) & (wo < Wo)
+        off = (n * syn + ho * syh + wo * syw)[:, None] + c[None, :].to(tl.int64) * syc
+        m = ok[:, None] & c_mask[None, :]
+        d = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+        if ACT != 0:
+            d = act_backward(d, tl.load(zs_ptr + off, mask=m, other=0.0).to(ACC), leak, sub, maxv, ACT)
+        wv = tl.load(w_ptr + c * (KH * KW) + t, mask=c_mask, other=0.0).to(ACC)
+        acc += d * wv[None, :]
+    x_off = (n * sxn + h * sxh + w * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+
+
+@jit
+def _dw_wgrad_kernel(dy_ptr, zs_ptr, x_ptr, ws_ptr, wsb_ptr, p_ptr,
+                     P, C, H, W, Ho, Wo, per_split, sh, sw, ph, pw, dh, dw,
+                     syn, syc, syh, syw, sxn, sxc, sxh, sxw,
+                     KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr, WANT_B: tl.constexpr,
+                     ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    t = tl.program_id(1)  # tap
+    split = tl.program_id(2)
+    i = t // KW
+    j = t % KW
+    leak = tl.load(p_ptr + 0)
+    sub = tl.load(p_ptr + 1)
+    maxv = tl.load(p_ptr + 2)
+    acc = tl.zeros((BLOCK_C,), dtype=ACC)
+    bacc = tl.zeros((BLOCK_C,), dtype=ACC)
+    p_begin = split.to(tl.int64) * per_split
+    p_end = tl.minimum(p_begin + per_split, P)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < p_end
+        n = offs_p // (Ho * Wo)
+        r = offs_p % (Ho * Wo)
+        ho = r // Wo
+        wo = r % Wo
+        off = (n * syn + ho * syh + wo * syw)[:, None] + c[None, :].to(tl.int64) * syc
+        m = p_mask[:, None] & c_mask[None, :]
+        d = tl.load(dy_ptr + off, mask=m, other=0.0).to(ACC)
+        if ACT != 0:
+            d = act_backward(d, tl.load(zs_ptr + off, mask=m, other=0.0).to(ACC), leak, sub, maxv, ACT)
+        if WANT_B:
+            bacc += tl.sum(d, axis=0)
+        hi = ho * sh - ph + i * dh
+        wi = wo * sw - pw + j * dw
+        ok = p_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        xv = tl.load(x_ptr + (n * sxn + hi * sxh + wi * sxw)[:, None] + c[None, :].to(tl.int64) * sxc,
+                     mask=ok[:, None] & c_mask[None, :], other=0.0).to(ACC)
+        acc += tl.sum(d * xv, axis=0)
+    tl.store(ws_ptr + (split * C + c) * (KH * KW) + t, acc, mask=c_mask)
+    if WANT_B:
+        if t == 0:
+            tl.store(wsb_ptr + split * C + c, bacc, mask=c_mask)
+
+
+def _dw_blocks(block, device):
+    if block is not None:
+        return block[0], block[1]
+    return (16, 16) if device.type == "cpu" else (64, 32)
+
+
+# --------------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------------
 
@@ -338,6 +468,13 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
     mode, prec, acc = _mode_and_precision(x.dtype, x.device)
     Cog, K, M = Co // groups, Cg * KH * KW, N * Ho * Wo
     params = _params(leak, sub, maxv, x.dtype, x.device)
+    if Cg == 1 and Cog == 1:  # depthwise: the direct kernel
+        bp, bc = _dw_blocks(block, x.device)
+        _dw_fwd_kernel[(triton.cdiv(M, bp), triton.cdiv(Co, bc))](
+            x, w, b if b is not None else w, y, z if keep else y, params, M, Co, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw,
+            *x.stride(), *y.stride(), KH=KH, KW=KW, HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act],
+            ACC=acc, BLOCK_P=bp, BLOCK_C=bc)
+        return y, z
     args = (x, w, b if b is not None else w, y, z if keep else y, params, M, H, W, Ho, Wo, Cg, Cog, K,
             sh, sw, ph, pw, dh, dw, *x.stride(), *y.stride())
     meta = dict(KH=KH, KW=KW, HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act], ACC=acc, PRECISION=prec,
@@ -374,6 +511,9 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
     empty = x.new_empty((0,))
     gx, gw, gb = empty, empty, empty
     code = ACT_CODES[act]
+
+    if Cg == 1 and Cog == 1:  # depthwise: the direct kernels
+        return _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, output_mask, block, split)
 
     if output_mask[0]:
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
@@ -420,6 +560,40 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
             ws.zero_()
             wsb.zero_()
         # the split partials, added in a fixed order (a tiny reduction: split x the weight's size)
+        if output_mask[1]:
+            gw = ws.sum(0).view(w.shape).to(x.dtype)
+        if output_mask[2]:
+            gb = wsb.sum(0).to(x.dtype)
+    return gx, gw, gb
+
+
+def _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, output_mask, block, split):
+    N, C, H, W = x.shape
+    KH, KW = w.shape[2], w.shape[3]
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    bp, bc = _dw_blocks(block, x.device)
+    empty = x.new_empty((0,))
+    gx, gw, gb = empty, empty, empty
+    if output_mask[0]:
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+        if gx.numel():
+            _dw_dgrad_kernel[(triton.cdiv(N * H * W, bp), triton.cdiv(C, bc))](
+                dy, zs, w, gx, params, N * H * W, C, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw, *dy.stride(),
+                *gx.stride(), KH=KH, KW=KW, ACT=code, ACC=acc, BLOCK_P=bp, BLOCK_C=bc)
+    if output_mask[1] or output_mask[2]:
+        P = N * Ho * Wo
+        acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if split is None:  # a long reduction per (channel block, tap): split it so the GPU has programs enough
+            split = 1 if x.device.type == "cpu" else max(1, min(64, triton.cdiv(P, 4096)))
+        per_split = triton.cdiv(P, split) if P else 1
+        ws = torch.zeros((split, C, KH * KW), dtype=acc_t, device=x.device)
+        wsb = torch.zeros((split, C), dtype=acc_t, device=x.device)
+        if P:
+            _dw_wgrad_kernel[(triton.cdiv(C, bc), KH * KW, split)](
+                dy, zs, x, ws, wsb, params, P, C, H, W, Ho, Wo, per_split, sh, sw, ph, pw, dh, dw, *dy.stride(),
+                *x.stride(), KH=KH, KW=KW, ACT=code, WANT_B=bool(output_mask[2]), ACC=acc, BLOCK_P=bp,
+                BLOCK_C=bc)
         if output_mask[1]:
             gw = ws.sum(0).view(w.shape).to(x.dtype)
         if output_mask[2]:

@@ -321,6 +321,9 @@ def test_triton_block_sizes(poison):
     for c in [dict(N=2, C=6, H=5, W=7, Co=6, kh=3, kw=3, stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=3,
                    cl=False),
               dict(N=1, C=5, H=6, W=4, Co=20, kh=2, kw=3, stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=1,
+                   cl=True),
+              # depthwise: the direct kernels (block = (pixels, channels), split of the grad_w reduction)
+              dict(N=2, C=20, H=6, W=5, Co=20, kh=3, kw=3, stride=(1, 2), padding=(1, 1), dilation=(2, 1), groups=20,
                    cl=True)]:
         x, w, b = make_inputs(c)
         args = (list(c["stride"]), list(c["padding"]), list(c["dilation"]), c["groups"])
