@@ -304,7 +304,7 @@ def test_triton_tilings_and_poison(poison):
 
 
 def test_cpu_poison_and_multithreaded_rows(poison):
-    """Sizes where the C++ pointwise loops split rows across threads (B*H > 16k), with poisoned buffers."""
+    """Sizes where the C++ pointwise loops split rows across threads (B*H >> 4k), with poisoned buffers."""
     require_backend("cpu", "cpu", OP)
     for kind in ("lstm", "gru"):
         got, want = seq_case(kind, "cpu", T=2, B=70, I=5, H=300, L=1, bidir=True, bias=True, dtype=torch.float32)
