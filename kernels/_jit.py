@@ -51,7 +51,27 @@ def _call_interpreted(self, *args, **kwargs):
     twin = _interp_twins.get(self.fn)
     if twin is None:
         twin = _interp_twins[self.fn] = InterpretedFunction(self.fn)
-    return twin(*args, **kwargs)
+    return _call_device_function(twin, args, kwargs)
+
+
+def _call_device_function(twin: InterpretedFunction, args, kwargs):
+    """``twin(*args, **kwargs)`` -- a @jit function called from inside an interpreted kernel -- minus a leak:
+    ``InterpretedFunction.__call__`` patches triton.language for the interpreter and never undoes it (triton
+    3.x). Patches to ``tl.core`` made there outlive the launch, and every kernel *compiled* later in the same
+    process then fails in Triton's frontend ("'ir.value' object has no attribute 'dtype'" at tl.arange): a
+    GPU test run after an interpreter test would fail. Same call, patches restored afterwards."""
+    from triton.runtime import interpreter as _interp
+
+    patch, restore_ok = getattr(_interp, "_patch_lang", None), hasattr(twin, "rewrite")
+    if patch is None or not restore_ok:  # another triton: its own call, as before
+        return twin(*args, **kwargs)
+    scope = patch(twin.fn)
+    try:
+        return twin.rewrite()(*args, **kwargs)
+    except Exception as e:
+        raise _interp.InterpreterError(repr(e)) from e
+    finally:
+        scope.restore()
 
 
 @contextlib.contextmanager
@@ -87,7 +107,7 @@ class _DualFunction(JITFunction):
 
     def __call__(self, *args, **kwargs):
         # Only reached from inside an interpreted kernel: compiled kernels inline helpers at compile time.
-        return self._interpreted(*args, **kwargs)
+        return _call_device_function(self._interpreted, args, kwargs)
 
 
 def jit(fn=None, **kwargs):
