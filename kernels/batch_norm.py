@@ -27,6 +27,7 @@ arithmetic, and fp32 is what the accuracy needs anyway).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -343,10 +344,18 @@ class _Geo:
         return (self.O * self.ib_count * self.n_cb,)
 
 
+@functools.lru_cache(maxsize=256)
+def _device_constants(values, dtype, device):
+    # torch.tensor(..., device="cuda") copies from pageable host memory and waits for it: a host-GPU sync per
+    # launch would throttle the whole training step. The values are a layer's constants (eps, the
+    # activation's parameters, momentum), so each distinct tuple is uploaded once and reused.
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _params(x, eps=0.0, leak=0.0, sub=0.0, maxv=math.inf):
     """[eps, leak, sub, maxv] as a tensor in the accumulation dtype (see _act_params for why not floats)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.tensor([eps, leak, sub, maxv], dtype=acc, device=x.device)
+    return _device_constants((float(eps), float(leak), float(sub), float(maxv)), acc, x.device)
 
 
 def _act_args(x, act, leak, sub, maxv):
@@ -469,8 +478,8 @@ def update_running(running_mean, running_var, mean, var, count, momentum, num_ba
     # strided (C,) running stats (rare) go through a contiguous copy, written back
     rm = running_mean if running_mean.is_contiguous() else running_mean.contiguous()
     rv = running_var if running_var.is_contiguous() else running_var.contiguous()
-    params = torch.tensor([0.0 if momentum is None else momentum, count / (count - 1) if count > 1 else 1.0],
-                          dtype=torch.float64, device=mean.device)
+    params = _device_constants((0.0 if momentum is None else float(momentum),
+                                count / (count - 1) if count > 1 else 1.0), torch.float64, mean.device)
     _update_running_kernel[(triton.cdiv(C, bc),)](rm, rv, mean, var, nbt, params, C, HAS_NBT=momentum is None,
                                                   BLOCK_C=bc)
     if rm is not running_mean:
