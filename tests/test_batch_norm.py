@@ -542,11 +542,16 @@ def test_cuda_extension_compiles_and_links():
         assert hasattr(torch.ops.pydl_cuda, "batch_norm_" + name)
 
 
-def test_triton_kernels_compile_for_a_gpu_without_one():
+def test_triton_kernels_compile_for_a_gpu_without_one(tmp_path, monkeypatch):
     """Triton's compiler runs here down to a cubin for sm_90 (no GPU needed): catches what the interpreter
     cannot -- constructs the compiler rejects, ints that specialise to constexpr 1 (count, C, strides) and
-    dtype combinations -- before a GPU session does."""
+    dtype combinations -- before a GPU session does. An empty cache forces the frontend to run, and an
+    interpreted launch first guards against the interpreter leaving triton.language patched (kernels/_jit.py),
+    which broke every compile after it."""
     pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    require_backend("triton", "cpu", OP)
+    pydl.batch_norm(torch.randn(3, 4, 5), training=True, act="relu", backend="triton")  # interpreted, tl.sum
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -581,3 +586,4 @@ def test_triton_kernels_compile_for_a_gpu_without_one():
     res = build(tk._update_running_kernel, dict(rm_ptr="*bf16", rv_ptr="*bf16", mean_ptr="*fp32", var_ptr="*fp32",
                                                 nbt_ptr="*i64", params_ptr="*fp64"), dict(HAS_NBT=True, BLOCK_C=64))
     assert len(res.asm["cubin"]) > 0
+    assert any(tmp_path.iterdir()), "compiled into the empty cache (not served from an old one)"
