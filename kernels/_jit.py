@@ -146,3 +146,12 @@ def autotune(configs, key, interpreter_config=None):
         return _DualAutotuner(kernel, configs, key, interpreter_config)
 
     return deco
+
+
+@functools.lru_cache(maxsize=256)
+def device_constants(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of per-layer constants (lo/hi, eps, activation parameters...) on ``device``, uploaded
+    once per distinct tuple. Kernels take such constants as a tensor when they must be fp64 (a Python float
+    argument reaches a Triton kernel as fp32); building it per call with ``torch.tensor(..., device="cuda")``
+    would copy from pageable host memory and make the host wait on every launch."""
+    return torch.tensor(values, dtype=dtype, device=device)

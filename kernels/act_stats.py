@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..ops._common import is_dense
-from ._jit import jit
+from ._jit import device_constants, jit
 
 # extra slots after the bins, in the order of columns 2..6 of `counts`
 NAN, POSINF, NEGINF, BELOW, ABOVE, NUM_EXTRA = 0, 1, 2, 3, 4, 5
@@ -177,7 +177,7 @@ def act_stats_triton(x, bins, lo, hi, eps, per_channel, block=None, splits=None)
     ws_n = torch.empty(groups * splits, dtype=torch.int64, device=dev)
     ws_f = torch.empty(groups * splits * 4, dtype=acc, device=dev)
     # lo, hi, eps as a tensor in the accumulator dtype: a Python float argument would arrive as float32
-    params = torch.tensor([lo, hi, eps], dtype=acc, device=dev)
+    params = device_constants((float(lo), float(hi), float(eps)), acc, dev)
     nslots = triton.next_power_of_2(bins + NUM_EXTRA + 1)
     reg_hist = nslots <= MAX_REGISTER_SLOTS
     tl_acc = tl.float64 if acc == torch.float64 else tl.float32
