@@ -296,7 +296,8 @@ Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
   g.L = g.Ho * g.Wo;
   // channels_last in -> channels_last out (the rule of pydl/ops/conv2d.py: out_memory_format)
   g.cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  g.xcl = g.cl || pick_im2col_nhwc(g);
+  // depthwise convs run direct loops in the input's own layout: no im2col to choose
+  g.xcl = g.cl || (!(g.Cg == 1 && g.Cog == 1) && pick_im2col_nhwc(g));
   return g;
 }
 
@@ -558,7 +559,6 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
   Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const bool dw = g.Cg == 1 && g.Cog == 1;
-  if (dw) g.xcl = g.cl;
   const at::Tensor x = x_in.contiguous(g.xcl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor y = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().memory_format(fmt));
@@ -660,30 +660,48 @@ at::Tensor make_dz(const Geom& g, const at::Tensor& dy, const at::Tensor& zs, co
 template <typename scalar_t>
 void backward_weight(const Geom& g, const scalar_t* x, const at::Tensor& dz, at::Tensor& gw_acc) {
   // gw_acc: (Co, K) in acc_t, K in the layout's order. Each thread sums its tasks into its own partial.
+  // Here the GEMM's reduction runs over the tile's pixels, and every addmm reads and writes the whole
+  // (Cog x K) partial: a narrow tile makes that traffic dominate (for 256 channels x 3x3 it is 2.4 MB per call).
+  // So the tiles are wider than the forward's (>= 512 pixels), and with the NHWC im2col they span the batch.
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* dzp = dz.data_ptr<acc_t>();
-  const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G, g.L);
-  const int64_t tiles = (g.L + TL - 1) / TL;
-  const int64_t T = g.N * g.G * tiles;
+  const int64_t pixels = g.xcl ? g.N * g.L : g.L;
+  const int64_t images = g.xcl ? 1 : g.N;
+  int64_t TL = std::min(pixels, std::max<int64_t>(512, pick_tile(g, sizeof(acc_t), images * g.G, pixels)));
+  const int64_t tiles = (pixels + TL - 1) / TL;
+  const int64_t T = images * g.G * tiles;
   const bool par = T >= at::get_num_threads() && T > 1;
   const int64_t P = par ? at::get_num_threads() : 1;
   std::vector<acc_t> part(P * g.Co * g.K, acc_t(0));
   auto task = [&](int64_t t, int64_t slot) {
-    thread_local std::vector<acc_t> buf;
+    thread_local std::vector<acc_t> buf, dbuf;
     buf.resize(g.K * TL);
     const int64_t n = t / (g.G * tiles), gi = (t / tiles) % g.G, p0 = (t % tiles) * TL;
-    const int64_t tl = std::min(TL, g.L - p0);
+    const int64_t tl = std::min(TL, pixels - p0);
     at::Tensor dw = mat(part.data() + (slot * g.Co + gi * g.Cog) * g.K, g.Cog, g.K, g.K);
-    // this tile of dz as a (Cog x tl) matrix, whatever the layout
-    const at::Tensor d = g.cl ? mat(dzp + (n * g.L + p0) * g.Co + gi * g.Cog, tl, g.Cog, g.Co).t()
-                              : mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
     if (!g.xcl) {
+      const at::Tensor d = mat(dzp + (n * g.Co + gi * g.Cog) * g.L + p0, g.Cog, tl, g.L);
       im2col_nchw(g, x + (n * g.C + gi * g.Cg) * g.H * g.W, p0, tl, buf.data());
       dw.addmm_(d, mat(buf.data(), g.K, tl, tl).t());  // (Cog x tl) @ (tl x K)
-    } else {
-      im2col_nhwc(g, x + n * g.H * g.W * g.C + gi * g.Cg, p0, tl, buf.data());
-      dw.addmm_(d, mat(buf.data(), tl, g.K, g.K));  // (Cog x tl) @ (tl x K')
+      return;
     }
+    // batch-wide tile: dz rows p0..p0+tl of all images, as a (Cog x tl) matrix
+    at::Tensor d;
+    if (g.cl) {
+      d = mat(dzp + p0 * g.Co + gi * g.Cog, tl, g.Cog, g.Co).t();  // NHWC rows are contiguous across images
+    } else {  // NCHW dz: gather the tile (it may span images) into a dense (Cog x tl) buffer
+      dbuf.resize(g.Cog * tl);
+      for (int64_t co = 0; co < g.Cog; ++co)
+        for (int64_t p = p0; p < p0 + tl;) {
+          const int64_t img = p / g.L, end = std::min(p0 + tl, (img + 1) * g.L);
+          const acc_t* src = dzp + (img * g.Co + gi * g.Cog + co) * g.L + (p - img * g.L);
+          std::copy(src, src + (end - p), dbuf.data() + co * tl + (p - p0));
+          p = end;
+        }
+      d = mat(dbuf.data(), g.Cog, tl, tl);
+    }
+    im2col_nhwc(g, x + gi * g.Cg, p0, tl, buf.data());
+    dw.addmm_(d, mat(buf.data(), tl, g.K, g.K));  // (Cog x tl) @ (tl x K')
   };
   if (par) {
     at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
