@@ -183,6 +183,36 @@ def test_cpu_resnet_layers_fp32():
         check_case(c, "cpu", act="relu", dtype=torch.float32)
 
 
+@pytest.mark.parametrize("im2col", ["nchw", "nhwc"])
+def test_cpu_forced_im2col_paths(im2col):
+    """PYDL_CONV_IM2COL forces one of the CPU kernel's two im2col layouts (read once per process, so in a
+    subprocess): both must give the same results on every layout, group count and activation."""
+    require_backend("cpu", "cpu", OP)
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch.nn.functional as F, pydl
+torch.manual_seed(0)
+for N, C, H, W, Co, k, s, p, g, cl in [(2, 32, 9, 10, 16, 3, 1, 1, 1, 0), (2, 32, 9, 10, 16, 3, 2, 1, 2, 1),
+                                        (1, 6, 7, 7, 6, 3, 1, 1, 6, 0), (2, 16, 5, 6, 8, 1, 1, 0, 1, 1)]:
+    x = torch.randn(N, C, H, W, dtype=torch.float64)
+    x = (x.contiguous(memory_format=torch.channels_last) if cl else x).requires_grad_(True)
+    w = torch.randn(Co, C // g, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(Co, dtype=torch.float64, requires_grad=True)
+    y = pydl.conv2d(x, w, b, s, p, 1, g, act="relu", backend="cpu")
+    r = F.relu(F.conv2d(x, w, b, s, p, 1, g))
+    gy = torch.randn_like(r)
+    for u, v in zip((y,) + torch.autograd.grad(y, (x, w, b), gy), (r,) + torch.autograd.grad(r, (x, w, b), gy)):
+        assert (u - v).abs().max().item() < 1e-10, (N, C, H, W, Co, k, s, p, g, cl)
+print("ok")
+"""
+    env = dict(os.environ, PYDL_CONV_IM2COL=im2col)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
 def test_backward_op_output_mask(cpu_backend):
     """The backward op computes only what the mask asks for (empty tensors elsewhere), and each gradient does
     not depend on which others were asked for."""
