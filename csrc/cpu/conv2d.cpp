@@ -20,7 +20,9 @@
 // rows: each row is a strided copy of one input row (contiguous for stride 1: vectorised), and the GEMM gives
 // (Cout/g x TL), i.e. NCHW rows of the output. channels_last (NHWC): the buffer is (TL x K') with
 // K' = (kh, kw, Cg) -- each tap is a contiguous run of Cg channels -- and the weight permuted to
-// (Cout, kh, kw, Cg) to match; the GEMM gives (TL x Cout/g), i.e. NHWC rows. Neither layout is copied.
+// (Cout, kh, kw, Cg) to match; the GEMM gives (TL x Cout/g), i.e. NHWC rows, and a tile may span images.
+// Small NCHW images (rows of <= 32 pixels, >= 16 channels per group) take the NHWC im2col too, from one
+// channels_last copy of x: short rows make the NCHW copy all bookkeeping (see pick_im2col_nhwc).
 //
 // Backward, with dz = act'(z) * dy (computed once, in the output's layout, together with grad_bias):
 //   grad_w[g] += dz_tile (Cout/g x TL) @ im2col_tile^T (TL x K)  -- per-thread partial sums, added in order;
@@ -29,8 +31,9 @@
 //     image: tasks never write the same element and there are no atomics.
 //
 // Depthwise convs (one input and one output channel per group) have K = kh*kw = 9: a GEMM per channel would be
-// all overhead. Their forward is a direct convolution instead, vectorised along the row (NCHW) or along the
-// channels (NHWC).
+// all overhead. They are direct convolutions instead, forward and backward: for NCHW at stride 1 each plane is
+// zero-padded once so that every tap is one long shifted axpy / dot product over the flat plane; for NHWC the
+// loops run along the channels.
 //
 // Parallelism: at::parallel_for over tasks, each GEMM single-threaded inside it (MKL does not nest). When
 // there are fewer tasks than threads (batch 1, one group, small image) the tasks run in turn and each GEMM
