@@ -591,10 +591,18 @@ def _to_cuda(c, dtype, bias=True):
     return x.cuda(), w.cuda(), (None if b is None else b.cuda())
 
 
+@pytest.fixture
+def no_autotune(monkeypatch):
+    """Correctness on many shapes without compiling every autotune config for each (minutes on a GPU)."""
+    import pydl.kernels.conv2d as kc
+
+    monkeypatch.setattr(kc, "AUTOTUNE", False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("cl", [False, True])
-def test_gpu_parity(gpu_backend, dtype, cl):
+def test_gpu_parity(gpu_backend, dtype, cl, no_autotune):
     require_backend(gpu_backend, "cuda", OP)
     for c in GPU_CASES:
         c = dict(c, cl=cl)
