@@ -227,13 +227,19 @@ template <class PW>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, const Tensor& x_in, const Tensor& h0,
                                                                const Tensor& c0, at::TensorList weights,
                                                                const std::optional<Tensor>& mask, int64_t L,
-                                                               bool bidir, bool has_bias) {
+                                                               bool bidir, bool has_bias, bool need_reserve) {
   const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
   const Tensor x = x_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), D = bidir ? 2 : 1, H = weights[1].size(1);
   const int64_t G = is_lstm ? 4 : 3, R = is_lstm ? 5 : 4;
   const auto acc = acc_type(x.scalar_type());
-  auto reserve = at::empty({L * D, T * B * R * H}, x.options().dtype(acc));
+  // need_reserve = false (inference): gates and cell states go to a per-step scratch that stays in cache
+  auto reserve = at::empty({L * D, need_reserve ? T * B * R * H : 0}, x.options().dtype(acc));
+  Tensor scratch, c_scratch;
+  if (!need_reserve) {
+    scratch = at::empty({B, 4 * H}, x.options().dtype(acc));
+    c_scratch = at::empty({2, B, H}, x.options().dtype(acc));  // this step's and the previous step's c
+  }
   auto layer_outs = at::empty({std::max<int64_t>(L - 1, 0), T, B, D * H}, x.options());
   auto hn = at::empty({L * D, B, H}, x.options());
   Tensor cn = is_lstm ? at::empty({L * D, B, H}, x.options()) : Tensor();
@@ -254,25 +260,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
       Tensor h_prev = h0[k];
       const Tensor res = reserve[k];
       if (is_lstm) {
-        const Tensor gates = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
-        const Tensor cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+        Tensor gates, cs;
+        if (need_reserve) {
+          gates = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+          cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+        }
         Tensor c_prev = c0[k].to(acc).contiguous();
         for (int64_t s = 0; s < T; ++s) {  // 2) the recurrence: one GEMM + one fused pointwise kernel per step
           const int64_t t = step_time(s, d, T);
           Tensor pre = xg[t];
           pre.addmm_(h_prev, w_hh_t);  // xg[t] += h W_hh^T, in place
-          Tensor g_t = gates[t], c_t = cs[t], h_t = hcols[t];
+          Tensor g_t = need_reserve ? gates[t] : scratch, c_t = need_reserve ? cs[t] : c_scratch[s % 2];
+          Tensor h_t = hcols[t];
           PW::lstm_fwd(pre, c_prev, g_t, c_t, h_t);
           h_prev = h_t;
           c_prev = c_t;
         }
         cn[k].copy_(c_prev);
       } else {
-        const Tensor ws = res.view({T, B, 4 * H});
+        const Tensor ws = need_reserve ? res.view({T, B, 4 * H}) : Tensor();
         for (int64_t s = 0; s < T; ++s) {
           const int64_t t = step_time(s, d, T);
           linear_out(hg, h_prev, w_hh_t, W.b_hh);
-          Tensor w_t = ws[t], h_t = hcols[t];
+          Tensor w_t = need_reserve ? ws[t] : scratch, h_t = hcols[t];
           PW::gru_fwd(xg[t], hg, rows(h_prev), w_t, h_t);
           h_prev = h_t;
         }

@@ -215,9 +215,9 @@ def gru_cell_backward_triton(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh):
     return R.gru_cell_backward_driver(TritonPointwise, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
-def lstm_triton(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
+def lstm_triton(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
     return R.seq_forward_driver(TritonPointwise, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional,
-                                has_bias)
+                                has_bias, need_reserve)
 
 
 def lstm_backward_triton(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
@@ -226,9 +226,9 @@ def lstm_backward_triton(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, o
                                  reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
-def gru_triton(x, h0, weights, mask, num_layers, bidirectional, has_bias):
+def gru_triton(x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
     out, hn, _, reserve, layer_outs = R.seq_forward_driver(TritonPointwise, "gru", x, h0, None, weights, mask,
-                                                           num_layers, bidirectional, has_bias)
+                                                           num_layers, bidirectional, has_bias, need_reserve)
     return out, hn, reserve, layer_outs
 
 

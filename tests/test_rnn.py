@@ -287,6 +287,36 @@ def test_input_without_grad_skips_dx(cpu_backend, kind):
     assert torch.allclose(skipped[1], full[1]) and all(torch.equal(a, b) for a, b in zip(skipped[-1], full[-1]))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_inference_without_reserve(cpu_backend, kind):
+    """need_reserve=False (what the public functions pass under no_grad): same outputs, nothing saved, and a
+    backward through such a call is refused with a clear error instead of reading an empty reserve."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(7)
+    T, B, I, H, L = 3, 2, 3, 4, 2
+    m = make_torch(kind, I, H, L, True, True)
+    ws = list(m._flat_weights)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(L * 2, B, H, dtype=torch.float64)
+    op = getattr(torch.ops.pydl, kind)
+    args = (x, h0, h0, ws) if kind == "lstm" else (x, h0, ws)
+    full = op(*args, None, L, True, True, cpu_backend, True)
+    lean = op(*args, None, L, True, True, cpu_backend, False)
+    assert lean[-2].shape == (L * 2, 0) and full[-2].shape[1] > 0
+    for a, b in zip(full[:-2], lean[:-2]):  # out, hn (, cn) identical; layer_outs too
+        assert torch.equal(a, b)
+    assert torch.equal(full[-1], lean[-1])
+    fn = pydl.lstm if kind == "lstm" else pydl.gru
+    with torch.no_grad():
+        got = fn(x, ws, num_layers=L, bidirectional=True, backend=cpu_backend)[0]
+        want = m(x)[0]
+    assert torch.allclose(got, want, atol=1e-12)
+    xr = x.clone().requires_grad_()
+    out = op(*((xr,) + args[1:]), None, L, True, True, cpu_backend, False)[0]
+    with pytest.raises(RuntimeError, match="need_reserve"):
+        out.sum().backward()
+
+
 def test_triton_tilings_and_poison(poison):
     """Two tilings of the Triton kernels give the same numbers; `poison` NaN-fills every torch.empty first,
     so an element a kernel forgot to write (a masked-off edge) shows up as NaN."""

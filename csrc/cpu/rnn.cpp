@@ -287,9 +287,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward_cpu
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cpu(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                                             at::TensorList weights, const std::optional<Tensor>& mask,
-                                                            int64_t L, bool bidir, bool has_bias) {
+                                                            int64_t L, bool bidir, bool has_bias,
+                                                            bool need_reserve) {
   rnn::check_seq(4, x, h0, &c0, weights, mask, L, bidir, has_bias, kCPU, "lstm");
-  return rnn::seq_forward<CpuPW>(true, x, h0, c0, weights, mask, L, bidir, has_bias);
+  return rnn::seq_forward<CpuPW>(true, x, h0, c0, weights, mask, L, bidir, has_bias, need_reserve);
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
@@ -303,9 +304,9 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_cpu(const Tensor& x, const Tensor& h0, at::TensorList weights,
                                                    const std::optional<Tensor>& mask, int64_t L, bool bidir,
-                                                   bool has_bias) {
+                                                   bool has_bias, bool need_reserve) {
   rnn::check_seq(3, x, h0, nullptr, weights, mask, L, bidir, has_bias, kCPU, "gru");
-  auto r = rnn::seq_forward<CpuPW>(false, x, h0, Tensor(), weights, mask, L, bidir, has_bias);
+  auto r = rnn::seq_forward<CpuPW>(false, x, h0, Tensor(), weights, mask, L, bidir, has_bias, need_reserve);
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r)};
 }
 
@@ -333,12 +334,12 @@ TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
   m.def("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, bool need_dx, "
         "bool need_dh) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-        "bool bidirectional, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool bidirectional, bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
         "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
         "bool bidirectional, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
   m.def("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, bool bidirectional, "
-        "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor)");
+        "bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, "
         "Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, bool bidirectional, bool has_bias, "
         "bool need_dx) -> (Tensor, Tensor, Tensor[])");

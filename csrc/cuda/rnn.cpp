@@ -128,10 +128,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward_cud
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cuda(const Tensor& x, const Tensor& h0, const Tensor& c0,
                                                              at::TensorList weights, const std::optional<Tensor>& mask,
-                                                             int64_t L, bool bidir, bool has_bias) {
+                                                             int64_t L, bool bidir, bool has_bias,
+                                                             bool need_reserve) {
   rnn::check_seq(4, x, h0, &c0, weights, mask, L, bidir, has_bias, kCUDA, "lstm");
   const c10::cuda::CUDAGuard guard(x.device());
-  return rnn::seq_forward<CudaPW>(true, x, h0, c0, weights, mask, L, bidir, has_bias);
+  return rnn::seq_forward<CudaPW>(true, x, h0, c0, weights, mask, L, bidir, has_bias, need_reserve);
 }
 
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
@@ -146,10 +147,10 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cuda(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_cuda(const Tensor& x, const Tensor& h0, at::TensorList weights,
                                                     const std::optional<Tensor>& mask, int64_t L, bool bidir,
-                                                    bool has_bias) {
+                                                    bool has_bias, bool need_reserve) {
   rnn::check_seq(3, x, h0, nullptr, weights, mask, L, bidir, has_bias, kCUDA, "gru");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto r = rnn::seq_forward<CudaPW>(false, x, h0, Tensor(), weights, mask, L, bidir, has_bias);
+  auto r = rnn::seq_forward<CudaPW>(false, x, h0, Tensor(), weights, mask, L, bidir, has_bias, need_reserve);
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r), std::get<4>(r)};
 }
 
@@ -178,12 +179,12 @@ TORCH_LIBRARY_FRAGMENT(pydl_cuda, m) {
   m.def("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, bool need_dx, "
         "bool need_dh) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-        "bool bidirectional, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "bool bidirectional, bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
         "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
         "bool bidirectional, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
   m.def("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, bool bidirectional, "
-        "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor)");
+        "bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, "
         "Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, bool bidirectional, bool has_bias, "
         "bool need_dx) -> (Tensor, Tensor, Tensor[])");

@@ -70,13 +70,17 @@ LIB.define("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, 
 # its output is an empty (0,) tensor. In a step-by-step loop only the very first hx is a leaf without grad,
 # but a benchmark -- or a model feeding constant states -- pays for the dh GEMM otherwise.
 LIB.define("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+           "bool bidirectional, bool has_bias, str backend, bool need_reserve=True) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 LIB.define("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
            "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, "
            "int num_layers, bool bidirectional, bool has_bias, bool need_dx, str backend) "
            "-> (Tensor, Tensor, Tensor, Tensor[])")
 LIB.define("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-           "bool bidirectional, bool has_bias, str backend) -> (Tensor, Tensor, Tensor, Tensor)")
+           "bool bidirectional, bool has_bias, str backend, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor)")
+# need_reserve=False (inference: no gradient will be asked for): the activated gates and cell states of each
+# step go to a small scratch buffer that stays in cache instead of the (L*D, T*B*R*H) reserve, which comes
+# back empty. Writing that reserve is most of the pointwise part's memory traffic.
 LIB.define("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, "
            "Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
            "bool bidirectional, bool has_bias, bool need_dx, str backend) -> (Tensor, Tensor, Tensor[])")
@@ -314,7 +318,7 @@ def _time_order(T, d):
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has_bias):
+def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has_bias, need_reserve=True):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
@@ -322,7 +326,10 @@ def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has
     R = RESERVE_COLS[kind]
     acc = acc_dtype(x.dtype)
     x = x.contiguous()
-    reserve = x.new_empty((L * D, T * B * R * H), dtype=acc)
+    reserve = x.new_empty((L * D, T * B * R * H if need_reserve else 0), dtype=acc)
+    if not need_reserve:  # per-step scratch: gates / ws (B, 4H) and two cell-state buffers (this step, previous)
+        scratch = x.new_empty((B, 4 * H), dtype=acc)
+        c_scratch = x.new_empty((2, B, H), dtype=acc)
     layer_outs = x.new_empty((max(L - 1, 0), T, B, D * H))
     hn = x.new_empty((L * D, B, H))
     cn = x.new_empty((L * D, B, H)) if kind == "lstm" else None
@@ -342,15 +349,20 @@ def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has
             h_prev = h0[k]
             hcols = slice(d * H, (d + 1) * H)
             if kind == "lstm":
-                gates = reserve[k, : T * B * 4 * H].view(T, B, 4 * H)
-                cs = reserve[k, T * B * 4 * H:].view(T, B, H)
+                if need_reserve:
+                    gates = reserve[k, : T * B * 4 * H].view(T, B, 4 * H)
+                    cs = reserve[k, T * B * 4 * H:].view(T, B, H)
+                else:  # every step writes the same gate scratch; the cell states alternate between two buffers
+                    gates, cs = scratch.expand(T, B, 4 * H), [None] * T
+                    for s_, t in enumerate(_time_order(T, d)):
+                        cs[t] = c_scratch[s_ % 2]
                 c_prev = c0[k].to(acc).contiguous()
                 for t in _time_order(T, d):  # 2) the recurrence: one GEMM + one fused kernel per step
                     PW.lstm_fwd(xg[t].addmm_(h_prev, w_hh_t), c_prev, gates[t], cs[t], out[t, :, hcols])
                     h_prev, c_prev = out[t, :, hcols], cs[t]
                 cn[k] = c_prev
             else:
-                ws = reserve[k].view(T, B, 4 * H)
+                ws = reserve[k].view(T, B, 4 * H) if need_reserve else scratch.expand(T, B, 4 * H)
                 for t in _time_order(T, d):
                     hg = torch.mm(h_prev, w_hh_t) if b_hh is None else torch.addmm(b_hh, h_prev, w_hh_t)
                     PW.gru_fwd(xg[t], hg, h_prev, ws[t], out[t, :, hcols])
@@ -458,8 +470,9 @@ def gru_cell_backward_reference(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh
     return gru_cell_backward_driver(RefPointwise, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
-def lstm_reference(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
-    return seq_forward_driver(RefPointwise, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+def lstm_reference(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
+    return seq_forward_driver(RefPointwise, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
+                              need_reserve)
 
 
 def lstm_backward_reference(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
@@ -468,9 +481,9 @@ def lstm_backward_reference(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask
                                reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
-def gru_reference(x, h0, weights, mask, num_layers, bidirectional, has_bias):
+def gru_reference(x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
     out, hn, _, reserve, layer_outs = seq_forward_driver(RefPointwise, "gru", x, h0, None, weights, mask,
-                                                         num_layers, bidirectional, has_bias)
+                                                         num_layers, bidirectional, has_bias, need_reserve)
     return out, hn, reserve, layer_outs
 
 
@@ -546,9 +559,10 @@ def _gru_cell_backward_kernel(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, 
     return OPS["gru_cell_backward"](backend, x.device.type, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
 
-def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend):
+def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
-    return OPS["lstm"](backend, x.device.type, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+    return OPS["lstm"](backend, x.device.type, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
+                       need_reserve)
 
 
 def _lstm_backward_kernel(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
@@ -557,9 +571,9 @@ def _lstm_backward_kernel(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, 
                                 reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
-def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend):
+def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("gru", x, h0, None, weights, mask, num_layers, bidirectional, has_bias)
-    return OPS["gru"](backend, x.device.type, x, h0, weights, mask, num_layers, bidirectional, has_bias)
+    return OPS["gru"](backend, x.device.type, x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve)
 
 
 def _gru_backward_kernel(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
@@ -614,21 +628,22 @@ def _gru_cell_backward_fake(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, ba
             w_ih.new_empty((G,)), w_ih.new_empty((G,)))
 
 
-def _seq_fake(kind, x, weights, num_layers, bidirectional):
+def _seq_fake(kind, x, weights, num_layers, bidirectional, need_reserve):
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
     out = x.new_empty((T, B, D * H))
     hn = x.new_empty((num_layers * D, B, H))
-    reserve = x.new_empty((num_layers * D, T * B * RESERVE_COLS[kind] * H), dtype=acc_dtype(x.dtype))
+    per = T * B * RESERVE_COLS[kind] * H if need_reserve else 0
+    reserve = x.new_empty((num_layers * D, per), dtype=acc_dtype(x.dtype))
     layer_outs = x.new_empty((max(num_layers - 1, 0), T, B, D * H))
     return out, hn, reserve, layer_outs
 
 
 @torch.library.register_fake("pydl::lstm")
-def _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend):
+def _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
-    out, hn, reserve, layer_outs = _seq_fake("lstm", x, weights, num_layers, bidirectional)
+    out, hn, reserve, layer_outs = _seq_fake("lstm", x, weights, num_layers, bidirectional, need_reserve)
     return out, hn, _like(hn), reserve, layer_outs
 
 
@@ -639,9 +654,9 @@ def _lstm_backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, ou
 
 
 @torch.library.register_fake("pydl::gru")
-def _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend):
+def _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("gru", x, h0, None, weights, mask, num_layers, bidirectional, has_bias)
-    return _seq_fake("gru", x, weights, num_layers, bidirectional)
+    return _seq_fake("gru", x, weights, num_layers, bidirectional, need_reserve)
 
 
 @torch.library.register_fake("pydl::gru_backward")
@@ -707,8 +722,15 @@ def _gru_cell_bwd(ctx, g_hy, _g_ws):
 torch.library.register_autograd("pydl::gru_cell", _gru_cell_bwd, setup_context=_gru_cell_setup)
 
 
+def _need_reserve(ctx):
+    if not ctx.need_reserve:
+        raise RuntimeError("pydl: this recurrent forward ran with need_reserve=False (nothing saved for a "
+                           "backward); call it with need_reserve=True when gradients are needed")
+
+
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
+    x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve = inputs
+    ctx.need_reserve = need_reserve
     out, _, _, reserve, layer_outs = output
     ctx.save_for_backward(x, h0, c0, mask, out, reserve, layer_outs, *weights)
     ctx.cfg = (num_layers, bidirectional, has_bias)
@@ -720,18 +742,20 @@ def _lstm_setup(ctx, inputs, output):
 
 
 def _lstm_bwd(ctx, g_out, g_hn, g_cn, _g_reserve, _g_layer_outs):
+    _need_reserve(ctx)
     x, h0, c0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
     g_out, g_hn, g_cn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0), _zeros_if_none(g_cn, c0)
     gx, gh0, gc0, gw = torch.ops.pydl.lstm_backward(g_out, g_hn, g_cn, x, h0, c0, weights, mask, out, reserve,
                                                     layer_outs, *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
-    return gx if ctx.needs_input_grad[0] else None, gh0, gc0, list(gw), None, None, None, None, None
+    return gx if ctx.needs_input_grad[0] else None, gh0, gc0, list(gw), None, None, None, None, None, None
 
 
 torch.library.register_autograd("pydl::lstm", _lstm_bwd, setup_context=_lstm_setup)
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, weights, mask, num_layers, bidirectional, has_bias, backend = inputs
+    x, h0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve = inputs
+    ctx.need_reserve = need_reserve
     out, _, reserve, layer_outs = output
     ctx.save_for_backward(x, h0, mask, out, reserve, layer_outs, *weights)
     ctx.cfg = (num_layers, bidirectional, has_bias)
@@ -741,11 +765,12 @@ def _gru_setup(ctx, inputs, output):
 
 
 def _gru_bwd(ctx, g_out, g_hn, _g_reserve, _g_layer_outs):
+    _need_reserve(ctx)
     x, h0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
     g_out, g_hn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0)
     gx, gh0, gw = torch.ops.pydl.gru_backward(g_out, g_hn, x, h0, weights, mask, out, reserve, layer_outs,
                                               *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
-    return gx if ctx.needs_input_grad[0] else None, gh0, list(gw), None, None, None, None, None
+    return gx if ctx.needs_input_grad[0] else None, gh0, list(gw), None, None, None, None, None, None
 
 
 torch.library.register_autograd("pydl::gru", _gru_bwd, setup_context=_gru_setup)
@@ -789,6 +814,14 @@ def dropout_masks(x_like, num_layers, T, B, DH, p) -> Optional[torch.Tensor]:
     return x_like.new_empty((num_layers - 1, T, B, DH)).bernoulli_(1 - p).div_(1 - p)
 
 
+def _grad_needed(x, h0, c0, weights) -> bool:
+    """Will autograd ask for a backward of this call? (Else the forward need not save its activations.)"""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad) or \
+        any(w.requires_grad for w in weights)
+
+
 def _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias):
     weights = list(weights)
     if has_bias is None:
@@ -816,7 +849,7 @@ def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num
     c0 = x.new_zeros((num_layers * D, B, H)) if c0 is None else c0
     mask = dropout_masks(x, num_layers, T, B, D * H, dropout) if training else None
     out, hn, cn, _, _ = torch.ops.pydl.lstm(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
-                                            _backend(backend))
+                                            _backend(backend), _grad_needed(x, h0, c0, weights))
     if batch_first:
         out = out.transpose(0, 1)
     return out, (hn, cn)
@@ -832,7 +865,8 @@ def gru(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, num_layers: i
     T, B = x.shape[0], x.shape[1]
     h0 = x.new_zeros((num_layers * D, B, H)) if h0 is None else h0
     mask = dropout_masks(x, num_layers, T, B, D * H, dropout) if training else None
-    out, hn, _, _ = torch.ops.pydl.gru(x, h0, weights, mask, num_layers, bidirectional, has_bias, _backend(backend))
+    out, hn, _, _ = torch.ops.pydl.gru(x, h0, weights, mask, num_layers, bidirectional, has_bias, _backend(backend),
+                                       _grad_needed(x, h0, None, weights))
     if batch_first:
         out = out.transpose(0, 1)
     return out, hn
