@@ -240,7 +240,8 @@ struct CpuPW {
   static void lstm_bwd(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dc, const Tensor& gates,
                        const Tensor& c, const Tensor& c_prev, Tensor& dG, Tensor& dc_prev) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dG.scalar_type(), "pydl_lstm_bwd_cpu",
-                                    [&] { lstm_bwd_impl<scalar_t>(dh_out, dh_rec, dc, gates, c, c_prev, dG, dc_prev); });
+                                    [&] { lstm_bwd_impl<scalar_t>(dh_out, dh_rec, dc, gates, c, c_prev, dG,
+                                                                  dc_prev); });
   }
 
   static void gru_fwd(const Tensor& xg, const Tensor& hg, const Tensor& h_prev, Tensor& ws, Tensor& h) {
@@ -251,7 +252,8 @@ struct CpuPW {
   static void gru_bwd(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_dir, const Tensor& ws,
                       const Tensor& h_prev, Tensor& dGi, Tensor& dGh, Tensor& dh_dir_out) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dGi.scalar_type(), "pydl_gru_bwd_cpu",
-                                    [&] { gru_bwd_impl<scalar_t>(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out); });
+                                    [&] { gru_bwd_impl<scalar_t>(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh,
+                                                                 dh_dir_out); });
   }
 };
 

@@ -96,7 +96,8 @@ constexpr auto kCUDA = c10::DeviceType::CUDA;
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& x, const Tensor& hx, const Tensor& cx,
                                                   const Tensor& w_ih, const Tensor& w_hh,
-                                                  const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+                                                  const std::optional<Tensor>& b_ih,
+                                                  const std::optional<Tensor>& b_hh) {
   rnn::check_cell(4, x, hx, &cx, w_ih, w_hh, b_ih, b_hh, kCUDA, "lstm_cell");
   const c10::cuda::CUDAGuard guard(x.device());
   return rnn::lstm_cell<CudaPW>(x, hx, cx, w_ih, w_hh, b_ih, b_hh);

@@ -77,7 +77,8 @@ LIB.define("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tenso
            "int num_layers, bool bidirectional, bool has_bias, bool need_dx, str backend) "
            "-> (Tensor, Tensor, Tensor, Tensor[])")
 LIB.define("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-           "bool bidirectional, bool has_bias, str backend, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor)")
+           "bool bidirectional, bool has_bias, str backend, bool need_reserve=True) "
+           "-> (Tensor, Tensor, Tensor, Tensor)")
 # need_reserve=False (inference: no gradient will be asked for): the activated gates and cell states of each
 # step go to a small scratch buffer that stays in cache instead of the (L*D, T*B*R*H) reserve, which comes
 # back empty. Writing that reserve is most of the pointwise part's memory traffic.
