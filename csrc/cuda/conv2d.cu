@@ -122,34 +122,67 @@ PYDL_CONV_HD typename Acc<T>::type load_dz(const ConvArgs& a, int64_t off) {
 }
 
 // ---- operand element loaders (0 outside the problem or in the padding) -------------------------------------
-template <typename T, int MODE>
-PYDL_CONV_HD typename Acc<T>::type load_a(const ConvArgs& a, int64_t g, int64_t s, int64_t m,
-                                                        int64_t k, int64_t M, int64_t K) {
-  using acc_t = typename Acc<T>::type;
-  if (m >= M || k >= K) return acc_t(0);
-  if (MODE == kFwd) {  // im2col(x)[m = (n, ho, wo), k = tap]
+// Row context of A for kFwd / kDgrad: the part of an element's address that depends only on its row m (which
+// image, which output/input pixel). Threads whose row stays fixed across the K loop compute it once (see the
+// kernels); the per-element work is then the tap decomposition and the padding test.
+struct RowA {
+  int64_t base;  // kFwd: offset of x[n, g*Cg, 0, 0]; kDgrad: offset of dy[n, g*Cog, 0, 0]
+  int64_t r0;    // kFwd: ho*sh - ph; kDgrad: h
+  int64_t r1;    // kFwd: wo*sw - pw; kDgrad: w
+  bool ok;       // m < M
+};
+
+template <int MODE>
+PYDL_CONV_HD RowA row_a(const ConvArgs& a, int64_t g, int64_t m, int64_t M) {
+  RowA r{0, 0, 0, m < M};
+  if (!r.ok) return r;
+  if (MODE == kFwd) {  // m = (n, ho, wo)
     const int64_t hw = a.Ho * a.Wo;
-    const int64_t n = qdiv(m, hw), r = m - n * hw, ho = qdiv(r, a.Wo), wo = r - ho * a.Wo;
+    const int64_t n = qdiv(m, hw), rem = m - n * hw, ho = qdiv(rem, a.Wo), wo = rem - ho * a.Wo;
+    r.base = n * a.sx[0] + g * a.Cg * a.sx[1];
+    r.r0 = ho * a.sh - a.ph;
+    r.r1 = wo * a.sw - a.pw;
+  } else {  // kDgrad: m = (n, h, w)
+    const int64_t hw = a.H * a.W;
+    const int64_t n = qdiv(m, hw), rem = m - n * hw, h = qdiv(rem, a.W), w = rem - h * a.W;
+    r.base = n * a.sy[0] + g * a.Cog * a.sy[1];
+    r.r0 = h;
+    r.r1 = w;
+  }
+  return r;
+}
+
+template <typename T, int MODE>
+PYDL_CONV_HD typename Acc<T>::type load_a_row(const ConvArgs& a, const RowA& r, int64_t k, int64_t K) {
+  using acc_t = typename Acc<T>::type;
+  if (!r.ok || k >= K) return acc_t(0);
+  if (MODE == kFwd) {  // im2col(x)[m, k = tap]
     int ci, ki, kj;
     tap(a, int(k), ci, ki, kj);
-    const int64_t hi = ho * a.sh - a.ph + ki * a.dh, wi = wo * a.sw - a.pw + kj * a.dw;
+    const int64_t hi = r.r0 + ki * a.dh, wi = r.r1 + kj * a.dw;
     if (hi < 0 || hi >= a.H || wi < 0 || wi >= a.W) return acc_t(0);
-    return to_acc(static_cast<const T*>(a.x)[n * a.sx[0] + (g * a.Cg + ci) * a.sx[1] + hi * a.sx[2] + wi * a.sx[3]]);
-  } else if (MODE == kDgrad) {  // dz gathered: input pixel m = (n, h, w), k = (o, i, j)
-    const int64_t hw = a.H * a.W;
-    const int64_t n = qdiv(m, hw), r = m - n * hw, h = qdiv(r, a.W), w = r - h * a.W;
+    return to_acc(static_cast<const T*>(a.x)[r.base + ci * a.sx[1] + hi * a.sx[2] + wi * a.sx[3]]);
+  } else {  // kDgrad: dz gathered, k = (o, i, j)
     const int KK = int(a.KH * a.KW);
     const int o = int(k) / KK, rk = int(k) - o * KK, ki = rk / int(a.KW), kj = rk - ki * int(a.KW);
-    const int64_t th = h + a.ph - ki * a.dh, tw = w + a.pw - kj * a.dw;  // = ho*sh, wo*sw if pixel is that tap
+    const int64_t th = r.r0 + a.ph - ki * a.dh, tw = r.r1 + a.pw - kj * a.dw;  // = ho*sh, wo*sw if that tap
     if (th < 0 || tw < 0) return acc_t(0);
-    const int64_t ho = qdiv(th, a.sh), wo = qdiv(tw, a.sw);
+    const int64_t ho = a.sh == 1 ? th : qdiv(th, a.sh), wo = a.sw == 1 ? tw : qdiv(tw, a.sw);
     if (ho * a.sh != th || wo * a.sw != tw || ho >= a.Ho || wo >= a.Wo) return acc_t(0);
-    return load_dz<T>(a, n * a.sy[0] + (g * a.Cog + o) * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
-  } else {  // dz^T: m = output channel of the group, k = pixel of this block's range
-    const int64_t p = s * a.per_split + k, hw = a.Ho * a.Wo;
-    const int64_t n = qdiv(p, hw), r = p - n * hw, ho = qdiv(r, a.Wo), wo = r - ho * a.Wo;
-    return load_dz<T>(a, n * a.sy[0] + (g * a.Cog + m) * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
+    return load_dz<T>(a, r.base + o * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
   }
+}
+
+template <typename T, int MODE>
+PYDL_CONV_HD typename Acc<T>::type load_a(const ConvArgs& a, int64_t g, int64_t s, int64_t m,
+                                          int64_t k, int64_t M, int64_t K) {
+  using acc_t = typename Acc<T>::type;
+  if (MODE != kWgrad) return load_a_row<T, MODE>(a, row_a<MODE>(a, g, m, M), k, K);
+  if (m >= M || k >= K) return acc_t(0);
+  // kWgrad, dz^T: m = output channel of the group, k = pixel of this block's range
+  const int64_t p = s * a.per_split + k, hw = a.Ho * a.Wo;
+  const int64_t n = qdiv(p, hw), r = p - n * hw, ho = qdiv(r, a.Wo), wo = r - ho * a.Wo;
+  return load_dz<T>(a, n * a.sy[0] + (g * a.Cog + m) * a.sy[1] + ho * a.sy[2] + wo * a.sy[3]);
 }
 
 template <typename T, int MODE>
@@ -289,6 +322,7 @@ PYDL_CONV_HD bool is_depthwise(const ConvArgs& a) { return a.Cg == 1 && a.Cog ==
 // SIMT engine: fp32 (exact) and fp64
 // =========================================================================================================
 constexpr int kSimtBM = 64, kSimtBN = 64, kSimtBK = 16, kSimtThreads = 256;
+static_assert(kSimtThreads % kSimtBM == 0, "a thread's A row must stay fixed (RowA hoisting)");
 
 template <typename T, int MODE>
 __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(ConvArgs a) {
@@ -302,6 +336,9 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(ConvArgs a) {
   const int64_t M = size_m<MODE>(a), N = size_n<MODE>(a), K = size_k<MODE>(a, s);
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
   const bool ak = a_along_k<MODE>(a);
+  // Walking A along m, thread tid always loads row tid % BM (kSimtThreads is a multiple of BM): its row's
+  // image/pixel decomposition is computed once here instead of once per element per K-slice.
+  const RowA ra = row_a<MODE == kWgrad ? kFwd : MODE>(a, g, m0 + tid % BM, M);
 
   acc_t acc[4][4];
 #pragma unroll
@@ -314,7 +351,8 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(ConvArgs a) {
     for (int i = 0; i < (BM * BK) / kSimtThreads; ++i) {
       const int e = tid + i * kSimtThreads;
       const int mm = ak ? e / BK : e % BM, kk = ak ? e % BK : e / BM;
-      As[kk][mm] = load_a<T, MODE>(a, g, s, m0 + mm, k0 + kk, M, K);
+      As[kk][mm] = (ak || MODE == kWgrad) ? load_a<T, MODE>(a, g, s, m0 + mm, k0 + kk, M, K)
+                                          : load_a_row<T, MODE == kWgrad ? kFwd : MODE>(a, ra, k0 + kk, K);
     }
 #pragma unroll
     for (int i = 0; i < (BN * BK) / kSimtThreads; ++i) {
@@ -350,6 +388,7 @@ __global__ void __launch_bounds__(kSimtThreads) conv_simt_kernel(ConvArgs a) {
 // Tensor-core engine (WMMA): fp16 / bf16 with fp32 accumulation; fp32 as TF32 when allowed
 // =========================================================================================================
 constexpr int kTcBM = 64, kTcBN = 64, kTcBK = 32, kTcThreads = 128;
+static_assert(kTcThreads % kTcBM == 0, "a thread's A row must stay fixed (RowA hoisting)");
 
 template <typename T> struct Frag { using type = T; static constexpr int kStep = 16; };   // fp16, bf16
 template <> struct Frag<float> { using type = wmma::precision::tf32; static constexpr int kStep = 8; };
@@ -376,6 +415,7 @@ __global__ void __launch_bounds__(kTcThreads) conv_tc_kernel(ConvArgs a) {
   const int64_t M = size_m<MODE>(a), N = size_n<MODE>(a), K = size_k<MODE>(a, s);
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
   const bool ak = a_along_k<MODE>(a);
+  const RowA ra = row_a<MODE == kWgrad ? kFwd : MODE>(a, g, m0 + tid % BM, M);  // as in the SIMT kernel
 
   wmma::fragment<wmma::accumulator, 16, 16, KS, float> fc[2][2];
 #pragma unroll
@@ -388,7 +428,9 @@ __global__ void __launch_bounds__(kTcThreads) conv_tc_kernel(ConvArgs a) {
     for (int i = 0; i < (BM * BK) / kTcThreads; ++i) {
       const int e = tid + i * kTcThreads;
       const int mm = ak ? e / BK : e % BM, kk = ak ? e % BK : e / BM;
-      As[mm * LDA + kk] = to_smem<T>(load_a<T, MODE>(a, g, s, m0 + mm, k0 + kk, M, K));
+      As[mm * LDA + kk] = to_smem<T>((ak || MODE == kWgrad)
+                                         ? load_a<T, MODE>(a, g, s, m0 + mm, k0 + kk, M, K)
+                                         : load_a_row<T, MODE == kWgrad ? kFwd : MODE>(a, ra, k0 + kk, K));
     }
 #pragma unroll 4
     for (int i = 0; i < (BN * BK) / kTcThreads; ++i) {
