@@ -17,6 +17,14 @@ shared machine far better (see :func:`interleaved`).
 
 Targets (issue #5): on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
 for hidden <= 512.
+
+What limits the CPU LSTM forward (measured on the 2-core CI box): pydl's forward costs what its GEMMs cost
+(the fused pointwise step is ~13 us per 8k elements, a few % of the whole); torch's oneDNN RNN primitive runs
+the same GEMM work ~10% faster on one thread and scales better to two (one parallel region for the whole
+recurrence, where each MKL call forks and joins). The backward is at par or ahead, so forward+backward lands
+near 1.0x. The next step is the same structure: one OpenMP region per sequence, each thread owning a slice of
+the hidden units (its gate columns of W_hh packed contiguously), a GEMM slice plus its pointwise part per
+step, and a barrier between steps.
 """
 import torch
 
