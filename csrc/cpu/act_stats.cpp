@@ -6,9 +6,9 @@
 //   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value;
 //   (variance)           sums of (v - K) and (v - K)^2 with K the running mean of the chunks before; the
 //                        first chunk of a task, with no K yet, takes a second pass over L1 instead;
-//   scatter (scalar):    histogram increments, spread over 4 sub-histograms -- post-ReLU data piles onto one
-//                        bin, and back-to-back increments of one counter wait on each other (store-to-load
-//                        forwarding); 4 copies let 4 increments be in flight.
+//   scatter (scalar):    histogram increments, spread over kSub = 8 sub-histograms -- post-ReLU data piles onto
+//                        one bin, and back-to-back increments of one counter wait on each other (store-to-load
+//                        forwarding); 8 copies let 8 increments be in flight.
 // Chunks are merged with Chan et al.'s parallel formula (mean/M2 of two sets), in double.
 //
 // "Vectorised" without -ffast-math: a float sum only vectorises if the compiler may reorder it, which by
@@ -35,6 +35,7 @@ namespace {
 
 constexpr int64_t kChunk = 2048;     // elements per L1-resident chunk (8 KB of float)
 constexpr int64_t kTaskElems = 1 << 16;  // elements per parallel task (enough to amortise a task)
+constexpr int kSub = 8;               // sub-histograms the scatter rotates through (measured: 8 beat 4 by ~40%)
 
 // Statistics of a set of finite values; merge() is Chan, Golub & LeVeque's pairwise update.
 struct Moments {
@@ -178,7 +179,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc_t> vals(kChunk);
     std::vector<int32_t> slots(kChunk);
-    std::vector<int32_t> sub(4 * NB);  // 4 interleaved sub-histograms (see the file comment)
+    std::vector<int32_t> sub(kSub * NB);  // kSub interleaved sub-histograms (see the file comment)
     for (int64_t t = t0; t < t1; ++t) {
       const Task& tk = tasks[t];
       std::fill(sub.begin(), sub.end(), 0);
@@ -200,17 +201,25 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
           }
           chunk_stats(src, len, b, slots.data(), mom[t], nz[t]);
           int64_t i = 0;
-          for (; i + 4 <= len; i += 4) {
+          for (; i + kSub <= len; i += kSub) {  // written out: a loop over k here was not unrolled
             ++sub[slots[i]];
             ++sub[NB + slots[i + 1]];
             ++sub[2 * NB + slots[i + 2]];
             ++sub[3 * NB + slots[i + 3]];
+            ++sub[4 * NB + slots[i + 4]];
+            ++sub[5 * NB + slots[i + 5]];
+            ++sub[6 * NB + slots[i + 6]];
+            ++sub[7 * NB + slots[i + 7]];
           }
           for (; i < len; ++i) ++sub[slots[i]];
         }
       }
       int64_t* h = hist.data() + t * NB;
-      for (int64_t s = 0; s < NB; ++s) h[s] = int64_t(sub[s]) + sub[NB + s] + sub[2 * NB + s] + sub[3 * NB + s];
+      for (int64_t s = 0; s < NB; ++s) {
+        int64_t acc = 0;
+        for (int k = 0; k < kSub; ++k) acc += sub[k * NB + s];
+        h[s] = acc;
+      }
     }
   });
 
