@@ -218,9 +218,23 @@ def time_layers(model, x, quick: bool = False) -> List[dict]:
             t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
             times[label] = t.blocked_autorange(min_run_time=0.05 if quick else 0.3).median * 1e3
         rows.append({"layer": name, "module": type(m).__name__, "input": "x".join(map(str, xin.shape)),
-                     "backend": getattr(m, "backend", None) or backends.get_backend(),
+                     "backend": _resolved_backend(m, xin.device.type),
                      "pydl_ms": times["pydl"], "torch_ms": times["torch"], "speedup": times["torch"] / times["pydl"]})
     return rows
+
+
+_MODULE_OP = {"Conv2d": "conv2d", "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm",
+              "BatchNorm3d": "batch_norm", "SyncBatchNorm": "batch_norm", "LSTM": "lstm", "GRU": "gru",
+              "LSTMCell": "lstm_cell", "GRUCell": "gru_cell"}
+
+
+def _resolved_backend(m, device_type: str) -> str:
+    """The backend a module's forward really ran: 'auto' resolved for this device ('auto -> cpu')."""
+    name = getattr(m, "backend", None) or backends.get_backend()
+    op = backends.all_ops().get(_MODULE_OP.get(type(m).__name__, ""))
+    if name == "auto" and op is not None:
+        return f"auto -> {op.resolve('auto', device_type)}"
+    return name
 
 
 def _clone_module(m):
