@@ -94,53 +94,5 @@ def cases(quick: bool, device: str):
     return out
 
 
-def interleaved(quick: bool, device: str, rounds: int = 7, threads=None):
-    """For a machine shared with other jobs: torch and pydl run alternately, ``rounds`` times, and each side
-    keeps its fastest call -- other jobs only ever add time, and alternating gives both sides the same luck.
-    (The blocked medians of benchmarks.common are the better method on a quiet machine.)"""
-    import time
-
-    from benchmarks.common import environment, set_threads, usable_backends
-
-    set_threads(threads)
-    env = environment(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def once(fn):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
-
-    print(f"# {env['date']}  device={device} ({env['gpu'] or env['cpu']})  threads={env['threads']}  "
-          f"torch {env['torch']}  pydl {env['pydl']}@{env['git']}  method: interleaved, best of {rounds}")
-    print("| variant | backend | shape | dtype | pydl ms | torch ms | speed-up |\n|---|---|---|---|---:|---:|---:|")
-    for case in cases(quick, device):
-        fns = case.setup()
-        for b in usable_backends(case, device):
-            mine, theirs = fns["pydl"](b), fns["torch"]
-            mine(), theirs()  # warm-up
-            tp = tt = float("inf")
-            for _ in range(rounds):
-                tt = min(tt, once(theirs))
-                tp = min(tp, once(mine))
-            print(f"| {case.variant} | {b} | {case.shape} | {case.dtype} | {tp * 1e3:.3f} | {tt * 1e3:.3f} | "
-                  f"{tt / tp:.2f}x |", flush=True)
-
-
 if __name__ == "__main__":
-    import sys
-
-    if "--interleaved" in sys.argv:
-        import argparse
-
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--interleaved", action="store_true")
-        ap.add_argument("--quick", action="store_true")
-        ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        ap.add_argument("--threads", type=int, default=None)
-        a = ap.parse_args()
-        interleaved(a.quick, a.device, threads=a.threads)
-    else:
-        main_for(cases)
+    main_for(cases)  # --interleaved: benchmarks.common.run_interleaved, for a busy machine

@@ -13,7 +13,7 @@ every step, every layer and direction; forward+backward = 3x forward (dX, dW_ih,
 
 Two timing methods: the default one is benchmarks/common.py's (blocked medians, torch then pydl);
 ``--interleaved`` alternates torch and pydl and keeps each side's best run, which survives other jobs on a
-shared machine far better (see :func:`interleaved`).
+shared machine far better (see benchmarks.common.run_interleaved).
 
 Targets (issue #5): on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
 for hidden <= 512.
@@ -29,9 +29,9 @@ step, and a barrier between steps.
 import torch
 
 try:
-    from benchmarks.common import Case, environment, main_for, set_threads, usable_backends
+    from benchmarks.common import Case, main_for
 except ImportError:  # run as a script
-    from common import Case, environment, main_for, set_threads, usable_backends
+    from common import Case, main_for
 
 import pydl
 
@@ -139,56 +139,5 @@ def cases(quick: bool, device: str):
     return out
 
 
-def interleaved(quick: bool, device: str, rounds: int = 5, per_round: int = 3, threads=None):
-    """A second timing method for a machine shared with other jobs (as pydl's 2-core CI box is): torch and
-    pydl are timed alternately, ``rounds`` times, and each keeps its best run. Other jobs only ever add time,
-    so the minimum is the estimate least disturbed by them; alternating gives both sides the same chances.
-    (benchmarks.common's blocked medians are the better method on a quiet machine.)"""
-    import time
-
-    set_threads(threads)
-    env = environment(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def best(fn):
-        t = float("inf")
-        for _ in range(per_round):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            t = min(t, time.perf_counter() - t0)
-        return t
-
-    print(f"# {env['date']}  device={device} ({env['gpu'] or env['cpu']})  threads={env['threads']}  "
-          f"torch {env['torch']}  pydl {env['pydl']}@{env['git']}  method: interleaved min of {rounds}x{per_round}")
-    print("| variant | backend | shape | dtype | pydl ms | torch ms | speed-up |\n|---|---|---|---|---:|---:|---:|")
-    for case in cases(quick, device):
-        fns = case.setup()
-        for b in usable_backends(case, device):
-            mine = fns["pydl"](b)
-            theirs = fns["torch"]
-            mine(), theirs()  # warm-up
-            tp = tt = float("inf")
-            for _ in range(rounds):
-                tt = min(tt, best(theirs))
-                tp = min(tp, best(mine))
-            print(f"| {case.variant} | {b} | {case.shape} | {case.dtype} | {tp * 1e3:.3f} | {tt * 1e3:.3f} | "
-                  f"{tt / tp:.2f}x |", flush=True)
-
-
 if __name__ == "__main__":
-    import sys
-
-    if "--interleaved" in sys.argv:
-        import argparse
-
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--interleaved", action="store_true")
-        ap.add_argument("--quick", action="store_true")
-        ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        ap.add_argument("--threads", type=int, default=None)
-        a = ap.parse_args()
-        interleaved(a.quick, a.device, threads=a.threads)
-    else:
-        main_for(cases)
+    main_for(cases)  # --interleaved: benchmarks.common.run_interleaved, for a busy machine
