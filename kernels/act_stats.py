@@ -35,7 +35,7 @@ MAX_REGISTER_SLOTS = 4096  # beyond this the per-program histogram would not fit
 def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
                     outer, inner, so, sg, si, splits, per_split,
                     BINS: tl.constexpr, NSLOTS: tl.constexpr, REG_HIST: tl.constexpr,
-                    ACC: tl.constexpr, BLOCK: tl.constexpr):
+                    ACC: tl.constexpr, BLOCK: tl.constexpr, ONE_SPAN: tl.constexpr):
     pid = tl.program_id(0)
     g = pid // splits
     split = pid % splits
@@ -57,8 +57,11 @@ def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
     for base in range(e_begin, e_end, BLOCK):
         e = base + tl.arange(0, BLOCK).to(tl.int64)
         inb = e < e_end
-        o = e // inner
-        off = o * so + g * sg + (e - o * inner) * si
+        if ONE_SPAN:  # whole tensor (or N == 1): no 64-bit division per element, which costs more than the load
+            off = g * sg + e * si
+        else:
+            o = e // inner
+            off = o * so + g * sg + (e - o * inner) * si
         v = tl.load(x_ptr + off, mask=inb, other=0.0).to(ACC)
 
         fin = inb & (v - v == 0)  # NaN - NaN and inf - inf are NaN, not 0
@@ -183,7 +186,8 @@ def act_stats_triton(x, bins, lo, hi, eps, per_channel, block=None, splits=None)
     tl_acc = tl.float64 if acc == torch.float64 else tl.float32
     _partial_kernel[(groups * splits,)](
         xv, params, ws_n, ws_f, counts, hist, outer, inner, so, sg, si, splits, per_split,
-        BINS=bins, NSLOTS=nslots if reg_hist else 1, REG_HIST=reg_hist, ACC=tl_acc, BLOCK=block)
+        BINS=bins, NSLOTS=nslots if reg_hist else 1, REG_HIST=reg_hist, ACC=tl_acc, BLOCK=block,
+        ONE_SPAN=outer == 1)
     block_g = 128 if groups >= 128 else triton.next_power_of_2(groups)
     _finalize_kernel[(triton.cdiv(groups, block_g),)](
         ws_n, ws_f, fstats, counts, groups, splits, per_group, ACC=tl_acc, BLOCK_G=block_g)
