@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common.h"
+#include "schemas.h"
 
 namespace pydl {
 namespace {
@@ -356,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cpu(const at::Tensor& x
 }  // namespace pydl
 
 TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
-  m.def("act_stats(Tensor x, int bins, float lo, float hi, float eps, bool per_channel) -> (Tensor, Tensor, Tensor)");
+  for (const char* s : pydl::schema::act_stats) m.def(s);  // csrc/schemas.h
 }
 
 TORCH_LIBRARY_IMPL(pydl_cpu, CPU, m) { m.impl("act_stats", &pydl::act_stats_cpu); }

@@ -33,6 +33,7 @@
 
 #include "activation.h"
 #include "common.h"
+#include "schemas.h"
 
 namespace pydl {
 namespace {
@@ -819,19 +820,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_backward(
 }  // namespace pydl
 
 TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
-  m.def("batch_norm_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-        "bool use_batch_stats, float eps, str act, float leak, float sub, float maxv) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("batch_norm_update_running(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
-        "int count, float? momentum, Tensor? num_batches_tracked) -> ()");
-  m.def("batch_norm_backward(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
-        "bool use_batch_stats, str act, float leak, float sub, float maxv, bool input_grad) -> (Tensor, Tensor, Tensor)");
-  m.def("batch_norm_stats(Tensor x) -> (Tensor, Tensor)");
-  m.def("batch_norm_apply(Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, str act, float leak, "
-        "float sub, float maxv) -> Tensor");
-  m.def("batch_norm_backward_reduce(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
-        "str act, float leak, float sub, float maxv) -> (Tensor, Tensor)");
-  m.def("batch_norm_backward_elemt(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
-        "Tensor sum_dz, Tensor sum_dz_xmu, int count, str act, float leak, float sub, float maxv) -> Tensor");
+  for (const char* s : pydl::schema::batch_norm) m.def(s);  // csrc/schemas.h
 }
 
 TORCH_LIBRARY_IMPL(pydl_cpu, CPU, m) {

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common.h"
+#include "schemas.h"
 #include "cuda/common_cuda.h"
 #include "cuda/act_stats.h"
 
@@ -76,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cuda(const at::Tensor& 
 }  // namespace pydl
 
 TORCH_LIBRARY_FRAGMENT(pydl_cuda, m) {
-  m.def("act_stats(Tensor x, int bins, float lo, float hi, float eps, bool per_channel) -> (Tensor, Tensor, Tensor)");
+  for (const char* s : pydl::schema::act_stats) m.def(s);  // csrc/schemas.h
 }
 
 TORCH_LIBRARY_IMPL(pydl_cuda, CUDA, m) { m.impl("act_stats", &pydl::act_stats_cuda); }

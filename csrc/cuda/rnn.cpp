@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common.h"
+#include "schemas.h"
 #include "cuda/common_cuda.h"
 #include "cuda/rnn.h"
 #include "rnn_driver.h"
@@ -171,24 +172,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cuda(
 
 // The same schemas as pydl::<op> minus the trailing `str backend` (kept in sync with pydl/ops/rnn.py).
 TORCH_LIBRARY_FRAGMENT(pydl_cuda, m) {
-  m.def("lstm_cell(Tensor x, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor x, Tensor hx, Tensor cx, Tensor w_ih, "
-        "Tensor w_hh, Tensor gates, Tensor cy, bool need_dx, bool need_dh) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("gru_cell(Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> (Tensor, Tensor)");
-  m.def("gru_cell_backward(Tensor grad_hy, Tensor x, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ws, bool need_dx, "
-        "bool need_dh) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm(Tensor x, Tensor h0, Tensor c0, Tensor[] weights, Tensor? dropout_mask, int num_layers, "
-        "bool bidirectional, bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor h0, Tensor c0, "
-        "Tensor[] weights, Tensor? dropout_mask, Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, "
-        "bool bidirectional, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
-  m.def("gru(Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, int num_layers, bool bidirectional, "
-        "bool has_bias, bool need_reserve=True) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("gru_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor[] weights, Tensor? dropout_mask, "
-        "Tensor out, Tensor reserve, Tensor layer_outs, int num_layers, bool bidirectional, bool has_bias, "
-        "bool need_dx) -> (Tensor, Tensor, Tensor[])");
+  for (const char* s : pydl::schema::rnn) m.def(s);  // csrc/schemas.h
 }
 
 TORCH_LIBRARY_IMPL(pydl_cuda, CUDA, m) {
