@@ -29,6 +29,8 @@ def _source_tree_kernels() -> None:
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
+        # a module put into sys.modules by hand is not bound on its parent package; `pydl.kernels` must be
+        setattr(sys.modules[__name__], "kernels", mod)
 
 
 _source_tree_kernels()
@@ -38,5 +40,21 @@ from . import ops  # noqa: E402
 from .ops import *  # noqa: E402,F401,F403 - act_stats, batch_norm, conv2d, lstm, ... (functional API)
 from . import nn  # noqa: E402
 from .nn import convert  # noqa: E402
+
+# The heavier subpackages load on first attribute access (PEP 562), so that `import pydl` stays light and yet
+# `pydl.debug.ActivationStats`, `pydl.distributed.init_from_env()` or `pydl.learn` work after a plain
+# `import pydl`, as the README writes them. `from pydl import debug` and `import pydl.debug` work as usual.
+_LAZY_SUBMODULES = ("debug", "distributed", "learn", "kernels", "bench", "demo", "selftest", "cli")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = ["__version__", "BACKENDS", "backend", "get_backend", "set_backend", "convert", "nn", "ops"] + list(ops.__all__)
