@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Hook", "Hooks", "hook_output", "hook_outputs", "flat_tensors", "first_tensor", "leaf_modules"]
+__all__ = ["Hook", "Hooks", "hook_output", "hook_outputs", "flat_tensors", "first_tensor", "leaf_modules",
+           "module_label"]
 
 
 def flat_tensors(obj: Any) -> List[torch.Tensor]:
@@ -61,6 +62,23 @@ def leaf_modules(model: nn.Module, include_parameterless: bool = False) -> List[
         if include_parameterless or next(m.parameters(recurse=False), None) is not None:
             out.append(m)
     return out
+
+
+def module_label(name: str, module: nn.Module) -> str:
+    """A layer's title for plots: its dotted name and what it is, e.g. ``features.2 Conv2d(16→32)``.
+
+    A bare position ("2", "5", "8" in a Sequential) says nothing to a reader; the type and the channel counts
+    let them find the layer in their model without counting. Modules without in/out sizes show their type.
+    """
+    kind = type(module).__name__
+    for a, b in (("in_channels", "out_channels"), ("in_features", "out_features"), ("input_size", "hidden_size")):
+        if hasattr(module, a) and hasattr(module, b):
+            kind = f"{kind}({getattr(module, a)}→{getattr(module, b)})"
+            break
+    else:
+        if hasattr(module, "num_features"):
+            kind = f"{kind}({module.num_features})"
+    return f"{name} {kind}" if name and name != type(module).__name__ else kind
 
 
 class Hook:

@@ -95,7 +95,7 @@ def plot_colorful_dimension(stats, path=None, layers: Optional[Sequence] = None,
                   extent=(steps[0] - half, steps[-1] + half, p.lo, p.hi))
         _epoch_lines(ax, data)
         out = np.nanmean(data.outside_frac[:, j]) if len(data) else 0.0
-        ax.set_title(f"{data.names[j]}  (outside: {100 * out:.1f}%)", fontsize=9)
+        ax.set_title(f"{data.labels[j]}  (outside: {100 * out:.1f}%)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("|activation|" if p.abs else "activation", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -114,7 +114,7 @@ def plot_layer_stats(stats, path=None, layers: Optional[Sequence] = None, dpi: i
                                                         f"% near zero (|x| <= {data.preset.eps:g})")]
     for ax, (arr, title) in zip(axes, series):
         for j in idx:
-            ax.plot(data.steps, arr[:, j], label=data.names[j], lw=1.2)
+            ax.plot(data.steps, arr[:, j], label=data.labels[j], lw=1.2)
         _epoch_lines(ax, data, color="grey")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
@@ -137,7 +137,7 @@ def plot_dead_chart(stats, path=None, layers: Optional[Sequence] = None, of: str
         ax.plot(data.steps, dead[:, j], lw=1.2)
         _epoch_lines(ax, data, color="grey")
         ax.set_ylim(0, 1)
-        ax.set_title(data.names[j], fontsize=9)
+        ax.set_title(data.labels[j], fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"share of activations in [{e[a]:g}, {e[b]:g}) ('dead', {data.preset.name})", fontsize=10)
     return save_figure(fig, path, dpi)

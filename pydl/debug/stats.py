@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..ops.act_stats import COUNT_COLS, act_stats
-from .hooks import Hook, first_tensor, leaf_modules
+from .hooks import Hook, first_tensor, leaf_modules, module_label
 
 __all__ = ["StatsPreset", "PRESETS", "ActivationStats", "StatsData"]
 
@@ -145,11 +145,17 @@ class StatsData:
       ``above`` in ``counts`` are those of ``|x|`` too).
 
     A layer that did not run in a recorded step has NaN stats and zero counts there.
+
+    ``names`` are the layers' dotted names (the keys of :meth:`layer`, JSON and TensorBoard tags); ``labels``
+    the titles the plots show (name and kind, e.g. ``features.2 Conv2d(16→32)``; default: the names).
     """
 
     def __init__(self, names: Sequence[str], preset: StatsPreset, steps, fstats, counts, hist,
-                 epoch_steps: Sequence[int] = (), every: int = 1):
+                 epoch_steps: Sequence[int] = (), every: int = 1, labels: Optional[Sequence[str]] = None):
         self.names = list(names)
+        self.labels = list(labels) if labels is not None else list(self.names)
+        if len(self.labels) != len(self.names):
+            raise ValueError(f"StatsData: labels has {len(self.labels)} entries for {len(self.names)} layers")
         self.preset = preset
         self.steps = np.asarray(steps, dtype=np.int64)
         self.fstats = np.asarray(fstats, dtype=np.float64).reshape(len(self.steps), len(self.names), 4)
@@ -257,7 +263,8 @@ class StatsData:
         """Every raw array plus the preset and layer names (``StatsData.load_npz`` reads it back)."""
         p = dataclasses.asdict(self.preset)
         np.savez_compressed(path, steps=self.steps, fstats=self.fstats, counts=self.counts, hist=self.hist,
-                            names=np.array(self.names), epoch_steps=np.array(self.epoch_steps, dtype=np.int64),
+                            names=np.array(self.names), labels=np.array(self.labels),
+                            epoch_steps=np.array(self.epoch_steps, dtype=np.int64),
                             every=np.array(self.every), preset=np.array(json.dumps(p)))
         return str(path)
 
@@ -266,8 +273,9 @@ class StatsData:
         with np.load(path, allow_pickle=False) as z:
             p = json.loads(str(z["preset"]))
             p["dead_bins"] = tuple(p["dead_bins"])
+            labels = [str(n) for n in z["labels"]] if "labels" in z.files else None  # older files: none
             return cls([str(n) for n in z["names"]], StatsPreset(**p), z["steps"], z["fstats"], z["counts"],
-                       z["hist"], z["epoch_steps"].tolist(), int(z["every"]))
+                       z["hist"], z["epoch_steps"].tolist(), int(z["every"]), labels=labels)
 
     def to_dict(self, hist: bool = True) -> dict:
         """JSON-ready: per layer lists over records (NaN becomes None, as strict JSON has no NaN)."""
@@ -418,6 +426,7 @@ class ActivationStats:
         # the model by its position and class
         self.names = [type(m).__name__ if names.get(id(m)) == "" else names.get(id(m)) or f"{i}:{type(m).__name__}"
                       for i, m in enumerate(self.modules)]
+        self.labels = [module_label(n, m) for n, m in zip(self.names, self.modules)]
         self.every, self.train_only, self.chunk = every, train_only, chunk
         self.backend = backend
         self.steps_per_epoch = steps_per_epoch
@@ -521,7 +530,7 @@ class ActivationStats:
                 arrs = (np.zeros(0, np.int64), np.zeros((0, L, 4)), np.zeros((0, L, 7), np.int64),
                         np.zeros((0, L, bins), np.int64))
             self._data_cache = StatsData(self.names, self.preset, *arrs, epoch_steps=self._epochs(),
-                                         every=self.every)
+                                         every=self.every, labels=self.labels)
         return self._data_cache
 
     def _epochs(self) -> List[int]:
