@@ -4,6 +4,11 @@
 * CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks, warm-up excluded), the thread
   count set and recorded. GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs, median).
 * Interpreter backends are never timed (Triton on CPU tensors is an emulator, ~1000x slower).
+* torch and pydl are timed in alternating rounds (torch block, pydl block, torch block, ...), so a burst of
+  load from another job hits both sides alike, and the ratio is taken per round: each row carries the median
+  ratio and its spread (the 25th-75th percentile of the per-round ratios), next to each side's median and
+  IQR. A machine that is busy (load average per core) or a ratio whose spread is wide is reported as
+  unreliable rather than printed as if it were a clean number.
 * Each row carries the median, the spread (IQR), the ratio to torch (torch time / pydl time: > 1 means
   pydl is faster), achieved GB/s (minimal bytes: each input read once, each output written once) or
   TFLOP/s, and those as a percentage of the machine's ceiling measured in the same run (a big copy, a big
@@ -63,6 +68,14 @@ class Row:
     pct_of_ceiling: Optional[float] = None
     peak_mem_mb: Optional[float] = None
     note: str = ""
+    ratio_q1: Optional[float] = None   # 25th / 75th percentile of the per-round ratios (interleaved timing)
+    ratio_q3: Optional[float] = None
+
+    def ratio_text(self) -> str:
+        """``1.23x (1.10-1.30)``: the ratio with its spread, the way every printed ratio is shown."""
+        if self.ratio_q1 is None or self.ratio_q3 is None:
+            return f"{self.ratio:.2f}x"
+        return f"{self.ratio:.2f}x ({self.ratio_q1:.2f}-{self.ratio_q3:.2f})"
 
 
 def set_threads(n: Optional[int]) -> int:
@@ -87,6 +100,91 @@ def time_cuda(fn: Callable, rep_ms: int = 100) -> tuple:
 
     q = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.25, 0.5, 0.75])
     return q[1] / 1e3, (q[2] - q[0]) / 1e3
+
+
+def _calls_per_block(fn: Callable, target_s: float) -> int:
+    """How many back-to-back calls of fn fill about ``target_s`` (at least 1)."""
+    import time
+
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    return max(1, min(10_000, int(target_s / one)))
+
+
+def time_pair(torch_fn: Callable, pydl_fn: Callable, device: str, quick: bool = False) -> dict:
+    """Time torch and pydl in alternating rounds and compare them round by round.
+
+    Why rounds and per-round ratios: on a shared machine another job's burst slows whichever side happens to
+    run at that moment. Blocked timing of one side and then the other lets a burst land on one side only,
+    which is how one layer once read 0.39x and 8.97x in two runs. Alternating short blocks and taking the
+    ratio inside each round puts both sides under the same conditions; the median of those ratios is the
+    estimate and their quartiles are its spread.
+
+    Returns seconds per call (median and IQR of each side) and the ratio torch/pydl (median, q1, q3).
+    """
+    import time
+
+    import numpy as np
+
+    if device == "cuda":
+        sync = torch.cuda.synchronize
+        rounds, block_s, budget_s = (5, 0.01, 0.5) if quick else (9, 0.02, 1.5)
+    else:
+        sync = (lambda: None)
+        rounds, block_s, budget_s = (7, 0.01, 0.4) if quick else (15, 0.02, 1.0)
+    for fn in (torch_fn, pydl_fn):  # warm-up: first-call costs (a JIT build, allocator growth) stay out
+        fn()
+    sync()
+    kt, kp = _calls_per_block(torch_fn, block_s), _calls_per_block(pydl_fn, block_s)
+
+    def block(fn, k):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / k
+
+    tt, tp = [], []
+    start = time.perf_counter()
+    while len(tt) < rounds or (time.perf_counter() - start < budget_s and len(tt) < 200):
+        tt.append(block(torch_fn, kt))
+        tp.append(block(pydl_fn, kp))
+    tt, tp = np.array(tt), np.array(tp)
+    r = tt / tp
+    q = lambda a, p: float(np.percentile(a, p))  # noqa: E731
+    return {"pydl": (q(tp, 50), q(tp, 75) - q(tp, 25)), "torch": (q(tt, 50), q(tt, 75) - q(tt, 25)),
+            "ratio": (q(r, 50), q(r, 25), q(r, 75)), "rounds": len(r)}
+
+
+def machine_load() -> Dict[str, float]:
+    """The 1-minute load average and the core count (what `busy_warning` judges)."""
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load1 = float("nan")
+    return {"load1": load1, "cores": os.cpu_count() or 1}
+
+
+def busy_warning(env: dict, rows: Sequence["Row"] = ()) -> Optional[str]:
+    """A sentence saying why these numbers should not be trusted, or None.
+
+    Two signs: other work on the machine before we started (1-minute load average above a third of a core per
+    core: our own process then shares the cores with it), and a wide spread of the per-round ratios (the
+    quartiles more than 30% apart relative to the median) on some row, whatever the load said.
+    """
+    why = []
+    load, cores = env.get("load1"), env.get("cores") or 1
+    if load is not None and load == load and load / cores > 0.33:
+        why.append(f"load average {load:.2f} on {cores} cores before the run")
+    wide = [r for r in rows if r.ratio_q1 is not None and r.ratio > 0 and (r.ratio_q3 - r.ratio_q1) / r.ratio > 0.3]
+    if wide:
+        why.append(f"{len(wide)} of {len(rows)} ratios with a spread over 30% of their value")
+    if not why:
+        return None
+    return ("WARNING: this machine looks busy (" + "; ".join(why) + "): the speed numbers are unreliable; rerun "
+            "on a quiet machine before quoting them.")
 
 
 def time_fn(fn: Callable, device: str, quick: bool = False) -> tuple:
@@ -134,6 +232,7 @@ def environment(device: str) -> dict:
         "device": device,
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
+        **machine_load(),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
     }
     try:
@@ -176,21 +275,22 @@ def usable_backends(case: Case, device: str) -> List[str]:
 
 
 def run_cases(cases: Sequence[Case], device: str, quick: bool = False, progress=None) -> List[Row]:
-    """Time every case: torch once, then each usable pydl backend, on the same inputs."""
+    """Time every case against torch on the same inputs: for each usable pydl backend, torch and pydl in
+    alternating rounds (:func:`time_pair`)."""
     ceil = ceilings(device, quick)
     rows = []
     for case in cases:
         fns = case.setup()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t_torch, iqr_torch = time_fn(fns["torch"], device, quick)
         for b in usable_backends(case, device):
             fn = fns["pydl"](b)
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            t, iqr = time_fn(fn, device, quick)
+            m = time_pair(fns["torch"], fn, device, quick)
+            (t, iqr), (t_torch, iqr_torch) = m["pydl"], m["torch"]
+            ratio, r1, r3 = m["ratio"]
             row = Row(case.op, case.variant, b, case.shape, case.dtype, device, torch.get_num_threads(),
-                      t * 1e3, iqr * 1e3, t_torch * 1e3, iqr_torch * 1e3, t_torch / t, note=case.note)
+                      t * 1e3, iqr * 1e3, t_torch * 1e3, iqr_torch * 1e3, ratio, note=case.note,
+                      ratio_q1=r1, ratio_q3=r3)
             if case.bytes:
                 row.gbps = case.bytes / t / 1e9
                 row.pct_of_ceiling = 100 * row.gbps / ceil["copy_gbps"]
@@ -209,13 +309,14 @@ def run_cases(cases: Sequence[Case], device: str, quick: bool = False, progress=
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A Markdown table (also readable on a terminal)."""
-    head = ("| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up | GB/s | TFLOP/s | % ceiling |\n"
-            "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+    """A Markdown table (also readable on a terminal); speed-up is the median per-round ratio (quartiles)."""
+    head = ("| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up (q1-q3) | GB/s | TFLOP/s "
+            "| % ceiling |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|\n")
     body = []
     for r in rows:
         body.append(f"| {r.op} | {r.variant} | {r.backend} | {r.shape} | {r.dtype} | {r.median_ms:.3f} ± {r.iqr_ms:.3f} "
-                    f"| {r.torch_ms:.3f} | {r.ratio:.2f}x | {'' if r.gbps is None else f'{r.gbps:.1f}'} "
+                    f"| {r.torch_ms:.3f} ± {r.torch_iqr_ms:.3f} | {r.ratio_text()} "
+                    f"| {'' if r.gbps is None else f'{r.gbps:.1f}'} "
                     f"| {'' if r.tflops is None else f'{r.tflops:.3f}'} "
                     f"| {'' if r.pct_of_ceiling is None else f'{r.pct_of_ceiling:.0f}%'} |")
     return head + "\n".join(body)
@@ -282,4 +383,7 @@ def main_for(cases_fn: Callable[[bool, str], List[Case]], argv=None) -> List[Row
     rows = run_cases(cases_fn(args.quick, args.device), args.device, args.quick)
     print(f"ceilings: {ceilings(args.device)}")
     print(format_table(rows))
+    warning = busy_warning(env, rows)
+    if warning:
+        print(warning, file=sys.stderr)
     return rows

@@ -58,14 +58,32 @@ def common():
     return importlib.import_module("common")
 
 
+class BenchArgumentError(ValueError):
+    """A `pydl bench` argument names nothing that exists; the message says which and what would."""
+
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check_choices(flag: str, given, known) -> None:
+    bad = [v for v in (given or ()) if v not in known]
+    if bad:
+        raise BenchArgumentError(f"pydl bench: {flag} {', '.join(map(repr, bad))} is not one of {', '.join(known)}")
+
+
 def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, dtypes=None):
-    cases = []
+    from pydl.backends import BACKENDS
+
+    _check_choices("--backend", backends, [b for b in BACKENDS if b != "auto"])
+    _check_choices("--dtype", dtypes, DTYPES)
+    cases, seen = [], []
     for op in ops:
         path = os.path.join(benchmarks_dir(), f"bench_{op}.py")
         if not os.path.isfile(path):
-            raise SystemExit(f"pydl bench: no benchmark for {op!r}; have {available_ops()}")
+            raise BenchArgumentError(f"pydl bench: no benchmark for {op!r}; have {', '.join(available_ops())}")
         mod = _load(path)
         for c in mod.cases(quick, device):
+            seen.append(c)
             if dtypes and c.dtype not in dtypes:
                 continue
             if backends:
@@ -73,6 +91,13 @@ def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, d
                 if not c.backends:
                     continue
             cases.append(c)
+    if seen and not cases:
+        # an empty table that exits 0 reads as "nothing to report"; say that the filters excluded everything
+        have_dt = sorted({c.dtype for c in seen})
+        have_be = sorted({b for c in seen for b in c.backends})
+        raise BenchArgumentError(f"pydl bench: no case of {', '.join(ops)} on {device} matches "
+                                 f"--dtype {dtypes or 'any'} / --backend {backends or 'any'}; these cases have "
+                                 f"dtypes {', '.join(have_dt)} and backends {', '.join(have_be)}")
     return cases
 
 
@@ -122,29 +147,42 @@ def markdown(env: dict, ceilings: dict, recs: list) -> str:
             f"{env.get('threads')} threads), torch {env.get('torch')}, triton {env.get('triton')}, "
             f"CUDA {env.get('cuda')}, pydl {env.get('pydl')}@{env.get('git')}.\n"
             f"Ceilings measured in the same run: " + ", ".join(f"{k} {v:.3g}" for k, v in ceilings.items()) +
-            ".\nSpeed-up = torch time / pydl time (> 1: pydl faster). Median of repeated runs ± IQR.\n\n")
-    lines = ["| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up | GB/s | TFLOP/s | % ceiling |",
+            ".\nSpeed-up = torch time / pydl time (> 1: pydl faster), timed in alternating rounds: the median "
+            "per-round ratio and its quartiles; times are medians ± IQR.\n\n")
+    lines = ["| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up (q1-q3) | GB/s | TFLOP/s "
+             "| % ceiling |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in recs:
         g = "" if r.get("gbps") is None else f"{r['gbps']:.1f}"
         t = "" if r.get("tflops") is None else f"{r['tflops']:.3f}"
         p = "" if r.get("pct_of_ceiling") is None else f"{r['pct_of_ceiling']:.0f}%"
         lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
-                     f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | {g} | {t} | {p} |")
-    return head + "\n".join(lines) + "\n"
+                     f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f} | {r['torch_ms']:.3f} | {_ratio(r)} | {g} | {t} | {p} |")
+    warning = env.get("warning")
+    return head + (f"**{warning}**\n\n" if warning else "") + "\n".join(lines) + "\n"
+
+
+def _ratio(r: dict) -> str:
+    """A result file's ratio with its spread (older files have none)."""
+    if r.get("ratio_q1") is None:
+        return f"{r['ratio']:.2f}x"
+    return f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
 
 
 def plot_speedups(recs: list, path: str, title: str = "") -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # drawn on a bare Figure like every pydl plot (pydl/debug/plots.py says why: no pyplot, no backend switch)
+    from pydl.debug.plots import new_figure, save_figure
 
     labels = [f"{r['op']} {r['variant']} [{r['backend']}] {r['shape']} {r['dtype']}" for r in recs]
     vals = [r["ratio"] for r in recs]
-    fig, ax = plt.subplots(figsize=(10, max(2.0, 0.28 * len(recs) + 1)))
+    fig = new_figure((10, max(2.0, 0.28 * len(recs) + 1)))
+    ax = fig.add_subplot()
     colors = ["#2a9d8f" if v >= 1 else "#e76f51" for v in vals]
-    ax.barh(range(len(vals)), vals, color=colors)
+    # the bar is the median ratio, the whisker its quartiles (interleaved rounds); older files have none
+    err = None
+    if recs and all(r.get("ratio_q1") is not None for r in recs):
+        err = [[v - r["ratio_q1"] for v, r in zip(vals, recs)], [r["ratio_q3"] - v for v, r in zip(vals, recs)]]
+    ax.barh(range(len(vals)), vals, color=colors, xerr=err, ecolor="#444444", capsize=2)
     ax.axvline(1.0, color="black", lw=1)
     ax.set_yticks(range(len(vals)))
     ax.set_yticklabels(labels, fontsize=7)
@@ -152,15 +190,22 @@ def plot_speedups(recs: list, path: str, title: str = "") -> str:
     ax.set_xscale("log")
     ax.set_xlabel("speed-up vs torch (log scale; right of the line = pydl faster)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
 def compare(path_a: str, path_b: str) -> str:
     """Rows present in both result files, with B's time relative to A's (< 1: B faster)."""
-    a, b = (json.load(open(p)) for p in (path_a, path_b))
+    for p in (path_a, path_b):
+        if not os.path.isfile(p):
+            raise BenchArgumentError(f"pydl bench --compare: {p}: no such file (give two results.json files)")
+    try:
+        a, b = (json.load(open(p)) for p in (path_a, path_b))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchArgumentError(f"pydl bench --compare: not a results.json file ({e})") from e
+    if not all(isinstance(x, dict) and "rows" in x for x in (a, b)):
+        raise BenchArgumentError("pydl bench --compare: a file has no 'rows': give results.json files written "
+                                 "by pydl bench")
     key = lambda r: (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], r["device"])  # noqa: E731
     ra = {key(r): r for r in a["rows"]}
     lines = [f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
@@ -193,11 +238,15 @@ def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=
     ops = list(ops) if ops else available_ops()
     env = cm.environment(device)
     cases = collect_cases(ops, quick, device, backends, dtypes)
+    if env["load1"] == env["load1"] and env["load1"] / env["cores"] > 0.33:
+        sys.stderr.write(f"pydl bench: the machine is busy (load average {env['load1']:.2f} on {env['cores']} "
+                         "cores): numbers taken now are unreliable\n")
     bar = _Progress(sum(len(cm.usable_backends(c, device)) for c in cases)) if progress else None
     rows = cm.run_cases(cases, device, quick, progress=bar)
     if bar:
         bar.close()
     ceil = cm.ceilings(device, quick)
+    env["warning"] = cm.busy_warning(env, rows)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = out or os.path.join("bench-results", f"{stamp}-{device}")
     paths = write_results(out, env, ceil, rows)
@@ -218,14 +267,20 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    if args.compare:
-        print(compare(*args.compare))
-        return 0
-    res = run(args.ops, args.quick, args.device, args.backend, args.dtype, args.threads, args.out)
+    try:
+        if args.compare:
+            print(compare(*args.compare))
+            return 0
+        res = run(args.ops, args.quick, args.device, args.backend, args.dtype, args.threads, args.out)
+    except BenchArgumentError as e:
+        print(e, file=sys.stderr)
+        return 2
     env = res["env"]
     print(f"# {env['date']}  {env.get('gpu') or env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
           f"triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
     print("ceilings: " + ", ".join(f"{k}={v:.3g}" for k, v in res["ceilings"].items()))
     print(res["table"])
+    if env.get("warning"):
+        print(env["warning"], file=sys.stderr)
     print(f"results: {os.path.abspath(os.path.dirname(res['paths']['json']))}")
     return 0
