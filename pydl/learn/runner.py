@@ -9,7 +9,9 @@ On ``--device cpu`` the parent sets ``TRITON_INTERPRET=1`` so every ``@triton.ji
 file runs in the interpreter.
 
 In the interpreter, masked-off lanes of a load without ``other=`` are filled with NaN (see
-:func:`poison_masked_loads`): on a GPU they hold garbage, and a kernel must not depend on them.
+:func:`poison_masked_loads`): on a GPU they hold garbage, and a kernel must not depend on them. And every
+load and store is checked against the tensors of its launch (pydl/kernels/_memcheck.py): an unmasked load
+whose stray lanes are dropped again by a masked store changes no output, so no output check can see it.
 
 The result is JSON: a list of levels, each ``{"name", "status": "pass"|"fail"|"skip", "detail"}``.
 """
@@ -27,6 +29,12 @@ import traceback
 def _short_tb(exc: BaseException, learner_file: str) -> str:
     """The exception, plus the lines of the learner's own file it went through (the rest is Triton's)."""
     frames = traceback.extract_tb(exc.__traceback__)
+    cause = exc.__cause__
+    if cause is not None and type(cause).__name__ == "OutOfBoundsAccess":
+        # the interpreter wraps it in an InterpreterError(repr(...)): show the memcheck report itself, and the
+        # learner's kernel lines, which sit in the cause's traceback
+        frames += traceback.extract_tb(cause.__traceback__)
+        exc = cause
     mine = [f for f in frames if os.path.abspath(f.filename) == os.path.abspath(learner_file)]
     lines = [f"{type(exc).__name__}: {str(exc).strip()}"]
     for f in mine[-3:]:
@@ -93,6 +101,9 @@ def run(exercise: str, path: str, device: str) -> dict:
             poison_masked_loads()
         except Exception:  # noqa: BLE001 - an interpreter without this hook: lanes stay zero
             pass
+        from pydl.kernels import _memcheck
+
+        _memcheck.enable()  # out-of-bounds loads and stores fail the case, with the kernel and program named
     where = "CPU (Triton interpreter)" if device == "cpu" else "GPU (compiled Triton)"
     levels = []
     t0 = time.perf_counter()

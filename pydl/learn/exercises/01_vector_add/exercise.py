@@ -14,6 +14,9 @@ MUTANTS = {
     "unmasked store": [("tl.store(out_ptr + offs, x + y, mask=mask)", "tl.store(out_ptr + offs, x + y)")],
     "mask always true": [("mask = offs < n", "mask = offs >= 0")],
     "grid rounded down": [("triton.cdiv(n, block)", "max(1, n // block)")],
+    # the store is still masked, so no output changes: only the load's addresses give it away
+    "unmasked loads": [("x = tl.load(x_ptr + offs, mask=mask)", "x = tl.load(x_ptr + offs)"),
+                       ("y = tl.load(y_ptr + offs, mask=mask)", "y = tl.load(y_ptr + offs)")],
 }
 
 

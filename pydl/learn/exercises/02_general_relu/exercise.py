@@ -17,6 +17,8 @@ LEARNED = ("Elementwise ops are memory-bound: torch runs leaky_relu, sub and cla
 MUTANTS = {
     "clamp before the shift": [("    y = y - sub\n    y = tl.minimum(y, maxv)", "    y = tl.minimum(y, maxv)\n    y = y - sub")],
     "unmasked store": [("tl.store(out_ptr + offs, y, mask=mask)", "tl.store(out_ptr + offs, y)")],
+    # the store stays masked, so every output is right: only the load's addresses give it away
+    "unmasked load": [("tl.load(x_ptr + offs, mask=mask, other=0.0)", "tl.load(x_ptr + offs)")],
 }
 
 

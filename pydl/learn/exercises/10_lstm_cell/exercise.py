@@ -16,6 +16,8 @@ MUTANTS = {
                         ("f = tl.sigmoid(tl.load(base + H, mask", "f = tl.sigmoid(tl.load(base, mask")],
     "h from the old cell state": [("h = o * _tanh(c)", "h = o * _tanh(c_prev)")],
     "unmasked store": [("tl.store(h_ptr + offs, h, mask=mask)", "tl.store(h_ptr + offs, h)")],
+    # the stores stay masked: the stray lanes of the last block never reach an output
+    "unmasked gate load": [("tl.load(base, mask=mask, other=0.0)", "tl.load(base)")],
 }
 
 
