@@ -114,17 +114,24 @@ def cmd_hint(args) -> int:
     ex = _pick(args, ws, want_started=True)
     hints = ex.hints()
     if not hints:
-        print("no hints for this exercise")
+        print(f"no hints for this exercise; `pydl learn solution {ex.name}` shows the answer key")
         return 0
     if args.all:
         shown = len(hints)
     else:
-        shown = min(len(hints), ws.hints_shown(ex) + 1)
+        before = ws.hints_shown(ex)
+        shown = min(len(hints), before + 1)
         ws.set_hints_shown(ex, shown)
+        if before >= len(hints):
+            # asking again after the last hint: say so, instead of silently repeating them all
+            print(f"That was every hint ({len(hints)} of {len(hints)}) for {ex.name}.")
     for i in range(shown):
         print(f"Hint {i + 1}/{len(hints)}:\n{hints[i]}\n")
     if shown < len(hints):
         print(f"(`pydl learn hint {ex.name}` again for the next one)")
+    else:
+        print(f"(no more hints: that was the last. Still stuck? `pydl learn solution {ex.name}` shows the "
+              f"answer key -- try once more first)")
     return 0
 
 
