@@ -91,7 +91,10 @@ inline void check_cell(int64_t G, const Tensor& x, const Tensor& hx, const Tenso
   PYDL_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) == G * w_hh.size(1), op, ": w_hh must have shape (", G,
                    "*hidden, hidden), got ", w_hh.sizes());
   const int64_t B = x.size(0), I = x.size(1), H = w_hh.size(1);
-  PYDL_CHECK_VALUE(B > 0 && I > 0 && H > 0, op, ": empty input is not supported");
+  // Batch 0 or hidden size 0 means empty outputs; torch.ops.pydl.* returns them without calling a kernel (a
+  // CUDA launch of zero blocks is an error). input_size 0 is fine: the input GEMM then adds nothing.
+  PYDL_CHECK_VALUE(B > 0 && H > 0, op, ": empty input (batch ", B, ", hidden ", H,
+                   ") is not supported by the compiled kernel; torch.ops.pydl.", op, " handles it");
   check_like(w_ih, x, op, "w_ih");
   check_shape(w_ih, {G * H, I}, op, "w_ih");
   check_like(hx, x, op, "hx");
@@ -151,6 +154,55 @@ inline void check_seq(int64_t G, const Tensor& x, const Tensor& h0, const Tensor
   }
 }
 
+// The backward ops take the forward's inputs and saved tensors back. A direct call can pass anything, and
+// the kernels size their buffers from some arguments while indexing others with the same sizes (gates from
+// `gates`, columns from `cy`): every argument must have exactly the shape the forward gave it.
+inline void check_acc(const Tensor& t, const Tensor& x, at::IntArrayRef want, const char* op, const char* arg) {
+  check_floating(t, op, arg);
+  const auto acc = acc_type(x.scalar_type());
+  PYDL_CHECK_TYPE(t.scalar_type() == acc, op, ": ", arg, " must be ", acc, " (what the forward saves for ",
+                  x.scalar_type(), " input), got ", t.scalar_type());
+  PYDL_CHECK_VALUE(t.device() == x.device(), op, ": ", arg, " must be on x's device ", x.device(), ", got ",
+                   t.device());
+  check_shape(t, want, op, arg);
+}
+
+inline void check_like_shape(const Tensor& t, const Tensor& x, at::IntArrayRef want, const char* op,
+                             const char* arg) {
+  check_like(t, x, op, arg);
+  check_shape(t, want, op, arg);
+}
+
+// saved: the LSTM's `gates` or the GRU's `ws`, both (B, 4H) in the accumulation dtype.
+inline void check_cell_backward(int64_t G, const Tensor& grad_hy, const Tensor* grad_cy, const Tensor& x,
+                                const Tensor& hx, const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh,
+                                const Tensor& saved, const Tensor* cy, c10::DeviceType dev, const char* op) {
+  check_cell(G, x, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, dev, op);
+  const int64_t B = x.size(0), H = w_hh.size(1);
+  check_like_shape(grad_hy, x, {B, H}, op, "grad_hy");
+  if (grad_cy) check_like_shape(*grad_cy, x, {B, H}, op, "grad_cy");
+  if (cy) check_like_shape(*cy, x, {B, H}, op, "cy");
+  check_acc(saved, x, {B, 4 * H}, op, G == 4 ? "gates" : "ws");
+}
+
+inline void check_seq_backward(bool is_lstm, const Tensor& grad_out, const Tensor& grad_hn, const Tensor* grad_cn,
+                               const Tensor& x, const Tensor& h0, const Tensor* c0, at::TensorList weights,
+                               const std::optional<Tensor>& mask, const Tensor& out, const Tensor& reserve,
+                               const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias, c10::DeviceType dev,
+                               const char* op) {
+  check_seq(is_lstm ? 4 : 3, x, h0, c0, weights, mask, L, bidir, has_bias, dev, op);
+  const int64_t T = x.size(0), B = x.size(1), D = bidir ? 2 : 1, H = weights[1].size(1);
+  check_like_shape(grad_out, x, {T, B, D * H}, op, "grad_out");
+  check_like_shape(grad_hn, x, {L * D, B, H}, op, "grad_hn");
+  if (grad_cn) check_like_shape(*grad_cn, x, {L * D, B, H}, op, "grad_cn");
+  check_like_shape(out, x, {T, B, D * H}, op, "out");
+  check_like_shape(layer_outs, x, {std::max<int64_t>(L - 1, 0), T, B, D * H}, op, "layer_outs");
+  const int64_t per = T * B * (is_lstm ? 5 : 4) * H;
+  PYDL_CHECK_VALUE(!(reserve.dim() == 2 && reserve.size(1) == 0), op,
+                   ": reserve is empty: the forward ran with need_reserve=False and saved nothing for a backward");
+  check_acc(reserve, x, {L * D, per}, op, "reserve");
+}
+
 // ---- cells ---------------------------------------------------------------------------------------------
 
 template <class PW>
@@ -178,8 +230,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward(
   const auto acc = gates.scalar_type();
   auto dG = at::empty(gates.sizes(), x.options());
   auto dc = grad_cy.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();  // PW writes into it
-  PW::lstm_bwd(rows(grad_hy), at::zeros_like(grad_hy), dc, gates, cy.to(acc).contiguous(), cx.to(acc).contiguous(),
-               dG, dc);
+  PW::lstm_bwd(rows(grad_hy), at::zeros_like(grad_hy), dc, rows(gates), cy.to(acc).contiguous(),
+               cx.to(acc).contiguous(), dG, dc);
   auto db = dG.sum(0, false, acc).to(x.scalar_type());
   const Tensor skipped = at::empty({0}, x.options());  // a gradient autograd does not need: GEMM skipped
   return {need_dx ? at::mm(dG, w_ih) : skipped, need_dh ? at::mm(dG, w_hh) : skipped, dc.to(x.scalar_type()),
@@ -210,7 +262,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(con
   auto dGi = at::empty({B, 3 * H}, x.options());
   auto dGh = at::empty({B, 3 * H}, x.options());
   auto dh_dir = at::zeros({B, H}, x.options().dtype(acc));
-  PW::gru_bwd(rows(grad_hy), at::zeros_like(grad_hy), dh_dir, ws, rows(hx), dGi, dGh, dh_dir);
+  PW::gru_bwd(rows(grad_hy), at::zeros_like(grad_hy), dh_dir, rows(ws), rows(hx), dGi, dGh, dh_dir);
   const Tensor skipped = at::empty({0}, x.options());
   auto dhx = need_dh ? (dh_dir + at::mm(dGh, w_hh).to(acc)).to(x.scalar_type()) : skipped;
   return {need_dx ? at::mm(dGi, w_ih) : skipped, dhx, at::mm(dGi.t(), x), at::mm(dGh.t(), hx),
@@ -298,10 +350,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
 template <class PW>
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
     bool is_lstm, const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x_in,
-    const Tensor& h0, const Tensor& c0, at::TensorList weights, const std::optional<Tensor>& mask, const Tensor& out,
-    const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias, bool need_dx) {
+    const Tensor& h0, const Tensor& c0, at::TensorList weights, const std::optional<Tensor>& mask,
+    const Tensor& out_in, const Tensor& reserve_in, const Tensor& layer_outs_in, int64_t L, bool bidir,
+    bool has_bias, bool need_dx) {
   const at::NoGradGuard no_grad;  // plain kernels: callable directly, even on tensors that require grad
-  const Tensor x = x_in.contiguous();
+  // The saved tensors are read through views of their rows (unit column stride assumed): a direct call may
+  // pass strided ones. contiguous() is free for what the forward returned.
+  const Tensor x = x_in.contiguous(), out = out_in.contiguous(), reserve = reserve_in.contiguous(),
+               layer_outs = layer_outs_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), D = bidir ? 2 : 1, H = weights[1].size(1);
   const int64_t G = is_lstm ? 4 : 3, nw = has_bias ? 4 : 2;
   const auto acc = reserve.scalar_type();

@@ -246,3 +246,44 @@ def test_gpu_modules(gpu_backend, tcls, pcls):
         xb, pb = x.bfloat16(), pcls.from_torch(tcls(32, 64, batch_first=True).cuda().bfloat16())
         pb.backend = gpu_backend
         assert pb(xb)[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("tcls, pcls", PAIRS + CELLS)
+def test_wrong_input_size_blames_the_input_as_torch_does(tcls, pcls):
+    t, p = tcls(3, 4), pcls(3, 4)
+    x = torch.randn(2, 5) if tcls in (tnn.LSTMCell, tnn.GRUCell) else torch.randn(6, 2, 5)
+    with pytest.raises(Exception) as want:
+        t(x)
+    with pytest.raises((ValueError, RuntimeError)) as got:
+        p(x)
+    # torch: "input.size(-1) must be equal to input_size. Expected 3, got 5" (sequences) / "input has
+    # inconsistent input_size: got 5 expected 3" (cells); pydl says the same about the input, not the weights
+    text = str(want.value).split(". Expected")[0] if "Expected" in str(want.value) else "inconsistent input_size"
+    assert text in str(got.value) and "5" in str(got.value) and "weight" not in str(got.value)
+
+
+@pytest.mark.parametrize("tcls, pcls", PAIRS)
+def test_wrong_hidden_state_shape_is_named_as_torch_does(tcls, pcls):
+    t, p = tcls(3, 4, 2), pcls(3, 4, 2)
+    x, h = torch.randn(6, 2, 3), torch.zeros(1, 2, 4)
+    hx = (h, h) if tcls is tnn.LSTM else h
+    with pytest.raises(RuntimeError) as want:
+        t(x, hx)
+    with pytest.raises(RuntimeError) as got:
+        p(x, hx)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("tcls, pcls", PAIRS + CELLS)
+def test_empty_batch_gives_torch_empty_outputs(cpu_backend, tcls, pcls):
+    require_backend(cpu_backend, "cpu", OP)
+    seq = tcls in (tnn.LSTM, tnn.GRU)
+    kw = dict(num_layers=2, bidirectional=True) if seq else {}
+    t = tcls(3, 4, **kw)
+    p = pcls(3, 4, **kw)
+    p.load_state_dict(t.state_dict())
+    p.backend = cpu_backend
+    x = torch.randn(5, 0, 3) if seq else torch.randn(0, 3)
+    want, got = t(x), p(x)
+    flat = lambda o: [o] if isinstance(o, torch.Tensor) else [a for b in o for a in flat(b)]  # noqa: E731
+    assert [tuple(a.shape) for a in flat(got)] == [tuple(a.shape) for a in flat(want)]

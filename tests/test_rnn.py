@@ -196,6 +196,119 @@ def test_gradcheck(cpu_backend, kind):
         assert torch.autograd.gradcheck(cell, (x[0], h0[0], *cw), fast_mode=fast)
 
 
+def _seq_fn(kind, backend, L, bidir, batch_first):
+    """The public functional API as a function of tensors only (what gradgradcheck differentiates)."""
+    if kind == "lstm":
+        def f(x, h0, c0, *w):
+            out, (hn, cn) = pydl.lstm(x, list(w), h0, c0, num_layers=L, bidirectional=bidir,
+                                      batch_first=batch_first, backend=backend)
+            return out, hn, cn
+        return f
+    return lambda x, h0, *w: pydl.gru(x, list(w), h0, num_layers=L, bidirectional=bidir, batch_first=batch_first,
+                                      backend=backend)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gradgradcheck(cpu_backend, kind):
+    """Second derivatives (create_graph=True, then differentiate again) vs finite differences of the first,
+    in float64: multi-layer, bidirectional, batch_first, with h0/c0, and the cells. The first-order backward
+    ops return plain tensors; a backward run with grad mode on must not use them (they would give zeros)."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(1)
+    # The interpreter runs every step of every forward in numpy: one step, one batch row for triton. The
+    # double-backward path itself is the same torch code for every backend; only the forward differs.
+    T, B = (1, 1) if cpu_backend == "triton" else (2, 2)
+    I, H, L, D = 2, 2, 2, 2
+    m = make_torch(kind, I, H, L, True, True)
+    ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(L * D, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(L * D, B, H, dtype=torch.float64, requires_grad=True)
+    f = _seq_fn(kind, cpu_backend, L, True, True)
+    args = (x, h0, c0, *ws) if kind == "lstm" else (x, h0, *ws)
+    # fast_mode: random projections of the Jacobian of the gradient instead of all of it (a wrong second
+    # derivative still fails: the projection of a nonzero error is nonzero with probability one)
+    assert torch.autograd.gradgradcheck(f, args, fast_mode=True)
+    cw = [w.detach().clone().requires_grad_() for w in
+          (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H).double().parameters()]
+    if kind == "lstm":
+        cell = lambda x, h, c, *w: pydl.lstm_cell(x, h, c, *w, backend=cpu_backend)  # noqa: E731
+        cargs = (x[:, 0], h0[0], c0[0], *cw)
+    else:
+        cell = lambda x, h, *w: pydl.gru_cell(x, h, *w, backend=cpu_backend)  # noqa: E731
+        cargs = (x[:, 0], h0[0], *cw)
+    assert torch.autograd.gradgradcheck(cell, cargs, fast_mode=cpu_backend == "triton")
+    # without biases, and with inputs that need no gradient (the recompute must skip them, not fail)
+    nb = [w.detach().clone().requires_grad_() for w in make_torch(kind, I, H, 1, False, False)._flat_weights]
+    f1 = _seq_fn(kind, cpu_backend, 1, False, False)
+    h1 = h0[:1].detach()
+    args1 = (x.transpose(0, 1), h1, h1.clone(), *nb) if kind == "lstm" else (x.transpose(0, 1), h1, *nb)
+    assert torch.autograd.gradgradcheck(f1, args1, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gradient_penalty_matches_torch(cpu_backend, kind):
+    """WGAN-GP style: penalty = (|d out / d x| - 1)^2, then its gradient w.r.t. the parameters and x -- the
+    second-order path -- equals torch.nn.LSTM/GRU's (float64: the same formulas, so ~1e-12 apart)."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(2)
+    T, B = (2, 1) if cpu_backend == "triton" else (3, 2)
+    tm = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(3, 2, 2, bidirectional=True, batch_first=True).double()
+    pm = (pydl.nn.LSTM if kind == "lstm" else pydl.nn.GRU)(3, 2, 2, bidirectional=True, batch_first=True).double()
+    pm.load_state_dict(tm.state_dict())
+    pm.backend = cpu_backend
+    xv = torch.randn(B, T, 3, dtype=torch.float64)
+    results = []
+    for m in (tm, pm):
+        x = xv.clone().requires_grad_()
+        out, state = m(x)
+        hn = state[0] if kind == "lstm" else state
+        score = out.pow(2).sum() + hn.sin().sum()
+        gx, = torch.autograd.grad(score, x, create_graph=True)
+        penalty = (gx.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        results.append(torch.autograd.grad(penalty, [x, *m.parameters()]))
+    for a, b in zip(*results):
+        assert b.abs().sum() > 0  # the test itself is not vacuous: torch's second derivative is nonzero
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10), (a - b).abs().max()
+    # the cells, one step each
+    tc = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(3, 2).double()
+    pc = (pydl.nn.LSTMCell if kind == "lstm" else pydl.nn.GRUCell)(3, 2).double()
+    pc.load_state_dict(tc.state_dict())
+    pc.backend = cpu_backend
+    hx = torch.randn(B, 2, dtype=torch.float64)  # a nonzero state: with zeros dL/dW_hh would be 0 in both
+    state = (hx, hx.cos()) if kind == "lstm" else hx
+    results = []
+    for m in (tc, pc):
+        x = xv[:, 0].clone().requires_grad_()
+        h = m(x, state)
+        h = h[0] if kind == "lstm" else h
+        gx, = torch.autograd.grad(h.tanh().sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum(), [x, *m.parameters()]))
+    for a, b in zip(*results):
+        assert b.abs().sum() > 0
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10), (a - b).abs().max()
+
+
+def test_first_order_backward_keeps_the_fused_kernels():
+    """Ordinary training (no create_graph) still runs the backend's backward op, not the recompute."""
+    op = backends.all_ops()["lstm_backward"]
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return R.lstm_backward_reference(*args)
+
+    ws = [w.detach().requires_grad_() for w in make_torch("lstm", 2, 3, 1, False, True)._flat_weights]
+    x = torch.randn(2, 1, 2, dtype=torch.float64, requires_grad=True)
+    with op.override("reference", spy):
+        out, _ = pydl.lstm(x, ws, backend="reference")
+        out.sum().backward()
+        assert calls == [1]
+        out, _ = pydl.lstm(x, ws, backend="reference")
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+        assert calls == [1]  # create_graph=True: the differentiable recompute, not the kernel
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_dropout_mask_semantics(cpu_backend, kind):
     """A dropout mask between layers means: layer l+1 reads (output of layer l) * mask[l]. Checked against a
@@ -400,6 +513,7 @@ BAD = [
     ("w_ih shape", dict(w0=torch.randn(8, 4)), ValueError, "w_ih of layer 0"),
     ("h0 shape", dict(h0=torch.zeros(2, 1, 2)), ValueError, "h0"),
     ("empty", dict(x=torch.randn(0, 1, 3)), ValueError, "empty"),
+    ("input_size 0", dict(x=torch.randn(2, 1, 0), w0=torch.randn(8, 0)), ValueError, "empty"),
     ("mask shape", dict(mask=torch.ones(1, 2, 1, 2)), ValueError, "dropout_mask"),
     ("weights count", dict(drop_last=True), ValueError, "weight tensors"),
 ]
@@ -446,6 +560,213 @@ def test_cpp_kernels_check_their_own_arguments():
     with pytest.raises(ValueError, match="empty"):
         torch.ops.pydl_cpu.gru(torch.randn(0, 1, 3), torch.zeros(1, 1, 2), [torch.randn(6, 3), torch.randn(6, 2)],
                                None, 1, False, False)
+
+
+# Direct calls of the backward ops with arguments no forward produced: each (op, argument to break, how) must
+# raise a clear error naming the argument, on every backend and from the compiled op called directly. Before
+# these checks, a narrow `gates` overflowed the heap (the buffer is sized from `gates`, the kernel writes 4H
+# columns from `cy`'s width) and a wrong `cy` or `ws` was read out of bounds -- so the cases run in a
+# subprocess: a regression kills that process, not the test run.
+BACKWARD_HARNESS = r"""
+import torch, pydl
+from pydl import backends
+
+def cell_args(kind, dtype=torch.float32):
+    torch.manual_seed(0)
+    B, I, H, G = 3, 5, 4, (4 if kind == "lstm" else 3)
+    x, hx, cx = torch.randn(B, I, dtype=dtype), torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
+    w_ih, w_hh = torch.randn(G * H, I, dtype=dtype), torch.randn(G * H, H, dtype=dtype)
+    if kind == "lstm":
+        hy, cy, gates = torch.ops.pydl.lstm_cell(x, hx, cx, w_ih, w_hh, None, None, "reference")
+        return dict(grad_hy=torch.randn_like(hy), grad_cy=torch.randn_like(cy), x=x, hx=hx, cx=cx, w_ih=w_ih,
+                    w_hh=w_hh, gates=gates, cy=cy, need_dx=True, need_dh=True)
+    hy, ws = torch.ops.pydl.gru_cell(x, hx, w_ih, w_hh, None, None, "reference")
+    return dict(grad_hy=torch.randn_like(hy), x=x, hx=hx, w_ih=w_ih, w_hh=w_hh, ws=ws, need_dx=True, need_dh=True)
+
+def seq_args(kind, L=2, bidir=True):
+    torch.manual_seed(1)
+    m = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(3, 2, L, bidirectional=bidir)
+    ws = [w.detach() for w in m._flat_weights]
+    D = 2 if bidir else 1
+    x, h0 = torch.randn(4, 2, 3), torch.randn(L * D, 2, 2)
+    if kind == "lstm":
+        c0 = torch.randn(L * D, 2, 2)
+        out, hn, cn, reserve, layer_outs = torch.ops.pydl.lstm(x, h0, c0, ws, None, L, bidir, True, "reference")
+        return dict(grad_out=torch.randn_like(out), grad_hn=torch.randn_like(hn), grad_cn=torch.randn_like(cn), x=x,
+                    h0=h0, c0=c0, weights=ws, dropout_mask=None, out=out, reserve=reserve, layer_outs=layer_outs,
+                    num_layers=L, bidirectional=bidir, has_bias=True, need_dx=True)
+    out, hn, reserve, layer_outs = torch.ops.pydl.gru(x, h0, ws, None, L, bidir, True, "reference")
+    return dict(grad_out=torch.randn_like(out), grad_hn=torch.randn_like(hn), x=x, h0=h0, weights=ws,
+                dropout_mask=None, out=out, reserve=reserve, layer_outs=layer_outs, num_layers=L, bidirectional=bidir,
+                has_bias=True, need_dx=True)
+
+def run_cases(cases):
+    # each (op, argument, breaker) on every backend and the compiled op: a clear error naming the argument
+    names = ["reference", "triton"] + (["cpu"] if backends.available("cpu", "cpu", "rnn")[0] else [])
+    bad = []
+    for op, arg, breaker in cases:
+        kind = op.split("_")[0]
+        args = cell_args(kind) if "cell" in op else seq_args(kind)
+        args[arg] = breaker(args)
+        calls = [(b, lambda b=b: getattr(torch.ops.pydl, op)(*args.values(), b)) for b in names]
+        if "cpu" in names:  # the compiled op, called directly: its own C++ checks
+            calls.append(("pydl_cpu", lambda: getattr(torch.ops.pydl_cpu, op)(*args.values())))
+        for who, call in calls:
+            try:
+                call()
+                bad.append(f"{who} {op}: accepted a bad {arg}")
+            except (ValueError, TypeError) as e:
+                if arg not in str(e):
+                    bad.append(f"{who} {op}: error does not name {arg}: {e}")
+            except Exception as e:
+                bad.append(f"{who} {op}: unclear {type(e).__name__}: {str(e)[:150]}")
+    print(len(cases), "cases")
+    assert not bad, "\n".join(bad)
+"""
+BACKWARD_CASES = BACKWARD_HARNESS + r"""
+H = 4
+CASES = [  # (op, argument, how to break it)
+    ("lstm_cell_backward", "gates", lambda a: a["gates"][:, : 2 * H]),           # the heap overflow
+    ("lstm_cell_backward", "gates", lambda a: a["gates"][:2]),
+    ("lstm_cell_backward", "gates", lambda a: a["gates"].double()),
+    ("lstm_cell_backward", "cy", lambda a: torch.randn(3, H + 3)),               # the out-of-bounds read
+    ("lstm_cell_backward", "cy", lambda a: torch.randn(5, H)),
+    ("lstm_cell_backward", "grad_hy", lambda a: torch.randn(3, H - 1)),
+    ("lstm_cell_backward", "grad_cy", lambda a: torch.randn(2, H)),
+    ("lstm_cell_backward", "hx", lambda a: torch.randn(3, H + 1)),
+    ("lstm_cell_backward", "cx", lambda a: torch.randn(3, H).double()),
+    ("lstm_cell_backward", "w_ih", lambda a: torch.randn(4 * H, 2)),
+    ("gru_cell_backward", "ws", lambda a: a["ws"][:, : 3 * H]),                  # the out-of-bounds read
+    ("gru_cell_backward", "ws", lambda a: torch.randn(2, 4 * H)),
+    ("gru_cell_backward", "ws", lambda a: a["ws"].half()),
+    ("gru_cell_backward", "grad_hy", lambda a: torch.randn(3, 2 * H)),
+    ("gru_cell_backward", "hx", lambda a: torch.randn(1, H)),
+    ("gru_cell_backward", "w_hh", lambda a: torch.randn(3 * H, H + 1)),
+    ("lstm_backward", "reserve", lambda a: a["reserve"][:, :-7]),
+    ("lstm_backward", "reserve", lambda a: a["reserve"][:1]),
+    ("lstm_backward", "reserve", lambda a: a["reserve"][:, :0]),
+    ("lstm_backward", "reserve", lambda a: a["reserve"].double()),
+    ("lstm_backward", "out", lambda a: a["out"][:, :1]),
+    ("lstm_backward", "layer_outs", lambda a: a["layer_outs"][:, :2]),
+    ("lstm_backward", "grad_out", lambda a: a["grad_out"][..., :2]),
+    ("lstm_backward", "grad_hn", lambda a: a["grad_hn"][:1]),
+    ("lstm_backward", "grad_cn", lambda a: a["grad_cn"].double()),
+    ("lstm_backward", "h0", lambda a: a["h0"][:, :1]),
+    ("gru_backward", "reserve", lambda a: a["reserve"][:, 1:]),
+    ("gru_backward", "out", lambda a: torch.randn(4, 2, 5)),
+    ("gru_backward", "layer_outs", lambda a: torch.randn(2, 4, 2, 4)),
+    ("gru_backward", "grad_hn", lambda a: torch.randn(4, 2, 3)),
+]
+run_cases(CASES)
+"""
+
+
+def test_backward_ops_validate_every_argument():
+    """Every backward op, on every CPU backend and called directly as a compiled op, refuses arguments no
+    forward produced, naming them; in a subprocess (see BACKWARD_CASES)."""
+    from fuzzing import OK, Tally, run_isolated
+
+    tally = Tally()
+    assert run_isolated(tally, "backward ops with bad saved tensors", BACKWARD_CASES, timeout=300) == OK, \
+        tally.failures
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_backward_ops_read_strided_saved_tensors(cpu_backend, kind):
+    """A directly called backward op given the right shapes with other strides computes the same result (the
+    kernels assume unit column stride: the drivers make the saved tensors row-contiguous first)."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(5)
+    B, I, H = 2, 3, 4
+    G = 4 if kind == "lstm" else 3
+    x, hx, cx = torch.randn(B, I), torch.randn(B, H), torch.randn(B, H)
+    w_ih, w_hh = torch.randn(G * H, I), torch.randn(G * H, H)
+    strided = lambda t: t.t().contiguous().t()  # noqa: E731 - same values, column stride != 1
+    gy = torch.randn(B, H)
+    if kind == "lstm":
+        _, cy, gates = torch.ops.pydl.lstm_cell(x, hx, cx, w_ih, w_hh, None, None, cpu_backend)
+        run = lambda g: torch.ops.pydl.lstm_cell_backward(gy, gy, x, hx, cx, w_ih, w_hh, g, cy, True, True,  # noqa
+                                                          cpu_backend)
+    else:
+        _, gates = torch.ops.pydl.gru_cell(x, hx, w_ih, w_hh, None, None, cpu_backend)
+        run = lambda g: torch.ops.pydl.gru_cell_backward(gy, x, hx, w_ih, w_hh, g, True, True, cpu_backend)  # noqa
+    for a, b in zip(run(gates), run(strided(gates))):
+        assert torch.equal(a, b)
+    m = make_torch(kind, I, H, 1, True, True, torch.float32)
+    ws = [w.detach() for w in m._flat_weights]
+    xs, h0 = torch.randn(3, B, I), torch.randn(2, B, H)
+    go, gh = torch.randn(3, B, 2 * H), torch.randn(2, B, H)
+    if kind == "lstm":
+        out, _, _, res, lo = torch.ops.pydl.lstm(xs, h0, h0, ws, None, 1, True, True, cpu_backend)
+        run = lambda o, r: torch.ops.pydl.lstm_backward(go, gh, gh, xs, h0, h0, ws, None, o, r, lo, 1, True,  # noqa
+                                                        True, True, cpu_backend)
+    else:
+        out, _, res, lo = torch.ops.pydl.gru(xs, h0, ws, None, 1, True, True, cpu_backend)
+        run = lambda o, r: torch.ops.pydl.gru_backward(go, gh, xs, h0, ws, None, o, r, lo, 1, True, True, True,  # noqa
+                                                       cpu_backend)
+    want = run(out, res)
+    got = run(out.transpose(0, 1).contiguous().transpose(0, 1), strided(res))
+    for a, b in zip(want[:-1] + tuple(want[-1]), got[:-1] + tuple(got[-1])):
+        assert torch.equal(a, b)
+
+
+def test_public_functions_name_bad_arguments():
+    x = torch.randn(5, 2, 3)
+    ws = list(make_torch("lstm", 3, 4, 1, False, True, torch.float32)._flat_weights)
+    with pytest.raises(ValueError, match=r"weights must hold 4 tensors .* got 1"):
+        pydl.lstm(x, [ws[0]])  # was an IndexError
+    with pytest.raises(TypeError, match="weights must be a list of tensors"):
+        pydl.gru(x, ws[0])
+    with pytest.raises(TypeError, match=r"weights\[1\] must be a torch.Tensor"):
+        pydl.lstm(x, [ws[0], "w_hh"])
+    with pytest.raises(ValueError, match="dropout must be"):
+        pydl.lstm(x, ws, dropout="fast", training=True)
+    with pytest.raises(ValueError, match="num_layers"):
+        pydl.gru(x, ws[:2], num_layers=0)
+    with pytest.raises(ValueError, match="x must be 3-D"):
+        pydl.lstm(x[0], ws, batch_first=True)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pydl.lstm_cell([1.0], w_ih=ws[0], w_hh=ws[1])
+    with pytest.raises(ValueError, match="w_hh must be 2-D"):
+        pydl.gru_cell(x[0], w_ih=ws[0], w_hh=ws[2])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_empty_batch_and_sizes_match_torch(cpu_backend, kind):
+    """Batch 0 (sequences and cells), hidden size 0 and input size 0 (cells): torch's outputs and gradients."""
+    require_backend(cpu_backend, "cpu", OP)
+    torch.manual_seed(6)
+    m = make_torch(kind, 3, 2, 2, True, True, torch.float32)
+    ws = [w.detach().requires_grad_() for w in m._flat_weights]
+    x = torch.randn(4, 0, 3, requires_grad=True)
+    if kind == "lstm":
+        out, (hn, cn) = pydl.lstm(x, ws, num_layers=2, bidirectional=True, backend=cpu_backend)
+        want_out, (want_hn, _) = m(x)
+        assert cn.shape == want_hn.shape
+    else:
+        out, hn = pydl.gru(x, ws, num_layers=2, bidirectional=True, backend=cpu_backend)
+        want_out, want_hn = m(x)
+    assert out.shape == want_out.shape and hn.shape == want_hn.shape
+    grads = torch.autograd.grad(out.sum() + hn.sum(), [x] + ws)
+    assert grads[0].shape == x.shape and all(g.shape == w.shape and not g.any() for g, w in zip(grads[1:], ws))
+    for B, I, H in ((0, 3, 4), (2, 3, 0), (2, 0, 4)):
+        tc = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H)
+        ps = [p.detach().requires_grad_() for p in tc.parameters()]
+        xc = torch.randn(B, I, requires_grad=True)
+        hc = torch.randn(B, H, requires_grad=True)
+        if kind == "lstm":
+            got = pydl.lstm_cell(xc, hc, hc * 2, *ps, backend=cpu_backend)
+            want = tc(xc, (hc, hc * 2))
+        else:
+            got = (pydl.gru_cell(xc, hc, *ps, backend=cpu_backend),)
+            want = (tc(xc, hc),)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+        gg = torch.autograd.grad(sum(o.sum() for o in got), [xc, hc] + ps, allow_unused=True)
+        gw = torch.autograd.grad(sum(o.sum() for o in want), [xc, hc] + list(tc.parameters()), allow_unused=True)
+        for a, b in zip(gg, gw):
+            b = torch.zeros_like(a) if b is None else b
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
 
 
 def test_backend_selection_runs_the_chosen_kernel():

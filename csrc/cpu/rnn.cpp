@@ -270,7 +270,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& x, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cell_backward_cpu(
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& x, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates, const Tensor& cy, bool need_dx, bool need_dh) {
-  check_device(x, kCPU, "lstm_cell_backward", "x");
+  rnn::check_cell_backward(4, grad_hy, &grad_cy, x, hx, &cx, w_ih, w_hh, gates, &cy, kCPU, "lstm_cell_backward");
   return rnn::lstm_cell_backward<CpuPW>(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx,
                                                      need_dh);
 }
@@ -284,7 +284,7 @@ std::tuple<Tensor, Tensor> gru_cell_cpu(const Tensor& x, const Tensor& hx, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward_cpu(
     const Tensor& grad_hy, const Tensor& x, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& ws, bool need_dx, bool need_dh) {
-  check_device(x, kCPU, "gru_cell_backward", "x");
+  rnn::check_cell_backward(3, grad_hy, nullptr, x, hx, nullptr, w_ih, w_hh, ws, nullptr, kCPU, "gru_cell_backward");
   return rnn::gru_cell_backward<CpuPW>(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh);
 }
 
@@ -300,7 +300,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> lstm_backward_cpu(
     const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn, const Tensor& x, const Tensor& h0,
     const Tensor& c0, at::TensorList weights, const std::optional<Tensor>& mask, const Tensor& out,
     const Tensor& reserve, const Tensor& layer_outs, int64_t L, bool bidir, bool has_bias, bool need_dx) {
-  check_device(x, kCPU, "lstm_backward", "x");
+  rnn::check_seq_backward(true, grad_out, grad_hn, &grad_cn, x, h0, &c0, weights, mask, out, reserve, layer_outs, L,
+                           bidir, has_bias, kCPU, "lstm_backward");
   return rnn::seq_backward<CpuPW>(true, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
                                   layer_outs, L, bidir, has_bias, need_dx);
 }
@@ -317,7 +318,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> gru_backward_cpu(
     const Tensor& grad_out, const Tensor& grad_hn, const Tensor& x, const Tensor& h0, at::TensorList weights,
     const std::optional<Tensor>& mask, const Tensor& out, const Tensor& reserve, const Tensor& layer_outs, int64_t L,
     bool bidir, bool has_bias, bool need_dx) {
-  check_device(x, kCPU, "gru_backward", "x");
+  rnn::check_seq_backward(false, grad_out, grad_hn, nullptr, x, h0, nullptr, weights, mask, out, reserve, layer_outs,
+                           L, bidir, has_bias, kCPU, "gru_backward");
   auto r = rnn::seq_backward<CpuPW>(false, grad_out, grad_hn, Tensor(), x, h0, Tensor(), weights, mask, out, reserve,
                                     layer_outs, L, bidir, has_bias, need_dx);
   return {std::get<0>(r), std::get<1>(r), std::get<3>(r)};

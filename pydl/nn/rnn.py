@@ -14,8 +14,9 @@ call, and its backward as one ``*_backward`` call. Note: ``isinstance(m, torch.n
 ``backend``: None (the current default: ``pydl.backend(...)`` context or process default) or a backend name.
 
 Not supported (a clear error, never a silently different result): ``proj_size > 0`` and PackedSequence
-input. Dropout between layers uses torch's RNG but in its own order, so with ``dropout > 0`` in training
-the numbers differ from torch's (the distribution is the same).
+input. A wrong input or state size is reported in torch's words; batch 0 gives torch's empty outputs. Dropout between layers uses torch's RNG but in its own order, so with ``dropout > 0`` in training
+the numbers differ from torch's (the distribution is the same). The other deliberate differences are listed
+in pydl.ops.rnn.lstm's docstring.
 """
 from __future__ import annotations
 
@@ -87,6 +88,8 @@ class _SeqMixin:
 
     def _run(self, x, hx):
         _no_packed(self, x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"pydl.nn.{type(self).__name__}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
             raise ValueError(f"pydl.nn.{type(self).__name__}: expected a 2-D (unbatched) or 3-D input, got shape "
                              f"{tuple(x.shape)}")
@@ -96,6 +99,21 @@ class _SeqMixin:
             if hx is not None:
                 hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
         batch_first = self.batch_first and batched
+        # blame a wrong input as torch does, not as a mismatch of the weights the op would find; the dtype is
+        # left to the op (a TypeError naming the tensor, where torch raises ValueError)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"pydl.nn.{type(self).__name__}: input.size(-1) must be equal to input_size. "
+                             f"Expected {self.input_size}, got {x.shape[-1]}")
+        if hx is not None:  # torch's own helper and wording for the states
+            B = x.shape[0 if batch_first else 1]
+            want = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
+            if self._kind == "lstm":
+                if not (isinstance(hx, tuple) and len(hx) == 2):
+                    raise TypeError(f"pydl.nn.LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                self.check_hidden_size(hx[0], want, "Expected hidden[0] size {}, got {}")
+                self.check_hidden_size(hx[1], want, "Expected hidden[1] size {}, got {}")
+            else:
+                self.check_hidden_size(hx, want)
         weights = self._flat_weights
         x, weights, hx = _autocast(x, weights, hx)
         common = dict(num_layers=self.num_layers, bidirectional=self.bidirectional, batch_first=batch_first,
@@ -151,9 +169,14 @@ class _CellMixin:
         return _share_params(self, new)
 
     def _batch(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"pydl.nn.{type(self).__name__}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (1, 2):
             raise ValueError(f"pydl.nn.{type(self).__name__}: expected a 1-D (unbatched) or 2-D input, got shape "
                              f"{tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:  # torch's wording: the input is at fault, not the weights
+            raise ValueError(f"pydl.nn.{type(self).__name__}: input has inconsistent input_size: got "
+                             f"{x.shape[-1]} expected {self.input_size}")
         return x.dim() == 2
 
 

@@ -41,8 +41,18 @@ dtype (it is the next GEMM's input, as in torch).
 and passed in, so every backend applies the same mask; torch's own LSTM draws from the RNG in a different
 order, so results equal torch's only with ``dropout=0``.
 
+**Second derivatives** (a gradient penalty; ``create_graph=True``): the backward ops are kernels whose
+outputs carry no graph, so a backward that autograd runs with grad mode on recomputes the forward from the
+saved inputs with differentiable torch code (``cell_autograd`` / ``seq_autograd``) and differentiates that --
+exact to every order, at the cost of one extra forward; first-order training keeps the fused backward.
+
+**Checks.** Every op, the backwards included, validates every shape, dtype and device in Python (the
+sequence ops for every backend; the cells for the Python backends, since a cell step is short enough for a
+second check to show) and again in C++ (csrc/rnn_driver.h), since a compiled op can be called directly.
+Empty batches (and cells with hidden size 0) are answered in Python without a kernel: torch's empty outputs.
+
 Not supported: ``proj_size > 0`` (LSTM projections) and PackedSequence input (the modules raise a clear
-error for both).
+error for both). The other deliberate differences from torch are listed in :func:`lstm`'s docstring.
 """
 from __future__ import annotations
 
@@ -109,8 +119,8 @@ def _check_shape(t, shape, op, arg):
         raise ValueError(f"pydl.{op}: {arg} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def check_cell(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    op = f"{kind}_cell"
+def check_cell(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, op=None):
+    op = op or f"{kind}_cell"
     G = NGATES[kind]
     check_floating(x, op, "x")
     if x.dim() != 2:
@@ -131,13 +141,53 @@ def check_cell(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     if b_ih is not None:
         _check_shape(b_ih, (G * H,), op, "b_ih")
         _check_shape(b_hh, (G * H,), op, "b_hh")
-    if B == 0 or H == 0 or I == 0:
-        raise ValueError(f"pydl.{op}: empty input (batch={B}, input_size={I}, hidden={H}) is not supported")
 
 
-def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias):
+def _check_acc(t, x, op, arg, shape):
+    """A tensor the forward saved in the accumulation dtype (gates, ws, reserve), handed back to a backward."""
+    check_floating(t, op, arg)
+    acc = acc_dtype(x.dtype)
+    if t.dtype != acc:
+        raise TypeError(f"pydl.{op}: {arg} must be {acc} (what the forward saves for {x.dtype} input), got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"pydl.{op}: {arg} must be on x's device ({x.device}), got {t.device}")
+    _check_shape(t, shape, op, arg)
+
+
+def check_cell_backward(kind, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, saved, cy):
+    """The cell backwards get the forward's inputs and saved tensors back: each must have exactly the shape
+    the forward gives it, since the kernels size their buffers from some and index the others alike."""
+    op = f"{kind}_cell_backward"
+    check_cell(kind, x, hx, cx, w_ih, w_hh, None, None, op)
+    B, H = x.shape[0], w_hh.shape[1]
+    for name, t in (("grad_hy", grad_hy), ("grad_cy", grad_cy), ("cy", cy)):
+        if t is not None:
+            _check_same(t, x, op, name, "x")
+            _check_shape(t, (B, H), op, name)
+    _check_acc(saved, x, op, "gates" if kind == "lstm" else "ws", (B, 4 * H))
+
+
+def check_seq_backward(kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                       num_layers, bidirectional, has_bias):
+    op = f"{kind}_backward"
+    T, B, _, H, D = check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, op)
+    L = num_layers
+    for name, t, shape in (("grad_out", grad_out, (T, B, D * H)), ("grad_hn", grad_hn, (L * D, B, H)),
+                           ("grad_cn", grad_cn, (L * D, B, H)), ("out", out, (T, B, D * H)),
+                           ("layer_outs", layer_outs, (max(L - 1, 0), T, B, D * H))):
+        if t is not None:
+            _check_same(t, x, op, name, "x")
+            _check_shape(t, shape, op, name)
+    want = (L * D, T * B * RESERVE_COLS[kind] * H)
+    if isinstance(reserve, torch.Tensor) and reserve.dim() == 2 and reserve.shape[1] == 0 and want[1] > 0:
+        raise ValueError(f"pydl.{op}: reserve is empty: the forward ran with need_reserve=False and saved "
+                         f"nothing for a backward")
+    _check_acc(reserve, x, op, "reserve", want)
+
+
+def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, op=None):
     """Validates a whole-sequence call; returns (T, B, I, H, D)."""
-    op = kind
+    op = op or kind
     G = NGATES[kind]
     check_floating(x, op, "x")
     if x.dim() != 3:
@@ -150,8 +200,9 @@ def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bia
         raise ValueError(f"pydl.{op}: expected {num_layers * D * nw} weight tensors (layers x directions x "
                          f"[w_ih, w_hh{', b_ih, b_hh' if has_bias else ''}]), got {len(weights)}")
     T, B, I = x.shape
-    if T == 0 or B == 0 or I == 0:
-        raise ValueError(f"pydl.{op}: empty input of shape {tuple(x.shape)} is not supported")
+    if T == 0 or I == 0:  # (batch 0 is fine: empty outputs, as torch gives)
+        raise ValueError(f"pydl.{op}: x of shape {tuple(x.shape)} is empty: sequence length and input_size must "
+                         f"be > 0 (as torch.nn.LSTM/GRU require)")
     w_hh0 = weights[1]
     _check_same(w_hh0, x, op, "weights[1]", "x")
     if w_hh0.dim() != 2 or w_hh0.shape[0] != G * w_hh0.shape[1] or w_hh0.shape[1] == 0:
@@ -189,18 +240,38 @@ def _split_weights(weights, k, has_bias):
 # sequence driver (below) serves the reference and the Triton backends alike.
 # --------------------------------------------------------------------------------------------------
 
+def lstm_pointwise(pre, c_prev):
+    """The LSTM step's pointwise math in plain, differentiable torch: pre (B, 4H) the summed gate
+    pre-activations (input dtype), c_prev (B, H) acc -> (gates (B, 4H) activated, c (B, H) acc, h (B, H) in
+    pre's dtype). Shared by the reference kernels below and the double-backward recompute further down."""
+    acc = c_prev.dtype
+    i, f, g, o = pre.to(acc).chunk(4, 1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c = f * c_prev + i * g
+    return torch.cat([i, f, g, o], 1), c, (o * c.tanh()).to(pre.dtype)
+
+
+def gru_pointwise(xg, hg, h_prev):
+    """The GRU step's pointwise math in plain, differentiable torch: xg, hg (B, 3H) the input and hidden
+    projections (input dtype), h_prev (B, H) -> (ws (B, 4H) acc = [r, z, n, hn], h (B, H) in h_prev's dtype)."""
+    acc = acc_dtype(xg.dtype)
+    xr, xz, xn = xg.to(acc).chunk(3, 1)
+    hr, hz, hn = hg.to(acc).chunk(3, 1)
+    r = (xr + hr).sigmoid()
+    z = (xz + hz).sigmoid()
+    n = (xn + r * hn).tanh()
+    return torch.cat([r, z, n, hn], 1), ((1 - z) * n + z * h_prev.to(acc)).to(h_prev.dtype)
+
+
 class RefPointwise:
     @staticmethod
     def lstm_fwd(pre, c_prev, gates, c, h):
         """pre (B, 4H) input dtype: the gate pre-activations x W_ih^T + h W_hh^T + b_ih + b_hh; c_prev (B, H) acc
         -> gates (B, 4H) activated (acc), c (B, H) acc, h (B, H)."""
-        acc = c_prev.dtype
-        i, f, g, o = pre.to(acc).chunk(4, 1)
-        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-        c_new = f * c_prev + i * g
-        gates.copy_(torch.cat([i, f, g, o], 1))
+        g_new, c_new, h_new = lstm_pointwise(pre, c_prev)
+        gates.copy_(g_new)
         c.copy_(c_new)
-        h.copy_(o * c_new.tanh())
+        h.copy_(h_new)
 
     @staticmethod
     def lstm_bwd(dh_out, dh_rec, dc, gates, c, c_prev, dG, dc_prev):
@@ -218,14 +289,9 @@ class RefPointwise:
     @staticmethod
     def gru_fwd(xg, hg, h_prev, ws, h):
         """xg, hg (B, 3H) input dtype; h_prev (B, H) -> ws (B, 4H) acc = [r, z, n, hn], h (B, H)."""
-        acc = ws.dtype
-        xr, xz, xn = xg.to(acc).chunk(3, 1)
-        hr, hz, hn = hg.to(acc).chunk(3, 1)
-        r = (xr + hr).sigmoid()
-        z = (xz + hz).sigmoid()
-        n = (xn + r * hn).tanh()
-        ws.copy_(torch.cat([r, z, n, hn], 1))
-        h.copy_((1 - z) * n + z * h_prev.to(acc))
+        ws_new, h_new = gru_pointwise(xg, hg, h_prev)
+        ws.copy_(ws_new)
+        h.copy_(h_new)
 
     @staticmethod
     def gru_bwd(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out):
@@ -271,6 +337,7 @@ def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx=True, need_dh=True):
     acc = gates.dtype
+    gates = gates.contiguous()  # the kernels assume unit column stride in what the forward saved
     dG = x.new_empty(gates.shape)
     dc = grad_cy.to(acc).contiguous()  # a fresh tensor if grad_cy is not already acc: PW writes into it
     if dc is grad_cy:
@@ -296,6 +363,7 @@ def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
 def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws, need_dx=True, need_dh=True):
     acc = ws.dtype
+    ws = ws.contiguous()
     B, H = hx.shape
     dGi = x.new_empty((B, 3 * H))
     dGh = x.new_empty((B, 3 * H))
@@ -382,7 +450,9 @@ def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights
     G = NGATES[kind]
     acc = acc_dtype(x.dtype)
     nw = 4 if has_bias else 2
-    x = x.contiguous()
+    # reserve is read through views of its rows (unit column stride assumed); a directly called backward may
+    # be handed strided tensors, which would be misread
+    x, out, reserve, layer_outs = x.contiguous(), out.contiguous(), reserve.contiguous(), layer_outs.contiguous()
     grad_w: List[Optional[torch.Tensor]] = [None] * len(weights)
     g_h0 = h0.new_empty(h0.shape)
     g_c0 = c0.new_empty(c0.shape) if kind == "lstm" else None
@@ -541,44 +611,99 @@ def _checked(op, backend, device_type, check):
     return OPS[op].impl(name)
 
 
+# Empty batches (and cells with hidden size 0) never reach a backend: every output is then empty, and every
+# gradient is a sum over an empty set -- zeros of the input's shape. The kernels need not handle them (a CUDA
+# launch of zero blocks is an error), and every backend gives torch's empty result alike.
+
+def _cell_empty(x, w_hh):
+    # (only for well-formed ranks: the check that follows reports anything else)
+    return (x.dim() == 2 and x.shape[0] == 0) or (w_hh.dim() == 2 and w_hh.shape[1] == 0)
+
+
+def _zeros(t):
+    return t.new_zeros(t.shape)
+
+
 def _lstm_cell_kernel(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
-    fn = _checked("lstm_cell", backend, x.device.type, lambda: check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh))
-    return fn(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    check = lambda: check_cell("lstm", x, hx, cx, w_ih, w_hh, b_ih, b_hh)  # noqa: E731
+    if _cell_empty(x, w_hh):
+        check()
+        return _lstm_cell_fake(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend)
+    return _checked("lstm_cell", backend, x.device.type, check)(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _cell_backward_empty(x, hx, w_ih, n_bias, need_dx, need_dh):
+    skipped = x.new_empty((0,))
+    bias = tuple(w_ih.new_zeros((w_ih.shape[0],)) for _ in range(n_bias))
+    return (_zeros(x) if need_dx else skipped, _zeros(hx) if need_dh else skipped, _zeros(w_ih)) + bias
 
 
 def _lstm_cell_backward_kernel(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh, backend):
-    return OPS["lstm_cell_backward"](backend, x.device.type, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy,
-                                     need_dx, need_dh)
+    check = lambda: check_cell_backward("lstm", grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)  # noqa: E731
+    if _cell_empty(x, w_hh):
+        check()
+        dx, dh, dw_ih, db = _cell_backward_empty(x, hx, w_ih, 1, need_dx, need_dh)
+        return dx, dh, _zeros(cx), dw_ih, _zeros(w_hh), db
+    return _checked("lstm_cell_backward", backend, x.device.type, check)(
+        grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh)
 
 
 def _gru_cell_kernel(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
-    fn = _checked("gru_cell", backend, x.device.type, lambda: check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh))
-    return fn(x, hx, w_ih, w_hh, b_ih, b_hh)
+    check = lambda: check_cell("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh)  # noqa: E731
+    if _cell_empty(x, w_hh):
+        check()
+        return _gru_cell_fake(x, hx, w_ih, w_hh, b_ih, b_hh, backend)
+    return _checked("gru_cell", backend, x.device.type, check)(x, hx, w_ih, w_hh, b_ih, b_hh)
 
 
 def _gru_cell_backward_kernel(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, backend):
-    return OPS["gru_cell_backward"](backend, x.device.type, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
+    check = lambda: check_cell_backward("gru", grad_hy, None, x, hx, None, w_ih, w_hh, ws, None)  # noqa: E731
+    if _cell_empty(x, w_hh):
+        check()
+        dx, dh, dw_ih, gbi, gbh = _cell_backward_empty(x, hx, w_ih, 2, need_dx, need_dh)
+        return dx, dh, dw_ih, _zeros(w_hh), gbi, gbh
+    return _checked("gru_cell_backward", backend, x.device.type, check)(
+        grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
 
+
+# The sequence ops check in Python for every backend: a whole sequence amortises the check.
 
 def _lstm_kernel(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias)
+    if x.shape[1] == 0:
+        return _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve)
     return OPS["lstm"](backend, x.device.type, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
                        need_reserve)
 
 
+def _seq_backward_empty(x, h0, weights, need_dx):
+    return _zeros(x) if need_dx else x.new_empty((0,)), _zeros(h0), [_zeros(w) for w in weights]
+
+
 def _lstm_backward_kernel(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
                           num_layers, bidirectional, has_bias, need_dx, backend):
+    check_seq_backward("lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                       num_layers, bidirectional, has_bias)
+    if x.shape[1] == 0:
+        gx, gh0, gw = _seq_backward_empty(x, h0, weights, need_dx)
+        return gx, gh0, _zeros(c0), gw
     return OPS["lstm_backward"](backend, x.device.type, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
                                 reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
 def _gru_kernel(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve=True):
     check_seq("gru", x, h0, None, weights, mask, num_layers, bidirectional, has_bias)
+    if x.shape[1] == 0:
+        return _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend, need_reserve)
     return OPS["gru"](backend, x.device.type, x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve)
 
 
 def _gru_backward_kernel(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
                          bidirectional, has_bias, need_dx, backend):
+    check_seq_backward("gru", grad_out, grad_hn, None, x, h0, None, weights, mask, out, reserve, layer_outs,
+                       num_layers, bidirectional, has_bias)
+    if x.shape[1] == 0:
+        return _seq_backward_empty(x, h0, weights, need_dx)
     return OPS["gru_backward"](backend, x.device.type, grad_out, grad_hn, x, h0, weights, mask, out, reserve,
                                layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
@@ -609,6 +734,7 @@ def _lstm_cell_fake(x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
 
 @torch.library.register_fake("pydl::lstm_cell_backward")
 def _lstm_cell_backward_fake(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh, backend):
+    check_cell_backward("lstm", grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy)
     skipped = x.new_empty((0,))
     return (_like(x) if need_dx else skipped, _like(hx) if need_dh else skipped, _like(cx), _like(w_ih),
             _like(w_hh), w_ih.new_empty((w_ih.shape[0],)))
@@ -623,6 +749,7 @@ def _gru_cell_fake(x, hx, w_ih, w_hh, b_ih, b_hh, backend):
 
 @torch.library.register_fake("pydl::gru_cell_backward")
 def _gru_cell_backward_fake(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh, backend):
+    check_cell_backward("gru", grad_hy, None, x, hx, None, w_ih, w_hh, ws, None)
     G = w_ih.shape[0]
     skipped = x.new_empty((0,))
     return (_like(x) if need_dx else skipped, _like(hx) if need_dh else skipped, _like(w_ih), _like(w_hh),
@@ -651,6 +778,8 @@ def _lstm_fake(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, ba
 @torch.library.register_fake("pydl::lstm_backward")
 def _lstm_backward_fake(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
                         num_layers, bidirectional, has_bias, need_dx, backend):
+    check_seq_backward("lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
+                       num_layers, bidirectional, has_bias)
     return _like(x) if need_dx else x.new_empty((0,)), _like(h0), _like(c0), [_like(w) for w in weights]
 
 
@@ -663,12 +792,80 @@ def _gru_fake(x, h0, weights, mask, num_layers, bidirectional, has_bias, backend
 @torch.library.register_fake("pydl::gru_backward")
 def _gru_backward_fake(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
                        bidirectional, has_bias, need_dx, backend):
+    check_seq_backward("gru", grad_out, grad_hn, None, x, h0, None, weights, mask, out, reserve, layer_outs,
+                       num_layers, bidirectional, has_bias)
     return _like(x) if need_dx else x.new_empty((0,)), _like(h0), [_like(w) for w in weights]
 
 
 # --------------------------------------------------------------------------------------------------
 # Autograd: the backward of every op is itself a backend-dispatched pydl op
 # --------------------------------------------------------------------------------------------------
+
+# Second derivatives (a gradient penalty, gradgradcheck, any backward run with create_graph=True).
+# The first-order backward ops above are kernels: their outputs carry no graph, so differentiating them
+# again would silently give zeros. When autograd runs a backward with grad mode on (which it does exactly
+# when create_graph=True), the backward instead recomputes the forward from the saved inputs with the
+# differentiable torch code below and differentiates that with create_graph=True. That is exact (the same
+# formulas; autograd derives every higher derivative from them) and costs one extra forward, paid only by the
+# callers that asked for a differentiable gradient; ordinary training keeps the fused backward kernels.
+
+def cell_autograd(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """One cell step in differentiable torch: (hy, cy) for the LSTM, (hy,) for the GRU."""
+    if kind == "lstm":
+        pre = lstm_input_gemm(x, w_ih, b_ih, b_hh) + torch.mm(hx, w_hh.t())
+        _, c, h = lstm_pointwise(pre, cx.to(acc_dtype(x.dtype)))
+        return h, c.to(x.dtype)
+    _, h = gru_pointwise(_linear(x, w_ih, b_ih), _linear(hx, w_hh, b_hh), hx)
+    return (h,)
+
+
+def seq_autograd(kind, x, h0, c0, weights, mask, L, bidirectional, has_bias):
+    """A whole sequence in differentiable torch, step by step: (out, hn, cn) for the LSTM, (out, hn) for the
+    GRU -- the same computation as seq_forward_driver without the preallocated buffers (autograd needs every
+    intermediate as its own tensor)."""
+    T, B = x.shape[0], x.shape[1]
+    D = 2 if bidirectional else 1
+    acc = acc_dtype(x.dtype)
+    inp, hn, cn = x, [], []
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, b_ih, b_hh = _split_weights(weights, k, has_bias)
+            inp2 = inp.reshape(T * B, -1)
+            xg = lstm_input_gemm(inp2, w_ih, b_ih, b_hh) if kind == "lstm" else _linear(inp2, w_ih, b_ih)
+            xg = xg.view(T, B, -1)
+            h, c = h0[k], (c0[k].to(acc) if kind == "lstm" else None)
+            hs = [None] * T
+            for t in _time_order(T, d):
+                if kind == "lstm":
+                    _, c, h = lstm_pointwise(xg[t] + torch.mm(h, w_hh.t()), c)
+                else:
+                    _, h = gru_pointwise(xg[t], _linear(h, w_hh, b_hh), h)
+                hs[t] = h
+            outs.append(torch.stack(hs))
+            hn.append(h)
+            cn.append(c)
+        out = torch.cat(outs, 2)
+        inp = out if mask is None or layer == L - 1 else out * mask[layer]
+    if kind == "lstm":
+        return out, torch.stack(hn), torch.stack(cn).to(x.dtype)
+    return out, torch.stack(hn)
+
+
+def _differentiable_grads(recompute, inputs, grad_outputs):
+    """Gradients of ``recompute()``'s outputs w.r.t. those of ``inputs`` that require grad (None for the
+    others), as differentiable tensors: the double-backward path (see above)."""
+    with torch.enable_grad():
+        outs = recompute()
+    pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None]
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    if not pairs or not wanted:
+        return [None] * len(inputs)
+    grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                     allow_unused=True, materialize_grads=True))
+    return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+
 
 def _zeros_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
@@ -677,7 +874,7 @@ def _zeros_if_none(g, like):
 def _lstm_cell_setup(ctx, inputs, output):
     x, hx, cx, w_ih, w_hh, b_ih, b_hh, backend = inputs
     _, cy, gates = output
-    ctx.save_for_backward(x, hx, cx, w_ih, w_hh, gates, cy)
+    ctx.save_for_backward(x, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh)
     ctx.has_bias = b_ih is not None
     ctx.backend = backend
     ctx.mark_non_differentiable(gates)
@@ -685,7 +882,10 @@ def _lstm_cell_setup(ctx, inputs, output):
 
 
 def _lstm_cell_bwd(ctx, g_hy, g_cy, _g_gates):
-    x, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    x, hx, cx, w_ih, w_hh, gates, cy, b_ih, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient (see cell_autograd)
+        inputs = (x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+        return (*_differentiable_grads(lambda: cell_autograd("lstm", *inputs), inputs, (g_hy, g_cy)), None)
     g_hy, g_cy = _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx)
     need_dx, need_dh = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gx, ghx, gcx, gwi, gwh, gb = torch.ops.pydl.lstm_cell_backward(g_hy, g_cy, x, hx, cx, w_ih, w_hh, gates, cy,
@@ -701,7 +901,7 @@ torch.library.register_autograd("pydl::lstm_cell", _lstm_cell_bwd, setup_context
 def _gru_cell_setup(ctx, inputs, output):
     x, hx, w_ih, w_hh, b_ih, b_hh, backend = inputs
     _, ws = output
-    ctx.save_for_backward(x, hx, w_ih, w_hh, ws)
+    ctx.save_for_backward(x, hx, w_ih, w_hh, ws, b_ih, b_hh)
     ctx.has_bias = b_ih is not None
     ctx.backend = backend
     ctx.mark_non_differentiable(ws)
@@ -709,7 +909,11 @@ def _gru_cell_setup(ctx, inputs, output):
 
 
 def _gru_cell_bwd(ctx, g_hy, _g_ws):
-    x, hx, w_ih, w_hh, ws = ctx.saved_tensors
+    x, hx, w_ih, w_hh, ws, b_ih, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient (see cell_autograd)
+        inputs = (x, hx, w_ih, w_hh, b_ih, b_hh)
+        return (*_differentiable_grads(lambda: cell_autograd("gru", x, hx, None, w_ih, w_hh, b_ih, b_hh), inputs,
+                                       (g_hy,)), None)
     g_hy = _zeros_if_none(g_hy, hx)
     need_dx, need_dh = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gx, ghx, gwi, gwh, gbi, gbh = torch.ops.pydl.gru_cell_backward(g_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh,
@@ -745,6 +949,11 @@ def _lstm_setup(ctx, inputs, output):
 def _lstm_bwd(ctx, g_out, g_hn, g_cn, _g_reserve, _g_layer_outs):
     _need_reserve(ctx)
     x, h0, c0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient (see cell_autograd)
+        gx, gh0, gc0, *gw = _differentiable_grads(
+            lambda: seq_autograd("lstm", x, h0, c0, weights, mask, *ctx.cfg), (x, h0, c0, *weights),
+            (g_out, g_hn, g_cn))
+        return gx, gh0, gc0, gw, None, None, None, None, None, None
     g_out, g_hn, g_cn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0), _zeros_if_none(g_cn, c0)
     gx, gh0, gc0, gw = torch.ops.pydl.lstm_backward(g_out, g_hn, g_cn, x, h0, c0, weights, mask, out, reserve,
                                                     layer_outs, *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
@@ -768,6 +977,10 @@ def _gru_setup(ctx, inputs, output):
 def _gru_bwd(ctx, g_out, g_hn, _g_reserve, _g_layer_outs):
     _need_reserve(ctx)
     x, h0, mask, out, reserve, layer_outs, *weights = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient (see cell_autograd)
+        gx, gh0, *gw = _differentiable_grads(lambda: seq_autograd("gru", x, h0, None, weights, mask, *ctx.cfg),
+                                             (x, h0, *weights), (g_out, g_hn))
+        return gx, gh0, gw, None, None, None, None, None, None
     g_out, g_hn = _zeros_if_none(g_out, out), _zeros_if_none(g_hn, h0)
     gx, gh0, gw = torch.ops.pydl.gru_backward(g_out, g_hn, x, h0, weights, mask, out, reserve, layer_outs,
                                               *ctx.cfg, ctx.needs_input_grad[0], ctx.backend)
@@ -785,11 +998,28 @@ def _backend(backend):
     return backends.get_backend() if backend is None else backend
 
 
+def _check_public_cell(op, x, w_ih, w_hh):
+    """What the public cell functions read before the op checks everything: x's batch size, w_hh's width."""
+    check_floating(x, op, "x")
+    if x.dim() != 2:
+        raise ValueError(f"pydl.{op}: x must be 2-D (batch, input_size), got shape {tuple(x.shape)}")
+    if w_ih is None or w_hh is None:
+        raise TypeError(f"pydl.{op}: w_ih and w_hh are required")
+    check_floating(w_hh, op, "w_hh")
+    if w_hh.dim() != 2:
+        raise ValueError(f"pydl.{op}: w_hh must be 2-D (gates*hidden, hidden), got shape {tuple(w_hh.shape)}")
+
+
 def lstm_cell(x, hx=None, cx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
     """One LSTM step (torch.nn.LSTMCell's math): returns ``(hy, cy)``. ``x`` (B, I); ``hx``, ``cx`` (B, H)
-    (zeros if None); ``w_ih`` (4H, I), ``w_hh`` (4H, H); biases (4H,) or None."""
-    if w_ih is None or w_hh is None:
-        raise TypeError("pydl.lstm_cell: w_ih and w_hh are required")
+    (zeros if None); ``w_ih`` (4H, I), ``w_hh`` (4H, H); biases (4H,) or None.
+
+    Batch 0, hidden size 0 and input size 0 give torch's results (empty outputs; zeros from an empty input
+    projection). Differences from torch.nn.functional: only 2-D ``x`` (the module pydl.nn.LSTMCell takes
+    unbatched 1-D input, as torch's does); every tensor must share ``x``'s dtype and device (no promotion).
+    Second derivatives are exact: a backward run with ``create_graph=True`` recomputes the step with
+    differentiable torch ops (see "Second derivatives" in the source), one extra forward's cost."""
+    _check_public_cell("lstm_cell", x, w_ih, w_hh)
     H = w_hh.shape[1]
     hx = x.new_zeros((x.shape[0], H)) if hx is None else hx
     cx = x.new_zeros((x.shape[0], H)) if cx is None else cx
@@ -798,9 +1028,9 @@ def lstm_cell(x, hx=None, cx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, b
 
 
 def gru_cell(x, hx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
-    """One GRU step (torch.nn.GRUCell's math): returns ``hy``."""
-    if w_ih is None or w_hh is None:
-        raise TypeError("pydl.gru_cell: w_ih and w_hh are required")
+    """One GRU step (torch.nn.GRUCell's math): returns ``hy``. Shapes, empty sizes, dtype rules and second
+    derivatives as for :func:`lstm_cell` (3H gate rows instead of 4H)."""
+    _check_public_cell("gru_cell", x, w_ih, w_hh)
     hx = x.new_zeros((x.shape[0], w_hh.shape[1])) if hx is None else hx
     hy, _ = torch.ops.pydl.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh, _backend(backend))
     return hy
@@ -823,11 +1053,34 @@ def _grad_needed(x, h0, c0, weights) -> bool:
         any(w.requires_grad for w in weights)
 
 
-def _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias):
+def _seq_prepare(op, x, weights, num_layers, bidirectional, batch_first, has_bias, dropout):
+    """Validates what the public functions read themselves (the op checks the rest); returns (x in (T, B, I)
+    order, the weights as a list, has_bias)."""
+    check_floating(x, op, "x")
+    if x.dim() != 3:
+        raise ValueError(f"pydl.{op}: x must be 3-D ({'batch, seq' if batch_first else 'seq, batch'}, input_size), "
+                         f"got shape {tuple(x.shape)}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"pydl.{op}: num_layers must be an int >= 1, got {num_layers!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        raise ValueError(f"pydl.{op}: dropout must be a number in [0, 1], got {dropout!r}")
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, (list, tuple)):
+        raise TypeError(f"pydl.{op}: weights must be a list of tensors, got {type(weights).__name__}")
     weights = list(weights)
-    if has_bias is None:
-        per = 2 if bidirectional else 1
-        has_bias = len(weights) == 4 * num_layers * per
+    for i, w in enumerate(weights):
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"pydl.{op}: weights[{i}] must be a torch.Tensor, got {type(w).__name__}")
+    D = 2 if bidirectional else 1
+    per = num_layers * D
+    if has_bias is None and len(weights) in (2 * per, 4 * per):
+        has_bias = len(weights) == 4 * per
+    if has_bias is None or len(weights) != (4 if has_bias else 2) * per:
+        raise ValueError(f"pydl.{op}: weights must hold {4 * per} tensors (w_ih, w_hh, b_ih, b_hh for each of "
+                         f"{num_layers} layer(s) x {D} direction(s), torch's flat order) or {2 * per} without "
+                         f"biases, got {len(weights)}")
+    if weights[1].dim() != 2:
+        raise ValueError(f"pydl.{op}: weights[1] (w_hh of layer 0) must be 2-D (gates*hidden, hidden), got shape "
+                         f"{tuple(weights[1].shape)}")
     if batch_first:
         x = x.transpose(0, 1)
     return x, weights, has_bias
@@ -841,8 +1094,20 @@ def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num
     ``weights``: torch's flat order -- for each layer, for each direction: ``w_ih, w_hh[, b_ih, b_hh]``.
     ``x``: (T, B, I) (or (B, T, I) with ``batch_first``); ``h0``, ``c0``: (layers*dirs, B, H) or None.
     Returns ``(output, (h_n, c_n))`` like torch.nn.LSTM. ``dropout`` applies between layers when ``training``.
+
+    Where pydl differs from torch, on purpose:
+
+    * batch 0 returns torch's empty outputs; sequence length 0 and input size 0 raise (torch.nn.LSTM refuses
+      them too); hidden size 0 raises (torch.nn.LSTM refuses ``hidden_size=0``);
+    * every tensor must have ``x``'s dtype and device (no promotion), and ``x`` must be 3-D (the modules in
+      pydl.nn take unbatched 2-D input, as torch's do);
+    * dropout masks are drawn with torch's RNG in a different order: equal to torch only with ``dropout=0``;
+    * no ``proj_size`` and no PackedSequence (the modules raise a clear error for both);
+    * second derivatives (``create_graph=True``) are exact but recompute the sequence with differentiable
+      torch ops, step by step: one extra forward, and slower than the fused first-order backward.
     """
-    x, weights, has_bias = _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias)
+    x, weights, has_bias = _seq_prepare("lstm", x, weights, num_layers, bidirectional, batch_first, has_bias,
+                                        dropout)
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
     T, B = x.shape[0], x.shape[1]
@@ -859,8 +1124,10 @@ def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num
 def gru(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, num_layers: int = 1, bidirectional: bool = False,
         batch_first: bool = False, has_bias: Optional[bool] = None, dropout: float = 0.0, training: bool = False,
         backend: Optional[str] = None):
-    """A whole GRU stack over a sequence in one op call; returns ``(output, h_n)`` like torch.nn.GRU."""
-    x, weights, has_bias = _seq_prepare(x, weights, num_layers, bidirectional, batch_first, has_bias)
+    """A whole GRU stack over a sequence in one op call; returns ``(output, h_n)`` like torch.nn.GRU. Arguments
+    and the deliberate differences from torch as for :func:`lstm` (weights: 3H gate rows instead of 4H)."""
+    x, weights, has_bias = _seq_prepare("gru", x, weights, num_layers, bidirectional, batch_first, has_bias,
+                                        dropout)
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
     T, B = x.shape[0], x.shape[1]
