@@ -84,6 +84,14 @@ def names(name: str, allowed: Iterable[str]) -> List[str]:
     return items
 
 
+def required_backends(name: str = "PYDL_REQUIRE_BACKENDS") -> List[str]:
+    """Backends that must be usable here (tests fail instead of skipping): comma-separated ``name`` (on any
+    device) or ``name@device`` items, e.g. ``cpu,triton`` or ``cpu,cuda,triton@cuda``."""
+    from .backends import BACKENDS  # here, not at the top: setup.py loads this file alone
+
+    return names(name, list(BACKENDS) + [f"{b}@{d}" for b in BACKENDS for d in ("cpu", "cuda")])
+
+
 # One CUDA architecture as nvcc and torch spell it: major.minor, optionally with a feature suffix
 # ("9.0a" for Hopper's wgmma) and/or "+PTX" (also embed PTX for newer GPUs to JIT).
 _ARCH = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")

@@ -117,6 +117,11 @@ def environment_report() -> dict:
         "PYDL_FORCE_JIT": lambda: _env.flag("PYDL_FORCE_JIT"),
         "PYDL_NO_NATIVE": lambda: _env.flag("PYDL_NO_NATIVE"),
         "PYDL_VERBOSE_BUILD": lambda: _env.flag("PYDL_VERBOSE_BUILD"),
+        "PYDL_BUILD_EXT": lambda: _env.flag("PYDL_BUILD_EXT"),
+        "PYDL_CONV_TF32": lambda: _env.flag("PYDL_CONV_TF32"),
+        "PYDL_TRITON_AUTOTUNE": lambda: _env.flag("PYDL_TRITON_AUTOTUNE", True),
+        "PYDL_REQUIRE_BACKENDS": lambda: _env.required_backends(),
+        "PYDL_LEARN_WORKSPACE": lambda: _env.path("PYDL_LEARN_WORKSPACE"),
     }
     out = {}
     for name in sorted(k for k in os.environ if k.startswith("PYDL_")):
