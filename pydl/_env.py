@@ -7,6 +7,8 @@ Every ``PYDL_*`` variable pydl reads goes through these helpers so that they all
 * surrounding whitespace is ignored (``"cpu "`` from a sloppy ``export``);
 * a value that is not understood is never guessed at nor silently ignored: it raises a ValueError naming
   the variable, the value and the accepted values, so the user knows which line of which script to fix.
+  A switch read while ``import pydl`` runs (``strict=False``) warns with the same message and takes its
+  default instead: an error there would stop even ``pydl doctor``, which lists every invalid variable.
 
 This module imports nothing beyond the standard library: setup.py loads it by path, before torch exists.
 """
@@ -29,8 +31,9 @@ def raw(name: str) -> Optional[str]:
     return value or None
 
 
-def flag(name: str, default: bool = False) -> bool:
-    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty gives ``default``."""
+def flag(name: str, default: bool = False, strict: bool = True) -> bool:
+    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty gives ``default``.
+    Anything else raises, or with ``strict=False`` warns and gives ``default``."""
     value = raw(name)
     if value is None:
         return default
@@ -39,9 +42,14 @@ def flag(name: str, default: bool = False) -> bool:
         return True
     if low in _FALSE:
         return False
-    raise ValueError(f"environment variable {name}={value!r} is not a yes/no switch: use one of "
-                     f"{', '.join(_TRUE)} (on) or {', '.join(_FALSE)} (off), or leave it unset "
-                     f"(default: {'on' if default else 'off'})")
+    msg = (f"environment variable {name}={value!r} is not a yes/no switch: use one of {', '.join(_TRUE)} (on) "
+           f"or {', '.join(_FALSE)} (off), or leave it unset (default: {'on' if default else 'off'})")
+    if strict:
+        raise ValueError(msg)
+    import warnings
+
+    warnings.warn(f"pydl: {msg}; using the default", RuntimeWarning, stacklevel=3)
+    return default
 
 
 def choice(name: str, choices: Sequence[str], default: str) -> str:

@@ -119,6 +119,8 @@ def test_env_parsers(monkeypatch):
     monkeypatch.setenv("PYDL_X", "2")
     with pytest.raises(ValueError, match=r"PYDL_X='2' is not a yes/no switch: use one of 1, true"):
         _env.flag("PYDL_X")
+    with pytest.warns(RuntimeWarning, match=r"PYDL_X='2' is not a yes/no switch.*using the default"):
+        assert _env.flag("PYDL_X", default=True, strict=False) is True
     monkeypatch.setenv("PYDL_X", "8.0 9.0+PTX;10.0a")
     assert _env.cuda_archs("PYDL_X") == "8.0;9.0+PTX;10.0a"
     monkeypatch.setenv("PYDL_X", "8.0;sm_90")
