@@ -569,18 +569,36 @@ def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tupl
             stale = os.path.join(build_dir, "lock")
             if os.path.exists(stale):  # we hold the only lock that matters: anything left is stale
                 os.remove(stale)
-            path = cpp_extension.load(
-                name=name,
-                sources=srcs,
-                extra_cflags=cflags(jit=True),
-                extra_cuda_cflags=cuda_cflags() if device == "cuda" else None,
-                extra_ldflags=["-fopenmp"],
-                extra_include_paths=[csrc_dir()],
-                build_directory=build_dir,
-                with_cuda=(device == "cuda"),
-                is_python_module=False,
-                verbose=verbose,
-            )
+            def build():
+                # torch remembers, per process, each extension it has built: asked again with other inputs (a
+                # new cache directory) it builds "<name>_v1", asked again with the same ones it skips ninja and
+                # loads whatever file is there -- after a failed or cleaned build, none. Forgetting the entry
+                # leaves the decision to ninja (and to the record checked above), every time.
+                versions = getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None)
+                if versions is not None:
+                    versions.entries.pop(name, None)
+                return cpp_extension.load(
+                    name=name,
+                    sources=srcs,
+                    extra_cflags=cflags(jit=True),
+                    extra_cuda_cflags=cuda_cflags() if device == "cuda" else None,
+                    extra_ldflags=["-fopenmp"],
+                    extra_include_paths=[csrc_dir()],
+                    build_directory=build_dir,
+                    with_cuda=(device == "cuda"),
+                    is_python_module=False,
+                    verbose=verbose,
+                )
+
+            try:
+                path = build()
+            except Exception:
+                if state not in ("damaged", "unrecorded"):
+                    raise
+                # What damaged the library (a full disk, an interrupted copy) may have damaged the object
+                # files too, and ninja trusts them by their timestamps: one more try, from scratch.
+                _clean(build_dir)
+                path = build()
             # Built and loaded: this library is good, record it (a later process verifies against this).
             _write_record(so_path, key)
             return str(path or so_path), "built"

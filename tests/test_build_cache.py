@@ -284,6 +284,30 @@ def test_force_rebuilds_from_scratch_without_loading_the_old_library(tmp_path, m
     assert os.stat(obj).st_mtime_ns != obj_mtime, "--force must recompile, not only relink"
 
 
+def test_damaged_object_files_are_rebuilt_too(tmp_path, monkeypatch):
+    """A full disk can cut the object files short as well, and ninja trusts them by their timestamps: the
+    relink fails, and the cache must then rebuild from scratch rather than fail on every later run."""
+    csrc = tmp_path / "csrc"
+    (csrc / "cpu").mkdir(parents=True)
+    (csrc / "cpu" / "tiny.cpp").write_text(TINY)
+    monkeypatch.setenv("PYDL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(csrc))
+    monkeypatch.delitem(_build._results, ("tiny", "cpu"), raising=False)
+    assert _build.load("tiny", "cpu").ok
+    build_dir = os.path.join(_build.cache_dir(), _build.ext_name("tiny", "cpu"))
+    for f in ("tiny.o", "pydl_cpu_tiny.so"):
+        path = os.path.join(build_dir, f)
+        st = os.stat(path)
+        _truncate(path, keep=0.3)
+        # An interrupted copy that kept the timestamps (cp -a, rsync): ninja's own check (an output whose
+        # time differs from its deps log) does not see it, only the failed link does.
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _build.cache_state("tiny", "cpu")[0] == "damaged"
+    _isolated(f"from pydl import _build\n_build.csrc_dir = lambda: {str(csrc)!r}\n"
+              'r = _build.load("tiny", "cpu")\nassert r.ok and r.how.startswith("jit (built"), r\n')
+    assert _build.cache_state("tiny", "cpu")[0] == "ok"
+
+
 # --------------------------------------------------------------------------------------------------
 # the C++ compiler and the reasons auto keeps
 # --------------------------------------------------------------------------------------------------
