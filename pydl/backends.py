@@ -119,6 +119,9 @@ class Availability(tuple):
         self.reason = reason
         return self
 
+    def __getnewargs__(self):  # pickling (a spawned worker's report) must carry the reason too
+        return (self[0], self[1], self.reason)
+
     ok = property(lambda self: self[0])
     why = property(lambda self: self[1])
 
