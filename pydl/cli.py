@@ -93,7 +93,7 @@ def doctor_report(build: bool = False) -> dict:
 # What `pydl doctor` says about a cached build (see pydl/_build.py, "Integrity"): (usable?, why).
 _CACHE_ROWS = {
     "aot": (True, "built ahead of time ({})"),
-    "ok": (True, "built (cached, verified: {})"),
+    "ok": (True, "built (cached; size and sha256 verified)"),
     "stale": (True, "built, but {}: rebuilt on next use"),
     "unrecorded": (True, "built, not verifiable ({}): relinked on next use"),
     "damaged": (False, "DAMAGED build in cache: {}; rebuilt on next use or with `pydl build`"),

@@ -96,14 +96,14 @@ def test_pydl_backend_empty_means_unset(monkeypatch, env_default, value, want):
     assert pydl.get_backend() == want
 
 
-def test_pydl_backend_is_read_from_a_fresh_process():
-    code = "import pydl; print(pydl.get_backend())"
-    env = dict(os.environ, PYDL_BACKEND="")
+def test_a_bad_pydl_backend_does_not_stop_import_but_the_first_use():
+    """Read in a fresh process, as a user's shell sets it: `import pydl` (and so `pydl doctor`) still works."""
+    code = ("import pydl\nprint('imported')\n"
+            "try:\n    pydl.get_backend()\nexcept ValueError as e:\n    print(e)\n")
+    env = dict(os.environ, PYDL_BACKEND="fastest")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert out.stdout.strip() == "auto", out.stderr[-1000:]
-    env["PYDL_BACKEND"] = "fastest"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode != 0 and "PYDL_BACKEND='fastest'" in out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:1] == ["imported"] and "PYDL_BACKEND='fastest'" in lines[1], out.stdout + out.stderr[-1000:]
 
 
 def test_env_parsers(monkeypatch):
