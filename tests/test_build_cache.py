@@ -375,6 +375,25 @@ def test_compile_error_reason_is_the_compilers_first_error(monkeypatch, tmp_path
         _build._results.pop(("broken", "cpu"), None)
 
 
+def test_a_library_that_will_not_load_is_a_load_failure(monkeypatch, tmp_path):
+    """Intact by its record, yet dlopen refuses it (here: not an ELF file at all): a LOAD_FAILED reason with
+    the loader's message, not a crash and not a build error."""
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "notelf.cpp").write_text(TINY)
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("PYDL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delitem(_build._results, ("notelf", "cpu"), raising=False)
+    so = _build._library_path("notelf", "cpu")
+    os.makedirs(os.path.dirname(so))
+    with open(so, "w") as f:
+        f.write("this is not a shared object\n")
+    _build._write_record(so, _build.build_key("notelf", "cpu"))
+    res = _build.load("notelf", "cpu")
+    assert not res.ok and res.reason is backends.Reason.LOAD_FAILED, res
+    assert "notelf" in res.summary, res.summary
+    monkeypatch.delitem(_build._results, ("notelf", "cpu"))
+
+
 def test_summarise_picks_the_line_that_names_the_problem():
     log = ("Error building extension 'pydl_cpu_x': [1/2] c++ -MMD -MF x.o.d -O3 -c /src/x.cpp -o x.o\n"
            "FAILED: x.o\nc++ -MMD -MF x.o.d -O3 -c /src/x.cpp -o x.o\n"
