@@ -120,9 +120,9 @@ def _isolated(*parts, backend="cpu", prelude=""):
     assert outcome == OK, f"{outcome}: {tally.failures}"
 
 
-def _make_read_only(build_dir):
+def _make_read_only(build_dir, keep_locks=False):
     for p in (os.path.join(build_dir, "pydl.flock"), os.path.join(build_dir, "lock")):
-        if os.path.exists(p):
+        if os.path.exists(p) and not keep_locks:
             os.remove(p)  # a cache shipped read-only need not hold lock files: none may be created either
     for dirpath, dirnames, filenames in os.walk(os.path.dirname(os.path.dirname(build_dir))):
         for f in filenames:
@@ -215,16 +215,20 @@ def test_doctor_reports_a_damaged_library(cache):
 # read-only caches
 # --------------------------------------------------------------------------------------------------
 
-def test_read_only_cache_with_an_intact_build_loads_without_lock_or_compiler(cache):
+@pytest.mark.parametrize("keep_locks", [False, True], ids=["no-lock-files", "lock-files-kept"])
+def test_read_only_cache_with_an_intact_build_loads_without_lock_or_compiler(cache, keep_locks):
+    """Shipped without lock files (nothing to lock, nothing may be created), or a built cache mounted
+    read-only with its lock file (opened read-only for a shared lock, which a read-only file allows)."""
     before = _snapshot(cache)
-    _make_read_only(cache)
+    _make_read_only(cache, keep_locks)
     _isolated('''
         from pydl import _build
         r = _build.load("act_stats", "cpu")
         assert r.ok and r.how == "jit (cached, verified)", r
     ''', USE_OP, prelude=READ_ONLY_GUARD)
     after = _snapshot(cache)
-    assert after == {k: v for k, v in before.items() if k not in ("pydl.flock", "lock")}, "the cache was written"
+    assert after == {k: v for k, v in before.items() if keep_locks or k not in ("pydl.flock", "lock")}, \
+        "the cache was written"
 
 
 def test_read_only_cache_with_a_damaged_build_falls_back_with_the_reason(cache):
