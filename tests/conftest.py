@@ -19,13 +19,6 @@ CPU_BACKENDS = ("reference", "cpu", "triton")
 SENTINEL = -123456789
 
 
-def pytest_configure(config):
-    try:
-        _env.required_backends()
-    except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
-        raise pytest.UsageError(str(e))
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -77,3 +70,10 @@ def poison(monkeypatch):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_sessionstart(session):
+    try:
+        _env.required_backends()
+    except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
+        raise pytest.UsageError(str(e))

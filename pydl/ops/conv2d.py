@@ -42,6 +42,7 @@ which lets the GPU backends use TF32 tensor cores (10-bit mantissa inputs: ~1e-3
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
