@@ -38,12 +38,11 @@ upcast to fp32 before any arithmetic (it cannot do bf16 math).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .. import _env
 from ._activation import ACT_CODES, act_backward, act_forward
 from ._jit import autotune, jit
 
@@ -437,7 +436,7 @@ def _params(leak, sub, maxv, dtype, device):
 
 # PYDL_TRITON_AUTOTUNE=0 (or AUTOTUNE = False) skips autotuning on the GPU and uses DEFAULT_BLOCK: the GPU
 # correctness tests meet many shapes, and each would otherwise compile every config.
-AUTOTUNE = os.environ.get("PYDL_TRITON_AUTOTUNE", "1") != "0"
+AUTOTUNE = _env.flag("PYDL_TRITON_AUTOTUNE", default=True, strict=False)  # "false"/"off" work too
 DEFAULT_BLOCK = (64, 64, 32)
 
 # fp64 has no tensor-core path here (broadcast-multiply-sum): its (BM, BK, BN) product lives in registers, so

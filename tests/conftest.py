@@ -8,13 +8,12 @@
 * ``poison``: fills every ``torch.empty`` made during the test with NaN (floats) or a sentinel (ints), so an
   output element a kernel forgot to write shows up instead of passing as leftover memory.
 """
-import os
 
 import pytest
 import torch
 
 import pydl
-from pydl import backends
+from pydl import _env, backends
 
 CPU_BACKENDS = ("reference", "cpu", "triton")
 SENTINEL = -123456789
@@ -35,7 +34,7 @@ def require_backend(name: str, device_type: str, op: str):
         # PYDL_REQUIRE_BACKENDS: comma-separated "name" (on any device) or "name@device" entries that must be
         # usable here -- CI requires "cpu,triton"; the GPU check "cpu,cuda,triton@cuda" (a GPU machine's older
         # Triton may not pair with its numpy in the interpreter, which is not what a GPU check is about).
-        required = [r.strip() for r in os.environ.get("PYDL_REQUIRE_BACKENDS", "").split(",") if r.strip()]
+        required = _env.required_backends()  # a misspelt entry is an error, not a requirement quietly dropped
         if name in required or f"{name}@{device_type}" in required:
             pytest.fail(f"backend {name} is required here but unusable on {device_type}: {why}")
         pytest.skip(f"backend {name} unusable on {device_type}: {why}")
@@ -71,3 +70,10 @@ def poison(monkeypatch):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_sessionstart(session):
+    try:
+        _env.required_backends()
+    except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
+        raise pytest.UsageError(str(e))

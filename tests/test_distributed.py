@@ -73,6 +73,21 @@ def test_sharded_landscape_equals_single_process_bit_for_bit(tmp_path):
     assert (tmp_path / "ck" / "landscape.npz").exists()
 
 
+def test_sharded_landscape_over_groups_uses_each_groups_own_rank0(tmp_path):
+    """4 processes, groups {0, 1} and {2, 3}: each group's scan equals the single-process one, and each
+    group's checkpoint is written by its own rank 0 (global ranks 0 and 2)."""
+    res = pd.run_local(W.landscape_groups_worker, 4, (str(tmp_path),), timeout_s=120.0)
+    assert [r["group_rank"] for r in res] == [(0, 2), (1, 2), (0, 2), (1, 2)]
+    for r in res:
+        assert r["done"].all()
+        assert np.array_equal(r["loss"], res[0]["ref"]), "a group's sharded scan != the single-process scan"
+        assert "not a member of the group" in r["outsider"], r["outsider"]
+    for g in (0, 1):
+        calls = [res[2 * g]["calls"], res[2 * g + 1]["calls"]]
+        assert sum(calls) == 25 and abs(calls[0] - calls[1]) <= 1, calls  # each group splits the whole grid
+        assert (tmp_path / f"group{g}" / "landscape.npz").exists()
+
+
 def test_sharded_landscape_resumes_a_partial_grid(tmp_path):
     ck = str(tmp_path / "ck")
     crash = W.CountingLoss(fail_after=7)

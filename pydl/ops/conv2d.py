@@ -48,14 +48,14 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .. import backends
+from .. import _env, backends
 from . import _activation
 from ._common import LIB, acc_dtype, check_floating, compiled
 
 __all__ = ["conv2d", "conv2d_reference", "conv2d_backward_reference", "conv2d_output_size"]
 
 # GPU backends: use TF32 tensor cores for float32 inputs. Off by default: exact fp32, like the CPU.
-ALLOW_TF32 = os.environ.get("PYDL_CONV_TF32", "0") == "1"
+ALLOW_TF32 = _env.flag("PYDL_CONV_TF32", strict=False)  # read at import: a bad value warns (and doctor flags it)
 
 LIB.define("conv2d(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, int[2] dilation, int groups, "
            "str act, float leak, float sub, float maxv, bool save_preact, str backend) -> (Tensor, Tensor)")
