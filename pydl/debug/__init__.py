@@ -8,6 +8,7 @@
 ``loss_landscape_1d`` / ``_2d``            filter-normalised random-direction scans, resumable
 ``plot_feature_maps``, ``plot_filters``    looking inside conv layers (``inspect``)
 ``plot_grad_flow``, ``dead_units``         gradient flow and dead/saturated units (``gradflow``)
+``occlusion``, ``plot_occlusion``          occlusion sensitivity, Zeiler & Fergus (``occlusion``)
 =========================================  ===========================================================
 
 Importing this package imports torch and numpy only; matplotlib is imported inside the plot functions.
@@ -23,6 +24,7 @@ from .landscape import (Directions, LandscapeResult, evaluate_points, interpolat
                         scan_state)
 from .inspect import feature_maps, first_conv, plot_feature_maps, plot_filters
 from .gradflow import DeadUnitReport, dead_units, grad_stats, plot_dead_units, plot_grad_flow
+from .occlusion import occlusion, occlusion_windows, plot_occlusion
 
 __all__ = [
     "Hook", "Hooks", "hook_output", "hook_outputs", "leaf_modules", "first_tensor", "flat_tensors", "progress",
@@ -34,4 +36,5 @@ __all__ = [
     "scan_state",
     "feature_maps", "first_conv", "plot_feature_maps", "plot_filters",
     "DeadUnitReport", "dead_units", "grad_stats", "plot_dead_units", "plot_grad_flow",
+    "occlusion", "occlusion_windows", "plot_occlusion",
 ]
