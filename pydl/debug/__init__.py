@@ -9,6 +9,7 @@
 ``plot_feature_maps``, ``plot_filters``    looking inside conv layers (``inspect``)
 ``plot_grad_flow``, ``dead_units``         gradient flow and dead/saturated units (``gradflow``)
 ``occlusion``, ``plot_occlusion``          occlusion sensitivity, Zeiler & Fergus (``occlusion``)
+``top_patches``, ``receptive_field``       top-activating patches per channel, receptive fields (``patches``)
 =========================================  ===========================================================
 
 Importing this package imports torch and numpy only; matplotlib is imported inside the plot functions.
@@ -25,6 +26,8 @@ from .landscape import (Directions, LandscapeResult, evaluate_points, interpolat
 from .inspect import feature_maps, first_conv, plot_feature_maps, plot_filters
 from .gradflow import DeadUnitReport, dead_units, grad_stats, plot_dead_units, plot_grad_flow
 from .occlusion import occlusion, occlusion_windows, plot_occlusion
+from .patches import (ReceptiveField, TopPatches, TopPatchesResult, fold_receptive_field, layer_geometry,
+                      plot_top_patches, receptive_field, top_patches)
 
 __all__ = [
     "Hook", "Hooks", "hook_output", "hook_outputs", "leaf_modules", "first_tensor", "flat_tensors", "progress",
@@ -37,4 +40,6 @@ __all__ = [
     "feature_maps", "first_conv", "plot_feature_maps", "plot_filters",
     "DeadUnitReport", "dead_units", "grad_stats", "plot_dead_units", "plot_grad_flow",
     "occlusion", "occlusion_windows", "plot_occlusion",
+    "ReceptiveField", "TopPatches", "TopPatchesResult", "fold_receptive_field", "layer_geometry", "plot_top_patches",
+    "receptive_field", "top_patches",
 ]
