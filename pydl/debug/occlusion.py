@@ -131,8 +131,8 @@ def plot_occlusion(model: nn.Module, x: torch.Tensor, path=None, target=None, ti
     """Occlusion maps for the batch ``x`` drawn over the inputs with :func:`pydl.debug.overlay` (the CAM
     overlay). Each map is scaled by its own largest positive drop (``drop / max(drop)``, clipped to [0, 1]):
     hot = hiding this region lowers the class score most; regions whose hiding *raises* the score stay
-    cold. Inputs with other than 1 or 3 channels are shown as their channel mean. ``kw`` goes to :func:`occlusion` (``patch``, ``stride``, ``fill``, ...). Returns the Figure; PNG at
-    ``path``."""
+    cold. Inputs with other than 1 or 3 channels are shown as their channel mean. ``kw`` goes to
+    :func:`occlusion` (``patch``, ``stride``, ``fill``, ...). Returns the Figure; PNG at ``path``."""
     from .cam import overlay
     from .plots import new_figure, save_figure
 
