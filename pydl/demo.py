@@ -7,9 +7,9 @@
 
 It writes a self-contained report folder (default ./pydl-demo/): report.html (opens offline; images are
 files beside it), PNGs, and the raw data as NPZ/JSON -- training curves, the colorful dimension of every
-layer, layer statistics, Grad-CAM overlays for right and wrong predictions, 1D and 2D loss landscapes,
-gradient flow, a table timing this model's layers with pydl vs torch, and what ran where (pydl doctor).
-The report's path is printed last.
+layer, layer statistics, Grad-CAM and occlusion overlays for right and wrong predictions, top-activating
+patches per channel, 1D and 2D loss landscapes, gradient flow, a table timing this model's layers with pydl
+vs torch, and what ran where (pydl doctor). The report's path is printed last.
 """
 from __future__ import annotations
 
@@ -418,6 +418,18 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
         titles = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: {classes[yva[i]]}->{classes[pred[i]]}" for i in idx.tolist()]
         files["gradcam"] = _cam_grid([debug.overlay(xva[i], maps[k]) for k, i in enumerate(idx.tolist())], titles,
                                      p("grad_cam.png"))
+        # the same images, asked the counterfactual way: hide a 4x4 patch (the normalised images' 0 is the
+        # data set's mean intensity) and watch the true class's score drop; 49 windows x 16 images, batched
+        debug.plot_occlusion(model, xva[idx], path=p("occlusion.png"), target=yva[idx], titles=titles, patch=4,
+                             stride=2, fill=0.0)
+        files["occlusion"] = p("occlusion.png")
+    # what the last block's channels respond to: their 8 strongest training images each, cut to the receptive
+    # field (one forward pass over the training set; the top-k stays on the device until the end)
+    acts = [m for m in model.modules() if type(m).__name__ == "GeneralRelu"]
+    tops = debug.top_patches(model, acts[-1], [xtr[i:i + 256] for i in range(0, len(xtr), 256)],
+                             channels=range(min(12, convs[-1].out_channels)), k=8)
+    debug.plot_top_patches(tops, path=p("top_patches.png"))
+    files["top_patches"] = p("top_patches.png")
     # loss landscapes around the final weights, on a fixed validation batch (cost: one forward per point)
     batch = (xva[:256], yva[:256])
     l1 = debug.loss_landscape_1d(model, F.cross_entropy, batch, steps=11 if quick else 41, seed=0,
@@ -471,6 +483,14 @@ def debug_sections(files: Dict[str, str]) -> List[Tuple[str, str]]:
     if "gradcam" in files:
         s.append(("Grad-CAM", _img(b("gradcam"), "Where the last conv layer looked, for digits the model got right "
                   "and wrong.")))
+    if "occlusion" in files:
+        s.append(("Occlusion sensitivity", _img(b("occlusion"), "The same images, with a 4x4 grey patch slid over "
+                  "them (stride 2): hot = hiding this region lowers the true class's score most (Zeiler & Fergus "
+                  "2014). No gradients: it asks the model directly.")))
+    if "top_patches" in files:
+        s.append(("Top-activating patches", _img(b("top_patches"), "Per channel of the last conv block (rows), the "
+                  "training images that excite it most, cut to the region that channel sees (its receptive field, "
+                  "computed from the layers' kernels, strides and padding; grey = padding beyond the image).")))
     if "landscape_1d" in files:
         s.append(("Loss landscape (1D)", _img(b("landscape_1d"), "Loss along one filter-normalised random direction "
                   "(Li et al. 2018) through the final weights.")))

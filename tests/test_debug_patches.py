@@ -237,6 +237,9 @@ def test_plot_png(tmp_path, c):
     res = top_patches(net, net[2], torch.randn(6, c, 9, 9), channels=[0, 3, 4], k=8)  # k > samples: blanks
     path = tmp_path / "p" / "top.png"
     fig = plot_top_patches(res, path=path)
-    assert len([a for a in fig.axes if a.images]) == 3 * 6
+    (ax,) = fig.axes
+    (im,) = ax.images
+    assert im.get_array().shape[:2] == (3 * 8 - 1, 8 * 8 - 1)    # 3 x 8 tiles of 7 x 7 (R = 3 + 2*2), 1-pixel gaps
+    assert len(ax.texts) == 3 * 6                                  # one value per filled rank
     img = matplotlib.image.imread(path)
     assert img.ndim == 3 and img[..., :3].std() > 0

@@ -378,10 +378,11 @@ def top_patches(model: nn.Module, layer: nn.Module, data, channels: Optional[Seq
 
 def plot_top_patches(res: TopPatchesResult, path=None, max_channels: int = 16, cmap: str = "gray",
                      dpi: int = 100):
-    """One row per channel, its ``k`` patches best first, titled with the activation. All patches share one
-    intensity scale (the min and max over every shown pixel), so rows can be compared; grey or RGB by the
-    input's channels (others: their mean); the part of a field outside the image is drawn flat grey (the
-    colour map's "bad" colour). Returns the Figure; PNG at ``path``."""
+    """One row per channel, its ``k`` patches best first, each labelled with its activation. All patches share
+    one intensity scale (the min and max over every shown pixel), so rows can be compared; grey or RGB by the
+    input's channels (others: their mean); the part of a field outside the image is flat grey, ranks never
+    filled are blank. The patches are tiled into one mosaic image (one ``imshow``, not an axes per
+    patch: a 16 x 9 grid of axes takes seconds to lay out). Returns the Figure; PNG at ``path``."""
     import matplotlib
 
     from .plots import new_figure, save_figure
@@ -392,25 +393,31 @@ def plot_top_patches(res: TopPatchesResult, path=None, max_channels: int = 16, c
     finite = p[np.isfinite(p)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     p = (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
-    fig = new_figure((1.1 * k + 0.8, 1.2 * rows + 0.5))
-    axes = fig.subplots(rows, k, squeeze=False)
-    grey = matplotlib.colormaps[cmap].with_extremes(bad=(0.5, 0.5, 0.5))
+    if p.shape[2] == 3:
+        tiles = p.transpose(0, 1, 3, 4, 2)                     # (rows, k, Ry, Rx, 3)
+    else:
+        tiles = matplotlib.colormaps[cmap](p.mean(2))[..., :3]   # NaN maps to the colormap's "bad" colour
+    tiles = np.where(np.isnan(p.mean(2))[..., None], 0.5, tiles)  # outside the image: flat grey
+    Ry, Rx = tiles.shape[2:4]
+    gap = 1
+    mosaic = np.ones((rows * (Ry + gap) - gap, k * (Rx + gap) - gap, 3))   # white gaps and empty ranks
     for r in range(rows):
         for j in range(k):
-            ax = axes[r, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if res.samples[r, j] < 0:
-                ax.set_axis_off()
-                continue
-            img = p[r, j]
-            if img.shape[0] == 3:
-                img = np.where(np.isnan(img), 0.5, img).transpose(1, 2, 0)
-                ax.imshow(img, interpolation="nearest")
-            else:
-                ax.imshow(np.ma.masked_invalid(img.mean(0)), cmap=grey, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"{res.values[r, j]:.2f}", fontsize=6)
-        axes[r, 0].set_ylabel(f"ch {res.channels[r]}", fontsize=7)
+            if res.samples[r, j] >= 0:
+                mosaic[r * (Ry + gap):r * (Ry + gap) + Ry, j * (Rx + gap):j * (Rx + gap) + Rx] = tiles[r, j]
+    shown = mosaic
+    fig = new_figure((0.75 * k + 1.0, 0.75 * rows + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(shown, interpolation="nearest")
+    for r in range(rows):
+        for j in range(k):
+            if res.samples[r, j] >= 0:
+                ax.text(j * (Rx + gap) + 0.2, r * (Ry + gap) + 0.2, f"{res.values[r, j]:.2g}", fontsize=5,
+                        color="yellow", va="top", ha="left")
+    ax.set_yticks([r * (Ry + gap) + (Ry - 1) / 2 for r in range(rows)], [f"ch {c}" for c in res.channels[:rows]],
+                  fontsize=7)
+    ax.set_xticks([j * (Rx + gap) + (Rx - 1) / 2 for j in range(k)], [str(j + 1) for j in range(k)], fontsize=7)
+    ax.tick_params(length=0)
     R = res.rf.size
-    fig.suptitle(f"top-{k} patches per channel (receptive field {R[0]}x{R[1]}, jump {res.rf.jump[0]})", fontsize=9)
+    ax.set_title(f"top-{k} patches per channel (receptive field {R[0]}x{R[1]}, jump {res.rf.jump[0]})", fontsize=9)
     return save_figure(fig, path, dpi)
