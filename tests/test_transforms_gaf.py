@@ -168,3 +168,25 @@ def test_bad_arguments():
         paa(torch.arange(5), 2)
     with pytest.raises(ValueError, match="methods"):
         GramianAngularField(("summation", "sum"))
+
+
+def test_gaf_demo_quick(tmp_path):
+    """`pydl demo gaf --quick`: a pydl CNN learns the synthetic waves from their GASF+GADF images."""
+    pytest.importorskip("matplotlib")
+    import json
+    import os
+
+    from pydl.demo import WAVES, run_gaf, synthetic_series
+
+    x, y = synthetic_series(8, length=30, seed=3)
+    assert x.shape == (8, 30) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    out = str(tmp_path / "gaf")
+    res = run_gaf(out, quick=True, quiet=True)
+    assert res["valid_acc"] > 0.5, res["valid_acc"]   # chance is 0.25; three quick epochs reach ~0.7
+    html = open(res["report"]).read()
+    assert "Validation accuracy" in html and "gaf_examples.png" in html and "training_curves.png" in html
+    for name in ("gaf_examples.png", "training_curves.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["classes"] == list(WAVES) and summary["valid_acc"] == res["valid_acc"]
