@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gradflow import _iter_batches
 from .hooks import first_tensor
 
 __all__ = ["ReceptiveField", "receptive_field", "fold_receptive_field", "layer_geometry", "TopPatches",
@@ -346,19 +347,10 @@ class TopPatches:
                                 p.numpy(), self.rf, (H, W))
 
 
-def _batches(data) -> Iterable[torch.Tensor]:
-    """Inputs from a tensor (one batch), or an iterable of tensors or of (x, ...) tuples/lists (a DataLoader)."""
-    if isinstance(data, torch.Tensor):
-        yield data
-        return
-    for item in data:
-        yield item if isinstance(item, torch.Tensor) else item[0]
-
-
 def top_patches(model: nn.Module, layer: nn.Module, data, channels: Optional[Sequence[int]] = None, k: int = 9,
                 max_batches: Optional[int] = None, device=None, eval_mode: bool = True) -> TopPatchesResult:
-    """Run ``model`` over ``data`` (a batch tensor, or an iterable of batches or of ``(x, y)`` pairs such as a
-    DataLoader; ``max_batches`` to stop early; ``device`` to move each batch) and return the top-``k``
+    """Run ``model`` over ``data`` (a batch tensor, an ``(x, y)`` tuple, or an iterable of batches or of
+    ``(x, y)`` pairs such as a DataLoader; ``max_batches`` to stop early; ``device`` to move each batch) and return the top-``k``
     patches of ``layer``'s ``channels`` (see :class:`TopPatches`). Eval mode by default, under no_grad;
     every module's ``training`` flag is restored and every hook removed."""
     flags = [(m, m.training) for m in model.modules()]
@@ -366,9 +358,7 @@ def top_patches(model: nn.Module, layer: nn.Module, data, channels: Optional[Seq
         if eval_mode:
             model.eval()
         with torch.no_grad(), TopPatches(model, layer, channels, k) as tp:
-            for i, xb in enumerate(_batches(data)):
-                if max_batches is not None and i >= max_batches:
-                    break
+            for xb in _iter_batches(data, max_batches):
                 model(xb if device is None else xb.to(device))
     finally:
         for m, f in flags:
