@@ -81,8 +81,9 @@ def test_windows_cover_everything():
 
 
 def test_matches_captum():
-    captum_attr = pytest.importorskip("captum.attr", reason="captum is an optional test dependency (pip install "
-                                                            "captum): an independent Occlusion implementation")
+    captum_attr = pytest.importorskip("captum.attr", reason="captum (and its dependency tqdm) is an optional test "
+                                                            "dependency (pip install captum): an independent "
+                                                            "Occlusion implementation")
     model = conv_net()
     x = torch.randn(2, 2, 9, 9, dtype=torch.float64)
     target = torch.tensor([1, 3])
@@ -136,7 +137,7 @@ def test_bad_arguments():
         occlusion(model, x, fill=None)
     with pytest.raises(ValueError, match="batch_size"):
         occlusion(model, x, batch_size=0)
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ValueError, match="occlusion: target"):
         occlusion(model, x, target=5)
     with pytest.raises(ValueError, match=r"\(B, classes\)"):
         occlusion(nn.Sequential(nn.Identity()), x)

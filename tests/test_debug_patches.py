@@ -188,6 +188,7 @@ def test_no_host_sync_per_batch(monkeypatch):
                 mp.setattr(torch.Tensor, name, refuse)
             net(x[4:8])
             net(x[8:])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())   # removed on exit
     res = tp.result()
     ref = top_patches(net, net[3], x, channels=[1, 2], k=3)
     np.testing.assert_array_equal(res.samples, ref.samples)

@@ -105,9 +105,13 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Union[None, int, Sequen
             model.eval()
         with torch.no_grad():
             logits = model(x)
-            if logits.dim() != 2:
-                raise ValueError(f"occlusion: model must return (B, classes) scores, got {tuple(logits.shape)}")
-            tgt = _targets(logits, target)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"occlusion: model must return (B, classes) scores, got {got}")
+            try:
+                tgt = _targets(logits, target)
+            except ValueError as e:   # the shared check names CAM; say which function was called
+                raise ValueError(str(e).replace("cam:", "occlusion:", 1)) from None
             base = logits.gather(1, tgt[:, None])[:, 0]                                  # (B,)
             drops = torch.empty(B, P, dtype=logits.dtype, device=x.device)
             # all (sample, window) pairs in one flat list, cut into forward batches of batch_size
