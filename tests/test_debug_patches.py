@@ -163,6 +163,22 @@ def test_top_k_matches_brute_force(bs):
             assert np.isfinite(res.patches[r, q, 0]).sum() == (y1 - y0) * (x1 - x0)
 
 
+def test_padding_wider_than_the_kernel():
+    """padding 4 on a 3x3 kernel: unit (0, 0) sees rows and columns -4..-2, all padding, so it is the bias alone.
+    With positive weights and a negative image it is the strongest unit, and its crop must be all NaN -- not
+    pixels wrapped around from the image's far side."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=4))
+    with torch.no_grad():
+        net[0].weight.uniform_(0.1, 1.0)
+        net[0].bias.fill_(0.5)
+    x = -torch.rand(1, 1, 6, 7) - 1
+    res = top_patches(net, net[0], x, k=1)
+    assert res.rf == ReceptiveField((3, 3), (1, 1), (-4, -4))
+    assert res.positions[:, 0].tolist() == [[0, 0], [0, 0]] and np.isnan(res.patches).all()
+    np.testing.assert_array_equal(res.boxes[0, 0], [0, 0, 0, 0])       # clipped to nothing
+    np.testing.assert_array_equal(res.patches, brute_force(net, net[0], x, [0, 1], 1, res.rf)[3])
+
+
 def test_fewer_samples_than_k_and_all_channels():
     net = small_cnn()
     res = top_patches(net, net[0], torch.randn(3, 3, 6, 6), k=5)

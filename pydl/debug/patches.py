@@ -60,10 +60,11 @@ class ReceptiveField:
         """``(y0, y1, x0, x1)``, end exclusive, of unit ``(i, j)``; clipped to the image when its size is given."""
         y0, x0 = i * self.jump[0] + self.offset[0], j * self.jump[1] + self.offset[1]
         y1, x1 = y0 + self.size[0], x0 + self.size[1]
+        # clipping both ends into [0, size]: a field wholly in the padding becomes an empty box, not y1 < y0
         if height is not None:
-            y0, y1 = max(0, y0), min(height, y1)
+            y0, y1 = min(max(0, y0), height), min(max(0, y1), height)
         if width is not None:
-            x0, x1 = max(0, x0), min(width, x1)
+            x0, x1 = min(max(0, x0), width), min(max(0, x1), width)
         return y0, y1, x0, x1
 
 
@@ -297,7 +298,7 @@ class TopPatches:
         kb = min(self.k, B)
         v, b = v.t().topk(kb, dim=1)                                     # (n, kb), b: sample in batch
         pos = pos.t().gather(1, b)
-        patches = self._crop(x, b, pos, w)
+        patches = self._crop(x, b, pos, a.shape[2], w)
         samples = b + self.seen
         self.seen += B
         if self._state is None:
@@ -312,14 +313,19 @@ class TopPatches:
             patches = patches[torch.arange(len(keep), device=keep.device)[:, None], keep]
         self._state = (v, samples, pos, patches)
 
-    def _crop(self, x: torch.Tensor, b: torch.Tensor, pos: torch.Tensor, w: int) -> torch.Tensor:
-        """The receptive fields of units ``pos`` (flat, row-major over the layer's width ``w``) in samples
-        ``b`` of ``x``: (n, kb, C, Ry, Rx), NaN where the field hangs over the image's border."""
+    def _crop(self, x: torch.Tensor, b: torch.Tensor, pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The receptive fields of units ``pos`` (flat, row-major over the layer's ``h x w``) in samples ``b``
+        of ``x``: (n, kb, C, Ry, Rx), NaN where the field hangs over the image's border."""
         (Ry, Rx), (Jy, Jx), (Oy, Ox) = self.rf.size, self.rf.jump, self.rf.offset
-        # pad by the field's size on every side: any field that overlaps the image then fits inside
-        xp = F.pad(x.float(), (Rx, Rx, Ry, Ry), value=float("nan"))
-        y0 = (pos // w) * Jy + Oy + Ry
-        x0 = (pos % w) * Jx + Ox + Rx
+        H, W = x.shape[-2:]
+        # pad so that the fields of the first and the last unit fit (padding can exceed the kernel, so the
+        # field's size is not a bound): an index into the padded image is then never negative, which would
+        # silently wrap around to the far side
+        top, left = max(0, -Oy), max(0, -Ox)
+        bottom, right = max(0, (h - 1) * Jy + Oy + Ry - H), max(0, (w - 1) * Jx + Ox + Rx - W)
+        xp = F.pad(x.float(), (left, right, top, bottom), value=float("nan"))
+        y0 = (pos // w) * Jy + Oy + top
+        x0 = (pos % w) * Jx + Ox + left
         rows = y0[..., None, None] + torch.arange(Ry, device=x.device)[:, None]    # (n, kb, Ry, 1)
         cols = x0[..., None, None] + torch.arange(Rx, device=x.device)[None, :]    # (n, kb, 1, Rx)
         out = xp[b[..., None, None], :, rows, cols]                                 # (n, kb, Ry, Rx, C)
@@ -342,7 +348,7 @@ class TopPatches:
         H, W = self.image_size
         (Ry, Rx), (Jy, Jx), (Oy, Ox) = self.rf.size, self.rf.jump, self.rf.offset
         y0, x0 = iy * Jy + Oy, ix * Jx + Ox
-        boxes = np.stack([np.maximum(y0, 0), np.minimum(y0 + Ry, H), np.maximum(x0, 0), np.minimum(x0 + Rx, W)], -1)
+        boxes = np.stack([np.clip(y0, 0, H), np.clip(y0 + Ry, 0, H), np.clip(x0, 0, W), np.clip(x0 + Rx, 0, W)], -1)
         return TopPatchesResult(list(self.channels), v.numpy(), s.numpy(), np.stack([iy, ix], -1), boxes,
                                 p.numpy(), self.rf, (H, W))
 
