@@ -1,7 +1,6 @@
 """Occlusion sensitivity: against a plain per-window loop, against captum's Occlusion (optional), the window
 placement, no side effects on the model, bad arguments, the overlay figure."""
 import matplotlib.image
-import numpy as np
 import pytest
 import torch
 from torch import nn
