@@ -590,6 +590,7 @@ def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tupl
                     verbose=verbose,
                 )
 
+            announce_compile(op, device, state)
             try:
                 path = build()
             except Exception:
@@ -604,6 +605,22 @@ def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tupl
             return str(path or so_path), "built"
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)
+
+
+# Rough wall times of one unit's build on a 2-core machine, for the notice below: the point is to say
+# "this takes a while and is not a hang", so the order of magnitude matters, not the digit.
+_COMPILE_SECONDS = {"cpu": 40, "cuda": 90}
+_LANGUAGE = {"cpu": "C++", "cuda": "CUDA"}
+
+
+def announce_compile(op: str, device: str, state: str) -> None:
+    """One line on stderr as a compile starts: a first use that stays silent for a minute looks like a hang.
+    Said only where a build really starts (never when a verified cached library loads), and to stderr so a
+    program's own output stays clean."""
+    why = {"missing": "first use only", "stale": "its sources changed", "forced": "a rebuild was asked for"}.get(
+        state, "the cached build was unusable")
+    print(f"pydl: compiling the {_LANGUAGE[device]} {op} kernels ({why}, ~{_COMPILE_SECONDS[device]} s; "
+          "`pydl build` does it ahead)", file=sys.stderr, flush=True)
 
 
 def load(op: str, device: str, verbose: bool = False, force: bool = False) -> LoadResult:
@@ -675,27 +692,60 @@ def cached_build_exists(op: str, device: str) -> bool:
 # Ahead-of-time build (setup.py)
 # --------------------------------------------------------------------------------------------------
 
+def aot_units() -> List[Tuple[str, str]]:
+    """The (device, op) units an ahead-of-time build compiles: all of them, or those PYDL_BUILD_EXT_ONLY
+    names (``cpu:act_stats,cuda:conv2d``) -- for a quick check of the build path itself, which otherwise
+    compiles every unit (minutes)."""
+    every = [(dev, op) for dev in DEVICES for op in compiled_ops(dev)]
+    only = _env.names("PYDL_BUILD_EXT_ONLY", [f"{dev}:{op}" for dev, op in every])
+    return [u for u in every if f"{u[0]}:{u[1]}" in only] if only else every
+
+
+def _object_names_by_language(compiler) -> None:
+    """Give a .cu source's object its own name (``act_stats.cuda.o``, as torch's JIT build does).
+
+    Each CUDA op is a .cu (kernels, nvcc) plus a .cpp (schema and dispatch, the host compiler) with the same
+    stem, and setuptools names an object after its source's stem alone: both would be
+    ``csrc/cuda/act_stats.o`` -- ninja refuses two rules for one output, and a build without ninja would
+    silently overwrite one object with the other and fail at link or load time."""
+    plain = compiler.object_filenames
+
+    def object_filenames(source_filenames, *args, **kwargs):
+        objects = plain(source_filenames, *args, **kwargs)
+        return [os.path.splitext(o)[0] + ".cuda" + os.path.splitext(o)[1] if src.endswith(".cu") else o
+                for src, o in zip(source_filenames, objects)]
+
+    compiler.object_filenames = object_filenames
+
+
 def setuptools_kwargs() -> dict:
     """ext_modules + cmdclass for setup.py when PYDL_BUILD_EXT=1."""
     cpp_extension = _cpp_extension()
     BuildExtension, CppExtension, CUDAExtension = (cpp_extension.BuildExtension, cpp_extension.CppExtension,
                                                    cpp_extension.CUDAExtension)
 
+    class BuildExt(BuildExtension.with_options(no_python_abi_suffix=True)):
+        def build_extensions(self):
+            _object_names_by_language(self.compiler)
+            super().build_extensions()
+
+    units = aot_units()
     exts = []
     rel = lambda p: os.path.relpath(p, os.path.dirname(_PKG_DIR))  # noqa: E731 - setuptools wants relative paths
-    for op in compiled_ops("cpu"):
+    for op in [op for dev, op in units if dev == "cpu"]:
         exts.append(CppExtension(f"pydl._ext.{ext_name(op, 'cpu')}", [rel(s) for s in sources(op, "cpu")],
                                  include_dirs=[csrc_dir()],
                                  extra_compile_args={"cxx": cflags(jit=False)}, extra_link_args=["-fopenmp"]))
-    ok, why = cuda_toolchain()
+    cuda_ops = [op for dev, op in units if dev == "cuda"]
+    ok, why = cuda_toolchain() if cuda_ops else (False, "none asked for (PYDL_BUILD_EXT_ONLY)")
     if ok:
         os.environ.setdefault("CUDA_HOME", _find_cuda_home())
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
-        for op in compiled_ops("cuda"):
+        for op in cuda_ops:
             exts.append(CUDAExtension(f"pydl._ext.{ext_name(op, 'cuda')}", [rel(s) for s in sources(op, "cuda")],
                                       include_dirs=[csrc_dir()],
                                       extra_compile_args={"cxx": cflags(jit=False), "nvcc": cuda_cflags()},
                                       extra_link_args=["-fopenmp"]))
     else:
         print(f"pydl: skipping the CUDA extensions: {why}", file=sys.stderr)
-    return {"ext_modules": exts, "cmdclass": {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}}
+    return {"ext_modules": exts, "cmdclass": {"build_ext": BuildExt}}

@@ -20,13 +20,22 @@ import platform
 import sys
 import time
 
-# subcommand -> module with register(subparsers); modules that are not importable are listed as unavailable
+# subcommand -> (module with register(subparsers), the help line `pydl --help` shows). Only the module of the
+# subcommand that runs is imported: `pydl --help` or `pydl doctor` need neither the benchmarks nor the demo's
+# plotting stack, and a module that cannot be imported (matplotlib missing) takes only its own command down.
 _SUBCOMMANDS = {
-    "bench": "pydl.bench",
-    "demo": "pydl.demo",
-    "learn": "pydl.learn.cli",
-    "selftest": "pydl.selftest",
+    "bench": ("pydl.bench", "benchmark pydl's ops against torch (see benchmarks/)"),
+    "demo": ("pydl.demo", "train a small model with pydl kernels and write a report of its insides"),
+    "learn": ("pydl.learn.cli", "the kernel-writing course (works without a GPU)"),
+    "selftest": ("pydl.selftest", "one-command check on a GPU machine: build, GPU tests, sanitizer, "
+                 "benchmarks, report"),
 }
+
+
+def _command_in(argv) -> str:
+    """The subcommand argv names: its first word that is not an option (the top-level parser has no option
+    that takes a value, so nothing else can stand there)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,6 +93,10 @@ def doctor_report(build: bool = False) -> dict:
                             ok, why = False, f"no CUDA GPU here (extension: {why})"
                 else:
                     ok, why = backends.available(b, dev, name)
+                    # available() answers "could this backend take cuda tensors", and reference or auto
+                    # could -- but where there is no GPU there are no cuda tensors to give it: not usable here.
+                    if ok and dev == "cuda" and not torch.cuda.is_available():
+                        ok, why = False, f"no CUDA GPU here ({why} where one is)"
                 rows[f"{b}@{dev}"] = (ok, why)
         ops[name] = rows
     info["ops"] = ops
@@ -118,6 +131,7 @@ def environment_report() -> dict:
         "PYDL_NO_NATIVE": lambda: _env.flag("PYDL_NO_NATIVE"),
         "PYDL_VERBOSE_BUILD": lambda: _env.flag("PYDL_VERBOSE_BUILD"),
         "PYDL_BUILD_EXT": lambda: _env.flag("PYDL_BUILD_EXT"),
+        "PYDL_BUILD_EXT_ONLY": lambda: [f"{d}:{o}" for d, o in _build.aot_units()],
         "PYDL_CONV_TF32": lambda: _env.flag("PYDL_CONV_TF32"),
         "PYDL_TRITON_AUTOTUNE": lambda: _env.flag("PYDL_TRITON_AUTOTUNE", True),
         "PYDL_REQUIRE_BACKENDS": lambda: _env.required_backends(),
@@ -222,15 +236,20 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_build_cmd)
 
-    unavailable = {}
-    for name, modname in _SUBCOMMANDS.items():
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = _command_in(argv)
+    for name, (modname, help_line) in _SUBCOMMANDS.items():
+        if name != chosen:  # listed, not imported: parsing stops at the chosen command
+            sub.add_parser(name, help=help_line)
+            continue
         try:
             mod = importlib.import_module(modname)
+        except Exception as e:  # noqa: BLE001 - a module that cannot be imported: say so, do not crash
+            why = f"{type(e).__name__}: {e}"
+            p = sub.add_parser(name, help=f"(unavailable: {why})")
+            p.set_defaults(func=lambda a, n=name, w=why: _unavailable(n, w))
+        else:
             mod.register(sub)
-        except Exception as e:  # noqa: BLE001 - one broken subcommand must not take down the others
-            unavailable[name] = f"{type(e).__name__}: {e}"
-            p = sub.add_parser(name, help=f"(unavailable: {unavailable[name]})")
-            p.set_defaults(func=lambda a, n=name: _unavailable(n, unavailable[n]))
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

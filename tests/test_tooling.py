@@ -78,6 +78,61 @@ def test_doctor_prints_backends():
     assert "extension cache" in r.stdout
     info = __import__("pydl.cli", fromlist=["x"]).doctor_report()
     assert info["ops"]["act_stats"]["reference@cpu"][0] is True
+    # Without a GPU nothing runs on cuda, however portable the backend: every @cuda row must say no, and why.
+    if not torch.cuda.is_available():
+        for op, rows in info["ops"].items():
+            for key, (ok, why) in rows.items():
+                if key.endswith("@cuda"):
+                    assert not ok and "GPU" in why, (op, key, why)
+
+
+def test_help_lists_every_subcommand_without_importing_them():
+    """`pydl --help` shows each subcommand's help line, yet imports none of their modules (the demo's
+    plotting stack, the benchmarks): a subcommand's module loads only when that subcommand runs."""
+    from pydl import cli
+
+    code = ("import sys; from pydl import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', *sorted(m for m, _ in cli._SUBCOMMANDS.values() if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "LOADED"
+    listing = " ".join(r.stdout.split())  # argparse wraps help lines
+    for name, (modname, help_line) in cli._SUBCOMMANDS.items():
+        assert f"{name} {help_line}" in listing, (name, listing)
+        # the line in cli.py is the one the module registers when its command runs
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        __import__(modname, fromlist=["register"]).register(sub)
+        assert sub._choices_actions[0].help == help_line, modname
+    # and a chosen subcommand still parses its own arguments
+    r = _pydl("bench", "--help")
+    assert r.returncode == 0 and "--dtype" in r.stdout, r.stderr
+
+
+def test_aot_units_follow_the_only_switch(monkeypatch):
+    monkeypatch.delenv("PYDL_BUILD_EXT_ONLY", raising=False)
+    every = _build.aot_units()
+    assert ("cpu", "act_stats") in every and ("cuda", "conv2d") in every
+    monkeypatch.setenv("PYDL_BUILD_EXT_ONLY", "cpu:act_stats")
+    assert _build.aot_units() == [("cpu", "act_stats")]
+    monkeypatch.setenv("PYDL_BUILD_EXT_ONLY", "cpu:nope")
+    with pytest.raises(ValueError, match="PYDL_BUILD_EXT_ONLY.*cpu:act_stats"):
+        _build.aot_units()
+
+
+def test_cuda_objects_do_not_collide_with_their_cpp_twins():
+    """Each CUDA op's .cu and .cpp share a stem; their objects must not share a path (ninja refuses two rules
+    for one output, which is what broke `PYDL_BUILD_EXT=1 pip install`)."""
+    import setuptools  # noqa: F401 - sets up distutils
+    from distutils.ccompiler import new_compiler
+
+    compiler = new_compiler()
+    compiler.src_extensions = compiler.src_extensions + [".cu"]
+    _build._object_names_by_language(compiler)
+    srcs = _build.sources("act_stats", "cuda")
+    objs = compiler.object_filenames(srcs, output_dir="/tmp/o")
+    assert len(set(objs)) == len(srcs) == 2 and all(o.endswith(".o") for o in objs), objs
 
 
 def test_bench_cases_are_well_formed():
