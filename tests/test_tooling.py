@@ -225,3 +225,19 @@ def test_readme_commands_and_ci_agree():
     assert "pydl demo" in cmds[0]
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert cmds[1] in ci, f"README test command {cmds[1]!r} not run by .ci/run"
+
+
+def test_readme_names_the_quick_flag_and_ci_runs_everything():
+    """The one flag that skips the slowest tests is documented, declared, used, and not used by CI."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert 'python -m pytest -q -m "not slow"' in readme
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        markers = tomllib.load(f)["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
+    marked = [n for n in os.listdir(os.path.join(ROOT, "tests"))
+              if n.startswith("test_") and "@pytest.mark.slow" in open(os.path.join(ROOT, "tests", n)).read()]
+    assert {"test_demo.py", "test_aot_build.py"} <= set(marked), marked
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "not slow" not in ci
