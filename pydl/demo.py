@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -167,13 +168,19 @@ def evaluate(model, x, y, bs: int = 256) -> Tuple[float, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def time_layers(model, x, quick: bool = False) -> List[dict]:
+def time_layers(model, x, quick: bool = False) -> Tuple[List[dict], dict]:
     """Forward+backward time of every converted layer, pydl module vs its torch twin, on the input it sees in
-    this model (captured with a forward hook), same process, same threads."""
-    from torch.utils import benchmark
+    this model (captured with a forward hook), same process, same threads.
 
+    Timed with the benchmarks' ``time_pair``: torch and pydl alternate in short rounds and the ratio is taken
+    inside each round, so a burst of other work on a shared machine lands on both sides instead of making one
+    layer look 9x faster in one run and 0.4x in the next; the ratio's quartiles say how far to trust it.
+    Returns the rows and the machine they were measured on (CPU model, threads, load, and a warning when
+    the machine was busy or the spread wide)."""
+    from .bench import common
     from .nn.convert import _TO_TORCH
 
+    bench = common()
     inputs = {}
     hooks = []
 
@@ -192,6 +199,8 @@ def time_layers(model, x, quick: bool = False) -> List[dict]:
     for h in hooks:
         h.remove()
     model.train(was)
+    device = x.device.type
+    machine = bench.environment(device)  # the load average is read here, before our own timing loads the cores
     rows = []
     for name, m in model.named_modules():
         if name not in inputs:
@@ -212,16 +221,47 @@ def time_layers(model, x, quick: bool = False) -> List[dict]:
                 out.sum().backward()
             return f
 
-        times = {}
-        for label, mod in (("pydl", mine), ("torch", ref)):
-            fn = step(mod)
-            fn()
-            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-            times[label] = t.blocked_autorange(min_run_time=0.05 if quick else 0.3).median * 1e3
-        rows.append({"layer": name, "module": type(m).__name__, "input": "x".join(map(str, xin.shape)),
-                     "backend": _resolved_backend(m, xin.device.type),
-                     "pydl_ms": times["pydl"], "torch_ms": times["torch"], "speedup": times["torch"] / times["pydl"]})
-    return rows
+        t = bench.time_pair(step(ref), step(mine), device, quick=quick)
+        ratio, q1, q3 = t["ratio"]
+        rows.append({"layer": name, "module": _module_label(m), "input": "x".join(map(str, xin.shape)),
+                     "backend": _resolved_backend(m, device),
+                     "pydl_ms": t["pydl"][0] * 1e3, "pydl_iqr_ms": t["pydl"][1] * 1e3,
+                     "torch_ms": t["torch"][0] * 1e3, "torch_iqr_ms": t["torch"][1] * 1e3,
+                     "speedup": ratio, "speedup_q1": q1, "speedup_q3": q3, "rounds": t["rounds"]})
+    spreads = [SimpleNamespace(ratio=r["speedup"], ratio_q1=r["speedup_q1"], ratio_q3=r["speedup_q3"]) for r in rows]
+    machine["warning"] = bench.busy_warning(machine, spreads)
+    return rows, machine
+
+
+def _module_label(m) -> str:
+    """``Conv2d(16→32)``: the type and, where it has them, the channel counts that tell two layers apart."""
+    for a, b in (("in_channels", "out_channels"), ("input_size", "hidden_size")):
+        if hasattr(m, a) and hasattr(m, b):
+            return f"{type(m).__name__}({getattr(m, a)}→{getattr(m, b)})"
+    if hasattr(m, "num_features"):
+        return f"{type(m).__name__}({m.num_features})"
+    return type(m).__name__
+
+
+def timing_text(rows: List[dict], machine: dict) -> str:
+    """The layer table as plain text, for the terminal: every ratio with its quartiles, and the machine."""
+    lines = [f"{'layer':<12} {'module':<22} {'pydl ms':>9} {'torch ms':>9}  torch/pydl (q1-q3)"]
+    for r in rows:
+        lines.append(f"{r['layer']:<12} {r['module']:<22} {r['pydl_ms']:9.3f} {r['torch_ms']:9.3f}  "
+                     f"{_ratio_text(r)}")
+    lines.append(_machine_text(machine))
+    if machine.get("warning"):
+        lines.append(machine["warning"])
+    return "\n".join(lines)
+
+
+def _ratio_text(r: dict) -> str:
+    return f"{r['speedup']:.2f}x ({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f})"
+
+
+def _machine_text(machine: dict) -> str:
+    return (f"measured on {machine.get('cpu')}, {machine.get('threads')} threads, load average "
+            f"{machine.get('load1', float('nan')):.2f} on {machine.get('cores')} cores")
 
 
 _MODULE_OP = {"Conv2d": "conv2d", "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm",
@@ -250,12 +290,10 @@ def _clone_module(m):
 
 
 def plot_curves(hist: dict, path: str) -> str:
-    import matplotlib
+    from .debug.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axs = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig = new_figure((13, 3.4))
+    axs = fig.subplots(1, 3)
     steps = np.arange(1, len(hist["step_loss"]) + 1)
     spe = len(steps) / max(1, len(hist["epoch_valid_loss"]))
     ep_x = spe * np.arange(1, len(hist["epoch_valid_loss"]) + 1)
@@ -269,9 +307,7 @@ def plot_curves(hist: dict, path: str) -> str:
     axs[1].legend()
     axs[2].plot(steps, hist["lr"])
     axs[2].set(title="learning rate (one-cycle)", xlabel="step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -318,14 +354,19 @@ def _img(name: str, note: str = "") -> str:
 
 def run_cnn(out: str = "pydl-demo", quick: bool = False, data: Optional[str] = None, backend: Optional[str] = None,
             epochs: Optional[int] = None, seed: int = 0, quiet: bool = False) -> dict:
+    """A CNN on handwritten digits (or ``data``, an ImageFolder tree) with every debugger; ``backend`` holds
+    for this run only (a context, not the process default: the caller's choice is left as it was)."""
+    with _backend_scope(backend):
+        return _run_cnn(out, quick, data, epochs, seed, quiet)
+
+
+def _run_cnn(out, quick, data, epochs, seed, quiet) -> dict:
     from . import debug
     from .cli import doctor_report
 
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
     torch.manual_seed(seed)
-    if backend:
-        backends.set_backend(backend)
     if data:
         xtr, ytr, xva, yva, classes = load_image_folder(data, seed=seed)
     else:
@@ -341,17 +382,22 @@ def run_cnn(out: str = "pydl-demo", quick: bool = False, data: Optional[str] = N
     # the activations after each GeneralRelu, binned over its natural range (-7, 7)
     acts = [m for m in model.modules() if isinstance(m, GeneralRelu)]
     stats = debug.ActivationStats(model, modules=acts, preset="general_relu")
+    _warm_up(model, xtr[:4], say)
     with stats:
         hist = train(model, xtr, ytr, xva, yva, epochs=epochs, seed=seed, stats=stats, quiet=quiet)
     vl, va = evaluate(model, xva, yva)
     files: Dict[str, str] = {}
+    say("report: training curves")
     files["curves"] = plot_curves(hist, os.path.join(out, "training_curves.png"))
-    files.update(debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick))
-    timing = time_layers(model, xtr[:64], quick=quick)
+    files.update(debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick, say=say))
+    say("report: timing this model's layers, pydl vs torch (interleaved rounds)")
+    timing, machine = time_layers(model, xtr[:64], quick=quick)
+    say(timing_text(timing, machine))
+    say("report: what ran where (pydl doctor)")
     doc = doctor_report()
     summary = {"valid_loss": vl, "valid_acc": va, "epochs": epochs, "train_images": len(xtr),
                "valid_images": len(xva), "classes": classes, "backend": backends.get_backend(),
-               "seconds": time.time() - t_start, "history": hist, "layer_timing": timing,
+               "seconds": time.time() - t_start, "history": hist, "layer_timing": timing, "machine": machine,
                "files": {k: os.path.basename(v) for k, v in files.items()}}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
@@ -364,15 +410,40 @@ def run_cnn(out: str = "pydl-demo", quick: bool = False, data: Optional[str] = N
         ("Training curves", _img(os.path.basename(files["curves"]))),
     ]
     sections += debug_sections(files)
+    shown = [dict(r, pydl_ms=f"{r['pydl_ms']:.3f} ± {r['pydl_iqr_ms'] / 2:.3f}",
+                  torch_ms=f"{r['torch_ms']:.3f} ± {r['torch_iqr_ms'] / 2:.3f}", speedup=_ratio_text(r))
+             for r in timing]
+    warning = f"<p><b>{html.escape(machine['warning'])}</b></p>" if machine.get("warning") else ""
     sections.append(("This model's layers: pydl vs torch (forward + backward, this machine)",
-                     _table(timing, ["layer", "module", "input", "backend", "pydl_ms", "torch_ms", "speedup"],
-                            {"pydl_ms": "{:.3f}", "torch_ms": "{:.3f}", "speedup": "{:.2f}x"}) +
-                     "<p class='note'>Median of repeated runs, same process, same inputs. Speed-up = torch time / "
-                     "pydl time.</p>"))
+                     warning + _table(shown, ["layer", "module", "input", "backend", "pydl_ms", "torch_ms",
+                                              "speedup"]) +
+                     "<p class='note'>torch and pydl alternate in short rounds on the same inputs; times are "
+                     "medians ± half the interquartile range, the speed-up (torch time / pydl time) is the median "
+                     "of the per-round ratios with their quartiles in brackets. "
+                     f"{html.escape(_machine_text(machine))}: numbers from another CPU, or a busy one, "
+                     "differ.</p>"))
     sections.append(("What ran where (pydl doctor)", f"<pre>{html.escape(_doctor_text(doc))}</pre>"))
     report = write_html(out, "pydl demo: a CNN on handwritten digits, inside and out", sections)
     summary["report"] = report
     return summary
+
+
+def _backend_scope(backend: Optional[str]):
+    import contextlib
+
+    return backends.backend(backend) if backend else contextlib.nullcontext()
+
+
+def _warm_up(model, x, say) -> None:
+    """One forward and backward on a copy of the model before the clock starts: the first call of each
+    compiled or Triton backend builds its kernels (tens of seconds, announced by the build itself), and a
+    progress bar that counted that would promise hours for a minute's training."""
+    import copy
+
+    say("warming up the kernels (the first run compiles them) ...")
+    twin = copy.deepcopy(model).train()  # a copy: the real model's weights and BatchNorm statistics stay untouched
+    out = twin(x)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()  # an RNN returns (output, state)
 
 
 def _doctor_text(info: dict) -> str:
@@ -385,12 +456,14 @@ def _doctor_text(info: dict) -> str:
     return buf.getvalue()
 
 
-def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict[str, str]:
-    """Every debugger figure for the report; returns {key: png path}."""
+def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick, say=lambda *a: None) -> Dict[str, str]:
+    """Every debugger figure for the report; returns {key: png path}. ``say`` hears of each stage as it
+    starts (some take tens of seconds on a CPU: a silent minute looks like a hang)."""
     from . import debug
 
     p = lambda name: os.path.join(out, name)  # noqa: E731
     files = {}
+    say("report: activation statistics (colorful dimension, layer stats, dead units)")
     debug.plot_colorful_dimension(stats, path=p("colorful_dimension.png"))
     files["colorful"] = p("colorful_dimension.png")
     debug.plot_layer_stats(stats, path=p("layer_stats.png"))
@@ -399,12 +472,14 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
     files["dead"] = p("dead_chart.png")
     stats.save_npz(p("activation_stats.npz"))
     stats.to_json(p("activation_stats.json"), hist=False)
+    say("report: gradient flow")
     # gradient flow of one batch at the final weights
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(xtr[:128]), ytr[:128]).backward()
     debug.plot_grad_flow(model, path=p("grad_flow.png"))
     files["grad_flow"] = p("grad_flow.png")
     model.zero_grad(set_to_none=True)
+    say("report: Grad-CAM")
     # Grad-CAM on the last conv layer, for validation images the model gets right and wrong
     convs = [m for m in model.modules() if isinstance(m, tnn.Conv2d)]
     was = model.training
@@ -419,11 +494,13 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
         titles = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: {classes[yva[i]]}->{classes[pred[i]]}" for i in idx.tolist()]
         files["gradcam"] = _cam_grid([debug.overlay(xva[i], maps[k]) for k, i in enumerate(idx.tolist())], titles,
                                      p("grad_cam.png"))
+        say("report: occlusion maps")
         # the same images, asked the counterfactual way: hide a 4x4 patch (the normalised images' 0 is the
         # data set's mean intensity) and watch the true class's score drop; 49 windows x 16 images, batched
         debug.plot_occlusion(model, xva[idx], path=p("occlusion.png"), target=yva[idx], titles=titles, patch=4,
                              stride=2, fill=0.0)
         files["occlusion"] = p("occlusion.png")
+    say("report: top-activating patches (one pass over the training set)")
     # what the last block's channels respond to: their 8 strongest training images each, cut to the receptive
     # field (one forward pass over the training set; the top-k stays on the device until the end)
     acts = [m for m in model.modules() if type(m).__name__ == "GeneralRelu"]
@@ -431,16 +508,19 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
                              channels=range(min(12, convs[-1].out_channels)), k=8)
     debug.plot_top_patches(tops, path=p("top_patches.png"))
     files["top_patches"] = p("top_patches.png")
+    say("report: loss landscape 1D")
     # loss landscapes around the final weights, on a fixed validation batch (cost: one forward per point)
     batch = (xva[:256], yva[:256])
     l1 = debug.loss_landscape_1d(model, F.cross_entropy, batch, steps=11 if quick else 41, seed=0,
                                  path=p("loss_landscape_1d.npz"), resume=False, show_progress=False)
     debug.plot_landscape_1d(l1, path=p("loss_landscape_1d.png"))
     files["landscape_1d"] = p("loss_landscape_1d.png")
+    say("report: loss landscape 2D")
     l2 = debug.loss_landscape_2d(model, F.cross_entropy, batch, steps=7 if quick else 21, seed=0,
                                  path=p("loss_landscape_2d.npz"), resume=False, show_progress=False)
     debug.plot_landscape_2d(l2, path=p("loss_landscape_2d.png"))
     files["landscape_2d"] = p("loss_landscape_2d.png")
+    say("report: first-layer filters and feature maps")
     # inside the first conv layer
     debug.plot_filters(convs[0], path=p("first_layer_filters.png"))
     files["filters"] = p("first_layer_filters.png")
@@ -450,22 +530,18 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick) -> Dict
 
 
 def _cam_grid(images: List[np.ndarray], titles: List[str], path: str, ncols: int = 8) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .debug.plots import new_figure, save_figure
 
     n = len(images)
     nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 1.95 * nrows), squeeze=False)
+    fig = new_figure((1.7 * ncols, 1.95 * nrows))
+    axs = fig.subplots(nrows, ncols, squeeze=False)
     for k, ax in enumerate(axs.flat):
         ax.axis("off")
         if k < n:
             ax.imshow(images[k])
             ax.set_title(titles[k], fontsize=7, color="black" if titles[k].startswith("ok") else "red")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -556,14 +632,17 @@ def run_gaf(out: str = "pydl-demo-gaf", quick: bool = False, backend: Optional[s
     """Time series classification with an image model: synthetic waves (:func:`synthetic_series`) drawn as
     two-channel images (GASF and GADF after PAA, :class:`pydl.transforms.GramianAngularField`) and fed to the
     same pydl CNN as the digits demo. Writes report.html, the curves, example images and summary.json."""
+    with _backend_scope(backend):
+        return _run_gaf(out, quick, seed, quiet, epochs)
+
+
+def _run_gaf(out, quick, seed, quiet, epochs) -> dict:
     from .cli import doctor_report
     from .transforms import GramianAngularField
 
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
     torch.manual_seed(seed)
-    if backend:
-        backends.set_backend(backend)
     n_train, n_valid = (400, 160) if quick else (1600, 400)
     size, widths = (16, (8, 16, 32)) if quick else (32, (16, 32, 64))   # quick: ~5 s of CPU for the tests
     epochs = epochs or (3 if quick else 8)
@@ -575,6 +654,7 @@ def run_gaf(out: str = "pydl-demo-gaf", quick: bool = False, backend: Optional[s
     say(f"pydl demo gaf: {n_train} train / {n_valid} valid series of {x.shape[1]} points -> {size}x{size} "
         f"GASF+GADF images, {len(WAVES)} classes, backend {backends.get_backend()}")
     model = make_cnn(len(WAVES), in_ch=2, widths=widths)
+    _warm_up(model, xtr[:4], say)
     hist = train(model, xtr, ytr, xva, yva, epochs=epochs, seed=seed, quiet=quiet)
     vl, va = evaluate(model, xva, yva)
     files = {"curves": plot_curves(hist, os.path.join(out, "training_curves.png")),
@@ -632,14 +712,18 @@ def stdlib_text(min_chars: int = 60000) -> str:
 
 def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[str] = None, seed: int = 0,
             quiet: bool = False, steps: Optional[int] = None) -> dict:
+    """A character-level LSTM on text that ships with Python; ``backend`` holds for this run only."""
+    with _backend_scope(backend):
+        return _run_rnn(out, quick, seed, quiet, steps)
+
+
+def _run_rnn(out, quick, seed, quiet, steps) -> dict:
     from . import debug, nn as pnn
     from .cli import doctor_report
 
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
     torch.manual_seed(seed)
-    if backend:
-        backends.set_backend(backend)
     import contextlib
     import io
 
@@ -669,6 +753,7 @@ def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[s
     stats = debug.ActivationStats(model, modules=[model.rnn, model.head], preset="giomo")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"pydl demo rnn: {len(text)} characters, vocabulary {V}, 2-layer LSTM hidden {H}, {steps} steps")
+    _warm_up(model, data[:T].unsqueeze(0), say)
     with stats:
         bar = _progress_bar(range(steps), desc="training", disable=quiet)
         for _ in bar:
@@ -682,20 +767,17 @@ def run_rnn(out: str = "pydl-demo-rnn", quick: bool = False, backend: Optional[s
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
+    say("report: sampling text, plots")
     sample = sample_text(model, stoi, chars, prompt="The ", n=200 if quick else 600, seed=seed)
     files = {}
-    import matplotlib
+    from .debug.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = new_figure((7, 3))
+    ax = fig.subplots()
     ax.plot(losses)
     ax.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="character LM training loss")
-    fig.tight_layout()
     files["curves"] = os.path.join(out, "training_loss.png")
-    fig.savefig(files["curves"], dpi=100)
-    plt.close(fig)
+    save_figure(fig, files["curves"])
     files["colorful"] = os.path.join(out, "colorful_dimension.png")
     debug.plot_colorful_dimension(stats, path=files["colorful"])
     files["layer_stats"] = os.path.join(out, "layer_stats.png")

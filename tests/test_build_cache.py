@@ -203,6 +203,19 @@ def test_unrecorded_library_is_relinked(cache):
     assert _build.cache_state(UNIT, "cpu")[0] == "ok"
 
 
+def test_a_build_says_so_once_and_a_cached_load_says_nothing(cache):
+    """A compile can take a minute: it announces itself on stderr, once; loading a verified library is
+    instant and silent (the notice must not cry wolf on every import)."""
+    os.remove(_build._record_path(_so(cache)))  # forces a (re)link: a real build through ninja, but cheap
+    notice = "pydl: compiling the C++ act_stats kernels"
+    code = "BACKEND = 'cpu'\n" + textwrap.dedent(USE_OP)
+    for expected in (1, 0):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stderr.count(notice) == expected, r.stderr[-2000:]
+        assert notice not in r.stdout  # a program's own output stays clean
+
+
 def test_doctor_reports_a_damaged_library(cache):
     _truncate(_so(cache))
     info = cli.doctor_report()
