@@ -727,6 +727,9 @@ def setuptools_kwargs() -> dict:
     class BuildExt(BuildExtension.with_options(no_python_abi_suffix=True)):
         def build_extensions(self):
             _object_names_by_language(self.compiler)
+            # An in-place build (`pip install -e .`) copies each library into pydl/_ext/, which is not a
+            # package (no sources of its own, ignored by git) and so may not exist: the copy does not create it.
+            os.makedirs(_AOT_DIR, exist_ok=True)
             super().build_extensions()
 
     units = aot_units()
