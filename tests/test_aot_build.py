@@ -66,3 +66,14 @@ def test_wheel_with_prebuilt_extension_runs_without_a_compiler(tmp_path):
                        text=True, env=run_env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-2000:] + r.stderr[-3000:]
     assert not any(cache.rglob("*.so")), "nothing may be compiled where the wheel brings the library"
+
+    # The editable install's way (`PYDL_BUILD_EXT=1 pip install --no-build-isolation -e .`): build in place,
+    # into the checkout's pydl/_ext/ -- a folder git ignores, so absent in a fresh clone. Reuses the wheel
+    # build's objects (a copy and a link, not a compile).
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, capture_output=True,
+                       text=True, env=env, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (src / "pydl" / "_ext" / "pydl_cpu_act_stats.so").is_file()
+    r = subprocess.run([sys.executable, "-c", f"TARGET = {str(src)!r}\n" + code], capture_output=True, text=True,
+                       env=dict(run_env, PYTHONPATH=str(src)), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-2000:] + r.stderr[-3000:]
