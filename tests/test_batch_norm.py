@@ -343,7 +343,9 @@ def test_reference_function_matches_torch():
     (dict(running_var=torch.ones(3, dtype=torch.float16)), TypeError, "running_var has dtype"),
     (dict(weight=torch.ones(3, device="meta")), ValueError, "weight is on meta"),
     (dict(act="gelu"), ValueError, "act must be one of"),
-    (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    (dict(eps=-1.0), ValueError, "eps must be > 0 in training"),
+    (dict(eps=0.0), ValueError, "eps must be > 0 in training"),  # torch's rule: eps > 0 when training
+    (dict(eps=-1.0, training=False), ValueError, "eps must be >= 0"),
     (dict(running_var=None), ValueError, "both running_mean and running_var"),
 ])
 def test_bad_input(cpu_backend, bad, exc, match):
