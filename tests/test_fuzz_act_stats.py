@@ -19,14 +19,10 @@ pairwise stay well inside that; var is divided by the square of that scale.
 import math
 import random
 
-import pytest
 import torch
 
 import pydl
-from pydl import backends
-
-from conftest import require_backend
-from fuzzing import Tally, check, run_isolated
+from fuzzing import Tally, check, run_cpu_backends, run_isolated
 
 OP = "act_stats"
 SEED = 14
@@ -193,8 +189,9 @@ def invalid_cases(backend):
     x = torch.randn(3, 4)
     call = lambda **kw: (lambda: pydl.act_stats(**{**dict(x=x, bins=10, lo=0.0, hi=1.0, eps=0.05,  # noqa: E731
                                                             per_channel=False, backend=backend), **kw}))
-    cases = [(f"x={v!r}", call(x=v), "x") for v in ([1.0, 2.0], None, 3.0, torch.arange(6), torch.ones(3, dtype=torch.bool),
-                                               torch.ones(3, dtype=torch.complex64))]
+    bad_x = ([1.0, 2.0], None, 3.0, torch.arange(6), torch.ones(3, dtype=torch.bool),
+             torch.ones(3, dtype=torch.complex64))
+    cases = [(f"x={v!r}", call(x=v), "x") for v in bad_x]
     cases += [(f"bins={v!r}", call(bins=v), "bins") for v in (0, -1, 2 ** 24 + 1, 3.7, 3.0, "10", True, None)]
     cases += [(f"lo={v!r}", call(lo=v), "lo") for v in ("0", None, float("nan"), -math.inf, 1.0, 2.0, True)]
     cases += [(f"hi={v!r}", call(hi=v), "hi") for v in ("1", None, math.inf, 0.0)]
@@ -226,20 +223,12 @@ def test_fuzz_act_stats():
     rng = random.Random(SEED)
     g = torch.Generator().manual_seed(SEED)
     tally = Tally()
-    runnable = [b for b in ("reference", "cpu", "triton") if backends.available(b, "cpu", OP)[0]]
-    for b in ("reference", "cpu", "triton"):
-        require_backend(b, "cpu", OP)  # fails where PYDL_REQUIRE_BACKENDS says it must run; else skips below
-    for backend, n in (("reference", 120), ("cpu", 120), ("triton", 8)):
-        if backend not in runnable:
-            continue
-        for _ in range(n):
-            valid_case(tally, rng, g, backend, tiny=backend == "triton")
-        if backend == "triton":
-            for kind in FP32_BLOCK_LIMIT:
-                check(tally, f"triton {kind}", None, by_design="float32 block mean rounding can overflow M2 at "
-                                                             "|x| > ~1e26 (pydl/ops/act_stats.py docstring)")
-        for case, run, arg in invalid_cases(backend):
-            check(tally, f"{backend} {case}", run, invalid_arg=arg)
+    runnable = run_cpu_backends(tally, OP, (("reference", 120), ("cpu", 120), ("triton", 8)),
+                                lambda b: valid_case(tally, rng, g, b, tiny=b == "triton"), invalid_cases)
+    if "triton" in runnable:
+        for kind in FP32_BLOCK_LIMIT:
+            check(tally, f"triton {kind}", None, by_design="float32 block mean rounding can overflow M2 at "
+                                                         "|x| > ~1e26 (pydl/ops/act_stats.py docstring)")
     if "cpu" in runnable:
         for case, run, arg in cpp_invalid_cases():
             check(tally, case, run, invalid_arg=arg)

@@ -23,10 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import pydl
-from pydl import backends
-
-from conftest import require_backend
-from fuzzing import Tally, check, run_isolated
+from fuzzing import Tally, check, run_cpu_backends, run_isolated
 
 OP = "batch_norm"
 SEED = 14
@@ -251,16 +248,8 @@ def test_fuzz_batch_norm():
     rng = random.Random(SEED)
     g = torch.Generator().manual_seed(SEED)
     tally = Tally()
-    runnable = [b for b in ("reference", "cpu", "triton") if backends.available(b, "cpu", OP)[0]]
-    for b in ("reference", "cpu", "triton"):
-        require_backend(b, "cpu", OP)  # fails where PYDL_REQUIRE_BACKENDS says it must run; else skips below
-    for backend, n in (("reference", 70), ("cpu", 70), ("triton", 6)):
-        if backend not in runnable:
-            continue
-        for _ in range(n):
-            valid_case(tally, rng, g, backend, tiny=backend == "triton")
-        for case, run, arg in invalid_cases(backend):
-            check(tally, f"{backend} {case}", run, invalid_arg=arg)
+    runnable = run_cpu_backends(tally, OP, (("reference", 70), ("cpu", 70), ("triton", 6)),
+                                lambda b: valid_case(tally, rng, g, b, tiny=b == "triton"), invalid_cases)
     if "cpu" in runnable:
         for case, run, arg in cpp_invalid_cases():
             check(tally, case, run, invalid_arg=arg)

@@ -51,6 +51,30 @@ Backends: each backend provides a :class:`Kernels` tuple of seven functions (for
 backward, stats, apply, backward_reduce, backward_elemt) with the reference functions' signatures;
 ``backends.all_ops()["batch_norm"].override(name, Kernels(...))`` plugs in another set.
 
+**Arguments** are checked in the caller's terms, by the public function, the dispatcher kernels and the
+compiled ops alike (TypeError for a wrong type, ValueError for a bad value, each naming the argument):
+``eps`` > 0 in training and >= 0 in eval (torch's rule); ``momentum`` a finite float or None;
+``num_batches_tracked`` a one-element integer tensor, >= 1 when momentum is None (reading it syncs with the
+device, as torch's module does); ``count`` >= 0; weight/bias/running stats of shape (C,).
+
+**Large values**: statistics are merged so that overflowing sums or deltas never form inf - inf; a var too
+large for the accumulation dtype is inf (invstd 0, y = bias, running_var inf), as in torch.
+
+**Where pydl deliberately differs from torch** (tests/test_fuzz_batch_norm.py counts each as by design):
+
+* weight, bias and running stats must be 1-D (C,); torch's functional form reads any tensor with C elements
+  flat ((C, 1) included). The error says so and how to reshape.
+* eps = NaN and a non-finite momentum are refused; torch accepts them and returns NaN.
+* a channel whose float32 *sum* overflows (values near float32's max) gets its true mean and var; torch's
+  float32 training forward turns that channel into inf/NaN. y there is still computed as
+  ``x * scale + shift`` (one FMA, shift = bias - mean * scale) in the compiled backends, which overflows
+  when |mean| * invstd exceeds the dtype's range (float32 values beyond ~1e36 with a spread below ~1):
+  y is then inf/NaN -- a known limit, not a divergence from torch (which is NaN there too).
+* zero channels: empty outputs; torch's eval path raises IndexError.
+* torch's own answer can depend on x's memory layout where it should not (a float32 var that overflows is
+  inf on its contiguous path, kept in float64 on its strided one); pydl follows the contiguous path in
+  every layout.
+
 **Layouts**: every backend sees a *dense* x in one of two layouts, chosen once here (:func:`dense_layout`):
 "NCL" (contiguous: each (n, c) plane of L = prod(spatial) values is contiguous) or "NLC" (channels last, and
 2-D (N, C): rows of C channels). Anything else (sliced, oddly permuted) is copied to contiguous first. y and
