@@ -195,6 +195,14 @@ def invalid_cases(backend):
             True, backend), "dy"),
         ("backward_reduce mean shape", lambda: op.batch_norm_backward_reduce(
             x, x, torch.zeros(2), torch.ones(3), None, None, "none", 0.0, 0.0, math.inf, backend), "mean")]
+    # the separable steps' public functions (a SyncBatchNorm's building blocks)
+    from pydl.ops.batch_norm import batch_norm_apply, batch_norm_backward_elemt, batch_norm_stats
+    cases += [("batch_norm_stats x=list", lambda: batch_norm_stats([1.0], backend=backend), "x"),
+              ("batch_norm_apply mean=list", lambda: batch_norm_apply(x, [0.0], torch.ones(3), backend=backend),
+               "mean"),
+              ("batch_norm_backward_elemt count=2.5", lambda: batch_norm_backward_elemt(
+                  x, x, torch.zeros(3), torch.ones(3), None, None, torch.zeros(3), torch.zeros(3), 2.5,
+                  backend=backend), "count")]
     # the modules (torch's constructor; pydl's forward)
 
     def module(eps=1e-5, momentum=0.1, inp=x, train=True):

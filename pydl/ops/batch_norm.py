@@ -676,8 +676,16 @@ def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     return y
 
 
+def _check_tensors(op, **tensors):
+    """The separable steps' tensor arguments are tensors (their shapes and dtypes are the op's to check)."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def batch_norm_stats(x, backend=None):
     """Per-channel (mean, M2) of x in the accumulation dtype; the count is N * prod(spatial)."""
+    _check_x(x, "batch_norm_stats")  # before the schema: a list would get its dump, not pydl's TypeError
     return torch.ops.pydl.batch_norm_stats(x, check_backend_name(backend, "batch_norm_stats"))
 
 
@@ -685,6 +693,7 @@ def batch_norm_apply(x, mean, invstd, weight=None, bias=None, act="none", leak=N
                      backend=None):
     """y = act((x - mean) * invstd * weight + bias), per channel (no autograd: a building block)."""
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_apply")
+    _check_tensors("batch_norm_apply", x=x, mean=mean, invstd=invstd)
     return torch.ops.pydl.batch_norm_apply(x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
                                            check_backend_name(backend, "batch_norm_apply"))
 
@@ -693,6 +702,7 @@ def batch_norm_backward_reduce(dy, x, mean, invstd, weight=None, bias=None, act=
                                maxv=None, backend=None):
     """(sum(dz), sum(dz * (x - mean))) per channel, dz = act'(z) * dy: one pass over dy and x."""
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_backward_reduce")
+    _check_tensors("batch_norm_backward_reduce", dy=dy, x=x, mean=mean, invstd=invstd)
     return torch.ops.pydl.batch_norm_backward_reduce(dy, x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
                                                      check_backend_name(backend, "batch_norm_backward_reduce"))
 
@@ -702,6 +712,7 @@ def batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_
     """dx from the two (possibly all-reduced) sums and the total per-channel count."""
     op = "batch_norm_backward_elemt"
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, op)
+    _check_tensors(op, dy=dy, x=x, mean=mean, invstd=invstd, sum_dz=sum_dz, sum_dz_xmu=sum_dz_xmu)
     return torch.ops.pydl.batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
                                                     check_int(count, op, "count", 0), act, leak_, sub_, maxv_,
                                                     check_backend_name(backend, op))
