@@ -25,6 +25,7 @@ import triton.language as tl
 
 from ..ops._common import is_dense
 from ._jit import device_constants, jit
+from ._moments import block_mean, merge
 
 # extra slots after the bins, in the order of columns 2..6 of `counts`
 NAN, POSINF, NEGINF, BELOW, ABOVE, NUM_EXTRA = 0, 1, 2, 3, 4, 5
@@ -66,16 +67,11 @@ def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
 
         fin = inb & (v - v == 0)  # NaN - NaN and inf - inf are NaN, not 0
         nb = tl.sum(fin.to(tl.int64), axis=0)
-        bmean = tl.sum(tl.where(fin, v, 0.0), axis=0) / tl.maximum(nb, 1).to(ACC)
+        bmean = block_mean(tl.where(fin, v, 0.0), tl.maximum(nb, 1).to(ACC))
         d = tl.where(fin, v - bmean, 0.0)
         bm2 = tl.sum(d * d, axis=0)
-        # Chan: merge (nb, bmean, bm2) into (n, mean, m2); exact no-ops when nb == 0
-        nn = n + nb
-        w = nb.to(ACC) / tl.maximum(nn, 1).to(ACC)
-        delta = bmean - mean
-        mean = mean + delta * w
-        m2 = m2 + bm2 + delta * delta * n.to(ACC) * w
-        n = nn
+        # Chan: merge (nb, bmean, bm2) into (n, mean, m2); no-ops when nb == 0 (kernels/_moments.py)
+        n, mean, m2 = merge(n, mean, m2, nb, bmean, bm2)
         mn = tl.minimum(mn, tl.min(tl.where(fin, v, float("inf")), axis=0))
         mx = tl.maximum(mx, tl.max(tl.where(fin, v, float("-inf")), axis=0))
         nz += tl.sum((inb & (v <= eps) & (v >= -eps)).to(tl.int64), axis=0)
@@ -130,12 +126,7 @@ def _finalize_kernel(ws_n_ptr, ws_f_ptr, fstats_ptr, counts_ptr, groups, splits,
         nb = tl.load(ws_n_ptr + p, mask=gm, other=0)
         bmean = tl.load(ws_f_ptr + p * 4 + 0, mask=gm, other=0.0)
         bm2 = tl.load(ws_f_ptr + p * 4 + 1, mask=gm, other=0.0)
-        nn = n + nb
-        w = nb.to(ACC) / tl.maximum(nn, 1).to(ACC)
-        delta = tl.where(nb > 0, bmean - mean, 0.0)
-        mean = mean + delta * w
-        m2 = m2 + bm2 + delta * delta * n.to(ACC) * w
-        n = nn
+        n, mean, m2 = merge(n, mean, m2, nb, bmean, bm2)
         mn = tl.minimum(mn, tl.load(ws_f_ptr + p * 4 + 2, mask=gm, other=float("inf")))
         mx = tl.maximum(mx, tl.load(ws_f_ptr + p * 4 + 3, mask=gm, other=float("-inf")))
     has = n > 0

@@ -343,7 +343,9 @@ def test_reference_function_matches_torch():
     (dict(running_var=torch.ones(3, dtype=torch.float16)), TypeError, "running_var has dtype"),
     (dict(weight=torch.ones(3, device="meta")), ValueError, "weight is on meta"),
     (dict(act="gelu"), ValueError, "act must be one of"),
-    (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    (dict(eps=-1.0), ValueError, "eps must be > 0 in training"),
+    (dict(eps=0.0), ValueError, "eps must be > 0 in training"),  # torch's rule: eps > 0 when training
+    (dict(eps=-1.0, training=False), ValueError, "eps must be >= 0"),
     (dict(running_var=None), ValueError, "both running_mean and running_var"),
 ])
 def test_bad_input(cpu_backend, bad, exc, match):
@@ -587,3 +589,89 @@ def test_triton_kernels_compile_for_a_gpu_without_one(tmp_path, monkeypatch):
                                                 nbt_ptr="*i64", params_ptr="*fp64"), dict(HAS_NBT=True, BLOCK_C=64))
     assert len(res.asm["cubin"]) > 0
     assert any(tmp_path.iterdir()), "compiled into the empty cache (not served from an old one)"
+
+
+# --------------------------------------------------------------------------------------------------
+# extreme values and arguments (regressions; tests/test_fuzz_batch_norm.py draws many more)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_overflowing_variance_matches_torch(cpu_backend, kind):
+    """1e30-scale float32 data: torch's var is inf, so invstd 0, y = bias, running_var inf. The triton and
+    cpu merges used to make that NaN (outputs and running stats)."""
+    require_backend(cpu_backend, "cpu", OP)
+    g = torch.Generator().manual_seed(3)
+    x = layout(torch.randn(4, 3, 2, 5, generator=g) * 1e30, kind)
+    w, b = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y = pydl.batch_norm(x, rm, rv, w, b, training=True, backend=cpu_backend)
+    want = F.batch_norm(x.contiguous(), rm_t, rv_t, w, b, True)
+    assert torch.equal(y, want) and torch.equal(rv, rv_t) and torch.all(rv == math.inf)
+    close(rm, rm_t, 1e-6, "running_mean")
+
+
+def test_channel_near_float32_max_gets_its_true_statistics(cpu_backend):
+    """A channel of values near float32's max: its float32 sum overflows, its mean does not. pydl's
+    statistics are the true ones (mean, var 0: running stats finite); torch's float32 training forward returns
+    NaN there. (y itself overflows in the compiled backends' x * scale + shift form: batch_norm's docstring.)"""
+    require_backend(cpu_backend, "cpu", OP)
+    big = torch.finfo(torch.float32).max / 2
+    x = torch.full((6, 2, 3), big)
+    x[:, 1] = torch.randn(6, 3)
+    rm, rv = torch.zeros(2), torch.ones(2)
+    y = pydl.batch_norm(x, rm, rv, None, None, training=True, momentum=1.0, backend=cpu_backend)
+    assert float(rm[0]) == big and float(rv[0]) == 0.0
+    want = F.batch_norm(x[:, 1:], None, None, training=True)  # the ordinary channel is untouched by it
+    close(y[:, 1:], want, 2e-5, "y of the ordinary channel")
+
+
+def test_eval_gradient_of_inf_input_is_finite(cpu_backend):
+    """In eval the statistics are constants: dx = weight * invstd * dy, finite even where x is inf (the
+    kernels used to form (x - mean) * 0 = NaN there)."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.tensor([[math.inf, 1.0], [2.0, -math.inf], [math.nan, 3.0]], requires_grad=True)
+    w = torch.tensor([2.0, 3.0])
+    pydl.batch_norm(x, torch.zeros(2), torch.full((2,), 4.0), w, None, training=False, eps=0.0,
+                    backend=cpu_backend).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 1.5]] * 3))
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(momentum="fast"), TypeError, "momentum must be a finite float"),
+    (dict(momentum=math.nan), ValueError, "momentum must be a finite float"),
+    (dict(momentum=None, num_batches_tracked=torch.tensor(0)), ValueError, "num_batches_tracked must be >= 1"),
+    (dict(momentum=None, num_batches_tracked=torch.tensor([1, 2])), ValueError, "num_batches_tracked must be a one"),
+    (dict(training="yes"), TypeError, "training must be True or False"),
+    (dict(eps="1e-5"), TypeError, "eps must be"),
+    (dict(act="general_relu", leak="x"), TypeError, "leak must be"),
+    (dict(backend=3), TypeError, "backend must be a str"),
+    (dict(weight=torch.ones(3, 1)), ValueError, "reads any weight with 3 elements flat.*reshape"),
+])
+def test_arguments_are_named(cpu_backend, kw, exc, match):
+    require_backend(cpu_backend, "cpu", OP)
+    args = dict(running_mean=torch.zeros(3), running_var=torch.ones(3), training=True, backend=cpu_backend)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        pydl.batch_norm(torch.randn(4, 3, 2), **args)
+
+
+def test_ops_check_count_and_num_batches_tracked(cpu_backend):
+    require_backend(cpu_backend, "cpu", OP)
+    x, z, o = torch.randn(4, 3, 2), torch.zeros(3), torch.ones(3)
+    ops = [torch.ops.pydl]
+    if cpu_backend == "cpu":
+        ops.append(torch.ops.pydl_cpu)
+    for ns in ops:
+        tail = (cpu_backend,) if ns is torch.ops.pydl else ()
+        with pytest.raises(ValueError, match="count must be an int >= 0"):
+            ns.batch_norm_update_running(z.clone(), o.clone(), z, o, -1, 0.1, None, *tail)
+        with pytest.raises(ValueError, match="num_batches_tracked must be >= 1"):
+            ns.batch_norm_update_running(z.clone(), o.clone(), z, o, 8, None, torch.tensor(0), *tail)
+        with pytest.raises(ValueError, match="count must be an int >= 0"):
+            ns.batch_norm_backward_elemt(x, x, z, o, None, None, z, z, -1, "none", 0.0, 0.0, math.inf, *tail)
+    if cpu_backend == "cpu":
+        with pytest.raises(ValueError, match="eps must be > 0 in training"):
+            torch.ops.pydl_cpu.batch_norm_forward(x, None, None, None, None, True, 0.0, "none", 0, 0, math.inf)
+        with pytest.raises(ValueError, match="momentum must be a finite float"):
+            torch.ops.pydl_cpu.batch_norm_update_running(z.clone(), o.clone(), z, o, 8, math.inf, None)
