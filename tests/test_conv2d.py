@@ -325,6 +325,29 @@ def test_third_derivative_matches_torch():
                                third(lambda x, w: F.conv2d(x, w, **conv_kw(c))), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("act, maxv", [("relu", None), ("general_relu", 1.5), ("general_relu", None)])
+def test_nan_passes_through_the_fused_activation_as_in_torch(cpu_backend, act, maxv):
+    """NaN in, NaN out: a fused relu must not turn a NaN pre-activation into 0 (nor the clamp into maxv),
+    and the gradient follows torch's formulas at NaN (relu passes it, a clamp stops it)."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    x[0, 0, 1, 2] = math.nan
+    x[0, 1, 3, 0] = -math.inf
+    x.requires_grad_(True)
+    w = torch.randn(2, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=maxv, backend=cpu_backend)
+    z = F.conv2d(x, w, b)
+    want = F.relu(z) if act == "relu" else F.leaky_relu(z, 0.1) - 0.4
+    if maxv is not None:  # no clamp at all without maxv (fastai's GeneralRelu), so none to stop a NaN's gradient
+        want = want.clamp_max(maxv)
+    assert torch.isnan(want).any()
+    torch.testing.assert_close(y, want, equal_nan=True)
+    for g, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(want, (x, w, b), gy)):
+        torch.testing.assert_close(g, e, equal_nan=True)
+
+
 def test_general_relu_backward_recomputes_z_if_not_saved(cpu_backend):
     """Calling the op with save_preact=False and then differentiating: the backward recomputes z."""
     require_backend(cpu_backend, "cpu", OP)
@@ -832,6 +855,28 @@ def test_gpu_opcheck_and_compile(gpu_backend):
     f = torch.compile(lambda t: pydl.conv2d(t, w, b, padding=1, groups=2, act="relu", backend=gpu_backend),
                       fullgraph=True)
     torch.testing.assert_close(f(x), F.relu(F.conv2d(x, w, b, padding=1, groups=2)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_gpu_double_backward(gpu_backend, act):
+    """gradgradcheck in fp64 on CUDA tensors, and a gradient penalty in fp32 against torch's."""
+    require_backend(gpu_backend, "cuda", OP)
+    c, _, _ = _GG_CASES[2]
+    x, w, b = (t.cuda().requires_grad_(True) for t in make_inputs(c))
+    assert torch.autograd.gradgradcheck(_gg_fn(c, act, gpu_backend), (x, w, b), eps=1e-6, atol=1e-6)
+
+    def pen(conv, dtype):
+        xx, ww, bb = (t.detach().to(dtype).requires_grad_(True) for t in (x, w, b))
+        (gx,) = torch.autograd.grad(conv(xx, ww, bb).pow(2).sum(), xx, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), (ww, bb))
+
+    got = pen(lambda x, w, b: pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=3.0, backend=gpu_backend,
+                                          **conv_kw(c)), torch.float32)
+    # torch in fp64 (cuDNN's fp32 would use TF32 by default)
+    want = pen(lambda x, w, b: torch_act(F.conv2d(x, w, b, **conv_kw(c)), act, maxv=3.0), torch.float64)
+    for g, e in zip(got, want):  # fp32 with ~20-term sums, two levels deep: 1e-4 as the fp32 parity tests
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu

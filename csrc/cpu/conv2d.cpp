@@ -202,21 +202,24 @@ void col2im_nhwc(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64
 
 // ---- the epilogue: bias + activation, written in the output's layout ------------------------------------
 // Templated on the activation so each instance is a branch-free loop the compiler vectorises.
+// NaN semantics as torch's (see csrc/activation.h): the selects fall through to z / dy when a comparison
+// with NaN fails, except at the clamp, which stops the gradient at a NaN when there is one (maxv finite).
 template <int KIND, typename acc_t>
 inline acc_t act_fwd(acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
   if (KIND == kActNone) return z;
-  if (KIND == kActRelu) return z > acc_t(0) ? z : acc_t(0);
-  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
-  return y < maxv ? y : maxv;
+  if (KIND == kActRelu) return z < acc_t(0) ? acc_t(0) : z;
+  const acc_t y = (z < acc_t(0) ? z * leak : z) - sub;
+  return y > maxv ? maxv : y;
 }
 
 template <int KIND, typename acc_t>
 inline acc_t act_bwd(acc_t dy, acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
   if (KIND == kActNone) return dy;
-  if (KIND == kActRelu) return z > acc_t(0) ? dy : acc_t(0);
-  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
+  if (KIND == kActRelu) return z <= acc_t(0) ? acc_t(0) : dy;
+  const acc_t y = (z < acc_t(0) ? z * leak : z) - sub;
   const acc_t d = z > acc_t(0) ? dy : dy * leak;
-  return y <= maxv ? d : acc_t(0);
+  const bool stop = (y > maxv) | ((y != y) & (maxv - maxv == acc_t(0)));
+  return stop ? acc_t(0) : d;
 }
 
 // One contiguous run: out[i] = act(in[i] + bias), z[i] = in[i] + bias (if z).

@@ -38,6 +38,30 @@ Padding ``"same"``/``"valid"`` and ``padding_mode`` other than zeros are resolve
 (channels_last in, channels_last out, like torch). fp32/fp64 accumulate in their own precision, fp16/bf16
 in fp32. fp32 is exact fp32 everywhere (no TF32) unless ``PYDL_CONV_TF32=1`` / ``ALLOW_TF32 = True`` is set,
 which lets the GPU backends use TF32 tensor cores (10-bit mantissa inputs: ~1e-3 relative error).
+
+**Second derivatives.** ``pydl::conv2d_backward`` has its own autograd (derived next to
+``_double_backward``), built from conv2d and conv2d_backward themselves, so gradient penalties,
+Hessian-vector products and gradgradcheck work on every backend, to any order.
+
+**Non-finite values** behave as in torch: NaN in, NaN out (the fused relu does not turn NaN into 0, nor the
+clamp into maxv); at a NaN pre-activation relu's gradient passes and a clamp's stops, as torch's formulas.
+
+**Where pydl differs from torch.nn.functional.conv2d, deliberately** (everything else gives torch's answer):
+
+* dtypes: float16, bfloat16, float32 and float64 only (torch also convolves complex tensors): TypeError.
+* argument errors are ValueError/TypeError naming the argument (torch: RuntimeError, or its argument
+  parser's signature list); the refused set is torch's: a float or bool stride/padding/dilation/groups, a
+  non-positive stride/dilation/groups, negative padding, a kernel larger than the padded input,
+  padding='same' with a stride, an empty weight (0 out channels or a 0 kernel size).
+* An input with 0 channels returns torch's result, an empty (N, 0, Ho, Wo) tensor (not N x Cout of bias),
+  with zero gradients; the bias gradient is zeros. Not a divergence, but surprising: written here.
+* The op itself (``torch.ops.pydl.conv2d``) takes symmetric zero padding only; the public function resolves
+  "same"/"valid" and padding_mode before it, as torch.nn.Conv2d does.
+* The triton backend on CPU tensors runs in Triton's interpreter (tests and learning), which converts
+  bfloat16 subnormal values to and from float32 wrongly (it also truncates instead of rounding when it
+  narrows fp32 to bf16: a 1-ulp difference). A GPU does both conversions in hardware, correctly.
+* With ``PYDL_CONV_TF32=1`` fp32 convolutions on a GPU round their inputs to TF32 (torch's
+  ``allow_tf32`` flag is not consulted: pydl's switch is its own).
 """
 from __future__ import annotations
 
@@ -159,7 +183,7 @@ def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
     _activation.check_act(act, leak, sub, maxv, "conv2d")
     ho, wo = conv2d_output_size(H, W, kh, kw, stride, padding, dilation)
     if ho < 1 or wo < 1:
-        raise ValueError(f"pydl.conv2d: kernel size ({kh}, {kw}) with dilation {list(dilation)} is larger than the "
+        raise ValueError(f"pydl.conv2d: the weight's kernel size ({kh}, {kw}) with dilation {list(dilation)} is larger than the "
                          f"padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]})")
     return ho, wo
 
@@ -462,6 +486,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     GeneralRelu). ``x`` is (N, C, H, W) or unbatched (C, H, W). ``backend``: reference, cpu, cuda, triton, auto
     (default: the current :func:`pydl.backend`)."""
     name = backends.get_backend() if backend is None else backend
+    if not isinstance(name, str):
+        raise TypeError(f"pydl.conv2d: backend must be one of {backends.NAMES} or None, got {name!r}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pydl.conv2d: x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(weight, torch.Tensor):
