@@ -525,8 +525,8 @@ def test_int_likes_are_accepted_like_torch():
     torch.testing.assert_close(got, F.conv2d(x, w, stride=2, padding=1, groups=2))
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_zero_input_channels_matches_torch(cpu_backend, groups):
+@pytest.mark.parametrize("groups, act", [(1, "relu"), (2, "general_relu")])  # general_relu: z is saved too
+def test_zero_input_channels_matches_torch(cpu_backend, groups, act):
     """F.conv2d's answer for an input with no channels is an empty (N, 0, Ho, Wo) output, zero gradients and
     a zero bias gradient: every backend, the fake and the compiled ops give the same."""
     require_backend(cpu_backend, "cpu", OP)
@@ -534,8 +534,8 @@ def test_zero_input_channels_matches_torch(cpu_backend, groups):
     w = torch.randn(4, 0, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     kw = dict(stride=(2, 1), padding=1, groups=groups)
-    y = pydl.conv2d(x, w, b, act="relu", backend=cpu_backend, **kw)
-    want = F.relu(F.conv2d(x, w, b, **kw))
+    y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=cpu_backend, **kw)
+    want = torch_act(F.conv2d(x, w, b, **kw), act)
     assert y.shape == want.shape == (2, 0, 3, 8)
     got_g = torch.autograd.grad(y.sum(), (x, w, b))
     want_g = torch.autograd.grad(want.sum(), (x, w, b))
@@ -543,12 +543,12 @@ def test_zero_input_channels_matches_torch(cpu_backend, groups):
         assert g.shape == e.shape
         torch.testing.assert_close(g, e)
     torch.library.opcheck(torch.ops.pydl.conv2d.default, (x.detach(), w.detach(), b.detach(), [2, 1], [1, 1], [1, 1],
-                                                          groups, "none", 0.0, 0.0, math.inf, False, cpu_backend))
+                                                          groups, act, 0.1, 0.4, 1.5, True, cpu_backend))
     if cpu_backend == "cpu":
-        a = ([2, 1], [1, 1], [1, 1], groups, "none", 0.0, 0.0, math.inf)
-        y2, _ = torch.ops.pydl_cpu.conv2d(x.detach(), w.detach(), b.detach(), *a, False)
-        assert y2.shape == want.shape
-        gx, gw, gb = torch.ops.pydl_cpu.conv2d_backward(torch.ones_like(y2), x.detach(), w.detach(), None, *a,
+        a = ([2, 1], [1, 1], [1, 1], groups, act, 0.1, 0.4, 1.5)
+        y2, z2 = torch.ops.pydl_cpu.conv2d(x.detach(), w.detach(), b.detach(), *a, True)
+        assert y2.shape == want.shape and z2.shape == (want.shape if act == "general_relu" else (0,))
+        gx, gw, gb = torch.ops.pydl_cpu.conv2d_backward(torch.ones_like(y2), x.detach(), w.detach(), y2, *a,
                                                        [True, True, True])
         assert gx.shape == x.shape and gw.shape == w.shape and torch.equal(gb, torch.zeros_like(b))
 

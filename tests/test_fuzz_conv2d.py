@@ -182,6 +182,26 @@ def valid_case(rng, backend, tiny=False):
           atol=atol, by_design=by_design)
 
 
+def zero_channel_case(rng, backend):
+    """An input with 0 channels: torch returns an empty (N, 0, Ho, Wo) output and zero gradients."""
+    groups = rng.choice([1, 2])
+    co, kh, kw = groups * rng.choice([1, 2]), rng.randint(1, 3), rng.randint(1, 3)
+    n, h, w_ = rng.choice([0, 1, 2]), rng.randint(3, 5), rng.randint(3, 5)
+    dtype = rng.choice(DTYPES)
+    kw_ = dict(stride=rng.choice([1, 2]), padding=rng.randint(0, 1), groups=groups)
+    args = (torch.randn(n, 0, h, w_).to(dtype), torch.randn(co, 0, kh, kw).to(dtype), torch.randn(co).to(dtype))
+    act = rng.choice(["none", "relu", "general_relu"])
+
+    def grads(conv):
+        leaves = [t.detach().clone().requires_grad_(True) for t in args]
+        y = conv(*leaves)
+        return (y.detach(),) + torch.autograd.grad(y.sum(), leaves)
+
+    check(TALLY[backend], f"{backend} 0 input channels {dtype} act={act} N={n} groups={groups}",
+          lambda: grads(lambda x, w, b: pydl.conv2d(x, w, b, act=act, backend=backend, **ACT, **kw_)),
+          lambda: grads(lambda x, w, b: torch_act(F.conv2d(x, w, b, **kw_), act)))
+
+
 TALLY = {}
 
 
@@ -193,6 +213,8 @@ def test_fuzz_valid(backend, n):
     torch.manual_seed(1234)
     for _ in range(n):
         valid_case(rng, backend, tiny=backend == "triton")
+    for _ in range(3 if backend == "triton" else 8):
+        zero_channel_case(rng, backend)
     tally.assert_clean(f"conv2d valid [{backend}]")
 
 

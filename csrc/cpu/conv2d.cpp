@@ -533,7 +533,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
     const auto out = conv2d_out_shape(x_in, w, stride, padding, dilation);
     const auto fmt = (!x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast))
                          ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    return {at::empty(out, x_in.options().memory_format(fmt)), at::empty({0}, x_in.options())};
+    const at::Tensor y = at::empty(out, x_in.options().memory_format(fmt));
+    return {y, save_preact && act.kind == kActGeneralRelu ? at::empty_like(y) : at::empty({0}, x_in.options())};
   }
   Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

@@ -67,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cuda(const at::Tensor& x, const at::Te
   const int code = act_code(act);
   if (x.size(1) == 0) {  // torch's answer for an input without channels: an empty (N, 0, Ho, Wo) output
     const auto out = conv2d_out_shape(x, w_in, stride, padding, dilation);
-    return {at::empty(out, x.options().memory_format(out_format(x))), at::empty({0}, x.options())};
+    const at::Tensor y = at::empty(out, x.options().memory_format(out_format(x)));
+    return {y, save_preact && code == kActGeneralRelu ? at::empty_like(y) : at::empty({0}, x.options())};
   }
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w = w_in.contiguous();

@@ -294,16 +294,17 @@ def out_channels(x: torch.Tensor, w: torch.Tensor) -> int:
     return w.shape[0] if x.shape[1] > 0 else 0
 
 
-def _empty_input_outputs(x, w, ho, wo):
-    """The forward's (y, z) for an input with 0 channels (see out_channels)."""
-    fmt = out_memory_format(x)
-    return x.new_empty((x.shape[0], 0, ho, wo)).contiguous(memory_format=fmt), x.new_empty((0,))
+def _empty_input_outputs(x, ho, wo, keep_z):
+    """The forward's (y, z) for an input with 0 channels (see out_channels); z is y-shaped when it is kept,
+    as for any other input (the backward checks its shape)."""
+    y = x.new_empty((x.shape[0], 0, ho, wo)).contiguous(memory_format=out_memory_format(x))
+    return y, (torch.empty_like(y) if keep_z else x.new_empty((0,)))
 
 
 def _kernel(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, backend):
     ho, wo = check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
     if x.shape[1] == 0:
-        return _empty_input_outputs(x, w, ho, wo)
+        return _empty_input_outputs(x, ho, wo, act == "general_relu" and save_preact)
     return OP(backend, x.device.type, x, w, b, list(stride), list(padding), list(dilation), groups, act,
               leak, sub, maxv, save_preact)
 
@@ -350,7 +351,7 @@ for _key in ("CPU", "CUDA"):
 def _fake(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, backend):
     ho, wo = check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
     if x.shape[1] == 0:
-        return _empty_input_outputs(x, w, ho, wo)
+        return _empty_input_outputs(x, ho, wo, act == "general_relu" and save_preact)
     fmt = out_memory_format(x)
     y = x.new_empty((x.shape[0], w.shape[0], ho, wo)).contiguous(memory_format=fmt)
     z = torch.empty_like(y) if (act == "general_relu" and save_preact) else x.new_empty((0,))
@@ -372,7 +373,7 @@ def _setup_context(ctx, inputs, output):
     # What the activation's backward reads in place of z: nothing (none), y (relu: y > 0 <=> z > 0), or z.
     if act == "relu":
         saved = y
-    elif act == "general_relu" and z.numel() == y.numel():
+    elif act == "general_relu" and z.shape == y.shape:
         saved = z
     else:
         saved = None
