@@ -255,14 +255,18 @@ def test_gradcheck(cpu_backend, act):
 # (incl. depthwise) and channels_last; acts and bias on/off rotate over them. maxv = 3 clamps somewhere while
 # no seeded z lies within gradgradcheck's eps of a kink.
 _GG_CASES = [
-    (dict(N=1, C=2, H=4, W=3, Co=3, kh=2, kw=2, stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1), "none", True),
-    (dict(N=1, C=4, H=3, W=3, Co=2, kh=2, kw=1, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2), "relu", False),
+    (dict(N=1, C=2, H=4, W=3, Co=3, kh=2, kw=2, stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1),
+     "none", True),
+    (dict(N=1, C=4, H=3, W=3, Co=2, kh=2, kw=1, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2),
+     "relu", False),
     (dict(N=1, C=2, H=3, W=3, Co=2, kh=3, kw=3, stride=(1, 2), padding=(1, 1), dilation=(1, 1), groups=2,
           cl=True), "general_relu", True),
     (dict(N=1, C=2, H=3, W=4, Co=2, kh=2, kw=2, stride=(1, 1), padding=(0, 1), dilation=(1, 2), groups=1),
      "general_relu", False),
-    (dict(N=2, C=3, H=3, W=2, Co=3, kh=2, kw=2, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=3), "relu", True),
-    (dict(N=1, C=2, H=2, W=3, Co=2, kh=3, kw=2, stride=(1, 1), padding=(1, 0), dilation=(1, 1), groups=1), "none", False),
+    (dict(N=2, C=3, H=3, W=2, Co=3, kh=2, kw=2, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=3),
+     "relu", True),
+    (dict(N=1, C=2, H=2, W=3, Co=2, kh=3, kw=2, stride=(1, 1), padding=(1, 0), dilation=(1, 1), groups=1),
+     "none", False),
 ]
 
 
@@ -496,7 +500,7 @@ def test_triton_block_sizes(poison):
     (dict(stride=(1, 2, 3)), ValueError, "stride must be an int or a pair of ints, got 3 entries"),
     (dict(stride=(1, True)), TypeError, "stride must be an int or a pair"),
     (dict(dilation="2"), TypeError, "dilation must be an int or a pair"),
-    (dict(padding=1.0), TypeError, "padding must be an int or a pair"),
+    (dict(padding=1.0), TypeError, "padding must be an int, a pair of ints, 'same' or 'valid'"),
     (dict(padding=(-1, 0), padding_mode="reflect"), ValueError, "padding must be >= 0"),
     (dict(padding_mode=None), ValueError, "padding_mode must be"),
     (dict(b=[0.0, 1.0, 2.0, 3.0]), TypeError, "bias must be a torch.Tensor or None, got list"),

@@ -117,10 +117,9 @@ def _int(v, name: str, accepted: str) -> int:
     return int(v)
 
 
-def _pair(v, name: str):
+def _pair(v, name: str, accepted: str = "an int or a pair of ints"):
     """stride / padding / dilation as [a, b]: an int is used for both dimensions, so is a 1-element sequence
     (as F.conv2d allows)."""
-    accepted = "an int or a pair of ints"
     if isinstance(v, (str, bytes)) or not isinstance(v, (numbers.Integral, Sequence)):
         raise TypeError(f"pydl.conv2d: {name} must be {accepted}, got {v!r} ({type(v).__name__})")
     if not isinstance(v, Sequence):
@@ -183,8 +182,8 @@ def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
     _activation.check_act(act, leak, sub, maxv, "conv2d")
     ho, wo = conv2d_output_size(H, W, kh, kw, stride, padding, dilation)
     if ho < 1 or wo < 1:
-        raise ValueError(f"pydl.conv2d: the weight's kernel size ({kh}, {kw}) with dilation {list(dilation)} is larger than the "
-                         f"padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]})")
+        raise ValueError(f"pydl.conv2d: the weight's kernel size ({kh}, {kw}) with dilation {list(dilation)} is "
+                         f"larger than the padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]})")
     return ho, wo
 
 
@@ -522,7 +521,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         else:
             raise ValueError(f"pydl.conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
     else:
-        p = _pair(padding, "padding")
+        p = _pair(padding, "padding", "an int, a pair of ints, 'same' or 'valid'")
         pads = [p[0], p[0], p[1], p[1]]
     # before F.pad below reads them: a negative pad would crop there instead of being refused
     _check_ranges(stride, pads, dilation)
