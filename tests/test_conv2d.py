@@ -257,13 +257,13 @@ def test_gradcheck(cpu_backend, act):
 _GG_CASES = [
     (dict(N=1, C=2, H=4, W=3, Co=3, kh=2, kw=2, stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1),
      "none", True),
-    (dict(N=1, C=4, H=3, W=3, Co=2, kh=2, kw=1, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2),
+    (dict(N=1, C=4, H=3, W=2, Co=2, kh=2, kw=1, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2),
      "relu", False),
     (dict(N=1, C=2, H=3, W=3, Co=2, kh=3, kw=3, stride=(1, 2), padding=(1, 1), dilation=(1, 1), groups=2,
           cl=True), "general_relu", True),
     (dict(N=1, C=2, H=3, W=4, Co=2, kh=2, kw=2, stride=(1, 1), padding=(0, 1), dilation=(1, 2), groups=1),
      "general_relu", False),
-    (dict(N=2, C=3, H=3, W=2, Co=3, kh=2, kw=2, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=3),
+    (dict(N=1, C=3, H=3, W=2, Co=3, kh=2, kw=2, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=3),
      "relu", True),
     (dict(N=1, C=2, H=2, W=3, Co=2, kh=3, kw=2, stride=(1, 1), padding=(1, 0), dilation=(1, 1), groups=1),
      "none", False),
@@ -285,9 +285,11 @@ def test_gradgradcheck(cpu_backend, case):
                     "dilation and channels_last")
     x, w, b = make_inputs(c, bias=bias, requires_grad=True)
     inputs = (x, w) if b is None else (x, w, b)
-    # fast mode (random projections: two evaluations per input instead of two per element) on the interpreter
+    # Full mode (every element) on the compiled backend; fast mode (random projections: two evaluations per
+    # input instead of two per element) elsewhere -- the double-backward formulas are the same Python code for
+    # every backend, so the full check of one plus a projected check of the others keeps the suite fast.
     assert torch.autograd.gradgradcheck(_gg_fn(c, act, cpu_backend), inputs, eps=1e-6, atol=1e-6,
-                                        fast_mode=cpu_backend == "triton")
+                                        fast_mode=cpu_backend != "cpu")
 
 
 @pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
