@@ -237,22 +237,42 @@ def test_interpreted_launches_from_threads():
         torch.testing.assert_close(g.mean, w.mean, rtol=1e-5, atol=1e-6)
 
 
-def _representatives(launches):
-    """The launches worth a compile each. Launches that differ only in which arguments are divisible by 16 are
-    the same program up to alignment hints (vector width): those decide no type, no constexpr branch and no
-    tile size. Of each such family, the one with the most hints and the one with the fewest are compiled --
-    the widest and the narrowest memory accesses a GPU would build. PYDL_TRITON_COMPILE_ALL=1 compiles every
-    recorded variant instead (several times longer)."""
+def _elem_bits(launch):
+    return max([int("".join(c for c in t if c.isdigit()) or 8) for _, t in launch.signature if t.startswith("*")]
+               or [0])
+
+
+def _features(launch, arch):
+    """What one launch exercises on ``arch``. For sm_90: each argument's type (pointer dtype, i32/i64, constexpr)
+    and constexpr value, each argument's divisibility hint, and the tile (BLOCK* constexprs with num_warps and
+    num_stages). The frontend, where a type or a constexpr breaks a kernel, does not depend on the arch, so
+    sm_80 only adds what does: each tile (shared memory: 163 KB there) and each set of pointer dtypes (the
+    tensor-core instructions differ)."""
+    names = [n for n, _ in launch.signature]
+    const = {names[p[0]]: repr(v) for p, v in launch.constexprs}
+    tile = ("tile", tuple(sorted((n, v) for n, v in const.items() if n.startswith("BLOCK"))), launch.options)
+    feats = {tile, ("dtypes", tuple(t for _, t in launch.signature if t.startswith("*")))}
+    if arch == 90:
+        div = _divisible(launch)
+        feats |= {("arg", n, t, const.get(n)) for n, t in launch.signature}
+        feats |= {("div", n, n in div) for n, t in launch.signature if t != "constexpr"}
+    return {(launch.name,) + f for f in feats}
+
+
+def _representatives(launches, arch):
+    """The launches worth a compile for ``arch``: a greedy cover of every feature (see _features) that any
+    recorded launch has. A compile failure is a property of a type, a constexpr value or a tile, so a launch
+    that adds none of them repeats a program already compiled, up to argument values that never reach the
+    compiler. Widest element types go first, so each tile is compiled with the dtype that needs the most
+    shared memory. PYDL_TRITON_COMPILE_ALL=1 compiles every recorded launch instead (many minutes)."""
     if os.environ.get("PYDL_TRITON_COMPILE_ALL") == "1":
         return list(launches)
-    families = {}
-    for la in launches:
-        key = (id(la.kernel), la.signature, tuple((p, repr(v)) for p, v in la.constexprs), la.options, la.error)
-        families.setdefault(key, []).append(la)
-    out = []
-    for fam in families.values():
-        fam.sort(key=lambda la: (len(_divisible(la)), la.describe()))
-        out += [fam[0]] + ([fam[-1]] if len(fam) > 1 else [])
+    seen, out = set(), []
+    for la in sorted(launches, key=lambda la: (-_elem_bits(la), la.describe())):
+        new = {("error", la.name, la.error)} if la.error else _features(la, arch)
+        if not new <= seen:
+            seen |= new
+            out.append(la)
     return out
 
 
@@ -266,8 +286,7 @@ def test_every_recorded_launch_compiles(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path_factory.mktemp("triton-cache")))
     recorded = _jit.recorded_launches()
     assert recorded, "no interpreted launch was recorded (is the recorder wired into kernels/_jit.py?)"
-    launches = sorted(_representatives(recorded), key=lambda la: la.describe())
-    jobs = [(la, arch) for la in launches for arch in ARCHS]
+    jobs = [(la, arch) for arch in ARCHS for la in _representatives(recorded, arch)]
     t0 = time.perf_counter()
 
     def compile_one(job):
@@ -281,7 +300,8 @@ def test_every_recorded_launch_compiles(tmp_path_factory, monkeypatch):
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         failures = [f for f in pool.map(compile_one, jobs) if f]
-    kernels = sorted({la.name for la in launches})
-    print(f"compiled {len(launches)} of {len(recorded)} recorded launches ({len(kernels)} kernels) x "
-          f"{len(ARCHS)} targets in {time.perf_counter() - t0:.0f} s")
+    kernels = sorted({la.name for la in recorded})
+    print(f"{len(recorded)} recorded launches of {len(kernels)} kernels: {len(jobs)} compiles "
+          f"({', '.join(f'sm_{a}: {sum(1 for _, b in jobs if b == a)}' for a in ARCHS)}) in "
+          f"{time.perf_counter() - t0:.0f} s")
     assert not failures, f"{len(failures)} GPU compiles failed:\n" + "\n".join(failures)
