@@ -19,7 +19,14 @@ CPU_BACKENDS = ("reference", "cpu", "triton")
 SENTINEL = -123456789
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton_compile_last: runs after every other test of the session "
+                                       "(compiles the Triton launches they recorded; see kernels/_jit.py)")
+
+
 def pytest_collection_modifyitems(config, items):
+    # the GPU compile of recorded Triton launches needs every interpreted launch of the session before it
+    items.sort(key=lambda item: "triton_compile_last" in item.keywords)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run scripts/gpu_check.sh on a GPU machine)")
@@ -48,6 +55,20 @@ def cpu_backend(request):
 @pytest.fixture(params=("cuda", "triton"))
 def gpu_backend(request):
     return request.param
+
+
+@pytest.fixture
+def exact_fp32():
+    """TF32 off in torch's cuDNN (convolutions, RNNs) and cuBLAS matmuls for one test, restored after. GPU tests
+    that compare pydl's exact fp32 with torch's own GPU result need torch exact too: cuDNN uses TF32 by default
+    on Ampere and later (10-bit mantissa, ~1e-3 relative error), far outside an fp32 tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture

@@ -851,7 +851,7 @@ def test_gpu_big_index_math():
 
 
 @pytest.mark.gpu
-def test_gpu_opcheck_and_compile(gpu_backend):
+def test_gpu_opcheck_and_compile(gpu_backend, exact_fp32):
     require_backend(gpu_backend, "cuda", OP)
     x = torch.randn(2, 4, 9, 8, device="cuda")
     w = torch.randn(6, 2, 3, 3, device="cuda")
