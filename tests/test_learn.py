@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pydl import _emu
 from pydl.learn import checker, course, cuda
 from pydl.learn.course import MarkerError, solution_text, split_regions, starter_text
 from pydl.learn.harness import GUARD, compare, guard_report, guarded_like
@@ -387,7 +388,7 @@ def test_emulation_reports_deadlock_and_bad_launch(tmp_path):
 def test_emulation_rewrite_keeps_lines_and_skips_comments():
     src = "// launch with kernel<<<blocks, threads>>>(x)\n__global__ void k(float* p) {\n  __shared__ float a[4][8];\n" \
           "  extern __shared__ int d[];\n}\nvoid f(){ k<<<dim3(1, 2), 32, 16>>>(p); }\n"
-    out = cuda.emu_source(src, "x.cu")
+    out = _emu.rewrite(src, "x.cu")
     assert out.count("\n") == src.count("\n") + 1  # + the #line directive
     assert "pydl_emu::Launcher(dim3(1, 2), 32, 16).bind(k)(p)" in out
     assert "auto& a = pydl_emu::shared<float[4][8]>" in out
@@ -573,7 +574,7 @@ def test_emulation_primitives_behave_like_cuda(tmp_path, seed):
 
     src = tmp_path / "prims.cu"
     src.write_text(EMU_SELFTEST)
-    (tmp_path / "prims.cpp").write_text(cuda.emu_source(EMU_SELFTEST, str(src)))
+    (tmp_path / "prims.cpp").write_text(_emu.rewrite(EMU_SELFTEST, str(src)))
     exe = tmp_path / "prims"
     subprocess.run([cuda.find_cxx(), "-std=c++17", "-w", "-I", str(cuda.EMU_INCLUDE), "-I", str(course.COMMON),
                     "-include", str(cuda.EMU_HEADER), str(tmp_path / "prims.cpp"), "-o", str(exe)], check=True)

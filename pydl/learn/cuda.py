@@ -1,5 +1,5 @@
 """The CUDA C++ track's checker: compile the learner's ``.cu`` for the GPU (nvcc) and as plain C++ against
-the CPU emulation of the CUDA execution model (g++ + exercises/_common/pydl_cuda_emu.h), run the test cases,
+the CPU emulation of the CUDA execution model (g++ + csrc/emu/cuda_emu.h, see :mod:`pydl._emu`), run the test cases,
 compare.
 
 Each exercise's launcher is a plain host function (``void vector_add(const float* x, ..., int block)``)
@@ -21,12 +21,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import _emu
 from . import course
 from .harness import GUARD, Case, compare, guard_report, poison_np, poison_value
 
-EMU_HEADER = course.COMMON / "pydl_cuda_emu.h"
 IO_HEADER = course.COMMON / "pydl_learn_io.h"
-EMU_INCLUDE = course.COMMON / "emu_include"
+# the project's one CUDA emulator (csrc/emu/), shared with the emulated build of pydl's own kernels
+EMU_HEADER = Path(_emu.HEADER)
+EMU_INCLUDE = Path(_emu.INCLUDE_DIR)
 
 _CTYPES = {"float": (np.float32, torch.float32), "int": (np.int32, torch.int32),
            "unsigned int": (np.uint32, torch.int32), "unsigned": (np.uint32, torch.int32),
@@ -56,39 +58,6 @@ def find_cxx() -> Optional[str]:
 
 def gpu_present() -> bool:
     return torch.cuda.is_available()
-
-
-# --------------------------------------------------------------------------------------------------
-# Source rewriting for the emulation (line numbers are preserved)
-# --------------------------------------------------------------------------------------------------
-
-_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:\s*<[^<>;(){}]*>)?)\s*<<<([^;{}]*?)>>>\s*\(")
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"", re.S)
-_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s*)?([\w:<>\s\*]+?)\s+(\w+)\s*\[\s*\]\s*;")
-_SHARED = re.compile(r"__shared__\s+(?:__align__\(\d+\)\s*)?([\w:<>\s]+?)\s+(\w+)\s*((?:\[[^\];]+\]\s*)*);")
-
-
-def emu_source(src: str, filename: str) -> str:
-    """The learner's CUDA source rewritten so g++ can compile it against pydl_cuda_emu.h."""
-    key = [0]
-
-    def launch(m):
-        return f"pydl_emu::Launcher({m.group(2)}).bind({m.group(1)})("
-
-    def ext(m):
-        return f"{m.group(1)}* {m.group(2)} = pydl_emu::dynamic_shared<{m.group(1)}>();"
-
-    def shared(m):
-        key[0] += 1
-        dims = re.sub(r"\s+", "", m.group(3))
-        return f"auto& {m.group(2)} = pydl_emu::shared<{m.group(1)}{dims}>({key[0]}L);"
-
-    # comments go (newlines kept, so line numbers stay): a `<<<...>>>` in a comment is not a launch
-    src = _COMMENT.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "\n" * m.group(0).count("\n"), src)
-    out = _LAUNCH.sub(launch, src)
-    out = _EXTERN_SHARED.sub(ext, out)
-    out = _SHARED.sub(shared, out)
-    return f'#line 1 "{filename}"\n' + out
 
 
 def _parse_signature(sig: List[Tuple[str, str]]):
@@ -144,7 +113,7 @@ def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: fl
         cxx = find_cxx()
         if not cxx:
             return False, "no C++ compiler (install g++: `apt install g++`, or Xcode command line tools)", None
-        src = emu_source(learner.read_text(), str(learner))
+        src = _emu.rewrite(learner.read_text(), str(learner))
         (work / "learner_emu.cu.inc").write_text(src)
         (work / "harness_emu.cpp").write_text(harness_source(ex, str(work / "learner_emu.cu.inc")))
         exe = work / "harness_emu"
@@ -167,7 +136,7 @@ def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: fl
     if r.returncode != 0:
         return False, _compile_errors(r.stderr + r.stdout), None
     if mode == "emu":
-        return True, f"{os.path.basename(cmd[0])} -std=c++17 with pydl_cuda_emu.h", exe
+        return True, f"{os.path.basename(cmd[0])} -std=c++17 with the emulator (csrc/emu/cuda_emu.h)", exe
     return True, f"nvcc {arch[len('-arch='):]}" + ("" if gpu_present() else " (no GPU here: compiled, not run)"), exe
 
 

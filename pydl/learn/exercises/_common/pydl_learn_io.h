@@ -1,5 +1,5 @@
 // Test-case I/O for the CUDA exercises' checker (pydl/learn/cuda.py). The same code runs on a GPU (real
-// cudaMalloc/cudaMemcpy) and in the CPU emulation (pydl_cuda_emu.h provides those functions).
+// cudaMalloc/cudaMemcpy) and in the CPU emulation (csrc/emu/cuda_emu.h provides those functions).
 //
 // A case is a folder: one raw binary file per array argument (the whole guarded buffer: PYDL_GUARD poisoned
 // elements, the data, PYDL_GUARD more) and scalars.txt with "name value" lines. The learner's launcher gets

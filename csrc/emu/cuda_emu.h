@@ -1,4 +1,4 @@
-// pydl_cuda_emu.h -- run a CUDA kernel's source as plain C++ on the CPU, to check its *logic* without a GPU.
+// cuda_emu.h -- run a CUDA kernel's source as plain C++ on the CPU, to check its *logic* without a GPU.
 //
 // How the CUDA execution model is emulated:
 //   * a launch runs every block of the grid, one block at a time, in a shuffled order (CUDA promises no
