@@ -64,6 +64,14 @@ struct Case {
     std::fclose(f);
     check(cudaMalloc(reinterpret_cast<void**>(&a.dev), a.host.size() * sizeof(T)), "cudaMalloc");
     check(cudaMemcpy(a.dev, a.host.data(), a.host.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+#ifdef PYDL_CUDA_EMU
+    // For the emulator's memcheck the learner's buffer is the elements between the guards: a kernel that
+    // touches a guard is reported with its source line, not only noticed afterwards by the poison.
+    if (a.host.size() > 2 * size_t(PYDL_GUARD)) {
+      pydl_emu::untrack(a.dev);
+      pydl_emu::track(a.ptr(), (a.host.size() - 2 * size_t(PYDL_GUARD)) * sizeof(T), name);
+    }
+#endif
     return a;
   }
 
