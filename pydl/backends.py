@@ -9,6 +9,7 @@ backend         runs on                                written in
 ``cpu``         CPU tensors                            C++ (csrc/cpu/<op>.cpp)
 ``cuda``        CUDA tensors                           CUDA C++ (csrc/cuda/<op>.cu)
 ``triton``      CUDA tensors; CPU via the interpreter  Triton (kernels/<op>.py)
+``cuda_emu``    CPU tensors                            csrc/cuda/<op>.cu on the CPU emulator of CUDA
 ``auto``        -                                      the fastest usable one (never the interpreter)
 ==============  =====================================  ==========================================
 
@@ -28,7 +29,9 @@ import os
 import warnings
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
-BACKENDS = ("reference", "cpu", "cuda", "triton")
+BACKENDS = ("reference", "cpu", "cuda", "triton", "cuda_emu")
+# cuda_emu runs the CUDA kernels, unchanged, on CPU tensors (csrc/emu/, docs/ARCHITECTURE.md "The CUDA
+# emulator"): slow by design, a checker, never chosen by ``auto``.
 NAMES = BACKENDS + ("auto",)
 
 # What ``auto`` tries, fastest first, per device type. The order comes from benchmarks/ (see README).
@@ -120,8 +123,9 @@ def available(name: str, device_type: str, op: Optional[str] = None) -> Tuple[bo
         return True, "picks the fastest usable backend"
     if name == "triton":
         return triton_status(device_type)
-    if name != device_type:
-        return False, f"the {name} backend runs on {name} tensors, not {device_type} tensors"
+    runs_on = "cpu" if name == "cuda_emu" else name  # the emulated CUDA backend takes CPU tensors
+    if runs_on != device_type:
+        return False, f"the {name} backend runs on {runs_on} tensors, not {device_type} tensors"
     if name == "cuda" and not torch.cuda.is_available():
         return False, "no CUDA GPU is available"
     if op is None:
@@ -167,7 +171,7 @@ class Op:
     def _usable(self, name: str, device_type: str) -> Tuple[bool, str]:
         if name not in self._loaders:
             return False, f"{self.name} has no {name} implementation"
-        return available(name, device_type, self.build_unit if name in ("cpu", "cuda") else None)
+        return available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
 
     def resolve(self, requested: str, device_type: str) -> str:
         key = (requested, device_type)
