@@ -207,11 +207,22 @@ PYDL_EMU_FN const Device& device() {
 enum Check : unsigned { kMemcheck = 1, kRacecheck = 2, kInitcheck = 4, kSynccheck = 8, kAllChecks = 15 };
 
 enum FiberState { kRunnable = 0, kAtBlockBarrier, kAtWarpBarrier, kAtGridBarrier, kDone };
-enum WarpOp { kOpSync = 0, kOpShfl, kOpBallot, kOpMatchAny, kOpMatchAll, kOpReduceAdd, kOpReduceMin,
+enum WarpOp { kOpSync = 0, kOpActive, kOpShfl, kOpBallot, kOpMatchAny, kOpMatchAll, kOpReduceAdd, kOpReduceMin,
               kOpReduceMax, kOpReduceAnd, kOpReduceOr, kOpReduceXor };
+
+// Switching fibers: ucontext's swapcontext saves and restores the signal mask, a system call each way -- the
+// emulator's main cost. With GCC, a fiber is entered once with setcontext and afterwards resumed with
+// __builtin_setjmp/__builtin_longjmp (registers and stack pointer only); other compilers keep swapcontext.
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__aarch64__))
+#define PYDL_EMU_FAST_SWITCH 1
+#else
+#define PYDL_EMU_FAST_SWITCH 0
+#endif
 
 struct Fiber {
   ucontext_t ctx;
+  void* jmp[5];  // where it resumes (fast switch)
+  bool started = false;
   uint3 tid;
   int linear = 0;  // index of the thread in its block
   int block = 0;   // index of its block among the resident ones
@@ -284,6 +295,8 @@ inline bool g_hooks_seen = false;    // a hook has fired: the kernel TU is instr
 inline uint64_t g_rng = 1;
 inline unsigned g_preempt = 16;      // preempt at one tracked access in this many (0: never)
 inline ucontext_t g_sched;
+inline ucontext_t g_ctx_template;    // one getcontext per wave; each fiber's context starts as a copy
+inline void* g_sched_jmp[5];
 inline const char* g_kernel = "";      // the name the launch gave (the rewrite's text of it)
 inline const void* g_kernel_fn = nullptr;
 inline void (*g_body)(void*) = nullptr;
@@ -371,11 +384,19 @@ PYDL_EMU_FN const std::string& last_report() { return st().report; }
 
 // Device memory that kernels may touch: cudaMalloc registers its blocks; a glue that hands host buffers
 // (CPU tensors) to kernels registers them here. memcheck reports any global access outside these ranges.
+inline const std::pair<const uintptr_t, Range>* g_last_range = nullptr;  // the last buffer an access hit
 PYDL_EMU_FN void track(const void* p, size_t bytes, const char* name = "device buffer") {
+  g_last_range = nullptr;
   if (p && bytes) st().tracked[reinterpret_cast<uintptr_t>(p)] = Range{bytes, name ? name : ""};
 }
-PYDL_EMU_FN void untrack(const void* p) { st().tracked.erase(reinterpret_cast<uintptr_t>(p)); }
-PYDL_EMU_FN void untrack_all() { st().tracked.clear(); }
+PYDL_EMU_FN void untrack(const void* p) {
+  g_last_range = nullptr;
+  st().tracked.erase(reinterpret_cast<uintptr_t>(p));
+}
+PYDL_EMU_FN void untrack_all() {
+  g_last_range = nullptr;
+  st().tracked.clear();
+}
 
 // ---- where things are, for reports -------------------------------------------------------------------------
 PYDL_EMU_FN std::string demangle(const char* sym) {
@@ -399,7 +420,13 @@ PYDL_EMU_FN std::string source_line(const void* pc) {
   if (!p) return "";
   char buf[1024];
   std::string line;
-  if (std::fgets(buf, sizeof buf, p)) line = buf;  // the innermost frame: where the access is written
+  // -i lists the inlined frames innermost first: take the first one outside the emulator's own headers (an
+  // access inside __ldg or atomicAdd is reported at the kernel line that called it)
+  while (std::fgets(buf, sizeof buf, p)) {
+    std::string l = buf;
+    if (line.empty() || line.find("csrc/emu/") != std::string::npos) line = l;
+    if (l.find("csrc/emu/") == std::string::npos) break;
+  }
   pclose(p);
   while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
   if (line.empty() || line[0] == '?') return "";
@@ -465,18 +492,37 @@ PYDL_EMU_FN void report(const char* check, const std::string& what, cudaError_t 
   stop_kernel();
 }
 
+#if PYDL_EMU_FAST_SWITCH
+// (__builtin_longjmp may not be called in the function that called the matching __builtin_setjmp: hence these.)
+[[noreturn]] __attribute__((noinline)) PYDL_EMU_NOSAN inline void to_scheduler() { __builtin_longjmp(g_sched_jmp, 1); }
+[[noreturn]] __attribute__((noinline)) PYDL_EMU_NOSAN inline void to_fiber(Fiber* f) {
+  if (!f->started) {
+    f->started = true;
+    setcontext(&f->ctx);  // first entry: onto its own stack, into fiber_entry
+  }
+  __builtin_longjmp(f->jmp, 1);
+}
+#endif
+
 PYDL_EMU_FN void yield_to_scheduler() {
-  const int i = g_current;
-  Fiber& f = g_fibers[i];
+  Fiber& f = g_fibers[g_current];
   f.quiet = g_quiet;
+#if PYDL_EMU_FAST_SWITCH
+  if (__builtin_setjmp(f.jmp) == 0) to_scheduler();
+#else
   swapcontext(&f.ctx, &g_sched);
-  g_quiet = g_fibers[i].quiet;
+#endif
+  g_quiet = g_fibers[g_current].quiet;
 }
 [[noreturn]] PYDL_EMU_FN void stop_kernel() {
   if (g_current < 0) std::abort();  // unreachable: fail() is only called from a fiber
   g_fibers[g_current].state = kDone;
+#if PYDL_EMU_FAST_SWITCH
+  to_scheduler();
+#else
   setcontext(&g_sched);
   std::abort();
+#endif
 }
 
 PYDL_EMU_FN Fiber& me() {
@@ -489,11 +535,20 @@ PYDL_EMU_FN Fiber& me() {
 PYDL_EMU_FN Block& my_block() { return g_blocks[g_fibers[g_current].block]; }
 
 // ---- memory access checks (called by the __tsan_* hooks in cuda_emu_hooks.cpp) ------------------------------
+inline uintptr_t g_shadow_key = ~uintptr_t(0);  // the last page looked up (most accesses hit it again)
+inline Shadow* g_shadow_page = nullptr;
 PYDL_EMU_FN Shadow& shadow_of(uintptr_t a) {
-  State& s = st();
-  ShadowPage& p = s.shadow[a / kPage];
-  if (!p) p.reset(new Shadow[kPage]);
-  return p[a % kPage];
+  if (a / kPage != g_shadow_key) {
+    ShadowPage& p = st().shadow[a / kPage];
+    if (!p) p.reset(new Shadow[kPage]);
+    g_shadow_key = a / kPage;
+    g_shadow_page = p.get();
+  }
+  return g_shadow_page[a % kPage];
+}
+PYDL_EMU_FN void forget_shadow(uintptr_t lo, uintptr_t hi) {  // drop the racecheck history of [lo, hi)
+  for (uintptr_t k = lo / kPage; k < (hi + kPage - 1) / kPage; ++k) st().shadow.erase(k);
+  g_shadow_key = ~uintptr_t(0);
 }
 
 PYDL_EMU_FN bool ordered(const Access& p, const Fiber& cur, int cur_index) {
@@ -508,13 +563,15 @@ PYDL_EMU_FN bool ordered(const Access& p, const Fiber& cur, int cur_index) {
   return false;
 }
 
-PYDL_EMU_FN void race(const char* kind, size_t bytes, const char* space, const std::string& region,
+// `region` names the memory for the report: called only when there is one to write.
+template <typename R>
+PYDL_EMU_FN void race(const char* kind, size_t bytes, const char* space, const R& region,
                       const Access& other, bool other_write, const void* pc, bool write) {
   std::string o = "block " + std::to_string(other.block_linear) + " (linear)";
   if (other.fiber >= 0 && other.fiber < g_nfibers && g_blocks[g_fibers[other.fiber].block].linear == other.block_linear)
     o = who(other.fiber);
   fail("racecheck",
-       std::string(kind) + " hazard on " + space + " memory " + region + ": " + who(g_current) + " " +
+       std::string(kind) + " hazard on " + space + " memory " + region() + ": " + who(g_current) + " " +
            (write ? "writes" : "reads") + " " + std::to_string(bytes) + " byte(s)" + where(pc) + ", and " + o +
            " " + (other_write ? "wrote" : "read") + " the same address" + where(other.pc) + " with no barrier "
            "(__syncthreads / __syncwarp / grid.sync) in between" + (other.atomic ? " (its access was atomic, "
@@ -522,8 +579,9 @@ PYDL_EMU_FN void race(const char* kind, size_t bytes, const char* space, const s
        cudaErrorLaunchFailure);
 }
 
+template <typename R>
 PYDL_EMU_FN void race_check(uintptr_t a, size_t n, bool write, bool atomic, const void* pc, const char* space,
-                            const std::string& region) {
+                            const R& region) {
   Fiber& f = g_fibers[g_current];
   Access cur;
   cur.fiber = g_current;
@@ -589,7 +647,7 @@ PYDL_EMU_FN void on_access_slow(const void* p, size_t n, bool write, bool atomic
                                where(pc) + ": outside every __shared__ array of the block.",
                cudaErrorIllegalAddress);
     }
-    if (c & kRacecheck) race_check(a, n, write, atomic, pc, "shared", shared_region(b, off));
+    if (c & kRacecheck) race_check(a, n, write, atomic, pc, "shared", [&] { return shared_region(b, off); });
     if (!write && !atomic && (c & kInitcheck)) {
       for (size_t i = 0; i < n && off + i < b.arena_size; ++i)
         if (!b.written[off + i])
@@ -603,15 +661,21 @@ PYDL_EMU_FN void on_access_slow(const void* p, size_t n, bool write, bool atomic
   }
   State& s = st();
   // 3. device memory handed to the launch (global memory)
-  auto it = s.tracked.upper_bound(a);
-  if (it != s.tracked.begin()) {
-    --it;
-    if (a >= it->first && a + n <= it->first + it->second.bytes) {
-      if (c & kRacecheck)
-        race_check(a, n, write, atomic, pc, "global",
-                   "`" + it->second.name + "` (byte " + std::to_string(a - it->first) + ")");
-      return;
+  const std::pair<const uintptr_t, Range>* hit = g_last_range;
+  if (!hit || a < hit->first || a + n > hit->first + hit->second.bytes) {
+    hit = nullptr;
+    auto it = s.tracked.upper_bound(a);
+    if (it != s.tracked.begin()) {
+      --it;
+      if (a >= it->first && a + n <= it->first + it->second.bytes) hit = g_last_range = &*it;
     }
+  }
+  if (hit) {
+    if (c & kRacecheck)
+      race_check(a, n, write, atomic, pc, "global", [&] {
+        return "`" + hit->second.name + "` (byte " + std::to_string(a - hit->first) + ")";
+      });
+    return;
   }
   if (!(c & kMemcheck)) return;
   // 4. another block's shared memory, another thread's stack: never reachable on a GPU
@@ -628,7 +692,7 @@ PYDL_EMU_FN void on_access_slow(const void* p, size_t n, bool write, bool atomic
     if (!(a >= sl && a < sl + s.stacks.size())) return;
   }
   std::string near;
-  it = s.tracked.upper_bound(a);
+  auto it = s.tracked.upper_bound(a);
   if (it != s.tracked.begin()) {
     auto prev = std::prev(it);
     if (a >= prev->first && a < prev->first + prev->second.bytes + 4096)
@@ -675,7 +739,10 @@ PYDL_EMU_FN void fiber_entry() {
   g_body(g_body_ctx);
   g_quiet = 1;
   g_fibers[g_current].state = kDone;
-  // returning resumes uc_link: the scheduler
+#if PYDL_EMU_FAST_SWITCH
+  to_scheduler();
+#endif
+  // (swapcontext: returning resumes uc_link, the scheduler)
 }
 
 PYDL_EMU_FN void preempt() {
@@ -802,6 +869,26 @@ PYDL_EMU_FN bool release(bool stuck) {
       for (int l = 0; l < kWarp; ++l) {
         if (!(exist >> l & 1u) || warp[l].state != kAtWarpBarrier) continue;
         const Fiber& f = warp[l];
+        if (f.op == kOpActive) {  // __activemask: once no lane of the warp can run, the lanes waiting here
+          bool blocked = true;
+          unsigned here = 0;
+          for (int k = 0; k < kWarp; ++k) {
+            if (!(exist >> k & 1u)) continue;
+            blocked = blocked && warp[k].state != kRunnable;
+            if (warp[k].state == kAtWarpBarrier && warp[k].op == kOpActive && warp[k].wait_line == f.wait_line &&
+                std::strcmp(warp[k].wait_file, f.wait_file) == 0)
+              here |= 1u << k;
+          }
+          if (!blocked) continue;
+          for (int k = 0; k < kWarp; ++k)
+            if (here >> k & 1u) {
+              warp[k].out = here;
+              warp[k].state = kRunnable;
+              s.ready.push_back(int(&warp[k] - g_fibers));
+            }
+          released = true;
+          continue;
+        }
         const unsigned m = f.mask & exist;  // (with synccheck off, lanes that do not exist are ignored)
         if (!(m >> l & 1u)) {
           report("synccheck", "warp primitive at " + site(f) + " called by " + who(int(&f - g_fibers)) +
@@ -912,12 +999,14 @@ PYDL_EMU_FN bool release(bool stuck) {
 PYDL_EMU_FN void run_wave() {
   State& s = st();
   s.ready.clear();
+  getcontext(&g_ctx_template);
   for (int i = 0; i < g_nfibers; ++i) {
     Fiber& f = g_fibers[i];
     f.state = kRunnable;
     f.quiet = 0;
     f.warp_gen = 0;
-    getcontext(&f.ctx);
+    f.started = false;
+    f.ctx = g_ctx_template;
     f.ctx.uc_stack.ss_sp = f.stack_lo;
     f.ctx.uc_stack.ss_size = kStack;
     f.ctx.uc_link = &g_sched;
@@ -932,7 +1021,11 @@ PYDL_EMU_FN void run_wave() {
       s.ready.pop_back();
       if (g_fibers[i].state != kRunnable) continue;
       g_current = i;
+#if PYDL_EMU_FAST_SWITCH
+      if (__builtin_setjmp(g_sched_jmp) == 0) to_fiber(&g_fibers[i]);
+#else
       swapcontext(&g_sched, &g_fibers[i].ctx);
+#endif
       g_current = -1;
       g_in_hook = false;  // a check that stopped the kernel from inside a hook never returned to clear it
     }
@@ -962,8 +1055,22 @@ PYDL_EMU_FN int occupancy(int threads, size_t smem) {
 
 PYDL_EMU_FN KernelInfo& info(const void* fn) { return st().kernels[fn]; }
 
+// Called after every launch, whichever way it was made (<<<>>>, a deduced template, cudaLaunchKernel,
+// cudaLaunchCooperativeKernel): the kernel's key (its address; for a kernel template launched with deduced
+// arguments, its launch site), the name the launch gave (may be empty), and the launch's result. A coverage
+// log hangs here.
+inline void (*g_launch_observer)(const void* kernel, const char* name, cudaError_t result) = nullptr;
+
+PYDL_EMU_FN cudaError_t launch_checked(const void* fn, const char* name, dim3 grid, dim3 block, size_t smem,
+                                       bool coop, void (*body)(void*), void* ctx);
 // Run a launch: check the configuration as the driver does, then every block.
 PYDL_EMU_FN cudaError_t launch(const void* fn, const char* name, dim3 grid, dim3 block, size_t smem, bool coop,
+                               void (*body)(void*), void* ctx) {
+  const cudaError_t r = launch_checked(fn, name, grid, block, smem, coop, body, ctx);
+  if (g_launch_observer) g_launch_observer(fn, name ? name : "", r);
+  return r;
+}
+PYDL_EMU_FN cudaError_t launch_checked(const void* fn, const char* name, dim3 grid, dim3 block, size_t smem, bool coop,
                                void (*body)(void*), void* ctx) {
   State& s = st();
   if (s.pending != cudaSuccess) return s.last_error = s.pending;  // a faulted context runs nothing more
@@ -1022,11 +1129,13 @@ PYDL_EMU_FN cudaError_t launch(const void* fn, const char* name, dim3 grid, dim3
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[size_t(next_random() % i)]);
   const int per_wave = coop ? int(blocks) : 1;
   const size_t dyn = (smem + 127) / 128 * 128;
-  const size_t arena = dyn + d.smem_default + kRedZoneRoom;  // dynamic first, then up to 48 KB of static arrays
+  // dynamic first, then up to 48 KB of static arrays; whole shadow pages, so forgetting an arena's racecheck
+  // history forgets nothing else
+  const size_t arena = (dyn + d.smem_default + kRedZoneRoom + kPage - 1) / kPage * kPage;
   s.fibers.assign(size_t(threads) * per_wave, Fiber());
   s.blocks.assign(size_t(per_wave), Block());
   if (s.stacks.size() < s.fibers.size() * kStack) s.stacks.assign(s.fibers.size() * kStack, 0);
-  s.arenas.assign(arena * per_wave + 256, 0xFF);
+  s.arenas.assign(arena * per_wave + kPage, 0xFF);
   g_fibers = s.fibers.data();
   g_nfibers = int(s.fibers.size());
   g_blocks = s.blocks.data();
@@ -1041,10 +1150,11 @@ PYDL_EMU_FN cudaError_t launch(const void* fn, const char* name, dim3 grid, dim3
   g_body = body;
   g_body_ctx = ctx;
   s.shadow.clear();
+  g_shadow_key = ~uintptr_t(0);
   const char* pre = std::getenv("PYDL_EMU_PREEMPT");
   g_preempt = pre ? unsigned(std::atoi(pre)) : 16u;
   unsigned char* arena0 = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(s.arenas.data()) + 255) / 256 * 256);
+      (reinterpret_cast<uintptr_t>(s.arenas.data()) + kPage - 1) / kPage * kPage);
   for (int b = 0; b < per_wave; ++b) {
     Block& bk = s.blocks[size_t(b)];
     bk.arena = arena0 + size_t(b) * arena;
@@ -1086,9 +1196,7 @@ PYDL_EMU_FN cudaError_t launch(const void* fn, const char* name, dim3 grid, dim3
         bk.static_bytes = 0;
         bk.bar_gen = 0;
         // forget this arena's racecheck history: another block's accesses are not this block's
-        for (uintptr_t a = reinterpret_cast<uintptr_t>(bk.arena) / kPage;
-             a <= (reinterpret_cast<uintptr_t>(bk.arena) + bk.arena_size) / kPage; ++a)
-          s.shadow.erase(a);
+        forget_shadow(reinterpret_cast<uintptr_t>(bk.arena), reinterpret_cast<uintptr_t>(bk.arena) + bk.arena_size);
       }
     }
     run_wave();
@@ -1333,17 +1441,12 @@ PYDL_EMU_REDUCE(__reduce_and_sync, kOpReduceAnd, unsigned, 0)
 PYDL_EMU_REDUCE(__reduce_or_sync, kOpReduceOr, unsigned, 0)
 PYDL_EMU_REDUCE(__reduce_xor_sync, kOpReduceXor, unsigned, 0)
 #undef PYDL_EMU_REDUCE
-// The lanes of the caller's warp that have not exited (the emulator runs a warp's live lanes as converged).
-PYDL_EMU_FN unsigned __activemask() {
-  pydl_emu::Quiet q;
-  const pydl_emu::Fiber& f = pydl_emu::me();
-  const int w = f.linear / pydl_emu::kWarp;
-  const pydl_emu::Fiber* warp = pydl_emu::g_fibers + pydl_emu::g_blocks[f.block].first + w * pydl_emu::kWarp;
-  const unsigned exist = pydl_emu::existing_lanes(w);
-  unsigned m = 0;
-  for (int l = 0; l < pydl_emu::kWarp; ++l)
-    if ((exist >> l & 1u) && warp[l].state != pydl_emu::kDone) m |= 1u << l;
-  return m;
+// The lanes of the warp that execute this __activemask() together. The emulator has no program counter per
+// warp, so it lets every lane of the warp run until it is blocked (here, at another primitive or barrier, or
+// exited); the lanes waiting here then form the "converged" set -- the lanes of the other side of a branch
+// are not in it, as on a GPU.
+PYDL_EMU_FN unsigned __activemask(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return unsigned(pydl_emu::warp_op(0, pydl_emu::kOpActive, 0, 0, file, line));
 }
 PYDL_EMU_FN int __syncthreads_count(int pred, const char* file, int line);
 
@@ -1430,7 +1533,7 @@ PYDL_EMU_FN unsigned __float_as_uint(float f) { return unsigned(pydl_emu::to_bit
 PYDL_EMU_FN double __longlong_as_double(long long i) { return pydl_emu::from_bits<double>(uint64_t(i)); }
 PYDL_EMU_FN long long __double_as_longlong(double d) { return (long long)pydl_emu::to_bits(d); }
 template <typename T>
-inline T __ldg(const T* p) { return *p; }  // not NOSAN: the load is the kernel's
+__attribute__((always_inline)) inline T __ldg(const T* p) { return *p; }  // not NOSAN: the load is the kernel's
 PYDL_EMU_FN int min(int a, int b) { return a < b ? a : b; }
 PYDL_EMU_FN int max(int a, int b) { return a > b ? a : b; }
 PYDL_EMU_FN unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
@@ -1486,8 +1589,9 @@ PYDL_EMU_FN cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t =
 // cudaGetLastError returns the last error and resets it -- except a kernel fault (a check's finding), which is
 // sticky as on a GPU: every later call reports it and every later launch fails with it, so a launcher that
 // clears a refused launch and falls back (batch norm's one-pass path does) cannot hide a finding. On a GPU the
-// context is then lost for good; the emulator recovers when the glue calls pydl_emu::clear_fault() (or
-// cudaDeviceReset()) after raising the error, so one test's bug does not poison the next.
+// context is then lost for good; the emulator recovers once the fault's text has been read with
+// cudaGetErrorString (which is how every launcher raises it) or after pydl_emu::clear_fault() /
+// cudaDeviceReset(), so one test's bug does not poison the next.
 PYDL_EMU_FN cudaError_t cudaGetLastError() {
   pydl_emu::State& s = pydl_emu::st();
   const cudaError_t e = s.pending != cudaSuccess ? s.pending : s.last_error;
@@ -1546,8 +1650,10 @@ PYDL_EMU_FN const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorNotSupported: return "operation not supported";
   }
   static std::string text;
-  const std::string& r = pydl_emu::st().report;
+  pydl_emu::State& s = pydl_emu::st();
+  const std::string& r = s.report;
   text = r.empty() ? std::string(base) : std::string(base) + " (" + r + ")";
+  if (e == s.pending) s.pending = cudaSuccess;  // the fault has been read out: see cudaGetLastError
   return text.c_str();
 }
 PYDL_EMU_FN cudaError_t cudaGetDevice(int* d) {
@@ -1656,6 +1762,12 @@ PYDL_EMU_FN cudaError_t cudaLaunchCooperativeKernel(const void* fn, dim3 grid, d
   return pydl_emu::launch_erased(fn, grid, block, args, smem, true);
 }
 template <typename... A>
+PYDL_EMU_FN cudaError_t cudaLaunchKernel(void (*k)(A...), dim3 grid, dim3 block, void** args, size_t smem = 0,
+                                         cudaStream_t st = nullptr) {
+  pydl_emu::register_kernel(k);
+  return cudaLaunchKernel(reinterpret_cast<const void*>(k), grid, block, args, smem, st);
+}
+template <typename... A>
 PYDL_EMU_FN cudaError_t cudaLaunchCooperativeKernel(void (*k)(A...), dim3 grid, dim3 block, void** args,
                                                     size_t smem = 0, cudaStream_t st = nullptr) {
   pydl_emu::register_kernel(k);
@@ -1676,17 +1788,39 @@ PYDL_EMU_FN void grid_sync(const char* file, int line) {
 }
 PYDL_EMU_FN bool is_cooperative() { return g_cooperative; }
 }  // namespace pydl_emu
-PYDL_EMU_FN int __syncthreads_count(int pred, const char* file, int line) {
-  // a barrier that also counts: the ballots of every warp, summed after the barrier through shared state
-  pydl_emu::Quiet q;
-  pydl_emu::Fiber& f = pydl_emu::me();
+namespace pydl_emu {
+// A barrier that also counts the live threads whose predicate is true; `live` gets how many took part.
+PYDL_EMU_FN int barrier_count(int pred, int* live, const char* file, int line) {
+  Quiet q;
+  Fiber& f = me();
   f.in = pred ? 1 : 0;
-  pydl_emu::wait(pydl_emu::kAtBlockBarrier, file, line);
-  const pydl_emu::Fiber* fb = pydl_emu::g_fibers + pydl_emu::g_blocks[f.block].first;
-  int n = 0;
-  for (int t = 0; t < pydl_emu::g_threads; ++t) n += fb[t].in != 0;
-  pydl_emu::wait(pydl_emu::kAtBlockBarrier, file, line);  // nobody changes `in` before all have counted
+  wait(kAtBlockBarrier, file, line);
+  const Fiber* fb = g_fibers + g_blocks[g_fibers[g_current].block].first;
+  int n = 0, l = 0;
+  for (int t = 0; t < g_threads; ++t)
+    if (fb[t].state != kDone) {
+      ++l;
+      n += fb[t].in != 0;
+    }
+  wait(kAtBlockBarrier, file, line);  // nobody changes `in` before all have counted
+  if (live) *live = l;
   return n;
+}
+}  // namespace pydl_emu
+PYDL_EMU_FN int __syncthreads_count(int pred, const char* file, int line) {
+  return pydl_emu::barrier_count(pred, nullptr, file, line);
+}
+PYDL_EMU_FN int __syncthreads_and(int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  int live = 0;
+  return pydl_emu::barrier_count(pred, &live, file, line) == live;
+}
+PYDL_EMU_FN int __syncthreads_or(int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return pydl_emu::barrier_count(pred, nullptr, file, line) != 0;
+}
+// A device-side trap or failed assertion ends the kernel with an error, not the host process.
+PYDL_EMU_FN void __trap() {
+  pydl_emu::Quiet q;
+  pydl_emu::fail("trap", "__trap() called by " + pydl_emu::who(pydl_emu::g_current) + ".", cudaErrorLaunchFailure);
 }
 
 // ---- the memory-access hooks -----------------------------------------------------------------------------------
