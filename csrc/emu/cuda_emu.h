@@ -20,12 +20,15 @@
 //     not the caller, lanes of one mask at different primitives, grid.sync() outside a cooperative launch,
 //     deadlocks (with where every thread waits);
 //   * memcheck, racecheck, initcheck need to see the kernel's loads and stores: compile the kernel's
-//     translation unit with `-fsanitize=thread -g` WITHOUT linking libtsan, and link cuda_emu_hooks.cpp
-//     (compiled without the sanitizer) which defines the __tsan_* hooks GCC/Clang then call before every
-//     load and store. Without them those three checks see nothing (pydl_emu::memory_checks_active() says so).
+//     translation unit with `-fsanitize=thread -g` and link WITHOUT libtsan (compile with -c, link without the
+//     flag); the __tsan_* hooks GCC/Clang then call before every load and store are the emulator's, defined
+//     in one unit of the binary (cuda_emu_hooks.cpp, or any unit with PYDL_EMU_DEFINE_HOOKS). Without the flag
+//     those three checks see nothing (pydl_emu::memory_checks_active() says whether any hook fired).
+// A finding is a sticky fault until its report is read with cudaGetErrorString (see cudaGetLastError below).
 //
 // The source rewrite (pydl/_emu.py, line numbers kept) turns the CUDA-only syntax into calls of this header:
 //   kernel<<<grid, block[, smem[, stream]]>>>(args)   ->  pydl_emu::Launcher(grid, block, ...).bind(kernel, "kernel")(args)
+//     (a kernel template whose arguments the launch deduces: .bind_deduced(<generic lambda calling it>, "kernel"))
 //   __shared__ T name[N]...;                           ->  auto& name = pydl_emu::shared<T[N]...>(key, "name");
 //   extern __shared__ T name[];                        ->  T* name = pydl_emu::dynamic_shared<T>("name");
 //
