@@ -18,6 +18,14 @@ import pydl
 from pydl import backends
 
 CPU_BACKENDS = ("reference", "cpu", "triton", "cuda_emu")
+# Backends that run a kernel's program instances / threads one by one on the CPU: tests give them their tiny
+# shapes and fast-mode gradchecks (tests/cuda_emu_cases.py chooses the emulator's shapes by the branches of
+# each launcher instead).
+SLOW_BACKENDS = ("triton", "cuda_emu")
+
+
+def slow(backend: str) -> bool:
+    return backend in SLOW_BACKENDS
 SENTINEL = -123456789
 
 
