@@ -72,7 +72,8 @@ def rewrite(source: str, filename: str) -> str:
 
     def shared(m):
         key[0] += 1
-        dims = re.sub(r"\s+", "", m.group(3))
+        # each extent parenthesised: a `>` in it (`A > B ? A : B`) would otherwise close the template argument list
+        dims = "".join(f"[({d.strip()})]" for d in re.findall(r"\[([^\]]+)\]", m.group(3)))
         return f'auto& {m.group(2)} = pydl_emu::shared<{m.group(1)}{dims}>({key[0]}L, "{m.group(2)}");'
 
     # comments go (newlines kept, so line numbers stay): a `<<<...>>>` in a comment is not a launch

@@ -177,6 +177,16 @@ __global__ void prims(int* out, int* ai, unsigned* au, unsigned long long* aull,
   atomicAdd(aull, 1ull << 33); atomicAdd(af, 0.5f); atomicAdd(ad, 0.25);
 }
 
+// 15. a shared array whose extent holds a `>` (the rewrite keeps it one template argument), aligned as declared
+constexpr int kA = 96, kB = 64;
+__global__ void aligned(int* out) {
+  __shared__ char pad[3];
+  __shared__ __align__(128) unsigned char raw[kA > kB ? kA : kB];
+  if (threadIdx.x < 3) pad[threadIdx.x] = 0;
+  raw[threadIdx.x] = 1;
+  if (threadIdx.x == 0) out[0] = int(reinterpret_cast<uintptr_t>(raw) % 128) + int(sizeof(raw)) * 1000;
+}
+
 namespace {
 template <typename T>
 T* dev(const std::vector<T>& h) {
@@ -379,6 +389,11 @@ int run(const std::string& name) {
     }
     return finish(right, "primitives");
   }
+  if (name == "aligned") {
+    int* d = dev(std::vector<int>(1, -1));
+    aligned<<<1, 96>>>(d);
+    return finish(host(d, 1)[0] == 96000, "128-byte aligned, 96 bytes");
+  }
   if (name == "device") {
     cudaDeviceProp p;
     cudaGetDeviceProperties(&p, 0);
@@ -466,6 +481,11 @@ def test_primitives_give_what_cuda_specifies(emu_bin, seed):
     """Warp primitives under partial masks and width segments, block-wide counting barriers and atomics on int,
     unsigned, unsigned long long, float and double give CUDA's values, whatever the interleaving."""
     rc, out = run(emu_bin, "prims", "fixed", PYDL_EMU_SEED=seed)
+    assert rc == 0 and out.strip() == "ok", out
+
+
+def test_shared_array_extent_with_a_comparison_and_alignment(emu_bin):
+    rc, out = run(emu_bin, "aligned", "fixed")
     assert rc == 0 and out.strip() == "ok", out
 
 

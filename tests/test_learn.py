@@ -410,7 +410,7 @@ def test_emulation_rewrite_keeps_lines_and_skips_comments():
     out = _emu.rewrite(src, "x.cu")
     assert out.count("\n") == src.count("\n") + 1  # + the #line directive
     assert 'pydl_emu::Launcher(dim3(1, 2), 32, 16).bind(k, "k")(p)' in out
-    assert 'auto& a = pydl_emu::shared<float[4][8]>(1L, "a")' in out
+    assert 'auto& a = pydl_emu::shared<float[(4)][(8)]>(1L, "a")' in out
     assert 'int* d = pydl_emu::dynamic_shared<int>("d")' in out
     assert "<<<" not in out
 
