@@ -1860,6 +1860,21 @@ PYDL_EMU_HOOK void __tsan_read_range(void* p, unsigned long n) {
 PYDL_EMU_HOOK void __tsan_write_range(void* p, unsigned long n) {
   pydl_emu::on_access(p, n, true, __builtin_return_address(0));
 }
+// Clang turns memcpy/memset/memmove in instrumented code into these: check both ranges, then do it.
+PYDL_EMU_HOOK void* __tsan_memcpy(void* d, const void* s, unsigned long n) {
+  pydl_emu::on_access(s, n, false, __builtin_return_address(0));
+  pydl_emu::on_access(d, n, true, __builtin_return_address(0));
+  return std::memcpy(d, s, n);
+}
+PYDL_EMU_HOOK void* __tsan_memmove(void* d, const void* s, unsigned long n) {
+  pydl_emu::on_access(s, n, false, __builtin_return_address(0));
+  pydl_emu::on_access(d, n, true, __builtin_return_address(0));
+  return std::memmove(d, s, n);
+}
+PYDL_EMU_HOOK void* __tsan_memset(void* d, int v, unsigned long n) {
+  pydl_emu::on_access(d, n, true, __builtin_return_address(0));
+  return std::memset(d, v, n);
+}
 PYDL_EMU_HOOK void __tsan_func_entry(void*) {}
 PYDL_EMU_HOOK void __tsan_func_exit() {}
 PYDL_EMU_HOOK void __tsan_init() {}
