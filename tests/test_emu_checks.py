@@ -53,7 +53,7 @@ template <bool F>
 __global__ void count_positive(const float* x, unsigned* count, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n && x[i] > 0) {
-    if (F) atomicAdd(count, 1u);
+    if (F) atomicAdd(count, 1u);  // MARK:uninit_global
     else *count += 1;  // MARK:missing_atomic
   }
 }
@@ -233,6 +233,15 @@ int run(const std::string& name) {
     float* dy = dev(std::vector<float>(n, 0.0f));
     copy_tail<F><<<(n + 31) / 32, 32>>>(dx, dy, n);
     return finish(host(dy, n)[n - 1] == 3.0f, "copy");
+  }
+  if (name == "uninit_global") {  // atomics accumulating into a counter nobody zeroed (cudaMalloc does not)
+    const int n = 96;
+    float* dx = dev(std::vector<float>(n, 1.0f));
+    unsigned* dc = nullptr;
+    cudaMalloc(&dc, sizeof(unsigned));
+    if (F) cudaMemset(dc, 0, sizeof(unsigned));
+    count_positive<true><<<3, 32>>>(dx, dc, n);
+    return finish(host(dc, 1)[0] == 96u, "count");
   }
   if (name == "missing_atomic") {
     const int n = 96;
@@ -457,6 +466,7 @@ BROKEN = [
     ("shfl_mask", "synccheck", "warp_sum<false>", "checks.cu:" + str(line_of("MARK:shfl_mask"))),
     ("shfl_exited", "synccheck", "warp_sum_tail<false>", "checks.cu:" + str(line_of("MARK:shfl_exited"))),
     ("uninit_shared", "initcheck", "halo_avg<false>", "checks.cu:" + str(line_of("MARK:uninit_shared"))),
+    ("uninit_global", "initcheck", "count_positive<true>", "checks.cu:" + str(line_of("MARK:uninit_global"))),
     ("divergent_barrier", "synccheck", "divergent<false>", "checks.cu:" + str(line_of("MARK:divergent"))),
     ("shared_oob", "memcheck", "shared_oob<false>", "checks.cu:" + str(line_of("MARK:shared_oob"))),
     ("grid_sync", "synccheck", "grid_norm", "checks.cu:" + str(line_of("MARK:grid_sync"))),

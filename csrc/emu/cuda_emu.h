@@ -271,6 +271,7 @@ using ShadowPage = std::unique_ptr<Shadow[]>;
 struct Range {
   size_t bytes;
   std::string name;
+  std::vector<unsigned char> written;  // per byte, for a buffer tracked as uninitialized; empty: all initialized
 };
 
 struct KernelInfo {
@@ -387,10 +388,27 @@ PYDL_EMU_FN const std::string& last_report() { return st().report; }
 
 // Device memory that kernels may touch: cudaMalloc registers its blocks; a glue that hands host buffers
 // (CPU tensors) to kernels registers them here. memcheck reports any global access outside these ranges.
-inline const std::pair<const uintptr_t, Range>* g_last_range = nullptr;  // the last buffer an access hit
-PYDL_EMU_FN void track(const void* p, size_t bytes, const char* name = "device buffer") {
+inline std::pair<const uintptr_t, Range>* g_last_range = nullptr;  // the last buffer an access hit
+// `initialized` = false: the buffer's bytes start unwritten (cudaMalloc's do), and initcheck reports a kernel's
+// read of one that neither a kernel nor cudaMemcpy/cudaMemset wrote since -- e.g. atomics accumulating into a
+// workspace nobody zeroed. Only for buffers whose every host-side write goes through cudaMemcpy/cudaMemset.
+PYDL_EMU_FN void track(const void* p, size_t bytes, const char* name = "device buffer", bool initialized = true) {
   g_last_range = nullptr;
-  if (p && bytes) st().tracked[reinterpret_cast<uintptr_t>(p)] = Range{bytes, name ? name : ""};
+  if (p && bytes)
+    st().tracked[reinterpret_cast<uintptr_t>(p)] =
+        Range{bytes, name ? name : "", initialized ? std::vector<unsigned char>() : std::vector<unsigned char>(bytes, 0)};
+}
+// Host-side writes (cudaMemcpy, cudaMemset) into tracked buffers: their bytes are initialized from now on.
+PYDL_EMU_FN void mark_written(const void* p, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto& t = st().tracked;
+  for (auto it = t.upper_bound(a + n); it != t.begin();) {
+    --it;
+    if (it->first + it->second.bytes <= a) break;
+    if (it->second.written.empty()) continue;
+    const uintptr_t lo = std::max(a, it->first), hi = std::min(a + n, it->first + it->second.bytes);
+    std::fill(it->second.written.begin() + long(lo - it->first), it->second.written.begin() + long(hi - it->first), 1);
+  }
 }
 PYDL_EMU_FN void untrack(const void* p) {
   g_last_range = nullptr;
@@ -664,7 +682,7 @@ PYDL_EMU_FN void on_access_slow(const void* p, size_t n, bool write, bool atomic
   }
   State& s = st();
   // 3. device memory handed to the launch (global memory)
-  const std::pair<const uintptr_t, Range>* hit = g_last_range;
+  std::pair<const uintptr_t, Range>* hit = g_last_range;
   if (!hit || a < hit->first || a + n > hit->first + hit->second.bytes) {
     hit = nullptr;
     auto it = s.tracked.upper_bound(a);
@@ -678,6 +696,19 @@ PYDL_EMU_FN void on_access_slow(const void* p, size_t n, bool write, bool atomic
       race_check(a, n, write, atomic, pc, "global", [&] {
         return "`" + hit->second.name + "` (byte " + std::to_string(a - hit->first) + ")";
       });
+    std::vector<unsigned char>& wr = hit->second.written;
+    if (!wr.empty()) {
+      const size_t off = a - hit->first;
+      if (!write || atomic)  // an atomic reads the old value too
+        for (size_t i = 0; i < n && (c & kInitcheck); ++i)
+          if (!wr[off + i])
+            fail("initcheck", "read of uninitialized global memory `" + hit->second.name + "` (byte " +
+                                  std::to_string(off + i) + ") by " + who(g_current) + where(pc) +
+                                  (atomic ? " (an atomic reads the old value)" : "") + ": nothing wrote it since "
+                                  "it was allocated (cudaMalloc does not zero memory; cudaMemset does).",
+                 cudaErrorLaunchFailure);
+      if (write || atomic) std::fill(wr.begin() + long(off), wr.begin() + long(off + n), 1);
+    }
     return;
   }
   if (!(c & kMemcheck)) return;
@@ -1566,7 +1597,7 @@ PYDL_EMU_FN cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (!raw) return pydl_emu::set_error(cudaErrorMemoryAllocation);
   std::memset(raw, 0xA5, bytes + 2 * kRed);
   *p = raw + kRed;
-  pydl_emu::track(*p, bytes ? bytes : 1, "cudaMalloc buffer");
+  pydl_emu::track(*p, bytes ? bytes : 1, "cudaMalloc buffer", /*initialized=*/false);
   return cudaSuccess;
 }
 template <typename T>
@@ -1579,6 +1610,7 @@ PYDL_EMU_FN cudaError_t cudaFree(void* p) {
 }
 PYDL_EMU_FN cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   std::memcpy(d, s, n);
+  pydl_emu::mark_written(d, n);
   return cudaSuccess;
 }
 PYDL_EMU_FN cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
@@ -1586,6 +1618,7 @@ PYDL_EMU_FN cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMe
 }
 PYDL_EMU_FN cudaError_t cudaMemset(void* d, int v, size_t n) {
   std::memset(d, v, n);
+  pydl_emu::mark_written(d, n);
   return cudaSuccess;
 }
 PYDL_EMU_FN cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(d, v, n); }
