@@ -245,3 +245,97 @@ def test_16bit_fma_rounds_once(fp_shim, dtype):
                 else _bits(torch.from_numpy(_round_to_odd_f32(odd)).to(dtype)))
     bad = np.nonzero(got != want)[0]
     assert bad.size == 0, f"{bad.size} of {a.size} differ, e.g. a={x[bad[:3]]} b={y[bad[:3]]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The emulated backend: every case of tests/cuda_emu_cases.py, then the coverage of csrc/cuda's kernels
+# --------------------------------------------------------------------------------------------------
+
+from conftest import require_backend  # noqa: E402
+from cuda_emu_cases import cases  # noqa: E402
+
+_CASES = cases()
+_UNIT = {"act_stats": "act_stats", "batch_norm": "batch_norm", "conv2d": "conv2d", "rnn": "rnn"}
+
+
+@pytest.mark.parametrize("name,fn", _CASES, ids=[n for n, _ in _CASES])
+def test_case_on_cuda_emu(name, fn):
+    require_backend("cuda_emu", "cpu", _UNIT[name.split("/")[0]])
+    fn("cpu", "cuda_emu")
+
+
+def _global_functions() -> dict:
+    """{unit: [kernel names]}: every __global__ function defined in csrc/cuda/<unit>.cu."""
+    import re
+
+    from pydl import _build
+
+    out = {}
+    for unit in _build.compiled_ops("cuda"):
+        with open(os.path.join(_build.csrc_dir(), "cuda", f"{unit}.cu")) as f:
+            src = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.S)
+        out[unit] = sorted(set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", src)))
+    return out
+
+
+def _launched() -> tuple:
+    """([(what ran, launches)], [every function symbol of the libraries]) from the launch logs of the loaded emulated libraries. `what ran` is the demangled
+    symbol at the launch's key (the kernel itself) or, for a kernel template launched with deduced arguments
+    (key = the launch site), "<name> in <the launching function>": the latter's template arguments say which
+    instantiation ran."""
+    import bisect
+    import glob
+
+    from pydl import _build
+
+    out, symbols = [], []
+    for unit in _build.compiled_ops("cuda"):
+        res = _build.status(unit, "cuda_emu")
+        if res is None or not res.ok:
+            continue
+        for so in glob.glob(os.path.join(_build.cache_dir(), _build.ext_name(unit, "cuda_emu"), "*.so")):
+            lib = ctypes.CDLL(so)
+            lib.pydl_emu_launch_log.restype = ctypes.c_char_p
+            rows = [ln.split("\t") for ln in lib.pydl_emu_launch_log().decode().splitlines() if ln]
+            nm = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True, check=True)
+            every = [(int(p[0], 16), p[1], p[2]) for p in (ln.split(" ", 2) for ln in nm.stdout.splitlines())
+                     if len(p) == 3]
+            at = {a: name for a, _, name in every}  # a kernel, or a deduced launch's site (a static in the launcher)
+            code = sorted((a, name) for a, kind, name in every if kind in "tTwW")
+            starts = [a for a, _ in code]
+            symbols += [name for _, name in code]
+            for path, off, name, n in rows:
+                if os.path.realpath(path) != os.path.realpath(so):
+                    continue
+                o = int(off, 16)
+                if o in at:
+                    out.append((at[o] if name in at[o] else f"{name} in {at[o]}", int(n)))
+                else:
+                    i = bisect.bisect_right(starts, o) - 1
+                    out.append((f"{name} in {code[i][1] if i >= 0 else '?'}", int(n)))
+    return out, symbols
+
+
+def test_coverage_every_kernel_launched():
+    """Runs after the cases above (pytest keeps file order; the launch log is per process): every __global__
+    function of csrc/cuda ran on the emulator, for fp32 and for a 16-bit type wherever the library holds such an
+    instantiation of it (conv2d's SIMT kernel, say, exists for fp32 and fp64 only)."""
+    import re
+
+    for unit in _UNIT:
+        require_backend("cuda_emu", "cpu", unit)
+    log, symbols = _launched()
+    launched = [what for what, n in log if n > 0]
+    assert launched, "the launch log is empty: run the cuda_emu cases first (pytest tests/test_cuda_emu.py)"
+    missing = []
+    for unit, kernels in _global_functions().items():
+        for k in kernels:
+            ran = [w for w in launched if re.search(rf"(::|^){k}(<|\(| in )", w)]
+            if not ran:
+                missing.append(f"{unit}: {k} never launched")
+                continue
+            exists = [sym for sym in symbols if re.search(rf"::{k}<", sym)]
+            for label, pattern in (("fp32", r"\bfloat\b"), ("a 16-bit type", r"__half|__nv_bfloat16")):
+                if any(re.search(pattern, sym) for sym in exists) and not any(re.search(pattern, w) for w in ran):
+                    missing.append(f"{unit}: {k} never launched for {label} (launched: {ran})")
+    assert not missing, "kernels the emulated cases did not run:\n" + "\n".join(missing)

@@ -1,12 +1,13 @@
 // Which kernels the emulated backend has launched: the coverage test (tests/test_cuda_emu.py) reads this log
 // to prove that every __global__ function of csrc/cuda, in fp32 and a 16-bit type, really ran.
 //
-// Included by the emulated build (pydl/_build.py) into each kernel translation unit after the emulator and
-// before the kernels' rewritten source. A kernel is recorded by its address: a kernel template's
-// instantiations are distinct functions, so `act_stats_partial<float>` and `act_stats_partial<__half>` are
-// told apart, and the test names each address from the library's symbol table (`nm`), where the compiler
-// wrote the full template arguments. Only launches the emulator accepted count: a launch it refused (a grid
-// too big for a cooperative launch, too much shared memory) did not run the kernel.
+// Included by the emulated build (pydl/_build.py) into each kernel translation unit after the emulator. It
+// hangs on the emulator's launch observer, which sees every launch and its result; only launches that ran
+// count (a refused one -- a cooperative grid too big, too much shared memory -- did not run the kernel). A
+// launch is recorded by its key: the kernel's address, or for a kernel template launched with deduced
+// arguments the launch site, which lies inside the launching function's instantiation. Either way the test
+// names the address from the library's symbol table (`nm`), where the compiler wrote the template arguments,
+// so `act_stats_partial<float>` and `act_stats_partial<__half>` are told apart.
 #pragma once
 
 #include <dlfcn.h>
@@ -14,56 +15,43 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 
 namespace pydl_emu {
 
 // One log for the whole process (an inline function's static is a single object across the libraries).
-inline std::map<const void*, unsigned long long>& launch_log() {
-  static std::map<const void*, unsigned long long> log;
+inline std::map<std::pair<const void*, std::string>, unsigned long long>& launch_log() {
+  static std::map<std::pair<const void*, std::string>, unsigned long long> log;
   return log;
 }
 
-PYDL_EMU_FN cudaError_t record_if_ok(const void* kernel, cudaError_t err) {
-  if (err == cudaSuccess) ++launch_log()[kernel];
-  return err;
+PYDL_EMU_NOSAN inline void log_launch(const void* key, const char* name, cudaError_t result) {
+  if (result == cudaSuccess) ++launch_log()[{key, name ? name : ""}];
 }
 
-// The rewrite turns `k<<<grid, block, smem, stream>>>(args)` into `pydl_emu::Launcher(...).bind(k, "k")(args)`;
-// the macro below makes that a LoggingLauncher, which launches exactly as Launcher does, then records.
-struct LoggingLauncher : Launcher {
-  using Launcher::Launcher;
-  template <typename... A>
-  PYDL_EMU_NOSAN auto bind(void (*kernel)(A...), const char* name = "") {
-    auto launch = Launcher::bind(kernel, name);
-    const void* key = reinterpret_cast<const void*>(kernel);
-    return [launch, key](auto... args) PYDL_EMU_NOSAN {
-      // a launch reports failure through the sticky last error; one already pending is not this launch's
-      const bool clean_before = cudaPeekAtLastError() == cudaSuccess;
-      launch(args...);
-      if (clean_before) record_if_ok(key, cudaPeekAtLastError());
-    };
-  }
+// Installed when the library is loaded (the observer is one for the process: every unit installs the same).
+struct InstallLaunchLog {
+  InstallLaunchLog() { g_launch_observer = &log_launch; }
 };
+inline InstallLaunchLog install_launch_log;
 
 }  // namespace pydl_emu
 
-#define Launcher LoggingLauncher
-#define cudaLaunchCooperativeKernel(kernel, ...) \
-  pydl_emu::record_if_ok(reinterpret_cast<const void*>(kernel), cudaLaunchCooperativeKernel(kernel, __VA_ARGS__))
-
-// "library path \t offset of the kernel in it \t launches" per line, for every kernel launched in this process
-// (offsets, not addresses: `nm` lists symbols by their offset in the file).
+// "library path \t offset of the key in it \t the launch's name \t launches" per line, for every launch in this
+// process (offsets, not addresses: `nm` lists symbols by their offset in the file).
 extern "C" __attribute__((visibility("default"))) const char* pydl_emu_launch_log() {
   static std::string out;
   out.clear();
   for (const auto& kv : pydl_emu::launch_log()) {
     Dl_info info;
-    if (!dladdr(kv.first, &info) || !info.dli_fname) continue;
-    char line[64];
-    std::snprintf(line, sizeof line, "\t%zx\t%llu\n",
-                  size_t(static_cast<const char*>(kv.first) - static_cast<const char*>(info.dli_fbase)), kv.second);
+    if (!dladdr(kv.first.first, &info) || !info.dli_fname) continue;
+    char num[64];
+    std::snprintf(num, sizeof num, "\t%zx\t",
+                  size_t(static_cast<const char*>(kv.first.first) - static_cast<const char*>(info.dli_fbase)));
     out += info.dli_fname;
-    out += line;
+    out += num;
+    out += kv.first.second;
+    out += "\t" + std::to_string(kv.second) + "\n";
   }
   return out.c_str();
 }

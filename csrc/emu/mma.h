@@ -86,6 +86,7 @@ struct WarpTable {
   const void* c[32];
 };
 PYDL_EMU_NOSAN inline WarpTable& table(uint64_t key) {
+  pydl_emu::Quiet q;  // the map's code is instrumented library code: its accesses are not the kernel's
   static std::unordered_map<uint64_t, WarpTable> all;  // node-based: a reference survives later insertions
   static unsigned long long launch = ~0ull;
   if (pydl_emu::st().launches != launch) {
