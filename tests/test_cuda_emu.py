@@ -295,6 +295,8 @@ def _launched() -> tuple:
             continue
         for so in glob.glob(os.path.join(_build.cache_dir(), _build.ext_name(unit, "cuda_emu"), "*.so")):
             lib = ctypes.CDLL(so)
+            # the kernels' loads and stores reach the checks (an uninstrumented build would pass everything)
+            assert lib.pydl_emu_memory_checks_active() == 1, f"{so}: memcheck/racecheck/initcheck saw no access"
             lib.pydl_emu_launch_log.restype = ctypes.c_char_p
             rows = [ln.split("\t") for ln in lib.pydl_emu_launch_log().decode().splitlines() if ln]
             nm = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True, check=True)

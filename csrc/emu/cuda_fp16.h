@@ -132,6 +132,7 @@ struct __half_raw {
 };
 
 struct __half {
+  using raw_type = __half_raw;
   unsigned short __x;  // the bits, as in CUDA's own header (code that pokes at them keeps working)
 
   __half() = default;
@@ -182,53 +183,54 @@ inline __half __double2half(double d) { return __half(d); }
 inline __half __int2half_rn(int i) { return __half(i); }
 inline int __half2int_rz(__half h) { return static_cast<int>(__half2float(h)); }
 
-// ---- arithmetic: computed in fp32, rounded once (exact: see the top of this file) ---------------------------
-inline __half __hadd(__half a, __half b) { return __float2half_rn(__half2float(a) + __half2float(b)); }
-inline __half __hsub(__half a, __half b) { return __float2half_rn(__half2float(a) - __half2float(b)); }
-inline __half __hmul(__half a, __half b) { return __float2half_rn(__half2float(a) * __half2float(b)); }
-inline __half __hdiv(__half a, __half b) { return __float2half_rn(__half2float(a) / __half2float(b)); }
-// a * b + c with one rounding: the product of two fp16 values is exact in double (22 bits), the sum is
-// rounded to odd, and the conversion to fp16 below (itself a round-to-odd to fp32, then to nearest) is then
-// correct for the exact a * b + c.
-inline __half __hfma(__half a, __half b, __half c) {
-  return __half(pydl_emu::fp::sum_round_to_odd(double(__half2float(a)) * double(__half2float(b)),
-                                               double(__half2float(c))));
-}
-inline __half __hneg(__half a) { return __half_raw{static_cast<unsigned short>(a.__x ^ 0x8000u)}; }
-inline __half __habs(__half a) { return __half_raw{static_cast<unsigned short>(a.__x & 0x7fffu)}; }
-inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
-inline int __hisinf(__half a) { return (a.__x & 0x7fffu) == 0x7c00u ? ((a.__x >> 15) ? -1 : 1) : 0; }
-inline bool __heq(__half a, __half b) { return __half2float(a) == __half2float(b); }
-inline bool __hne(__half a, __half b) { return __half2float(a) != __half2float(b); }
-inline bool __hlt(__half a, __half b) { return __half2float(a) < __half2float(b); }
-inline bool __hle(__half a, __half b) { return __half2float(a) <= __half2float(b); }
-inline bool __hgt(__half a, __half b) { return __half2float(a) > __half2float(b); }
-inline bool __hge(__half a, __half b) { return __half2float(a) >= __half2float(b); }
-// max/min: a NaN operand loses to a number (IEEE maxNum), two NaNs give the canonical NaN
-inline __half __hmax(__half a, __half b) {
-  if (__hisnan(a)) return __hisnan(b) ? __ushort_as_half(0x7fff) : b;
-  if (__hisnan(b)) return a;
-  return __hgt(a, b) ? a : b;
-}
-inline __half __hmin(__half a, __half b) {
-  if (__hisnan(a)) return __hisnan(b) ? __ushort_as_half(0x7fff) : b;
-  if (__hisnan(b)) return a;
-  return __hlt(a, b) ? a : b;
-}
+// ---- arithmetic, comparisons, operators: the same set for __half and __nv_bfloat16 (cuda_bf16.h) --------------
+// Computed in fp32 and rounded once (exact: see the top of this file). T: the type; TO_F / FROM_F: its exact
+// widening and round-to-nearest narrowing; INF: the bits of +infinity (a larger magnitude is a NaN).
+// __hfma(a, b, c) rounds once too: the product of two 16-bit values is exact in double (at most 22 bits),
+// the sum is rounded to odd, and the conversion below (itself a round-to-odd to fp32, then to nearest) is
+// then correct for the exact a * b + c. __hmax/__hmin: a NaN operand loses to a number (IEEE maxNum), two
+// NaNs give the canonical NaN.
+#define PYDL_EMU_16BIT_MATH(T, TO_F, FROM_F, INF)                                                                  \
+  inline T __hadd(T a, T b) { return FROM_F(TO_F(a) + TO_F(b)); }                                                 \
+  inline T __hsub(T a, T b) { return FROM_F(TO_F(a) - TO_F(b)); }                                                 \
+  inline T __hmul(T a, T b) { return FROM_F(TO_F(a) * TO_F(b)); }                                                 \
+  inline T __hdiv(T a, T b) { return FROM_F(TO_F(a) / TO_F(b)); }                                                 \
+  inline T __hfma(T a, T b, T c) {                                                                                \
+    return T(pydl_emu::fp::sum_round_to_odd(double(TO_F(a)) * double(TO_F(b)), double(TO_F(c))));                \
+  }                                                                                                               \
+  inline T __hneg(T a) { return T::raw_type{static_cast<unsigned short>(a.__x ^ 0x8000u)}; }                       \
+  inline T __habs(T a) { return T::raw_type{static_cast<unsigned short>(a.__x & 0x7fffu)}; }                       \
+  inline bool __hisnan(T a) { return (a.__x & 0x7fffu) > (INF); }                                                 \
+  inline int __hisinf(T a) { return (a.__x & 0x7fffu) == (INF) ? ((a.__x >> 15) ? -1 : 1) : 0; }                  \
+  inline bool __heq(T a, T b) { return TO_F(a) == TO_F(b); }                                                      \
+  inline bool __hne(T a, T b) { return TO_F(a) != TO_F(b); }                                                      \
+  inline bool __hlt(T a, T b) { return TO_F(a) < TO_F(b); }                                                       \
+  inline bool __hle(T a, T b) { return TO_F(a) <= TO_F(b); }                                                      \
+  inline bool __hgt(T a, T b) { return TO_F(a) > TO_F(b); }                                                       \
+  inline bool __hge(T a, T b) { return TO_F(a) >= TO_F(b); }                                                      \
+  inline T __hmax(T a, T b) {                                                                                     \
+    if (__hisnan(a)) return __hisnan(b) ? T(T::raw_type{0x7fff}) : b;                                             \
+    return __hisnan(b) || __hgt(a, b) ? a : b;                                                                    \
+  }                                                                                                               \
+  inline T __hmin(T a, T b) {                                                                                     \
+    if (__hisnan(a)) return __hisnan(b) ? T(T::raw_type{0x7fff}) : b;                                             \
+    return __hisnan(b) || __hlt(a, b) ? a : b;                                                                    \
+  }                                                                                                               \
+  inline T operator+(T a, T b) { return __hadd(a, b); }                                                           \
+  inline T operator-(T a, T b) { return __hsub(a, b); }                                                           \
+  inline T operator*(T a, T b) { return __hmul(a, b); }                                                           \
+  inline T operator/(T a, T b) { return __hdiv(a, b); }                                                           \
+  inline T operator-(T a) { return __hneg(a); }                                                                   \
+  inline T operator+(T a) { return a; }                                                                           \
+  inline T& operator+=(T& a, T b) { return a = __hadd(a, b); }                                                    \
+  inline T& operator-=(T& a, T b) { return a = __hsub(a, b); }                                                    \
+  inline T& operator*=(T& a, T b) { return a = __hmul(a, b); }                                                    \
+  inline T& operator/=(T& a, T b) { return a = __hdiv(a, b); }                                                    \
+  inline bool operator==(T a, T b) { return __heq(a, b); }                                                        \
+  inline bool operator!=(T a, T b) { return __hne(a, b); }                                                        \
+  inline bool operator<(T a, T b) { return __hlt(a, b); }                                                         \
+  inline bool operator<=(T a, T b) { return __hle(a, b); }                                                        \
+  inline bool operator>(T a, T b) { return __hgt(a, b); }                                                         \
+  inline bool operator>=(T a, T b) { return __hge(a, b); }
 
-inline __half operator+(__half a, __half b) { return __hadd(a, b); }
-inline __half operator-(__half a, __half b) { return __hsub(a, b); }
-inline __half operator*(__half a, __half b) { return __hmul(a, b); }
-inline __half operator/(__half a, __half b) { return __hdiv(a, b); }
-inline __half operator-(__half a) { return __hneg(a); }
-inline __half operator+(__half a) { return a; }
-inline __half& operator+=(__half& a, __half b) { return a = __hadd(a, b); }
-inline __half& operator-=(__half& a, __half b) { return a = __hsub(a, b); }
-inline __half& operator*=(__half& a, __half b) { return a = __hmul(a, b); }
-inline __half& operator/=(__half& a, __half b) { return a = __hdiv(a, b); }
-inline bool operator==(__half a, __half b) { return __heq(a, b); }
-inline bool operator!=(__half a, __half b) { return __hne(a, b); }
-inline bool operator<(__half a, __half b) { return __hlt(a, b); }
-inline bool operator<=(__half a, __half b) { return __hle(a, b); }
-inline bool operator>(__half a, __half b) { return __hgt(a, b); }
-inline bool operator>=(__half a, __half b) { return __hge(a, b); }
+PYDL_EMU_16BIT_MATH(__half, __half2float, __float2half_rn, 0x7c00u)
