@@ -18,6 +18,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -341,3 +342,40 @@ def test_coverage_every_kernel_launched():
                 if any(re.search(pattern, sym) for sym in exists) and not any(re.search(pattern, w) for w in ran):
                     missing.append(f"{unit}: {k} never launched for {label} (launched: {ran})")
     assert not missing, "kernels the emulated cases did not run:\n" + "\n".join(missing)
+
+
+_MUTANT_RUN = r"""
+import sys, torch, pydl
+from pydl import _build
+_build.csrc_dir = lambda: sys.argv[1]
+res = _build.load("act_stats", "cuda_emu")
+assert res.ok, res.error
+x = torch.randn(2, 3, 40)[:, :, :37]  # a sliced view: the kernels may touch its elements only
+try:
+    pydl.act_stats(x, per_channel=True, backend="cuda_emu")
+except RuntimeError as e:
+    print(e)
+"""
+
+
+def test_memcheck_sees_the_ops_tensors(tmp_path):
+    """The glue registers each tensor argument's extent (not its whole storage) with the emulator: a kernel that
+    reads one element past a sliced view's group -- act_stats.cu with `e <= e_end` for `e < e_end`, in a copy
+    of csrc/ -- is stopped by memcheck, which names the schema's argument and the source line. (A subprocess:
+    the mutant registers the same torch ops as the real library.)"""
+    import shutil as sh
+
+    from pydl import _build
+
+    require_backend("cuda_emu", "cpu", "act_stats")
+    src = tmp_path / "csrc"
+    sh.copytree(_build.csrc_dir(), src)
+    cu = src / "cuda" / "act_stats.cu"
+    text = cu.read_text()
+    assert text.count("    if (e < e_end) {") == 1
+    cu.write_text(text.replace("    if (e < e_end) {", "    if (e <= e_end) {"))
+    env = dict(os.environ, PYDL_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", _MUTANT_RUN, str(src)], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "memcheck" in r.stdout and "past the end of `x`" in r.stdout and "act_stats.cu:" in r.stdout, r.stdout
