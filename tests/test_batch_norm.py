@@ -26,7 +26,7 @@ import pydl
 from pydl.ops import _activation
 from pydl.ops.batch_norm import batch_norm_reference, kernels
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "batch_norm"
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -110,7 +110,7 @@ def check_case(backend, x, training, act=("none", None, None, None), affine=True
 @pytest.mark.parametrize("training", [True, False])
 def test_parity_with_torch_random_shapes(cpu_backend, rank, kind, training):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     rng = random.Random(1000 * rank + len(kind) + training)
     for _ in range(2 if tiny else 4):
         shape = random_shape(rng, rank, tiny)
@@ -122,7 +122,7 @@ def test_parity_with_torch_random_shapes(cpu_backend, rank, kind, training):
 @pytest.mark.parametrize("affine", [True, False])
 def test_fused_activation(cpu_backend, act, affine):
     require_backend(cpu_backend, "cpu", OP)
-    shape = (3, 2, 3, 5) if cpu_backend == "triton" else (5, 4, 7, 9)
+    shape = (3, 2, 3, 5) if slow(cpu_backend) else (5, 4, 7, 9)
     for training in (True, False):
         for kind in ("contiguous", "channels_last"):
             check_case(cpu_backend, layout(torch.randn(shape), kind), training, act=act, affine=affine)
@@ -131,7 +131,7 @@ def test_fused_activation(cpu_backend, act, affine):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes(cpu_backend, dtype):
     require_backend(cpu_backend, "cpu", OP)
-    shape = (3, 2, 3, 3) if cpu_backend == "triton" else (4, 5, 6, 7)
+    shape = (3, 2, 3, 3) if slow(cpu_backend) else (4, 5, 6, 7)
     for kind in ("contiguous", "channels_last"):
         x = layout(torch.randn(shape, dtype=torch.float64).to(dtype), kind)
         check_case(cpu_backend, x, True, act=ACTS[2])
@@ -142,7 +142,7 @@ def test_dtypes(cpu_backend, dtype):
 def test_running_stats_over_steps(cpu_backend, momentum):
     """Several training steps: running stats (momentum or the cumulative average) track torch's module."""
     require_backend(cpu_backend, "cpu", OP)
-    shape = (3, 2, 3, 3) if cpu_backend == "triton" else (6, 5, 4, 3)
+    shape = (3, 2, 3, 3) if slow(cpu_backend) else (6, 5, 4, 3)
     ours = pydl.nn.BatchNorm2d(shape[1], momentum=momentum, backend=cpu_backend)
     ref = torch.nn.BatchNorm2d(shape[1], momentum=momentum).double()
     for step in range(4):
@@ -159,7 +159,7 @@ def test_running_stats_over_steps(cpu_backend, momentum):
 def test_large_mean_does_not_cancel(cpu_backend):
     """|mean| >> std: a one-pass sum-of-squares variance would lose every digit here (and may go negative)."""
     require_backend(cpu_backend, "cpu", OP)
-    shape = (4, 2, 5, 5) if cpu_backend == "triton" else (16, 3, 33, 31)
+    shape = (4, 2, 5, 5) if slow(cpu_backend) else (16, 3, 33, 31)
     x = torch.randn(shape) + 3e3
     mean, m2 = pydl.batch_norm_stats(x, backend=cpu_backend)
     x64 = x.double()
@@ -173,7 +173,7 @@ def test_separable_steps_compose_to_the_fused_op(cpu_backend):
     """stats -> apply and backward_reduce -> backward_elemt (SyncBatchNorm's building blocks) give what the
     fused forward/backward give."""
     require_backend(cpu_backend, "cpu", OP)
-    shape = (3, 3, 3, 5) if cpu_backend == "triton" else (5, 4, 7, 6)
+    shape = (3, 3, 3, 5) if slow(cpu_backend) else (5, 4, 7, 6)
     for kind in ("contiguous", "channels_last"):
         x = layout(torch.randn(shape), kind)
         w, b = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
@@ -202,7 +202,7 @@ def test_separable_steps_compose_to_the_fused_op(cpu_backend):
 def test_gradcheck_float64(cpu_backend):
     require_backend(cpu_backend, "cpu", OP)
     combos = [(t, a, k) for t in (True, False) for a in ACTS for k in ("contiguous", "channels_last")]
-    if cpu_backend == "triton":  # the interpreter runs each of gradcheck's ~100 launches slowly: a cover, not all
+    if slow(cpu_backend):  # the interpreter runs each of gradcheck's ~100 launches slowly: a cover, not all
         combos = [(True, ACTS[2], "channels_last"), (True, ACTS[1], "contiguous"), (False, ACTS[2], "contiguous")]
     for training, act, kind in combos:
         x = layout(torch.randn(3, 2, 2, 3, dtype=torch.float64), kind).requires_grad_()
@@ -216,7 +216,7 @@ def test_gradcheck_float64(cpu_backend):
 
         # fast_mode checks random projections of the Jacobian: the same bug-finding power here, far
         # fewer backward calls
-        assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=cpu_backend == "triton")
+        assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=slow(cpu_backend))
     # affine=False, 2-D input
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: pydl.batch_norm(x, training=True, backend=cpu_backend), (x,))
@@ -227,7 +227,7 @@ def test_gradgradcheck_float64(cpu_backend):
     reference formulas of the backward, with mean and invstd as functions of x in training."""
     require_backend(cpu_backend, "cpu", OP)
     combos = [(t, a) for t in (True, False) for a in (ACTS[0], ACTS[2])]
-    if cpu_backend == "triton":
+    if slow(cpu_backend):
         combos = combos[1:2]
     for training, act in combos:
         x = torch.randn(3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
@@ -239,7 +239,7 @@ def test_gradgradcheck_float64(cpu_backend):
             return pydl.batch_norm(x, None if training else rm, None if training else rv, w, b, training,
                                    act=act[0], leak=act[1], sub=act[2], maxv=act[3], backend=cpu_backend)
 
-        assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=cpu_backend == "triton")
+        assert torch.autograd.gradgradcheck(f, (x, w, b), fast_mode=slow(cpu_backend))
 
 
 def test_opcheck(cpu_backend):

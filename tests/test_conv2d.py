@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import pydl
 from pydl.ops.conv2d import conv2d_backward_reference, conv2d_reference
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "conv2d"
 
@@ -126,8 +126,8 @@ def test_reference_matches_torch():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_grid_fp64(cpu_backend, seed):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
-    n = {"triton": 8, "reference": 15}.get(cpu_backend, 25)
+    tiny = slow(cpu_backend)
+    n = {"triton": 8, "cuda_emu": 8, "reference": 15}.get(cpu_backend, 25)
     for c in random_cases(n, seed=100 + seed, tiny=tiny):
         check_case(c, cpu_backend, bias=bool(seed))
 
@@ -135,7 +135,7 @@ def test_random_grid_fp64(cpu_backend, seed):
 @pytest.mark.parametrize("act", ["relu", "general_relu"])
 def test_fused_activation(cpu_backend, act):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     for c in random_cases(4 if tiny else 12, seed=7, tiny=tiny):
         check_case(c, cpu_backend, act=act)
 
@@ -143,7 +143,7 @@ def test_fused_activation(cpu_backend, act):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_dtypes(cpu_backend, dtype):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     for c in random_cases(3 if tiny else 10, seed=11, tiny=tiny):
         check_case(c, cpu_backend, act="relu" if c["N"] == 1 else "none", dtype=dtype)
 
@@ -240,7 +240,7 @@ def test_gradcheck(cpu_backend, act):
     c = dict(N=2, C=4, H=4, W=5, Co=4, kh=3, kw=2, stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
     # the interpreter runs ~1000x slower: a smaller problem and gradcheck's fast mode (random projections,
     # two evaluations per input instead of two per input *element*)
-    fast = cpu_backend == "triton"
+    fast = slow(cpu_backend)
     c.update(N=1, H=3, W=4)  # ~70 input elements: each costs gradcheck two forward calls
     x, w, b = make_inputs(c, requires_grad=True)
     # maxv = 3: the clamp is active somewhere, but no z sits within gradcheck's eps of a kink (seeded data)

@@ -14,7 +14,7 @@ import torch.nn as nn
 import pydl
 from pydl.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "batch_norm"
 PAIRS = [(BatchNorm1d, nn.BatchNorm1d, (4, 5, 7)), (BatchNorm1d, nn.BatchNorm1d, (6, 5)),
@@ -67,7 +67,7 @@ def test_state_dict_through_bytes_and_dtype_device_args():
 def test_train_and_eval_match_torch(cpu_backend, momentum, kwargs):
     require_backend(cpu_backend, "cpu", OP)
     for ours_cls, torch_cls, shape in PAIRS:
-        if cpu_backend == "triton" and len(shape) > 4:
+        if slow(cpu_backend) and len(shape) > 4:
             continue
         ours = ours_cls(shape[1], momentum=momentum, backend=cpu_backend, **kwargs)
         ref = torch_cls(shape[1], momentum=momentum, **kwargs)

@@ -178,6 +178,7 @@ OP = backends.register_op(backends.Op("act_stats", {
     "reference": lambda: act_stats_reference,
     "cpu": compiled("pydl_cpu", "act_stats"),
     "cuda": compiled("pydl_cuda", "act_stats"),
+    "cuda_emu": compiled("pydl_cuda_emu", "act_stats"),
     "triton": _triton_impl,
 }))
 

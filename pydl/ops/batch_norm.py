@@ -393,6 +393,7 @@ OP = backends.register_op(backends.Op("batch_norm", {
     "cpu": _compiled("pydl_cpu"),
     "cuda": _compiled("pydl_cuda"),
     "triton": _triton,
+    "cuda_emu": _compiled("pydl_cuda_emu"),
 }))
 
 

@@ -257,9 +257,9 @@ def _triton_bwd():
     return conv2d_backward_triton
 
 
-def _cuda(name: str):
+def _cuda(name: str, namespace: str = "pydl_cuda"):
     """The compiled CUDA op takes one more argument than the other backends: the TF32 switch, read per call."""
-    load = compiled("pydl_cuda", name)
+    load = compiled(namespace, name)
 
     def loader():
         fn = load()
@@ -273,6 +273,7 @@ OP = backends.register_op(backends.Op("conv2d", {
     "cpu": compiled("pydl_cpu", "conv2d"),
     "cuda": _cuda("conv2d"),
     "triton": _triton_fwd,
+    "cuda_emu": _cuda("conv2d", "pydl_cuda_emu"),
 }))
 
 # The backward op is its own Op, registered like every other, so `auto` resolves it independently and
@@ -283,6 +284,7 @@ OP_BWD = backends.register_op(backends.Op("conv2d_backward", {
     "cpu": compiled("pydl_cpu", "conv2d_backward"),
     "cuda": _cuda("conv2d_backward"),
     "triton": _triton_bwd,
+    "cuda_emu": _cuda("conv2d_backward", "pydl_cuda_emu"),
 }, build_unit="conv2d"))
 
 
