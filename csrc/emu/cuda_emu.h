@@ -52,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -392,11 +393,21 @@ inline std::pair<const uintptr_t, Range>* g_last_range = nullptr;  // the last b
 // `initialized` = false: the buffer's bytes start unwritten (cudaMalloc's do), and initcheck reports a kernel's
 // read of one that neither a kernel nor cudaMemcpy/cudaMemset wrote since -- e.g. atomics accumulating into a
 // workspace nobody zeroed. Only for buffers whose every host-side write goes through cudaMemcpy/cudaMemset.
+//
+// Ranges never overlap: a buffer registered now occupies memory that no live buffer holds, so any recorded range
+// it overlaps is stale (a workspace the op freed, whose address the allocator handed out again) and is dropped.
+// Kept, a stale range starting inside the new buffer would be the one a lookup finds first (the greatest start
+// at or below an address), and an access past its end -- but inside the new buffer -- would read as out of bounds
+// on whichever runs the allocator happened to reuse that address.
 PYDL_EMU_FN void track(const void* p, size_t bytes, const char* name = "device buffer", bool initialized = true) {
   g_last_range = nullptr;
-  if (p && bytes)
-    st().tracked[reinterpret_cast<uintptr_t>(p)] =
-        Range{bytes, name ? name : "", initialized ? std::vector<unsigned char>() : std::vector<unsigned char>(bytes, 0)};
+  if (!p || !bytes) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto& t = st().tracked;
+  auto it = t.lower_bound(a);
+  if (it != t.begin() && std::prev(it)->first + std::prev(it)->second.bytes > a) --it;  // one starting below a
+  while (it != t.end() && it->first < a + bytes) it = t.erase(it);
+  t[a] = Range{bytes, name ? name : "", initialized ? std::vector<unsigned char>() : std::vector<unsigned char>(bytes, 0)};
 }
 // Host-side writes (cudaMemcpy, cudaMemset) into tracked buffers: their bytes are initialized from now on.
 PYDL_EMU_FN void mark_written(const void* p, size_t n) {
