@@ -40,7 +40,7 @@ def run():
     ds = list(zip(x, y))
     dls = DataLoaders(DataLoader(ds, bs=16, shuffle=False), DataLoader(ds[:16], bs=16))
     model = _model()
-    theirs, ours, ours3 = FastaiActivationStats(with_hist=True), ActivationStats(with_hist=True), ActivationStats(every=3)
+    theirs, ours, ours3 = FastaiActivationStats(with_hist=True), ActivationStats(with_hist=True), ActivationStats(every=3, near_zero="abs")
     learn = fastai_learner.Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[theirs, ours, ours3])
     with PlainActivationStats(model) as plain, learn.no_bar(), learn.no_logging():
         learn.fit(EPOCHS, 1e-2)
@@ -75,6 +75,10 @@ def test_every_keeps_the_matching_batches(run):
     np.testing.assert_array_equal(b.hist, a.hist[[0, 3, 6]])
     np.testing.assert_array_equal(b.fstats, a.fstats[[0, 3, 6]])
     assert len(run["ours3"].stats) == 3
+    # near_zero="abs": no extra pass, pydl's |x| <= eps in fastai's accessors, fastai's not available
+    assert list(run["ours3"].layer_stats(0)[2]) == a.near_zero_frac[[0, 3, 6], 0].tolist()
+    with pytest.raises(ValueError, match="near_zero='abs'"):
+        run["ours3"].layer_stats(0, near_zero="fastai")
 
 
 def test_histograms_equal_fastais_exactly(run):
@@ -130,6 +134,8 @@ def test_argument_checks():
         ActivationStats(every=0)
     with pytest.raises(ValueError, match="near_zero"):
         ActivationStats(near_zero="x<=eps")
+    with pytest.raises(ValueError, match="near_zero must be"):
+        ActivationStats()._near_zero("signed")
     with pytest.raises(RuntimeError, match="fit the Learner first"):
         ActivationStats().layer_stats(0)
 

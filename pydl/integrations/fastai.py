@@ -86,10 +86,9 @@ class ActivationStats(_fastai_callback.Callback):
     def before_batch(self):
         self.pydl_stats.begin(self.training)
 
-    def after_batch(self):
-        self.pydl_stats.end()
+    # fastai runs after_batch also when a callback cancels the batch (it is in a `finally`)
 
-    def after_cancel_batch(self):
+    def after_batch(self):
         self.pydl_stats.end()
 
     def after_train(self):
@@ -115,6 +114,11 @@ class ActivationStats(_fastai_callback.Callback):
 
     def _near_zero(self, how: Optional[str] = None):
         how = how or self.near_zero
+        if how not in ("fastai", "abs"):
+            raise ValueError(f"ActivationStats: near_zero must be 'fastai' or 'abs', got {how!r}")
+        if how == "fastai" and self.near_zero == "abs":
+            raise ValueError("ActivationStats: fastai's near zero (x <= eps) was not recorded: this callback was "
+                             "made with near_zero='abs'")
         return self._recorded().le_eps_frac() if how == "fastai" else self.data.near_zero_frac
 
     @property
