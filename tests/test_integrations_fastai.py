@@ -155,3 +155,27 @@ def test_importing_pydl_imports_no_framework():
             " if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_batch_recorder_fastai_near_zero_through_merges_and_the_memory_cap():
+    # the recorder behind both callbacks, driven by hand: validation batches do not count, two forwards in
+    # one batch merge, and the x <= eps counts follow the records that the memory cap keeps
+    from pydl.integrations._recorder import BatchRecorder
+
+    torch.manual_seed(1)
+    lin = nn.Linear(4, 3)
+    rec = BatchRecorder(lin, count_le_eps=True, max_records=4, chunk=1)
+    ref = []
+    for step in range(10):
+        rec.begin(False)  # a validation batch in between: not a step
+        lin(torch.randn(5, 4))
+        rec.end()
+        rec.begin(True)
+        outs = [lin(torch.randn(5, 4)) for _ in range(1 + step % 2)]
+        rec.end()
+        o = torch.cat(outs).detach()
+        ref.append((o <= 0.05).sum().item() / o.numel())
+    data = rec.data
+    assert rec.step == 10 and len(data) <= 4 and data.steps.tolist() == [0, 4, 8]  # decimated twice
+    assert rec.le_eps_frac()[:, 0].tolist() == [ref[s] for s in data.steps.tolist()]
+    assert data.count[:, 0].tolist() == [15 * (1 + s % 2) for s in data.steps.tolist()]

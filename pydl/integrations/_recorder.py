@@ -15,6 +15,7 @@ comparison pass per hooked layer, kept on the device and copied with the rest.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -38,16 +39,10 @@ class BatchRecorder(ActivationStats):
     # ---- driven by the loop
     def begin(self, training: bool = True) -> None:
         """A batch starts. Counts as a step only when ``training`` (or when ``train_only`` is off)."""
-        if self.train_only and not training:
-            self._active = False
-            return
-        s = self.step
-        self.step += 1
-        self._active = s % self.every == 0
-        if self._active:
-            self._cur, self._cur_step = [None] * len(self.modules), s
-            if self.count_le_eps:
-                self._le_cur = [None] * len(self.modules)
+        # the plain recorder's step rule, fed the loop's training flag instead of the root module's
+        self._begin(SimpleNamespace(training=training), ())
+        if self._active and self.count_le_eps:
+            self._le_cur = [None] * len(self.modules)
 
     def end(self) -> None:
         """The batch ended: its record (if it was a recorded step) joins the pending list."""
