@@ -90,7 +90,7 @@ class ActivationStatsCallback(pl.Callback):
         if self.stats.recording:
             self._global_step[self.stats.step - 1] = trainer.global_step
             if self.dead_units:
-                self._last_input = batch if not isinstance(batch, (tuple, list)) else first_tensor(batch[0])
+                self._last_input = first_tensor(batch)  # x of an (x, y) batch, the first tensor of a dict
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.grad_flow and self.stats.recording:
@@ -100,8 +100,9 @@ class ActivationStatsCallback(pl.Callback):
             self._log_metrics(trainer, metrics, self._global_step[self.stats.step - 1])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        recorded = self.stats.recording
         self.stats.end()
-        if not self.stats._pending:  # a chunk just came to the host: log it
+        if recorded and not self.stats._pending:  # this record completed a chunk, now on the host: log it
             self._log_new(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
