@@ -293,7 +293,8 @@ def fastai_overhead(rounds: int = 8, batches: int = 8) -> dict:
     return _interleaved({"plain Learner": runner(None),
                          "fastai ActivationStats(with_hist=True)": runner(lambda: FastaiStats(with_hist=True)),
                          "pydl.integrations.fastai.ActivationStats": runner(lambda: PydlStats(with_hist=True)),
-                         "pydl's, near_zero='abs' (no x <= eps pass)": runner(lambda: PydlStats(near_zero="abs"))}, rounds)
+                         "pydl's, near_zero='abs' (no x <= eps pass)": runner(lambda: PydlStats(near_zero="abs"))},
+                        rounds)
 
 
 def _fastai_sgd():

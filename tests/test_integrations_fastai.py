@@ -40,7 +40,8 @@ def run():
     ds = list(zip(x, y))
     dls = DataLoaders(DataLoader(ds, bs=16, shuffle=False), DataLoader(ds[:16], bs=16))
     model = _model()
-    theirs, ours, ours3 = FastaiActivationStats(with_hist=True), ActivationStats(with_hist=True), ActivationStats(every=3, near_zero="abs")
+    theirs, ours = FastaiActivationStats(with_hist=True), ActivationStats(with_hist=True)
+    ours3 = ActivationStats(every=3, near_zero="abs")
     learn = fastai_learner.Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[theirs, ours, ours3])
     with PlainActivationStats(model) as plain, learn.no_bar(), learn.no_logging():
         learn.fit(EPOCHS, 1e-2)

@@ -51,8 +51,10 @@ class ActivationStatsCallback(pl.Callback):
     """Record pydl activation statistics every ``every_n_steps`` training batches and log them; see the
     module docstring. ``modules``: the modules to hook (default: the LightningModule's leaf modules with
     parameters; ``include_parameterless=True``: every leaf). ``preset`` and the other recorder arguments
-    (``chunk``, ``max_records``, ``backend``) are :class:`pydl.debug.ActivationStats`'s. ``log_histograms``
-    / ``log_scalars``: what goes to the loggers; ``prefix``: the tag prefix."""
+    (``chunk``, ``max_records``, ``backend``) are :class:`pydl.debug.ActivationStats`'s. ``log_histograms``:
+    TensorBoard histograms (with their mean/std/near-zero scalars, written together by
+    :meth:`pydl.debug.StatsData.to_tensorboard`); ``log_scalars``: the scalars alone, for the other loggers
+    and for TensorBoard when ``log_histograms`` is off. ``prefix``: the tag prefix."""
 
     def __init__(self, every_n_steps: int = 10, preset="fastai2019", modules=None, include_parameterless: bool = False,
                  log_histograms: bool = True, log_scalars: bool = True, grad_flow: bool = False,
@@ -63,7 +65,8 @@ class ActivationStatsCallback(pl.Callback):
         if not (isinstance(prefix, str) and prefix):
             raise ValueError(f"ActivationStatsCallback: prefix must be a non-empty string, got {prefix!r}")
         self.every_n_steps, self.preset, self.modules = every_n_steps, preset, modules
-        self.include_parameterless, self.log_histograms, self.log_scalars = include_parameterless, log_histograms, log_scalars
+        self.include_parameterless = include_parameterless
+        self.log_histograms, self.log_scalars = log_histograms, log_scalars
         self.grad_flow, self.dead_units, self.colorful_png, self.prefix = grad_flow, dead_units, colorful_png, prefix
         self.chunk, self.max_records, self.backend = chunk, max_records, backend
         self.stats: Optional[BatchRecorder] = None
