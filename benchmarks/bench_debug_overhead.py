@@ -41,9 +41,10 @@ import time
 import torch
 from torch import nn
 
-try:
+if __package__:  # python -m benchmarks.bench_debug_overhead, or imported
     from benchmarks.common import Case, environment, format_table, run_cases, set_threads
-except ImportError:  # run as a script
+else:  # run as a script: this folder's common.py, which puts this checkout's pydl first on the path (a
+    # `benchmarks` package found elsewhere -- an editable install of another checkout -- would bring its own)
     from common import Case, environment, format_table, run_cases, set_threads
 
 from pydl.debug import ActivationStats, leaf_modules
