@@ -17,13 +17,26 @@ from setuptools import setup
 # carries the C++/CUDA sources (for the JIT build) and the benchmark cases, as pydl/_csrc and pydl/_benchmarks;
 # a source checkout (editable install) uses csrc/ and benchmarks/ where they are.
 packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels", "pydl._csrc",
-            "pydl._benchmarks"]
+            "pydl._benchmarks", "pydl.transforms"]
 package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}
 package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["*.h", "cpu/*", "cuda/*"],
                 "pydl._benchmarks": ["*.py", "results/**/*"]}
 
+
+def _env_module():
+    """pydl/_env.py (how every PYDL_* variable is read), loaded by path: importing the pydl package would
+    import torch, which a plain install need not have at build time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_pydl_env", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pydl", "_env.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 kwargs = {}
-if os.environ.get("PYDL_BUILD_EXT", "0") == "1":
+if _env_module().flag("PYDL_BUILD_EXT"):
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -17,20 +17,46 @@ Nothing here runs at ``import pydl``: ops call :func:`load` when a compiled back
 Locks: torch serialises builds of one extension with a lock file; older torch versions used a lock whose mere
 existence blocks, so a build killed half-way hung every later import. We take our own ``fcntl`` lock (the
 kernel drops it when its holder dies, however it dies) and, holding it, delete any lock file left behind.
+
+Integrity: a shared object that is cut short (an interrupted copy, a full disk) still has a valid ELF header,
+so ``dlopen`` maps it and the process dies with SIGBUS when it touches the missing pages -- no exception to
+catch, and ninja calls the file up to date because its timestamp is fine. So after every successful build
+the library's size and sha256 are recorded next to it (``<name>.record.json``, written to a temporary file
+and renamed, so a record is never half-written), together with a key of everything the build read (sources,
+every csrc header, flags, compiler). Before a library is loaded it is checked against its record:
+
+* intact and built from the current sources: loaded as is, under a shared lock when the lock file can be
+  opened and with no lock at all otherwise -- so a read-only cache holding a complete build works;
+* damaged, or without a record (an older pydl, a copy): deleted and rebuilt (normally only a relink: the
+  object files are still there);
+* sources changed: rebuilt through ninja, which recompiles what changed;
+* ``force``: every build output removed first, the old library never loaded.
+
+Anything that must be built where nothing can be written fails with a :class:`BuildError` whose ``reason``
+says so, and ``auto`` falls back to the next backend with that reason.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
+import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+from . import _env
+from .backends import Reason
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_CUDA_ARCHS = "8.0;9.0"  # Ampere and Hopper; compiled and linked even where no GPU is present
@@ -40,7 +66,38 @@ _AOT_DIR = os.path.join(_PKG_DIR, "_ext")
 
 
 class BuildError(RuntimeError):
-    """A compiled backend could not be built or loaded; the message says why."""
+    """A compiled backend could not be built or loaded. The message says why in full; ``reason`` (a
+    :class:`pydl.backends.Reason`) says what kind of failure it is and ``summary`` says it in one line (for a
+    compile error: the compiler's first error, not the command that ran it)."""
+
+    def __init__(self, message: str, reason: Reason = Reason.BUILD_FAILED, summary: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
+        self.summary = summary or summarise(message)
+
+
+# The line of a build log that says what went wrong, best first: a compiler diagnostic, a missing program
+# or file, a link error. The log's first lines are torch's "Error building extension" and the full command
+# line, which name neither the file nor the problem.
+_DIAGNOSTICS = (
+    re.compile(r":\d+(:\d+)?: (fatal )?error: "),
+    re.compile(r"not found|No such file or directory|command not found|cannot execute|Permission denied"),
+    re.compile(r"undefined reference|cannot find -l|\bld(\.\w+)?: .*error|collect2: error"),
+    re.compile(r"No space left on device|Killed|internal compiler error"),
+    re.compile(r"^(error|fatal)\b", re.I),
+)
+
+
+def summarise(log: str, limit: int = 300) -> str:
+    """The one line of a build log (or error message) that names the problem."""
+    lines = [ln.strip() for ln in str(log).splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error"
+    for pattern in _DIAGNOSTICS:
+        for ln in lines:
+            if pattern.search(ln) and not ln.startswith(("[", "FAILED:")):
+                return ln[:limit]
+    return lines[0][:limit]
 
 
 def csrc_dir() -> str:
@@ -123,14 +180,76 @@ def _cpp_extension():
     return cpp_extension
 
 
+def cxx_command() -> Tuple[Optional[str], str]:
+    """The C++ compiler a build runs -- torch's rule: ``$CXX`` if set, else ``c++`` -- and where that came
+    from. (None, why) when there is none."""
+    cxx = _env.raw("CXX")
+    if cxx:
+        return cxx, "from $CXX"
+    if shutil.which("c++"):
+        return "c++", "on PATH"
+    alt = shutil.which("g++") or shutil.which("clang++")
+    if alt:
+        return None, f"no c++ on PATH (torch's builds run c++; found {alt}: set CXX={alt})"
+    return None, "no C++ compiler found (install g++ or set CXX)"
+
+
+# (command, resolved program, its mtime) -> (ok, reason): one probe per compiler per process.
+_cxx_probes: Dict[Tuple[str, str, float], Tuple[bool, str]] = {}
+
+
+def probe_cxx(cxx: str, origin: str = "") -> Tuple[bool, str]:
+    """Compile a one-line program with ``cxx`` (which may carry arguments, e.g. ``ccache g++``): the only
+    proof that the compiler a build will run exists and works. Cached per compiler for the process."""
+    where = f" ({origin})" if origin else ""
+    try:
+        argv = shlex.split(cxx)
+    except ValueError as e:
+        return False, f"C++ compiler {cxx!r}{where} is not a valid command line ({e})"
+    if not argv:
+        return False, f"C++ compiler {cxx!r}{where} is empty"
+    prog = shutil.which(argv[0])
+    if prog is None:
+        return False, f"C++ compiler {argv[0]!r}{where} not found"
+    try:
+        mtime = os.stat(prog).st_mtime
+    except OSError:
+        mtime = 0.0
+    key = (cxx, os.path.realpath(prog), mtime)
+    hit = _cxx_probes.get(key)
+    if hit is not None:
+        return hit
+    with tempfile.TemporaryDirectory(prefix="pydl-cxx-probe-") as d:
+        src = os.path.join(d, "probe.cpp")
+        with open(src, "w") as f:
+            f.write("int main() { return 0; }\n")
+        try:
+            p = subprocess.run([*argv, "-std=c++17", "-c", src, "-o", os.path.join(d, "probe.o")],
+                               capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            res = (False, f"C++ compiler {cxx!r}{where} could not run: {type(e).__name__}: {e}")
+        else:
+            if p.returncode == 0:
+                res = (True, f"C++ compiler {cxx} ({prog}{', ' + origin if origin else ''}) compiles")
+            else:
+                first = summarise(p.stderr + "\n" + p.stdout) if (p.stderr or p.stdout).strip() else \
+                    f"exit code {p.returncode}"
+                res = (False, f"C++ compiler {cxx!r}{where} cannot compile a one-line program: {first}")
+    _cxx_probes[key] = res
+    return res
+
+
 def cpu_toolchain() -> Tuple[bool, str]:
-    """(ok, reason) for building the C++ CPU extensions."""
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    """(ok, reason) for building the C++ CPU extensions: the compiler is found *and* compiles."""
+    cxx, origin = cxx_command()
     if not cxx:
-        return False, "no C++ compiler found (install g++ or set CXX)"
+        return False, origin
+    ok, why = probe_cxx(cxx, origin)
+    if not ok:
+        return False, why
     if not _cpp_extension().is_ninja_available():
         return False, "ninja is not installed (pip install ninja)"
-    return True, f"C++ compiler {cxx}"
+    return True, why
 
 
 def cuda_toolchain() -> Tuple[bool, str]:
@@ -156,7 +275,8 @@ def cuda_toolchain() -> Tuple[bool, str]:
 
 def cuda_arch_list() -> str:
     """Explicit archs so a machine without a GPU can compile and link; a local GPU's arch is added."""
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or os.environ.get("PYDL_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
+    # TORCH_CUDA_ARCH_LIST is torch's own (it also accepts names like "Ampere"): passed on as torch reads it.
+    archs = _env.raw("TORCH_CUDA_ARCH_LIST") or _env.cuda_archs("PYDL_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
     archs = archs.replace(" ", ";")
     try:
         import torch
@@ -190,7 +310,7 @@ def _cpu_fingerprint() -> str:
 
 
 def _native_ok() -> bool:
-    return os.environ.get("PYDL_NO_NATIVE", "0") != "1"
+    return not _env.flag("PYDL_NO_NATIVE")
 
 
 def cflags(jit: bool) -> List[str]:
@@ -210,8 +330,8 @@ def cache_dir() -> str:
 
     from . import __version__
 
-    base = os.environ.get("PYDL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "pydl")
+    base = _env.path("PYDL_CACHE_DIR") or os.path.join(
+        _env.path("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pydl")
     cu = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
     tag = (f"pydl{__version__}-torch{torch.__version__}-{cu}-py{sys.version_info[0]}{sys.version_info[1]}-"
            f"{platform.machine()}-{_cpu_fingerprint()}")
@@ -225,10 +345,12 @@ def cache_dir() -> str:
 @dataclass
 class LoadResult:
     ok: bool
-    how: str = ""          # "aot", "jit (cached)", "jit (compiled in 12.3 s)"
+    how: str = ""          # "aot", "jit (cached, verified)", "jit (built in 12.3 s)"
     path: str = ""
-    error: str = ""
+    error: str = ""        # the whole story (compiler log: head and tail)
     seconds: float = 0.0
+    reason: Optional[Reason] = None  # what kind of failure, for decisions (None on a failure: BUILD_FAILED)
+    summary: str = ""      # the failure in one line, for warnings and `pydl doctor`
 
 
 _results: Dict[Tuple[str, str], LoadResult] = {}
@@ -245,86 +367,308 @@ def _aot_path(op: str, device: str) -> Optional[str]:
     return hits[0] if hits else None
 
 
-def _jit_build(op: str, device: str, verbose: bool) -> str:
+# ---- integrity of the JIT cache ------------------------------------------------------------------
+
+_LOCK_FILE = "pydl.flock"
+
+
+def _library_path(op: str, device: str) -> str:
+    name = ext_name(op, device)
+    return os.path.join(cache_dir(), name, name + ".so")
+
+
+def _record_path(so_path: str) -> str:
+    return so_path[:-len(".so")] + ".record.json"
+
+
+def _digest(path: str) -> Tuple[int, str]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        size = os.fstat(f.fileno()).st_size
+    return size, h.hexdigest()
+
+
+def _headers(root: str) -> List[str]:
+    return sorted(p for ext in ("h", "hpp", "cuh") for p in glob.glob(os.path.join(root, "**", f"*.{ext}"),
+                                                                       recursive=True))
+
+
+def build_key(op: str, device: str) -> str:
+    """A hash of everything a build of (op, device) reads: its sources, every header in csrc/ (more than a
+    unit includes, so never too few: a spare header costs a no-op ninja run, not a stale library), the
+    flags and the compiler. The cache directory's name already pins pydl, torch, CUDA, Python and the CPU."""
+    h = hashlib.sha256()
+    root = csrc_dir()
+    for path in sources(op, device) + _headers(root):
+        h.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(f.read())
+        h.update(b"\0")
+    flags = {"cflags": cflags(jit=True), "cxx": _env.raw("CXX") or "c++"}
+    if device == "cuda":
+        flags.update(cuda=cuda_cflags(), cuda_home=_find_cuda_home())
+    h.update(json.dumps(flags, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def check_library(so_path: str, key: Optional[str]) -> Tuple[str, str]:
+    """The state of a cached library against its record: ``("ok" | "missing" | "unrecorded" | "damaged" |
+    "stale", detail)``. Reads only (works in a read-only cache); ``key=None`` skips the sources check."""
+    if not os.path.exists(so_path):
+        return "missing", "not built yet"
+    try:
+        with open(_record_path(so_path)) as f:
+            rec = json.load(f)
+        want_size, want_sha = int(rec["size"]), str(rec["sha256"])
+    except FileNotFoundError:
+        return "unrecorded", "no integrity record (built by an older pydl, or copied in)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return "unrecorded", f"unreadable integrity record ({type(e).__name__})"
+    try:
+        size, sha = _digest(so_path)
+    except OSError as e:
+        return "damaged", f"cannot read {os.path.basename(so_path)} ({e.strerror or e})"
+    if size != want_size:
+        return "damaged", f"{os.path.basename(so_path)} is {size} bytes, {want_size} when built (cut short?)"
+    if sha != want_sha:
+        return "damaged", f"{os.path.basename(so_path)}'s sha256 differs from the one recorded when it was built"
+    if key is not None and rec.get("key") != key:
+        return "stale", "built from other sources or flags"
+    return "ok", "intact (size and sha256 as built)"
+
+
+def _write_record(so_path: str, key: str) -> None:
+    """Record the library's size and hash: temp file + rename, so a reader sees the old record or the new
+    one, never half of one (a crash mid-write leaves a stray temp file, not a bad record)."""
+    size, sha = _digest(so_path)
+    rec = {"size": size, "sha256": sha, "key": key, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    d = os.path.dirname(so_path)
+    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(rec, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, _record_path(so_path))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _clean(build_dir: str) -> None:
+    """Remove every build output (objects, library, record, ninja's state), keeping our lock file: what
+    ``force`` means -- nothing of the old build can be reused or loaded."""
+    for entry in os.listdir(build_dir):
+        if entry == _LOCK_FILE:
+            continue
+        path = os.path.join(build_dir, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+_READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextlib.contextmanager
+def _shared_lock(build_dir: str):
+    """Readers hold a shared lock while they check and load, so a builder (exclusive) never swaps the
+    library under them. Where the lock file cannot be opened (a read-only cache that never held one)
+    nobody can build either, and no lock is needed."""
     import fcntl
+
+    try:
+        fd = os.open(os.path.join(build_dir, _LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a filesystem without locks (some network mounts): verification still guards the load
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tuple[str, str]:
+    """Make sure (op, device)'s library in the cache is intact and current, building it if not, and load
+    it. Returns (path, "cached" | "built")."""
+    import fcntl
+
+    import torch
 
     srcs = sources(op, device)
     if not srcs:
-        raise BuildError(f"no {device} sources for op {op!r} in {csrc_dir()}")
-    if device == "cuda":
-        ok, why = cuda_toolchain()
-        if not ok:
-            raise BuildError(why)
-        # torch.utils.cpp_extension reads CUDA_HOME and TORCH_CUDA_ARCH_LIST from the environment.
-        os.environ.setdefault("CUDA_HOME", _find_cuda_home())
-        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
-    else:
-        ok, why = cpu_toolchain()
-        if not ok:
-            raise BuildError(why)
-    cpp_extension = _cpp_extension()
-    if device == "cuda":
-        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
-
+        raise BuildError(f"no {device} sources for op {op!r} in {csrc_dir()}", Reason.NO_KERNEL)
     name = ext_name(op, device)
     build_dir = os.path.join(cache_dir(), name)
-    os.makedirs(build_dir, exist_ok=True)
-    with open(os.path.join(build_dir, "pydl.flock"), "w") as lockf:
+    so_path = os.path.join(build_dir, name + ".so")
+    key = build_key(op, device)
+
+    if force:
+        state, detail = "forced", "a rebuild was asked for"
+    else:
+        with _shared_lock(build_dir):
+            state, detail = check_library(so_path, key)
+            if state == "ok":  # nothing to build: no compiler, no ninja, no exclusive lock, no write
+                torch.ops.load_library(so_path)
+                return so_path, "cached"
+
+    # Writable at all? Asked before the compiler: where nothing can be written no compiler can help.
+    try:
+        os.makedirs(build_dir, exist_ok=True)
+        lockf = open(os.path.join(build_dir, _LOCK_FILE), "a")
+    except OSError as e:
+        if e.errno not in _READ_ONLY_ERRNOS:
+            raise
+        msg = (f"the extension cache {build_dir} cannot be written ({e.strerror}), and its {name} library "
+               f"must be (re)built: {state}, {detail}. Make the cache writable, point PYDL_CACHE_DIR at a "
+               "writable directory, or run `pydl build` where it is writable.")
+        raise BuildError(msg, Reason.CACHE_READ_ONLY, f"read-only extension cache and {name} is {state} ({detail})")
+    try:
+        if device == "cuda":
+            ok, why = cuda_toolchain()
+            if not ok:
+                raise BuildError(why, Reason.MISSING_TOOL)
+            # torch.utils.cpp_extension reads CUDA_HOME and TORCH_CUDA_ARCH_LIST from the environment.
+            os.environ.setdefault("CUDA_HOME", _find_cuda_home())
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+        else:
+            ok, why = cpu_toolchain()
+            if not ok:
+                raise BuildError(why, Reason.MISSING_TOOL)
+        cpp_extension = _cpp_extension()
+        if device == "cuda":
+            cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+    except BaseException:
+        lockf.close()
+        raise
+    with lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)  # released by the kernel if this process dies
         try:
+            if not force:
+                # Another process may have built it while we waited for the lock.
+                state, detail = check_library(so_path, key)
+                if state == "ok":
+                    torch.ops.load_library(so_path)
+                    return so_path, "cached"
+            if force:
+                _clean(build_dir)
+            elif state in ("damaged", "unrecorded"):
+                # ninja would call a cut-short library up to date (its timestamp is fine) and torch would load
+                # it: delete it so ninja relinks it from the object files.
+                for path in (so_path, _record_path(so_path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
             stale = os.path.join(build_dir, "lock")
             if os.path.exists(stale):  # we hold the only lock that matters: anything left is stale
                 os.remove(stale)
-            return cpp_extension.load(
-                name=name,
-                sources=srcs,
-                extra_cflags=cflags(jit=True),
-                extra_cuda_cflags=cuda_cflags() if device == "cuda" else None,
-                extra_ldflags=["-fopenmp"],
-                extra_include_paths=[csrc_dir()],
-                build_directory=build_dir,
-                with_cuda=(device == "cuda"),
-                is_python_module=False,
-                verbose=verbose,
-            )
+            def build():
+                # torch remembers, per process, each extension it has built: asked again with other inputs (a
+                # new cache directory) it builds "<name>_v1", asked again with the same ones it skips ninja and
+                # loads whatever file is there -- after a failed or cleaned build, none. Forgetting the entry
+                # leaves the decision to ninja (and to the record checked above), every time.
+                versions = getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None)
+                if versions is not None:
+                    versions.entries.pop(name, None)
+                return cpp_extension.load(
+                    name=name,
+                    sources=srcs,
+                    extra_cflags=cflags(jit=True),
+                    extra_cuda_cflags=cuda_cflags() if device == "cuda" else None,
+                    extra_ldflags=["-fopenmp"],
+                    extra_include_paths=[csrc_dir()],
+                    build_directory=build_dir,
+                    with_cuda=(device == "cuda"),
+                    is_python_module=False,
+                    verbose=verbose,
+                )
+
+            try:
+                path = build()
+            except Exception:
+                if state not in ("damaged", "unrecorded"):
+                    raise
+                # What damaged the library (a full disk, an interrupted copy) may have damaged the object
+                # files too, and ninja trusts them by their timestamps: one more try, from scratch.
+                _clean(build_dir)
+                path = build()
+            # Built and loaded: this library is good, record it (a later process verifies against this).
+            _write_record(so_path, key)
+            return str(path or so_path), "built"
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)
 
 
-def load(op: str, device: str, verbose: bool = False) -> LoadResult:
+def load(op: str, device: str, verbose: bool = False, force: bool = False) -> LoadResult:
     """Load (building first if needed) the compiled extension of ``op`` for ``device``. Never raises:
-    the result says whether it worked and, if not, why. The answer is remembered for the process."""
+    the result says whether it worked and, if not, why. The answer is remembered for the process.
+
+    ``force``: rebuild from scratch (every old build output removed first, the old library never loaded),
+    ignoring an ahead-of-time build too. Only before the library was loaded in this process: a process
+    cannot load a second copy of the same ops."""
     key = (op, device)
     with _mutex:
         if key in _results:
-            return _results[key]
+            if force and _results[key].ok:
+                return LoadResult(False, error=f"BuildError: {ext_name(op, device)} is already loaded in this "
+                                  "process; a forced rebuild must run in a fresh one (`pydl build --force`)",
+                                  reason=Reason.LOAD_FAILED, summary="already loaded in this process")
+            if not force:
+                return _results[key]
         t0 = time.perf_counter()
         try:
             import torch
 
             aot = _aot_path(op, device)
-            if aot is not None and os.environ.get("PYDL_FORCE_JIT", "0") != "1":
+            if aot is not None and not force and not _env.flag("PYDL_FORCE_JIT"):
                 torch.ops.load_library(aot)
                 res = LoadResult(True, "aot", aot)
             else:
-                verbose = verbose or os.environ.get("PYDL_VERBOSE_BUILD", "0") == "1"
-                path = _jit_build(op, device, verbose)
+                verbose = verbose or _env.flag("PYDL_VERBOSE_BUILD")
+                path, how = _jit_build(op, device, verbose, force)
                 dt = time.perf_counter() - t0
-                res = LoadResult(True, f"jit ({dt:.1f} s)", str(path or cache_dir()))
+                res = LoadResult(True, "jit (cached, verified)" if how == "cached" else f"jit (built in {dt:.1f} s)",
+                                 path)
         except Exception as e:  # noqa: BLE001 - any failure becomes a reason the caller can show
             msg = str(e).strip()
             if len(msg) > 4000:  # compiler logs: keep the head (the command) and the tail (the error)
                 msg = msg[:1500] + "\n...\n" + msg[-2500:]
-            res = LoadResult(False, error=f"{type(e).__name__}: {msg}")
+            if isinstance(e, BuildError):
+                reason, summary = e.reason, e.summary
+            elif isinstance(e, OSError) and e.errno is None:  # dlopen's complaint, via ctypes
+                reason, summary = Reason.LOAD_FAILED, summarise(msg)
+            else:
+                # torch raises RuntimeError("Error building extension ...") with the compiler's output
+                reason, summary = Reason.BUILD_FAILED, summarise(str(e))
+            res = LoadResult(False, error=f"{type(e).__name__}: {msg}", reason=reason, summary=summary)
         res.seconds = time.perf_counter() - t0
         _results[key] = res
         return res
 
 
+def cache_state(op: str, device: str) -> Tuple[str, str]:
+    """What the cache holds for (op, device), without building or loading anything: ``("aot" | "ok" |
+    "stale" | "unrecorded" | "damaged" | "missing", detail)`` -- what `pydl doctor` reports."""
+    aot = _aot_path(op, device)
+    if aot and not _env.flag("PYDL_FORCE_JIT"):
+        return "aot", f"ahead-of-time build {os.path.basename(aot)}"
+    try:
+        key = build_key(op, device)
+    except (OSError, BuildError):
+        key = None  # sources unreadable: still say whether the library itself is intact
+    return check_library(_library_path(op, device), key)
+
+
 def cached_build_exists(op: str, device: str) -> bool:
-    if _aot_path(op, device):
-        return True
-    return bool(glob.glob(os.path.join(cache_dir(), ext_name(op, device), "*.so")))
+    """An ahead-of-time build or an intact cached one (a damaged library does not count)."""
+    return cache_state(op, device)[0] in ("aot", "ok", "stale")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,20 +13,24 @@ backend         runs on                                written in
 ==============  =====================================  ==========================================
 
 Choose one per call (``backend="cpu"``), for a block of code (``with pydl.backend("triton"): ...``), or for
-the process (``pydl.set_backend("reference")`` or the ``PYDL_BACKEND`` environment variable). A call's
-argument wins over the context, the context over the process default.
+the process (``pydl.set_backend("reference")`` or the ``PYDL_BACKEND`` environment variable, read once; empty
+means unset, a name it does not know is an error naming the variable). A call's argument wins over the
+context, the context over the process default.
 
 Asking for a backend that cannot run (wrong device, build failed, Triton missing) raises an error that says
 why. ``auto`` never raises for that: it takes the next backend in :data:`AUTO_ORDER` and, when the reason is
-a failed build or a missing tool rather than a kernel that does not exist, warns once.
+a failed build or a missing tool rather than a kernel that does not exist, warns once. The decision reads the
+:class:`Reason` every availability answer carries, never the wording of its message.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
+import enum
 import warnings
 from typing import Callable, Dict, Iterator, Optional, Tuple
+
+from . import _env
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 NAMES = BACKENDS + ("auto",)
@@ -37,7 +41,9 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
 }
 
-_process_default = os.environ.get("PYDL_BACKEND", "auto")
+# None: not chosen in code yet, so PYDL_BACKEND decides. It is parsed on first use rather than at import, so a
+# bad value surfaces as a clear error from the first op (and `pydl doctor` can still start and report it).
+_process_default: Optional[str] = None
 _context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pydl_backend", default=None)
 
 
@@ -55,8 +61,15 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend a call without ``backend=`` uses here: the innermost ``with backend(...)``, else the
-    process default."""
-    return _context.get() or _process_default
+    process default (``set_backend``, else ``PYDL_BACKEND``, else ``auto``)."""
+    global _process_default
+    ctx = _context.get()
+    if ctx is not None:
+        return ctx
+    if _process_default is None:
+        # Not cached when it raises: every call names the variable until it is fixed or set_backend is used.
+        _process_default = _env.choice("PYDL_BACKEND", NAMES, "auto")
+    return _process_default
 
 
 @contextlib.contextmanager
@@ -74,10 +87,49 @@ def backend(name: str) -> Iterator[str]:
 # Availability
 # --------------------------------------------------------------------------------------------------
 
-_triton_cache: Dict[str, Tuple[bool, str]] = {}
+class Reason(enum.Enum):
+    """Why a backend can or cannot run an op: a kind, so that decisions never parse message text.
+
+    ``auto`` skips a backend silently only for :attr:`NO_KERNEL` (nothing was ever there to use); every other
+    failure is something the user could fix -- a missing tool, a failed build, a damaged or read-only cache --
+    and is worth one warning.
+    """
+
+    OK = "ok"
+    NO_KERNEL = "no kernel"            # the op has no implementation for this backend
+    WRONG_DEVICE = "wrong device"      # the backend does not run on tensors of this device type
+    NO_DEVICE = "no device"            # e.g. no CUDA GPU here
+    MISSING_TOOL = "missing tool"      # compiler, ninja, nvcc or Triton absent or unusable
+    BUILD_FAILED = "build failed"      # the sources did not compile or link
+    CACHE_READ_ONLY = "read-only cache"  # something had to be (re)built where nothing can be written
+    LOAD_FAILED = "load failed"        # a built library would not load
+
+    @property
+    def failed(self) -> bool:
+        """A failure auto should warn about (the backend exists but something here stops it)."""
+        return self not in (Reason.OK, Reason.NO_KERNEL)
 
 
-def triton_status(device_type: str) -> Tuple[bool, str]:
+class Availability(tuple):
+    """``(ok, why)`` -- unpacks like the plain pair callers have always used -- plus ``.reason``, a
+    :class:`Reason`."""
+
+    def __new__(cls, ok: bool, why: str, reason: Reason):
+        self = super().__new__(cls, (ok, why))
+        self.reason = reason
+        return self
+
+    def __getnewargs__(self):  # pickling (a spawned worker's report) must carry the reason too
+        return (self[0], self[1], self.reason)
+
+    ok = property(lambda self: self[0])
+    why = property(lambda self: self[1])
+
+
+_triton_cache: Dict[str, Availability] = {}
+
+
+def triton_status(device_type: str) -> Availability:
     """(usable, reason) for Triton kernels on tensors of ``device_type``."""
     if device_type in _triton_cache:
         return _triton_cache[device_type]
@@ -85,53 +137,65 @@ def triton_status(device_type: str) -> Tuple[bool, str]:
         import triton  # noqa: F401
         from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
     except Exception as e:  # noqa: BLE001
-        res = (False, f"triton is not importable ({type(e).__name__}: {e})")
+        res = Availability(False, f"triton is not importable ({type(e).__name__}: {e})", Reason.MISSING_TOOL)
     else:
         import torch
 
         ver = tuple(int(p) for p in triton.__version__.split(".")[:3] if p.isdigit())
         if device_type == "cuda":
-            res = (True, f"triton {triton.__version__} (compiled)") if torch.cuda.is_available() else (
-                False, "no CUDA GPU")
+            res = Availability(True, f"triton {triton.__version__} (compiled)", Reason.OK) \
+                if torch.cuda.is_available() else Availability(False, "no CUDA GPU", Reason.NO_DEVICE)
         elif device_type == "cpu":
             import numpy as np
 
             npv = tuple(int(p) for p in np.__version__.split(".")[:2])
             if ver < (3, 7, 1) and npv >= (2, 4):
-                res = (False, f"triton {triton.__version__}'s interpreter needs numpy <= 2.3 "
-                              f"(found {np.__version__}); triton >= 3.7.1 works with numpy 2.4")
+                res = Availability(False, f"triton {triton.__version__}'s interpreter needs numpy <= 2.3 "
+                                          f"(found {np.__version__}); triton >= 3.7.1 works with numpy 2.4",
+                                   Reason.MISSING_TOOL)
             else:
-                res = (True, f"triton {triton.__version__} interpreter (slow: tests and exercises only)")
+                res = Availability(True, f"triton {triton.__version__} interpreter (slow: tests and exercises only)",
+                                   Reason.OK)
         else:
-            res = (False, f"Triton does not run on {device_type} tensors")
+            res = Availability(False, f"Triton does not run on {device_type} tensors", Reason.WRONG_DEVICE)
     _triton_cache[device_type] = res
     return res
 
 
-def available(name: str, device_type: str, op: Optional[str] = None) -> Tuple[bool, str]:
-    """Can backend ``name`` run ``op`` on tensors of ``device_type``? Returns (ok, reason). For the
-    compiled backends this builds the op's extension if needed (that is what 'usable' means)."""
+def available(name: str, device_type: str, op: Optional[str] = None) -> Availability:
+    """Can backend ``name`` run ``op`` on tensors of ``device_type``? Returns (ok, why) with ``.reason``.
+    For the compiled backends this builds the op's extension if needed (that is what 'usable' means)."""
     _check_name(name)
     import torch
 
     if name == "reference":
-        return True, "plain PyTorch"
+        return Availability(True, "plain PyTorch", Reason.OK)
     if name == "auto":
-        return True, "picks the fastest usable backend"
+        return Availability(True, "picks the fastest usable backend", Reason.OK)
     if name == "triton":
         return triton_status(device_type)
     if name != device_type:
-        return False, f"the {name} backend runs on {name} tensors, not {device_type} tensors"
+        return Availability(False, f"the {name} backend runs on {name} tensors, not {device_type} tensors",
+                            Reason.WRONG_DEVICE)
     if name == "cuda" and not torch.cuda.is_available():
-        return False, "no CUDA GPU is available"
+        return Availability(False, "no CUDA GPU is available", Reason.NO_DEVICE)
     if op is None:
-        return True, "compiled on first use"
+        return Availability(True, "compiled on first use", Reason.OK)
     from . import _build
 
     if not _build.sources(op, name):
-        return False, f"{op} has no {name} kernel"
+        return Availability(False, f"{op} has no {name} kernel", Reason.NO_KERNEL)
     res = _build.load(op, name)
-    return (True, f"loaded ({res.how})") if res.ok else (False, f"build failed: {res.error}")
+    if res.ok:
+        return Availability(True, f"loaded ({res.how})", Reason.OK)
+    # First line: the kind and the reason in a few words (what a warning shows: for a compile error the
+    # compiler's first error line, not the command that ran it); then the whole log for whoever asks.
+    reason = res.reason if res.reason not in (None, Reason.OK) else Reason.BUILD_FAILED
+    summary = res.summary or (res.error.strip().splitlines() or ["unknown error"])[0]
+    why = f"{reason.value}: {summary}"
+    if res.error.strip() and res.error.strip() != summary:
+        why = f"{why}\n{res.error}"
+    return Availability(False, why, reason)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,10 +228,14 @@ class Op:
     def backends(self) -> Tuple[str, ...]:
         return tuple(b for b in BACKENDS if b in self._loaders)
 
-    def _usable(self, name: str, device_type: str) -> Tuple[bool, str]:
+    def _usable(self, name: str, device_type: str) -> Availability:
         if name not in self._loaders:
-            return False, f"{self.name} has no {name} implementation"
-        return available(name, device_type, self.build_unit if name in ("cpu", "cuda") else None)
+            return Availability(False, f"{self.name} has no {name} implementation", Reason.NO_KERNEL)
+        res = available(name, device_type, self.build_unit if name in ("cpu", "cuda") else None)
+        if not isinstance(res, Availability):  # a plain (ok, why) pair says no kind: a failure worth a warning
+            ok, why = res
+            res = Availability(ok, why, Reason.OK if ok else Reason.LOAD_FAILED)
+        return res
 
     def resolve(self, requested: str, device_type: str) -> str:
         key = (requested, device_type)
@@ -177,11 +245,11 @@ class Op:
         if requested == "auto":
             chosen = None
             for cand in AUTO_ORDER.get(device_type, ("reference",)):
-                ok, why = self._usable(cand, device_type)
+                ok, why = avail = self._usable(cand, device_type)
                 if ok:
                     chosen = cand
                     break
-                if cand in self._loaders and "has no" not in why and (self.name, cand) not in _warned:
+                if avail.reason.failed and (self.name, cand) not in _warned:
                     _warned.add((self.name, cand))
                     warnings.warn(f"pydl: the {cand} backend of {self.name} is unavailable ({why.splitlines()[0]}); "
                                   f"auto falls back to the next one. `pydl doctor` says more.", RuntimeWarning,

@@ -59,9 +59,13 @@ def doctor_report(build: bool = False) -> dict:
     import numpy as np
 
     info["numpy"] = np.__version__
-    info["cpu_toolchain"] = _build.cpu_toolchain()
+    info["environment"] = environment_report()
+    info["cpu_toolchain"] = _build.cpu_toolchain()  # compiles a one-line program with the compiler it names
     info["cuda_toolchain"] = _build.cuda_toolchain()
-    info["cuda_archs"] = _build.cuda_arch_list()
+    try:
+        info["cuda_archs"] = _build.cuda_arch_list()
+    except ValueError as e:  # a malformed PYDL_CUDA_ARCHS: reported, not fatal to the report
+        info["cuda_archs"] = f"invalid ({e})"
     ops = {}
     for name, op in backends.all_ops().items():
         unit = getattr(op, "build_unit", name)  # the compiled sources it comes from (rnn ops share one)
@@ -75,17 +79,64 @@ def doctor_report(build: bool = False) -> dict:
                         ok, why = backends.available(b, b, unit) if (b == "cpu" or torch.cuda.is_available()) \
                             else _build_only(unit, b)
                     else:
-                        built = _build.cached_build_exists(unit, b)
-                        ok, why = (built, "built (cached)" if built else "not built yet: compiles on first use "
-                                   "or with `pydl build`")
+                        ok, why = _cache_row(*_build.cache_state(unit, b))
                         if b == "cuda" and not torch.cuda.is_available():
-                            ok, why = False, ("no CUDA GPU here" + (" (extension built)" if built else ""))
+                            ok, why = False, f"no CUDA GPU here (extension: {why})"
                 else:
                     ok, why = backends.available(b, dev, name)
                 rows[f"{b}@{dev}"] = (ok, why)
         ops[name] = rows
     info["ops"] = ops
     return info
+
+
+# What `pydl doctor` says about a cached build (see pydl/_build.py, "Integrity"): (usable?, why).
+_CACHE_ROWS = {
+    "aot": (True, "built ahead of time ({})"),
+    "ok": (True, "built (cached; size and sha256 verified)"),
+    "stale": (True, "built, but {}: rebuilt on next use"),
+    "unrecorded": (True, "built, not verifiable ({}): relinked on next use"),
+    "damaged": (False, "DAMAGED build in cache: {}; rebuilt on next use or with `pydl build`"),
+    "missing": (False, "not built yet: compiles on first use or with `pydl build`"),
+}
+
+
+def _cache_row(state: str, detail: str):
+    ok, text = _CACHE_ROWS[state]
+    return ok, text.format(detail)
+
+
+def environment_report() -> dict:
+    """Every PYDL_* variable set here, with its value or the error reading it would raise."""
+    from . import _build, _env, backends
+
+    checks = {
+        "PYDL_BACKEND": lambda: _env.choice("PYDL_BACKEND", backends.NAMES, "auto"),
+        "PYDL_CACHE_DIR": lambda: _env.path("PYDL_CACHE_DIR"),
+        "PYDL_CUDA_ARCHS": lambda: _env.cuda_archs("PYDL_CUDA_ARCHS"),
+        "PYDL_FORCE_JIT": lambda: _env.flag("PYDL_FORCE_JIT"),
+        "PYDL_NO_NATIVE": lambda: _env.flag("PYDL_NO_NATIVE"),
+        "PYDL_VERBOSE_BUILD": lambda: _env.flag("PYDL_VERBOSE_BUILD"),
+        "PYDL_BUILD_EXT": lambda: _env.flag("PYDL_BUILD_EXT"),
+        "PYDL_CONV_TF32": lambda: _env.flag("PYDL_CONV_TF32"),
+        "PYDL_TRITON_AUTOTUNE": lambda: _env.flag("PYDL_TRITON_AUTOTUNE", True),
+        "PYDL_REQUIRE_BACKENDS": lambda: _env.required_backends(),
+        "PYDL_LEARN_WORKSPACE": lambda: _env.path("PYDL_LEARN_WORKSPACE"),
+    }
+    # Read by the compiled kernels or the course's harness (C++ getenv), listed so they are not called typos.
+    unchecked = ("PYDL_BN_ONEPASS", "PYDL_CONV_IM2COL", "PYDL_CONV_TILE_KB", "PYDL_EMU_SEED")
+    out = {}
+    for name in sorted(k for k in os.environ if k.startswith("PYDL_")):
+        check = checks.get(name)
+        if check is None and name not in unchecked:
+            out[name] = (False, f"{name} is not a variable pydl reads (misspelt?); it reads "
+                                f"{', '.join(sorted(set(checks) | set(unchecked)))}")
+            continue
+        try:
+            out[name] = (True, repr(check()) if check else repr(os.environ[name]))
+        except ValueError as e:
+            out[name] = (False, str(e))
+    return out
 
 
 def _build_only(op: str, device: str):
@@ -107,6 +158,8 @@ def print_doctor(info: dict, out=sys.stdout) -> None:
     ok, why = info["cuda_toolchain"]
     w(f"CUDA toolchain: {'ok' if ok else 'unavailable'} - {why}; archs {info['cuda_archs']}\n")
     w(f"extension cache: {info['cache_dir']}\n")
+    for name, (ok, what) in info.get("environment", {}).items():
+        w(f"  {name}: {what}\n" if ok else f"  {name}: INVALID - {what}\n")
     w("\nop / backend@device: usable? why\n")
     for op, rows in info["ops"].items():
         for key, (ok, why) in rows.items():
@@ -124,12 +177,10 @@ def _doctor(args) -> int:
 # --------------------------------------------------------------------------------------------------
 
 def _build_cmd(args) -> int:
-    from . import _build
+    from . import _build, backends
 
     devices = args.device or ["cpu", "cuda"]
     failed = 0
-    if args.force:
-        os.environ["PYDL_FORCE_JIT"] = "1"
     for dev in devices:
         if dev == "cuda":
             ok, why = _build.cuda_toolchain()
@@ -142,13 +193,13 @@ def _build_cmd(args) -> int:
         ops = args.ops or _build.compiled_ops(dev)
         for op in ops:
             t0 = time.perf_counter()
-            res = _build.load(op, dev, verbose=args.verbose)
+            res = _build.load(op, dev, verbose=args.verbose, force=args.force)
             dt = time.perf_counter() - t0
             if res.ok:
                 print(f"  {dev:<5} {op:<14} ok    {dt:6.1f} s  {res.how}")
             else:
                 failed += 1
-                print(f"  {dev:<5} {op:<14} FAILED {dt:5.1f} s\n{res.error}")
+                print(f"  {dev:<5} {op:<14} FAILED {dt:5.1f} s  {(res.reason or backends.Reason.BUILD_FAILED).value}: {res.summary}\n{res.error}")
     print(f"extension cache: {_build.cache_dir()}")
     return 1 if failed else 0
 
@@ -166,7 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("ops", nargs="*", help="ops to build (default: all)")
     p.add_argument("--device", action="append", choices=["cpu", "cuda"], help="cpu, cuda (default both)")
     p.add_argument("--require-cuda", action="store_true", help="fail if the CUDA toolchain is unavailable")
-    p.add_argument("--force", action="store_true", help="ignore ahead-of-time builds in pydl/_ext")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch: remove every cached build output "
+                   "first (the old library is never loaded) and ignore ahead-of-time builds in pydl/_ext")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_build_cmd)
 

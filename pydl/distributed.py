@@ -6,7 +6,9 @@ is. What lives here:
 * :func:`init_from_env` -- join the group ``torchrun`` describes in the environment (RANK, WORLD_SIZE,
   MASTER_ADDR, MASTER_PORT), if not already initialised;
 * :func:`rank_and_world`, :func:`shard` -- who am I, and which items of a work list are mine (round-robin);
-* :func:`gather_to_rank0` -- collect picklable results on rank 0;
+* :func:`gather_to_rank0`, :func:`broadcast_from_rank0` -- collect picklable results on / send them from
+  rank 0 *of the group* passed in (which need not hold the job's rank 0: ranks 2 and 3 of 4 form a group
+  whose rank 0 is global rank 2);
 * :func:`run_local` -- start N processes on this machine with gloo on 127.0.0.1 (tests, examples), bounded in
   time, each cleaning up its process group.
 
@@ -31,10 +33,22 @@ def is_initialized() -> bool:
 
 
 def rank_and_world(group=None) -> Tuple[int, int]:
-    """(rank, world size) in ``group``; (0, 1) when no process group is initialised."""
+    """(rank, world size) in ``group`` -- the rank within the group, not the job's; (0, 1) when no process
+    group is initialised."""
     if not is_initialized():
         return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    if rank < 0:  # torch answers -1 to a process outside the group; every collective on it would misbehave
+        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of the group passed as "
+                         "group=; call it only on the group's ranks")
+    return rank, dist.get_world_size(group)
+
+
+def _global_rank_of_group_root(group) -> int:
+    """The job-wide rank of the group's rank 0. torch's object collectives take ``dst``/``src`` as *global*
+    ranks (``group_dst``/``group_src`` exist only from torch 2.6; pydl supports 2.4): passing a plain 0 with a
+    group that does not contain global rank 0 names a process outside the group."""
+    return 0 if group is None else dist.get_global_rank(group, 0)
 
 
 def init_from_env(backend: Optional[str] = None, timeout_s: float = 300.0) -> bool:
@@ -57,21 +71,23 @@ def shard(items: Sequence, rank: Optional[int] = None, world: Optional[int] = No
 
 
 def gather_to_rank0(obj: Any, group=None) -> Optional[List[Any]]:
-    """Every rank's ``obj`` in a list on rank 0 (None elsewhere); ``[obj]`` without a process group."""
+    """Every rank's ``obj`` in a list (in group-rank order) on the group's rank 0, None elsewhere; ``[obj]``
+    without a process group."""
     rank, world = rank_and_world(group)
     if world == 1:
         return [obj]
     out = [None] * world if rank == 0 else None
-    dist.gather_object(obj, out, dst=0, group=group)
+    dist.gather_object(obj, out, dst=_global_rank_of_group_root(group), group=group)
     return out
 
 
 def broadcast_from_rank0(obj: Any, group=None) -> Any:
+    """The group's rank 0's ``obj`` on every rank of the group (``obj`` itself without a process group)."""
     rank, world = rank_and_world(group)
     if world == 1:
         return obj
     box = [obj if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0, group=group)
+    dist.broadcast_object_list(box, src=_global_rank_of_group_root(group), group=group)
     return box[0]
 
 
@@ -141,7 +157,8 @@ def sharded_landscape(model, loss_fn, data, ndim: int = 2, steps=21, span=(-1.0,
 
     * Directions come from ``seed`` alone, so every rank builds the same ones without communicating.
     * Rank r evaluates ``missing[r::world]`` and checkpoints its shard to ``checkpoint_dir/shard<r>.npz``;
-      rank 0 gathers the shards, merges them and saves ``checkpoint_dir/landscape.npz``.
+      rank 0 gathers the shards, merges them and saves ``checkpoint_dir/landscape.npz``. Ranks are those
+      within ``group``: several groups can each scan at once, each with its own ``checkpoint_dir``.
     * Resumable: on (re)start every partial result in ``checkpoint_dir`` is merged first, and only the points
       still missing are evaluated -- by whatever number of ranks the restart has.
     * On the CPU the result equals the single-process scan bit for bit (each point is the same forward pass

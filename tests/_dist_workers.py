@@ -71,13 +71,32 @@ class CountingLoss:
         return F.cross_entropy(out, y)
 
 
-def landscape_worker(rank, world, ckpt_dir, with_reference):
+def landscape_worker(rank, world, ckpt_dir, with_reference, group=None):
     from pydl.debug import loss_landscape_2d
 
     model, data, lf = tiny_net(), landscape_data(), CountingLoss()
-    res = pd.sharded_landscape(model, lf, data, ndim=2, steps=5, seed=7, checkpoint_dir=ckpt_dir)
+    res = pd.sharded_landscape(model, lf, data, ndim=2, steps=5, seed=7, checkpoint_dir=ckpt_dir, group=group)
     out = {"loss": res.loss, "done": res.done, "calls": lf.calls}
     if with_reference and rank == 0:
         ref = loss_landscape_2d(tiny_net(), F.cross_entropy, data, steps=5, seed=7, show_progress=False)
         out["ref"] = ref.loss
+    return out
+
+
+def landscape_groups_worker(rank, world, ckpt_root):
+    """Four ranks as two groups, {0, 1} and {2, 3}, each scanning the same landscape at once: the second group
+    has no global rank 0, so its gather and broadcast must go to and come from *its* rank 0 (global 2)."""
+    import os
+
+    import torch.distributed as dist
+
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group, in one order
+    mine, other = groups[rank // 2], groups[1 - rank // 2]
+    try:
+        pd.rank_and_world(other)
+        outsider = "no error"
+    except ValueError as e:
+        outsider = str(e)
+    out = landscape_worker(rank, world, os.path.join(ckpt_root, f"group{rank // 2}"), rank == 0, group=mine)
+    out.update(group_rank=pd.rank_and_world(mine), outsider=outsider)
     return out

@@ -8,19 +8,25 @@
 * ``poison``: fills every ``torch.empty`` made during the test with NaN (floats) or a sentinel (ints), so an
   output element a kernel forgot to write shows up instead of passing as leftover memory.
 """
-import os
 
 import pytest
 import torch
 
 import pydl
-from pydl import backends
+from pydl import _env, backends
 
 CPU_BACKENDS = ("reference", "cpu", "triton")
 SENTINEL = -123456789
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton_compile_last: runs after every other test of the session "
+                                       "(compiles the Triton launches they recorded; see kernels/_jit.py)")
+
+
 def pytest_collection_modifyitems(config, items):
+    # the GPU compile of recorded Triton launches needs every interpreted launch of the session before it
+    items.sort(key=lambda item: "triton_compile_last" in item.keywords)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run scripts/gpu_check.sh on a GPU machine)")
@@ -35,7 +41,7 @@ def require_backend(name: str, device_type: str, op: str):
         # PYDL_REQUIRE_BACKENDS: comma-separated "name" (on any device) or "name@device" entries that must be
         # usable here -- CI requires "cpu,triton"; the GPU check "cpu,cuda,triton@cuda" (a GPU machine's older
         # Triton may not pair with its numpy in the interpreter, which is not what a GPU check is about).
-        required = [r.strip() for r in os.environ.get("PYDL_REQUIRE_BACKENDS", "").split(",") if r.strip()]
+        required = _env.required_backends()  # a misspelt entry is an error, not a requirement quietly dropped
         if name in required or f"{name}@{device_type}" in required:
             pytest.fail(f"backend {name} is required here but unusable on {device_type}: {why}")
         pytest.skip(f"backend {name} unusable on {device_type}: {why}")
@@ -49,6 +55,20 @@ def cpu_backend(request):
 @pytest.fixture(params=("cuda", "triton"))
 def gpu_backend(request):
     return request.param
+
+
+@pytest.fixture
+def exact_fp32():
+    """TF32 off in torch's cuDNN (convolutions, RNNs) and cuBLAS matmuls for one test, restored after. GPU tests
+    that compare pydl's exact fp32 with torch's own GPU result need torch exact too: cuDNN uses TF32 by default
+    on Ampere and later (10-bit mantissa, ~1e-3 relative error), far outside an fp32 tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture
@@ -71,3 +91,10 @@ def poison(monkeypatch):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_sessionstart(session):
+    try:
+        _env.required_backends()
+    except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
+        raise pytest.UsageError(str(e))

@@ -271,55 +271,6 @@ def test_to_dict_and_fields():
 
 
 # --------------------------------------------------------------------------------------------------
-# backend selection
-# --------------------------------------------------------------------------------------------------
-
-def test_backend_selection_precedence():
-    x = torch.randn(10)
-    assert pydl.get_backend() == "auto"
-    with pydl.backend("reference"):
-        assert pydl.get_backend() == "reference"
-        with pydl.backend("triton"):
-            assert pydl.get_backend() == "triton"
-        assert pydl.get_backend() == "reference"
-    pydl.set_backend("reference")
-    try:
-        assert pydl.get_backend() == "reference"
-        run(x, None)  # uses the process default
-    finally:
-        pydl.set_backend("auto")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        pydl.set_backend("fastest")
-
-
-def test_unusable_backend_raises_with_reason():
-    with pytest.raises(RuntimeError, match="cuda tensors, not cpu tensors"):
-        run(torch.randn(4), "cuda")
-
-
-def test_auto_falls_back_with_one_warning(monkeypatch):
-    """If the C++ build fails, auto uses the next backend and warns once -- never silently."""
-    from pydl import _build
-
-    monkeypatch.setitem(_build._results, ("act_stats", "cpu"), _build.LoadResult(False, error="compiler exploded"))
-    backends.reset_caches()
-    try:
-        with pytest.warns(RuntimeWarning, match="compiler exploded"):
-            s = run(torch.randn(100), "auto")
-        assert int(s.count) == 100
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            run(torch.randn(100), "auto")  # second call: no second warning
-        with pytest.raises(RuntimeError, match="compiler exploded"):
-            run(torch.randn(100), "cpu")
-    finally:
-        monkeypatch.undo()
-        backends.reset_caches()
-
-
-# --------------------------------------------------------------------------------------------------
 # GPU (skipped here; scripts/gpu_check.sh runs them)
 # --------------------------------------------------------------------------------------------------
 
@@ -372,3 +323,72 @@ def test_backend_override_plugs_in_a_kernel():
     assert calls == [torch.Size([3, 4])] and int(s.count) == 12
     run(torch.randn(3, 4), "reference")
     assert len(calls) == 1  # restored
+
+
+# --------------------------------------------------------------------------------------------------
+# extreme values and argument types (regressions; tests/test_fuzz_act_stats.py draws many more)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lo, hi, bins", [(-3e38, 3e38, 10), (-1e39, 1e39, 10), (0.0, 1e38, 10), (0.0, 3e37, 16)])
+def test_range_whose_width_overflows_is_refused(cpu_backend, lo, hi, bins):
+    """(hi - lo) * bins past float32's max used to put everything in the last bin (cpu), lose the values
+    (triton: the counters no longer added up) or fail inside bincount (reference)."""
+    require_backend(cpu_backend, "cpu", OP)
+    with pytest.raises(ValueError, match="lo"):
+        run(torch.randn(64), cpu_backend, bins=bins, lo=lo, hi=hi)
+    if cpu_backend == "cpu":
+        with pytest.raises(ValueError, match="lo"):  # the compiled op refuses it on its own
+            torch.ops.pydl_cpu.act_stats(torch.randn(64), bins, lo, hi, 0.0, False)
+
+
+def test_wide_range_that_fits_is_binned_right(cpu_backend):
+    """Just inside the limit every value is binned, and by the same rule as float64 would."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.tensor([-1e36, -5e35, -1.0, 0.0, 3e35, 9.9e35, 1e36, 2e36, -3e38, float("inf")])
+    s = run(x, cpu_backend, bins=16, lo=-1e36, hi=1e36)
+    assert int(s.hist.sum() + s.below + s.above + s.posinf) == x.numel()
+    assert torch.equal(s.hist, torch.histc(x[:7].double(), 16, -1e36, 1e36).long())
+    s64 = run(x.double(), cpu_backend, bins=16, lo=-1e39, hi=1e39)  # float64 input: float64 range
+    assert int(s64.hist.sum()) == 9
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_overflowing_statistics_are_inf_not_nan(cpu_backend, per_channel, layout):
+    """1e30-scale data (var overflows float32) and values near float32's max (sums overflow, means do not):
+    torch's var is inf there; the merges used to form inf - inf = NaN (triton, cpu per channel)."""
+    require_backend(cpu_backend, "cpu", OP)
+    big = torch.finfo(torch.float32).max / 2
+    x = torch.tensor([1e30, -2e30, 3e30, 5e29, big, big, big, big, -big, big, -big, big]).reshape(3, 2, 2, 1)
+    x = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # channel 0: the 1e30 values
+    x = make_layout(x, layout)
+    s = run(x, cpu_backend, per_channel=per_channel, lo=-1.0, hi=1.0)
+    groups = x.transpose(0, 1).reshape(2, -1) if per_channel else x.reshape(1, -1)
+    for i, g64 in enumerate(groups.double()):
+        mean = s.mean[i] if per_channel else s.mean
+        var = s.var[i] if per_channel else s.var
+        assert torch.isfinite(mean) and math.isclose(float(mean), float(g64.mean()), rel_tol=1e-6)
+        assert float(var) == math.inf == float(g64.var(correction=0).float())  # float32 overflow: inf, not NaN
+    const = run(torch.full((4, 3), big), cpu_backend, per_channel=per_channel)  # sums overflow; var is 0
+    assert torch.all(const.mean == big) and torch.all(const.var == 0)
+
+
+def make_layout(x, layout):
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+@pytest.mark.parametrize("kw, exc, arg", [
+    (dict(bins=3.7), TypeError, "bins"), (dict(bins="10"), TypeError, "bins"), (dict(bins=True), TypeError, "bins"),
+    (dict(lo="0"), TypeError, "lo"), (dict(hi=None), TypeError, "hi"), (dict(eps="0.1"), TypeError, "eps"),
+    (dict(eps=float("nan")), ValueError, "eps"), (dict(per_channel="yes"), TypeError, "per_channel"),
+    (dict(backend=3), TypeError, "backend"), (dict(backend="bogus"), ValueError, "backend"),
+])
+def test_argument_types_are_named(kw, exc, arg):
+    """A wrong type is a TypeError naming the argument and what it accepts -- not a silent int(3.7) == 3 and
+    not the dispatcher's schema dump."""
+    args = dict(bins=10, lo=0.0, hi=1.0, eps=0.0, per_channel=False, backend="reference")
+    args.update(kw)
+    with pytest.raises(exc, match=arg):
+        pydl.act_stats(torch.randn(4, 3), **args)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pydl.act_stats([1, 2, 3])

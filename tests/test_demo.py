@@ -32,7 +32,8 @@ def test_cnn_demo_quick(tmp_path):
     res = run_cnn(out, quick=True, quiet=True)
     html = _check_report(out, res["report"])
     assert res["valid_acc"] > 0.5, res["valid_acc"]  # chance is 0.1; two quick epochs reach ~0.95
-    for key in ("colorful", "layer_stats", "gradcam", "landscape_1d", "landscape_2d", "grad_flow", "curves"):
+    for key in ("colorful", "layer_stats", "gradcam", "occlusion", "top_patches", "landscape_1d", "landscape_2d",
+                "grad_flow", "curves"):
         assert key in res["files"], f"missing figure {key}"
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["valid_acc"] == res["valid_acc"]

@@ -234,7 +234,7 @@ def test_char_lm_training_matches_torch(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tcls, pcls", PAIRS)
-def test_gpu_modules(gpu_backend, tcls, pcls):
+def test_gpu_modules(gpu_backend, tcls, pcls, exact_fp32):
     require_backend(gpu_backend, "cuda", OP)
     torch.manual_seed(6)
     t = tcls(32, 64, num_layers=2, bidirectional=True, batch_first=True).cuda()

@@ -92,7 +92,8 @@ __device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const M
   r.n = a.n + b.n;
   const acc_t delta = b.mean - a.mean;
   const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  r.mean = a.mean + delta * wb;
+  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
+  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
   r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
   return r;
 }
@@ -544,6 +545,14 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
   }
 }
 
+// Bytes of dynamic shared memory a one-pass kernel may ask for: the opt-in per-block limit counts the kernel's
+// static __shared__ arrays too (its reduction scratch), so a request of the whole limit would fail to launch.
+int64_t onepass_dynamic_room(const void* kernel, int smem_optin, cudaError_t* err) {
+  cudaFuncAttributes attr{};
+  *err = cudaFuncGetAttributes(&attr, kernel);
+  return int64_t(smem_optin) - int64_t(attr.sharedSizeBytes);
+}
+
 template <typename T>
 cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
   if (a.cl || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
@@ -554,12 +563,14 @@ cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (!coop || sms <= 0) return cudaErrorNotSupported;
+  auto kernel = forward_onepass_ncl<T>;
+  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
+  if (err != cudaSuccess) return err;
   const int64_t P = a.N * a.C;
   const int64_t ppb = (P + sms - 1) / sms;  // planes per block, one block per SM
   const int64_t bytes = ppb * a.L * int64_t(sizeof(T));
-  if (bytes > smem_optin) return cudaErrorNotSupported;  // does not fit: two passes it is
+  if (bytes > room) return cudaErrorNotSupported;  // does not fit: two passes it is
   const int64_t blocks = (P + ppb - 1) / ppb;
-  auto kernel = forward_onepass_ncl<T>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   int per_sm = 0;
@@ -668,13 +679,15 @@ cudaError_t backward_onepass_impl(const BnArgs& a, cudaStream_t st) {
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (!coop || sms <= 0) return cudaErrorNotSupported;
+  auto kernel = backward_onepass_ncl<T>;
+  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
+  if (err != cudaSuccess) return err;
   const int64_t P = a.N * a.C, ppb = (P + sms - 1) / sms;
   const int64_t slice = ppb * a.L * int64_t(sizeof(T));
-  bool dy_in_smem = 2 * slice <= smem_optin;  // both, else x alone (dy is then read twice)
+  bool dy_in_smem = 2 * slice <= room;  // both, else x alone (dy is then read twice)
   const int64_t bytes = dy_in_smem ? 2 * slice : slice;
-  if (bytes > smem_optin) return cudaErrorNotSupported;
+  if (bytes > room) return cudaErrorNotSupported;
   const int64_t blocks = (P + ppb - 1) / ppb;
-  auto kernel = backward_onepass_ncl<T>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   int per_sm = 0;

@@ -8,6 +8,8 @@
 ``loss_landscape_1d`` / ``_2d``            filter-normalised random-direction scans, resumable
 ``plot_feature_maps``, ``plot_filters``    looking inside conv layers (``inspect``)
 ``plot_grad_flow``, ``dead_units``         gradient flow and dead/saturated units (``gradflow``)
+``occlusion``, ``plot_occlusion``          occlusion sensitivity, Zeiler & Fergus (``occlusion``)
+``top_patches``, ``receptive_field``       top-activating patches per channel, receptive fields (``patches``)
 =========================================  ===========================================================
 
 Importing this package imports torch and numpy only; matplotlib is imported inside the plot functions.
@@ -23,6 +25,9 @@ from .landscape import (Directions, LandscapeResult, evaluate_points, interpolat
                         scan_state)
 from .inspect import feature_maps, first_conv, plot_feature_maps, plot_filters
 from .gradflow import DeadUnitReport, dead_units, grad_stats, plot_dead_units, plot_grad_flow
+from .occlusion import occlusion, occlusion_windows, plot_occlusion
+from .patches import (ReceptiveField, TopPatches, TopPatchesResult, fold_receptive_field, layer_geometry,
+                      plot_top_patches, receptive_field, top_patches)
 
 __all__ = [
     "Hook", "Hooks", "hook_output", "hook_outputs", "leaf_modules", "first_tensor", "flat_tensors", "progress",
@@ -34,4 +39,7 @@ __all__ = [
     "scan_state",
     "feature_maps", "first_conv", "plot_feature_maps", "plot_filters",
     "DeadUnitReport", "dead_units", "grad_stats", "plot_dead_units", "plot_grad_flow",
+    "occlusion", "occlusion_windows", "plot_occlusion",
+    "ReceptiveField", "TopPatches", "TopPatchesResult", "fold_receptive_field", "layer_geometry", "plot_top_patches",
+    "receptive_field", "top_patches",
 ]

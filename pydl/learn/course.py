@@ -27,6 +27,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional
 
+from .. import _env
+
 ROOT = Path(__file__).resolve().parent / "exercises"
 COMMON = ROOT / "_common"
 DEFAULT_WORKSPACE = "pydl-exercises"
@@ -203,7 +205,7 @@ class Workspace:
     """The learner's folder: one sub-folder per started exercise, plus a small JSON state file."""
 
     def __init__(self, path: Optional[str] = None):
-        self.root = Path(path or os.environ.get("PYDL_LEARN_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
+        self.root = Path(path or _env.path("PYDL_LEARN_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
 
     def folder(self, ex: Exercise) -> Path:
         return self.root / ex.name
