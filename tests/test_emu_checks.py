@@ -398,6 +398,18 @@ int run(const std::string& name) {
     }
     return finish(right, "primitives");
   }
+  if (name == "reused_address") {  // a stale range inside a reused allocation must not shadow the new buffer
+    const int n = 64;
+    std::vector<float> x(n, 1.0f), y(n, 0.0f);
+    pydl_emu::track(x.data(), n * sizeof(float), "x");
+    pydl_emu::track(y.data() + 16, 16 * sizeof(float), "a freed workspace");  // never untracked: stale
+    pydl_emu::track(y.data(), n * sizeof(float), "y");  // the allocator handed that memory out again
+    copy_tail<true><<<(n + 31) / 32, 32>>>(x.data(), y.data(), n);
+    const bool ok = cudaGetLastError() == cudaSuccess && y[40] == 2.0f && y[n - 1] == 2.0f;
+    pydl_emu::untrack(x.data());
+    pydl_emu::untrack(y.data());
+    return finish(ok, "copied across the stale range's end");
+  }
   if (name == "aligned") {
     int* d = dev(std::vector<int>(1, -1));
     aligned<<<1, 96>>>(d);
@@ -575,3 +587,12 @@ def test_checks_are_switches(emu_bin):
     assert "memcheck" not in out and "ERROR" not in out, out
     rc, out = run(emu_bin, "uninit_shared", "broken", PYDL_EMU_CHECKS="memcheck,racecheck,synccheck")
     assert "initcheck" not in out and "ERROR" not in out, out
+
+
+def test_a_reused_address_is_not_shadowed_by_a_stale_range(emu_bin):
+    """A workspace freed inside an op leaves its range recorded until the op ends; when the allocator hands part
+    of that memory out again in a larger buffer, the new buffer must be what memcheck sees (the stale range used
+    to win the lookup, and an in-bounds read past its end read as out of bounds -- only on runs where the
+    allocator reused that address)."""
+    rc, out = run(emu_bin, "reused_address", "fixed")
+    assert rc == 0, out
