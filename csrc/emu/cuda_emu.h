@@ -66,6 +66,13 @@
 #define PYDL_EMU_NOSAN __attribute__((no_sanitize("thread")))
 #define PYDL_EMU_FN inline PYDL_EMU_NOSAN
 
+// CUDA's math API has isfinite / isinf / isnan / signbit as plain global functions in device code; C++'s
+// <cmath> keeps them in std::. Kernels call them unqualified, so bring them into the global namespace.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::signbit;
+
 #define __global__
 #define __device__
 #define __host__
@@ -1782,6 +1789,22 @@ PYDL_EMU_FN cudaError_t cudaFuncSetAttribute(void (*k)(A...), cudaFuncAttribute 
 }
 // The static shared memory of a kernel is known once it has run (the emulator allocates it lazily);
 // registers are not modelled.
+namespace pydl_emu {
+PYDL_EMU_FN void fill_func_attributes(cudaFuncAttributes* a, const KernelInfo& ki) {
+  std::memset(a, 0, sizeof *a);
+  a->sharedSizeBytes = ki.static_smem;
+  a->maxThreadsPerBlock = 1024;
+  a->numRegs = 32;
+  a->ptxVersion = a->binaryVersion = device().cc_major * 10;
+  a->maxDynamicSharedSizeBytes = int(ki.max_dyn ? ki.max_dyn : device().smem_default - ki.static_smem);
+}
+}  // namespace pydl_emu
+// The runtime API's untyped form, a kernel passed as `const void*` (as batch_norm.cu's one-pass size check
+// does): the same answers, from what the emulator knows of that address.
+PYDL_EMU_FN cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, const void* k) {
+  pydl_emu::fill_func_attributes(a, pydl_emu::info(k));
+  return cudaSuccess;
+}
 template <typename... A>
 PYDL_EMU_FN cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, void (*k)(A...)) {
   pydl_emu::KernelInfo& ki = pydl_emu::register_kernel(k);
