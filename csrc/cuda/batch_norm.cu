@@ -329,7 +329,10 @@ struct ElemtOp {
   __device__ __forceinline__ void operator()(int64_t e, const K& q) const {
     const acc_t xv = to_acc(x[e]);
     const acc_t dz = act.backward(to_acc(dy[e]), xv * q.scale + q.shift);
-    dx[e] = from_acc<T>(q.k * (dz - q.mean_dz - (xv - q.mean) * q.proj));
+    // (x - mean) * proj is the path through the batch statistics: exactly 0 in eval (proj == 0), where the
+    // product would still be NaN for an infinite x
+    const acc_t through_stats = q.proj == acc_t(0) ? acc_t(0) : (xv - q.mean) * q.proj;
+    dx[e] = from_acc<T>(q.k * (dz - q.mean_dz - through_stats));
   }
 };
 
@@ -501,7 +504,16 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
     const T* v = sx + (p - p0) * L;
     acc_t s = 0;
     for (int64_t i = lane; i < L; i += 32) s += to_acc(v[i]);
-    const acc_t mean = warp_sum_all(s) / acc_t(L);
+    acc_t mean = warp_sum_all(s) / acc_t(L);
+    if (!isfinite(mean)) {
+      // the plane's sum overflowed where its mean need not (values near the dtype's max): sum pre-scaled
+      // values instead, one rounding more per value and only here. `mean` is the same in every lane (a
+      // warp-wide sum), so the whole warp takes this branch together and the shuffles inside stay legal.
+      acc_t t = 0;
+      const acc_t inv_l = acc_t(1) / acc_t(L);
+      for (int64_t i = lane; i < L; i += 32) t += to_acc(v[i]) * inv_l;
+      mean = warp_sum_all(t);
+    }
     acc_t q = 0;
     for (int64_t i = lane; i < L; i += 32) {
       const acc_t d = to_acc(v[i]) - mean;
