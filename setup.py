@@ -19,7 +19,7 @@ from setuptools import setup
 packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels", "pydl._csrc",
             "pydl._benchmarks", "pydl.transforms"]
 package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}
-package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["*.h", "cpu/*", "cuda/*"],
+package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["*.h", "cpu/*", "cuda/*", "emu/*"],
                 "pydl._benchmarks": ["*.py", "results/**/*"]}
 
 

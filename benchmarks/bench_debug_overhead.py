@@ -17,11 +17,23 @@ parallel region). The verdict therefore uses the CPU time of each step on one th
 (``time.thread_time``), which other processes cannot inflate: the work the recorder adds.
 
     python benchmarks/bench_debug_overhead.py [--quick] [--threads N]     # exit status 1 if over target
+    python benchmarks/bench_debug_overhead.py --frameworks [--rounds R]   # inside fastai / Lightning fits
+
+``--frameworks`` (needs ``pydl[fastai]`` and ``pydl[lightning]``): the same course CNN trained by fastai's
+``Learner`` with no callback, with fastai's own ``ActivationStats(with_hist=True)`` and with
+``pydl.integrations.fastai.ActivationStats``; and by Lightning's ``Trainer`` without and with
+``pydl.integrations.lightning.ActivationStatsCallback`` (every batch, no logger, no PNG: the recording
+cost). Interleaved: each round fits one epoch with every variant, in an order that rotates from round to
+round, and the per-round ratios to the plain fit are summarised by their median. Timed in CPU time of one
+thread (``time.thread_time``, one torch thread, DataLoader without workers), which other load cannot
+inflate; only the training epoch is timed (from the first to the last training batch event), not the
+framework's set-up. Information, no target.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -29,9 +41,10 @@ import time
 import torch
 from torch import nn
 
-try:
+if __package__:  # python -m benchmarks.bench_debug_overhead, or imported
     from benchmarks.common import Case, environment, format_table, run_cases, set_threads
-except ImportError:  # run as a script
+else:  # run as a script: this folder's common.py, which puts this checkout's pydl first on the path (a
+    # `benchmarks` package found elsewhere -- an editable install of another checkout -- would bring its own)
     from common import Case, environment, format_table, run_cases, set_threads
 
 from pydl.debug import ActivationStats, leaf_modules
@@ -193,12 +206,183 @@ def paired_overhead(model_name: str = "course", preset: str = "fastai2019", incl
             1e3 * statistics.median(th), sum(th) / sum(tp) - 1)
 
 
+def _framework_data(batches: int):
+    torch.manual_seed(0)
+    _, shape, _ = MODELS["course"]
+    n = shape[0] * batches
+    return torch.randn((n,) + shape[1:]), torch.randint(0, 10, (n,)), shape[0]
+
+
+class _EpochClock:
+    """Thread CPU time from the first training batch's start to the last one's end, per epoch: the
+    training loop only, without the framework's set-up, validation or teardown."""
+
+    def __init__(self):
+        self.t0, self.times = None, []
+
+    def start(self):
+        if self.t0 is None:
+            self.t0 = time.thread_time()
+
+    def stop(self, last: bool):
+        if last:
+            self.times.append(time.thread_time() - self.t0)
+            self.t0 = None
+
+
+def _interleaved(runners: dict, rounds: int) -> dict:
+    """``runners``: name -> callable running one epoch and returning its time. Round r runs them in an
+    order rotated by r. Returns name -> (median seconds, median ratio to the first runner, q1, q3)."""
+    names = list(runners)
+    times = {k: [] for k in names}
+    for r in range(rounds + 1):
+        order = names[r % len(names):] + names[:r % len(names)]
+        got = {k: runners[k]() for k in order}
+        if r == 0:
+            continue  # warm-up round: allocator, act_stats extension load, first-fit set-up
+        for k in names:
+            times[k].append(got[k])
+    base = names[0]
+    out = {}
+    for k in names:
+        ratios = sorted(a / b for a, b in zip(times[k], times[base]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out[k] = (statistics.median(times[k]), statistics.median(ratios), q[0], q[2])
+    return out
+
+
+def fastai_overhead(rounds: int = 8, batches: int = 8) -> dict:
+    """The course CNN in a fastai Learner: plain vs fastai's ActivationStats(with_hist=True) vs pydl's."""
+    from fastai.callback.hook import ActivationStats as FastaiStats
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
+    from pydl.integrations.fastai import ActivationStats as PydlStats
+
+    x, y, bs = _framework_data(batches)
+    ds = list(zip(x, y))
+    base = course_cnn()
+
+    class Clock(Callback):
+        order = 100
+
+        def __init__(self, clock):
+            self.clock = clock
+
+        def before_batch(self):
+            if self.training:
+                self.clock.start()
+
+        def after_batch(self):
+            if self.training:
+                self.clock.stop(self.iter == self.n_iter - 1)
+
+    def runner(cb_factory):
+        clock = _EpochClock()
+        dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=False, drop_last=True), DataLoader(ds[:bs], bs=bs))
+        cbs = [Clock(clock)] + ([cb_factory()] if cb_factory else [])
+        learn = Learner(dls, copy.deepcopy(base), loss_func=nn.CrossEntropyLoss(), opt_func=_fastai_sgd(), cbs=cbs)
+
+        def run():
+            with learn.no_bar(), learn.no_logging():
+                learn.fit(1, 0.01)
+            return clock.times[-1]
+        return run
+
+    return _interleaved({"plain Learner": runner(None),
+                         "fastai ActivationStats(with_hist=True)": runner(lambda: FastaiStats(with_hist=True)),
+                         "pydl.integrations.fastai.ActivationStats": runner(lambda: PydlStats(with_hist=True)),
+                         "pydl's, near_zero='abs' (no x <= eps pass)": runner(lambda: PydlStats(near_zero="abs"))},
+                        rounds)
+
+
+def _fastai_sgd():
+    from fastai.optimizer import SGD
+    from functools import partial
+    return partial(SGD, mom=0.9)
+
+
+def lightning_overhead(rounds: int = 8, batches: int = 8) -> dict:
+    """The course CNN in a Lightning Trainer: without vs with pydl's ActivationStatsCallback."""
+    import logging
+
+    import lightning.pytorch as pl
+    from pydl.integrations.lightning import ActivationStatsCallback
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # set after the import, which sets INFO
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    x, y, bs = _framework_data(batches)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=bs)
+    base = course_cnn()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = copy.deepcopy(base)
+
+        def training_step(self, batch, i):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    class Clock(pl.Callback):
+        def __init__(self, clock):
+            self.clock = clock
+
+        def on_train_batch_start(self, trainer, module, batch, i):
+            self.clock.start()
+
+        def on_train_batch_end(self, trainer, module, out, batch, i):
+            self.clock.stop(i == trainer.num_training_batches - 1)
+
+    def runner(with_stats):
+        module = Module()
+
+        def run():
+            clock = _EpochClock()
+            cbs = [Clock(clock)] + ([ActivationStatsCallback(every_n_steps=1, colorful_png=None)] if with_stats else [])
+            trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, callbacks=cbs,
+                                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+            trainer.fit(module, loader)
+            return clock.times[-1]
+        return run
+
+    return _interleaved({"plain Trainer": runner(False), "with pydl ActivationStatsCallback": runner(True)}, rounds)
+
+
+def frameworks_main(rounds: int) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    env = environment("cpu")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {env['date']}  cpu={env['cpu']}  cores={os.cpu_count()}  load(1 min)={load:.1f}  threads=1  "
+          f"torch {env['torch']}  pydl {env['pydl']}@{env['git']}")
+    print(f"course CNN bs512 1x28x28, SGD, 8 batches per epoch; CPU time of the training epoch, {rounds} "
+          f"interleaved rounds; ratio to the plain fit: median (25th-75th percentile)")
+    for title, fn in (("fastai Learner", fastai_overhead), ("Lightning Trainer", lightning_overhead)):
+        print(f"\n{title}:")
+        for k, (sec, ratio, q1, q3) in fn(rounds).items():
+            print(f"  {k:45s} {1e3 * sec:8.1f} ms/epoch  {ratio:.3f}x ({q1:.3f}-{q3:.3f})  "
+                  f"overhead {100 * (ratio - 1):+.1f}%")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--pairs", type=int, default=60)
+    p.add_argument("--frameworks", action="store_true", help="fastai / Lightning callbacks (see the docstring)")
+    p.add_argument("--rounds", type=int, default=8)
     args = p.parse_args(argv)
+    if args.frameworks:
+        return frameworks_main(2 if args.quick else args.rounds)
     threads = set_threads(args.threads)
     env = environment("cpu")
     print(f"# {env['date']}  cpu={env['cpu']}  threads={threads}  torch {env['torch']}  "

@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 
 from ..ops._common import is_dense
-from ._jit import device_constants, jit
+from ._jit import device_constants, gpu_twin, jit
+from ._moments import block_mean, merge
 
 # extra slots after the bins, in the order of columns 2..6 of `counts`
 NAN, POSINF, NEGINF, BELOW, ABOVE, NUM_EXTRA = 0, 1, 2, 3, 4, 5
@@ -37,13 +38,16 @@ def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
                     BINS: tl.constexpr, NSLOTS: tl.constexpr, REG_HIST: tl.constexpr,
                     ACC: tl.constexpr, BLOCK: tl.constexpr, ONE_SPAN: tl.constexpr):
     pid = tl.program_id(0)
-    g = pid // splits
+    # Offsets in int64: g * sg, g * BINS and g * splits exceed int32 on huge tensors (as in the CUDA kernel).
+    g = (pid // splits).to(tl.int64)
     split = pid % splits
     lo = tl.load(params_ptr + 0)
     hi = tl.load(params_ptr + 1)
     eps = tl.load(params_ptr + 2)
     width = hi - lo
-    per_group = outer.to(tl.int64) * inner
+    # tl.cast, not outer.to(): on a GPU an int argument equal to 1 is specialised to a compile-time constant
+    # (a plain Python int, which has no .to), and outer == 1 for every whole tensor and for N == 1.
+    per_group = tl.cast(outer, tl.int64) * inner
     e_begin = split.to(tl.int64) * per_split
     e_end = tl.minimum(e_begin + per_split, per_group)
 
@@ -66,16 +70,11 @@ def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
 
         fin = inb & (v - v == 0)  # NaN - NaN and inf - inf are NaN, not 0
         nb = tl.sum(fin.to(tl.int64), axis=0)
-        bmean = tl.sum(tl.where(fin, v, 0.0), axis=0) / tl.maximum(nb, 1).to(ACC)
+        bmean = block_mean(tl.where(fin, v, 0.0), tl.maximum(nb, 1).to(ACC))
         d = tl.where(fin, v - bmean, 0.0)
         bm2 = tl.sum(d * d, axis=0)
-        # Chan: merge (nb, bmean, bm2) into (n, mean, m2); exact no-ops when nb == 0
-        nn = n + nb
-        w = nb.to(ACC) / tl.maximum(nn, 1).to(ACC)
-        delta = bmean - mean
-        mean = mean + delta * w
-        m2 = m2 + bm2 + delta * delta * n.to(ACC) * w
-        n = nn
+        # Chan: merge (nb, bmean, bm2) into (n, mean, m2); no-ops when nb == 0 (kernels/_moments.py)
+        n, mean, m2 = merge(n, mean, m2, nb, bmean, bm2)
         mn = tl.minimum(mn, tl.min(tl.where(fin, v, float("inf")), axis=0))
         mx = tl.maximum(mx, tl.max(tl.where(fin, v, float("-inf")), axis=0))
         nz += tl.sum((inb & (v <= eps) & (v >= -eps)).to(tl.int64), axis=0)
@@ -118,7 +117,7 @@ def _partial_kernel(x_ptr, params_ptr, ws_n_ptr, ws_f_ptr, counts_ptr, hist_ptr,
 @jit
 def _finalize_kernel(ws_n_ptr, ws_f_ptr, fstats_ptr, counts_ptr, groups, splits, per_group,
                      ACC: tl.constexpr, BLOCK_G: tl.constexpr):
-    g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    g = tl.program_id(0).to(tl.int64) * BLOCK_G + tl.arange(0, BLOCK_G)  # int64: g * splits * 4 can exceed int32
     gm = g < groups
     n = tl.zeros((BLOCK_G,), dtype=tl.int64)
     mean = tl.zeros((BLOCK_G,), dtype=ACC)
@@ -130,12 +129,7 @@ def _finalize_kernel(ws_n_ptr, ws_f_ptr, fstats_ptr, counts_ptr, groups, splits,
         nb = tl.load(ws_n_ptr + p, mask=gm, other=0)
         bmean = tl.load(ws_f_ptr + p * 4 + 0, mask=gm, other=0.0)
         bm2 = tl.load(ws_f_ptr + p * 4 + 1, mask=gm, other=0.0)
-        nn = n + nb
-        w = nb.to(ACC) / tl.maximum(nn, 1).to(ACC)
-        delta = tl.where(nb > 0, bmean - mean, 0.0)
-        mean = mean + delta * w
-        m2 = m2 + bm2 + delta * delta * n.to(ACC) * w
-        n = nn
+        n, mean, m2 = merge(n, mean, m2, nb, bmean, bm2)
         mn = tl.minimum(mn, tl.load(ws_f_ptr + p * 4 + 2, mask=gm, other=float("inf")))
         mx = tl.maximum(mx, tl.load(ws_f_ptr + p * 4 + 3, mask=gm, other=float("-inf")))
     has = n > 0
@@ -172,6 +166,7 @@ def act_stats_triton(x, bins, lo, hi, eps, per_channel, block=None, splits=None)
         return fstats, counts, hist
     per_group = outer * inner
     interp = dev.type == "cpu"
+    gpu = {} if block else gpu_twin(dev, BLOCK=1024)  # the compile test compiles the GPU's tile (kernels/_jit.py)
     block = block or (128 if interp else 1024)
     if splits is None:
         target = 4 * torch.cuda.get_device_properties(dev).multi_processor_count if not interp else 1
@@ -187,7 +182,7 @@ def act_stats_triton(x, bins, lo, hi, eps, per_channel, block=None, splits=None)
     _partial_kernel[(groups * splits,)](
         xv, params, ws_n, ws_f, counts, hist, outer, inner, so, sg, si, splits, per_split,
         BINS=bins, NSLOTS=nslots if reg_hist else 1, REG_HIST=reg_hist, ACC=tl_acc, BLOCK=block,
-        ONE_SPAN=outer == 1)
+        ONE_SPAN=outer == 1, **gpu)
     block_g = 128 if groups >= 128 else triton.next_power_of_2(groups)
     _finalize_kernel[(triton.cdiv(groups, block_g),)](
         ws_n, ws_f, fstats, counts, groups, splits, per_group, ACC=tl_acc, BLOCK_G=block_g)

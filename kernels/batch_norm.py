@@ -37,6 +37,7 @@ import triton.language as tl
 from ..ops.batch_norm import channel_count, is_channels_last
 from ._activation import ACT_CODES, act_backward, act_forward
 from ._jit import jit
+from ._moments import block_mean, merge
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,14 +88,10 @@ def _stats_partial(x_ptr, ws_n, ws_a, ws_b, O, I, sO, sI, sC, C, per, n_cb,
             v = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
             # the tile's own mean and M2 (two passes over registers), then Chan's merge into the totals
             cnt = tl.sum(imask.to(ACC), axis=0)
-            tmean = tl.sum(v, axis=0) / cnt
+            tmean = block_mean(v, cnt)
             d = tl.where(mask, v - tmean[None, :], 0.0)
             tm2 = tl.sum(d * d, axis=0)
-            nn = n + cnt
-            delta = tmean - mean
-            mean = mean + delta * (cnt / nn)
-            m2 = m2 + tm2 + delta * delta * (n * cnt / nn)
-            n = nn
+            n, mean, m2 = merge(n, mean, m2, cnt, tmean, tm2)  # overflow-safe: kernels/_moments.py
     w = s.to(tl.int64) * C + c
     tl.store(ws_n + w, tl.zeros((BLOCK_C,), ACC) + n, mask=cmask)
     tl.store(ws_a + w, mean, mask=cmask)
@@ -125,12 +122,7 @@ def _stats_finalize(ws_n, ws_a, ws_b, mean_ptr, out2_ptr, invstd_ptr, C, splits,
         nb = tl.load(ws_n + w, mask=cm, other=0.0)
         mb = tl.load(ws_a + w, mask=cm, other=0.0)
         qb = tl.load(ws_b + w, mask=cm, other=0.0)
-        nn = n + nb
-        wb = tl.where(nn > 0, nb / tl.maximum(nn, 1.0), 0.0)  # a split with no values changes nothing
-        delta = mb - mean
-        mean = mean + delta * wb
-        m2 = m2 + qb + delta * delta * n * wb
-        n = nn
+        n, mean, m2 = merge(n, mean, m2, nb, mb, qb)  # a split with no values changes nothing
     tl.store(mean_ptr + c, mean, mask=cm)
     if FORWARD:
         var = m2 / tl.maximum(count, 1).to(ACC)
@@ -258,7 +250,10 @@ def _elemt_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, s1_
     dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(ACC)
     leak, sub, maxv = _act_params(prm_ptr)
     dz = act_backward(dy, x * scale[None, :] + shift[None, :], leak, sub, maxv, ACT)
-    dx = k[None, :] * (dz - mean_dz[None, :] - (x - mean[None, :]) * proj[None, :])
+    if USE_STATS:
+        dx = k[None, :] * (dz - mean_dz[None, :] - (x - mean[None, :]) * proj[None, :])
+    else:  # constants: no path through the statistics (and no inf * 0 = NaN for an inf x)
+        dx = k[None, :] * dz
     tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .. import _env
 from ._activation import ACT_CODES, act_backward, act_forward
-from ._jit import autotune, jit
+from ._jit import autotune, device_constants, gpu_twin, jit
 
 
 @jit
@@ -399,10 +399,18 @@ def _dw_wgrad_kernel(dy_ptr, zs_ptr, x_ptr, ws_ptr, wsb_ptr, p_ptr,
             tl.store(wsb_ptr + split * C + c, bacc, mask=c_mask)
 
 
+_DW_GPU_BLOCK = (64, 32)  # (BLOCK_P, BLOCK_C) of the depthwise kernels on a GPU; the interpreter takes (16, 16)
+
+
 def _dw_blocks(block, device):
     if block is not None:
         return block[0], block[1]
-    return (16, 16) if device.type == "cpu" else (64, 32)
+    return (16, 16) if device.type == "cpu" else _DW_GPU_BLOCK
+
+
+def _dw_gpu_twin(block, device):
+    # the tile a GPU launch would take, for the compile test's record of an interpreted launch (kernels/_jit.py)
+    return {} if block is not None else gpu_twin(device, BLOCK_P=_DW_GPU_BLOCK[0], BLOCK_C=_DW_GPU_BLOCK[1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,9 +437,16 @@ def _mode_and_precision(dtype, device):
 
 
 def _params(leak, sub, maxv, dtype, device):
-    # in the accumulator dtype: a Python float argument would arrive as fp32 (0.1 rounded) in an fp64 kernel
+    # in the accumulator dtype: a Python float argument would arrive as fp32 (0.1 rounded) in an fp64 kernel;
+    # cached per device, not built per call (that would be a host sync, and illegal in CUDA-graph capture)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    return torch.tensor([leak, sub, maxv], dtype=acc, device=device)
+    return device_constants((float(leak), float(sub), float(maxv)), acc, device)
+
+
+def _gpu_mode(dtype, device):
+    # the interpreter upcasts tiles before tl.dot (MODE 1); a GPU feeds them to tl.dot as they are (MODE 0): the
+    # compile test must compile the GPU's path (kernels/_jit.py)
+    return {} if dtype == torch.float64 else gpu_twin(device, MODE=0)
 
 
 # PYDL_TRITON_AUTOTUNE=0 (or AUTOTUNE = False) skips autotuning on the GPU and uses DEFAULT_BLOCK: the GPU
@@ -445,7 +460,7 @@ _FP64_BLOCK = (32, 32, 8)
 
 
 def _blocks(block, dtype=None, device=None):
-    if block is None and dtype == torch.float64 and device is not None and device.type == "cuda":
+    if block is None and dtype == torch.float64:  # the interpreter too: it then runs (and records) the GPU's tile
         block = _FP64_BLOCK
     if block is None and not AUTOTUNE and device is not None and device.type == "cuda":
         block = DEFAULT_BLOCK
@@ -479,12 +494,12 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
         _dw_fwd_kernel[(triton.cdiv(M, bp), triton.cdiv(Co, bc))](
             x, w, b if b is not None else w, y, z if keep else y, params, M, Co, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw,
             *x.stride(), *y.stride(), KH=KH, KW=KW, HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act],
-            ACC=acc, BLOCK_P=bp, BLOCK_C=bc)
+            ACC=acc, BLOCK_P=bp, BLOCK_C=bc, **_dw_gpu_twin(block, x.device))
         return y, z
     args = (x, w, b if b is not None else w, y, z if keep else y, params, M, H, W, Ho, Wo, Cg, Cog, K,
             sh, sw, ph, pw, dh, dw, *x.stride(), *y.stride())
     meta = dict(KH=KH, KW=KW, HAS_BIAS=b is not None, SAVE_Z=keep, ACT=ACT_CODES[act], ACC=acc, PRECISION=prec,
-                MODE=mode)
+                MODE=mode, **_gpu_mode(x.dtype, x.device))
     blk = _blocks(block, x.dtype, x.device)
     if blk is not None:
         grid = (triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(Cog, blk["BLOCK_N"]), groups)
@@ -527,7 +542,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         if M:
             args = (dy, zs, w, gx, params, M, H, W, Ho, Wo, Cg, Cog, sh, sw, ph, pw, dh, dw,
                     *dy.stride(), *gx.stride())
-            meta = dict(KH=KH, KW=KW, ACT=code, ACC=acc, PRECISION=prec, MODE=mode)
+            meta = dict(KH=KH, KW=KW, ACT=code, ACC=acc, PRECISION=prec, MODE=mode, **_gpu_mode(x.dtype, x.device))
             if blk is not None:
                 _dgrad_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(Cg, blk["BLOCK_N"]), groups)](
                     *args, **meta, **blk)
@@ -551,7 +566,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         wsb = torch.empty((split, Co), dtype=acc_t, device=x.device)
         if P:
             meta = dict(KH=KH, KW=KW, ACT=code, WANT_B=bool(output_mask[2]), ACC=acc, PRECISION=prec, MODE=mode,
-                        SPLIT=split)
+                        SPLIT=split, **_gpu_mode(x.dtype, x.device))
 
             args = (dy, zs, x, ws, wsb, params, P, H, W, Ho, Wo, Cg, Cog, Co, K, per_split,
                     sh, sw, ph, pw, dh, dw, *dy.stride(), *x.stride())
@@ -586,7 +601,7 @@ def _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, out
         if gx.numel():
             _dw_dgrad_kernel[(triton.cdiv(N * H * W, bp), triton.cdiv(C, bc))](
                 dy, zs, w, gx, params, N * H * W, C, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw, *dy.stride(),
-                *gx.stride(), KH=KH, KW=KW, ACT=code, ACC=acc, BLOCK_P=bp, BLOCK_C=bc)
+                *gx.stride(), KH=KH, KW=KW, ACT=code, ACC=acc, BLOCK_P=bp, BLOCK_C=bc, **_dw_gpu_twin(block, x.device))
     if output_mask[1] or output_mask[2]:
         P = N * Ho * Wo
         acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -599,7 +614,7 @@ def _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, out
             _dw_wgrad_kernel[(triton.cdiv(C, bc), KH * KW, split)](
                 dy, zs, x, ws, wsb, params, P, C, H, W, Ho, Wo, per_split, sh, sw, ph, pw, dh, dw, *dy.stride(),
                 *x.stride(), KH=KH, KW=KW, ACT=code, WANT_B=bool(output_mask[2]), ACC=acc, BLOCK_P=bp,
-                BLOCK_C=bc)
+                BLOCK_C=bc, **_dw_gpu_twin(block, x.device))
         if output_mask[1]:
             gw = ws.sum(0).view(w.shape).to(x.dtype)
         if output_mask[2]:

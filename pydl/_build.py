@@ -2,8 +2,10 @@
 
 Every op that has compiled kernels is built into its own shared object per device:
 
-    csrc/cpu/<op>.cpp                      -> pydl_cpu_<op>   (ops in the torch namespace `pydl_cpu`)
-    csrc/cuda/<op>.cu + csrc/cuda/<op>.cpp -> pydl_cuda_<op>  (ops in the torch namespace `pydl_cuda`)
+    csrc/cpu/<op>.cpp                      -> pydl_cpu_<op>       (ops in the torch namespace `pydl_cpu`)
+    csrc/cuda/<op>.cu + csrc/cuda/<op>.cpp -> pydl_cuda_<op>      (ops in the torch namespace `pydl_cuda`)
+    the same two files, host C++ compiler  -> pydl_cuda_emu_<op>  (`pydl_cuda_emu`: the CUDA kernels run on CPU
+                                                                   tensors by the emulator, see _emu_build)
 
 One object per op (rather than one big extension) keeps the failure of one op's build from taking every other
 op down, keeps incremental rebuilds small, and is the same unit in both build paths:
@@ -58,7 +60,7 @@ from typing import Dict, List, Optional, Tuple
 from . import _env
 from .backends import Reason
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda", "cuda_emu")  # cuda_emu: csrc/cuda's sources, built for the CPU emulator
 DEFAULT_CUDA_ARCHS = "8.0;9.0"  # Ampere and Hopper; compiled and linked even where no GPU is present
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -116,7 +118,7 @@ def sources(op: str, device: str) -> List[str]:
         return []
     if device == "cpu":
         files = [os.path.join(root, "cpu", f"{op}.cpp")]
-    elif device == "cuda":
+    elif device in ("cuda", "cuda_emu"):
         files = [os.path.join(root, "cuda", f"{op}.cu"), os.path.join(root, "cuda", f"{op}.cpp")]
     else:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -129,8 +131,8 @@ def compiled_ops(device: str) -> List[str]:
         root = csrc_dir()
     except BuildError:
         return []
-    pattern = "*.cpp" if device == "cpu" else "*.cu"
-    names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(root, device, pattern)))
+    folder, pattern = ("cpu", "*.cpp") if device == "cpu" else ("cuda", "*.cu")
+    names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(root, folder, pattern)))
     return [n for n in names if sources(n, device)]
 
 
@@ -506,6 +508,8 @@ def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tupl
     srcs = sources(op, device)
     if not srcs:
         raise BuildError(f"no {device} sources for op {op!r} in {csrc_dir()}", Reason.NO_KERNEL)
+    if device == "cuda_emu":  # its own two-unit build (see "The emulated CUDA backend" below); no record
+        return _emu_build(op, verbose), "built"
     name = ext_name(op, device)
     build_dir = os.path.join(cache_dir(), name)
     so_path = os.path.join(build_dir, name + ".so")
@@ -623,6 +627,140 @@ def announce_compile(op: str, device: str, state: str) -> None:
           "`pydl build` does it ahead)", file=sys.stderr, flush=True)
 
 
+# --------------------------------------------------------------------------------------------------
+# The emulated CUDA backend (cuda_emu)
+# --------------------------------------------------------------------------------------------------
+#
+# pydl_cuda_emu_<op> is built from csrc/cuda/<op>.cu and csrc/cuda/<op>.cpp, unchanged, in two translation
+# units that the build directory holds as small generated files:
+#
+#   <op>_kernels.cpp   the emulator (csrc/emu/cuda_emu.h) and the launch log (csrc/emu/launch_log.h), then the
+#                      .cu source after pydl._emu.rewrite (<<<>>> launches, __shared__ declarations), with a
+#                      #line directive so compiler messages and the checks' source lines name the .cu file.
+#                      No torch header: compiled here, by the host compiler, with the emulator's own flags.
+#   <op>_glue.cpp      `#include "cuda_glue.h"` + `#include "cuda/<op>.cpp"`: the ATen glue, retargeted to CPU
+#                      tensors and the torch library `pydl_cuda_emu` (see csrc/emu/cuda_glue.h). Compiled and
+#                      linked, with the kernels' object, by torch.utils.cpp_extension like the other units.
+#
+# The kernels' object is named by a hash of everything it is made from (its source after the rewrite, the
+# flags, every header under csrc/ and the compiler's version): an edit anywhere gives a new name, so the
+# object is rebuilt and the library relinked, and an unchanged tree reuses it.
+
+def _emu_paths():
+    root = csrc_dir()
+    emu = os.path.join(root, "emu")
+    return root, emu, os.path.join(emu, "glue")
+
+
+def emu_kernel_cflags() -> List[str]:
+    """Flags of an emulated kernel translation unit.
+
+    -fsanitize=thread without libtsan: the compiler calls a hook before every load and store of the kernel
+    code, and the hooks (csrc/emu/cuda_emu_hooks.cpp, linked into the library, compiled without the flag)
+    are the emulator's memcheck / racecheck / initcheck. -g: the checks name source lines. -O1: a launch
+    runs every thread of every block on one CPU core, so the kernels should be optimised, but -O2's compile
+    time is not worth its few percent here. The C++ ABI flag matches torch's: the glue and the kernels share
+    the emulator's inline functions and their std:: types."""
+    import torch
+
+    root, emu, _ = _emu_paths()
+    return ["-std=c++17", "-fPIC", "-O1", "-g", "-fsanitize=thread", "-w",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-DPYDL_CUDA_EMU",
+            "-I", emu, "-I", root, "-I", os.path.join(root, "cuda")]
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return  # keep the timestamp: ninja would otherwise rebuild an unchanged file
+    except OSError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _cxx() -> str:
+    """The compiler for the emulated kernels: the same one, by the same rule, as every other build."""
+    cxx, origin = cxx_command()
+    if not cxx:
+        raise BuildError(origin, Reason.MISSING_TOOL)
+    return cxx
+
+
+def _emu_kernel_object(op: str, build_dir: str, verbose: bool) -> str:
+    from . import _emu
+
+    root, emu, _ = _emu_paths()
+    cu = os.path.join(root, "cuda", f"{op}.cu")
+    with open(cu) as f:
+        body = _emu.rewrite(f.read(), cu)
+    text = '#include "cuda_emu.h"\n#include "launch_log.h"\n' + body
+    src = os.path.join(build_dir, f"{op}_kernels.cpp")
+    _write_if_changed(src, text)
+    cxx = _cxx()
+    flags = emu_kernel_cflags()
+    h = hashlib.sha1()
+    h.update(text.encode())
+    h.update(" ".join([cxx] + flags).encode())
+    try:
+        h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.encode())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.h"), recursive=True)):
+        with open(path, "rb") as f:
+            h.update(path.encode() + b"\0" + f.read())
+    obj = os.path.join(build_dir, f"{op}_kernels-{h.hexdigest()[:12]}.o")
+    if os.path.isfile(obj):
+        return obj
+    for old in glob.glob(os.path.join(build_dir, f"{op}_kernels-*.o")):
+        os.remove(old)
+    cmd = [cxx] + flags + ["-c", src, "-o", obj + ".tmp"]
+    if verbose:
+        print(" ".join(cmd), file=sys.stderr)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"compiling {cu} for the CUDA emulator failed:\n{' '.join(cmd)}\n{r.stderr}{r.stdout}",
+                         Reason.BUILD_FAILED)
+    os.replace(obj + ".tmp", obj)  # atomic: a killed compile never leaves a half object under the final name
+    return obj
+
+
+def _emu_build(op: str, verbose: bool) -> str:
+    import fcntl
+
+    ok, why = cpu_toolchain()
+    if not ok:
+        raise BuildError(why, Reason.MISSING_TOOL)
+    cpp_extension = _cpp_extension()
+    root, emu, glue = _emu_paths()
+    name = ext_name(op, "cuda_emu")
+    build_dir = os.path.join(cache_dir(), name)
+    os.makedirs(build_dir, exist_ok=True)
+    with open(os.path.join(build_dir, "pydl.flock"), "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                os.remove(stale)
+            obj = _emu_kernel_object(op, build_dir, verbose)
+            glue_src = os.path.join(build_dir, f"{op}_glue.cpp")
+            _write_if_changed(glue_src, f'#include "cuda_glue.h"\n#include "cuda/{op}.cpp"\n')
+            return cpp_extension.load(
+                name=name,
+                sources=[glue_src, os.path.join(emu, "cuda_emu_hooks.cpp")],
+                extra_cflags=["-O1", "-DPYDL_EXTENSION", "-DPYDL_CUDA_EMU"],
+                extra_ldflags=[obj],
+                extra_include_paths=[glue, emu, root],  # glue/ first: its c10/cuda/*.h stand in for torch's
+                build_directory=build_dir,
+                with_cuda=False,
+                is_python_module=False,
+                verbose=verbose,
+            )
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+
+
 def load(op: str, device: str, verbose: bool = False, force: bool = False) -> LoadResult:
     """Load (building first if needed) the compiled extension of ``op`` for ``device``. Never raises:
     the result says whether it worked and, if not, why. The answer is remembered for the process.
@@ -696,7 +834,8 @@ def aot_units() -> List[Tuple[str, str]]:
     """The (device, op) units an ahead-of-time build compiles: all of them, or those PYDL_BUILD_EXT_ONLY
     names (``cpu:act_stats,cuda:conv2d``) -- for a quick check of the build path itself, which otherwise
     compiles every unit (minutes)."""
-    every = [(dev, op) for dev in DEVICES for op in compiled_ops(dev)]
+    # cpu and cuda only: cuda_emu is a test backend (the CUDA kernels run on the CPU under checks), built on use
+    every = [(dev, op) for dev in ("cpu", "cuda") for op in compiled_ops(dev)]
     only = _env.names("PYDL_BUILD_EXT_ONLY", [f"{dev}:{op}" for dev, op in every])
     return [u for u in every if f"{u[0]}:{u[1]}" in only] if only else every
 

@@ -9,6 +9,7 @@ backend         runs on                                written in
 ``cpu``         CPU tensors                            C++ (csrc/cpu/<op>.cpp)
 ``cuda``        CUDA tensors                           CUDA C++ (csrc/cuda/<op>.cu)
 ``triton``      CUDA tensors; CPU via the interpreter  Triton (kernels/<op>.py)
+``cuda_emu``    CPU tensors                            csrc/cuda/<op>.cu on the CPU emulator of CUDA
 ``auto``        -                                      the fastest usable one (never the interpreter)
 ==============  =====================================  ==========================================
 
@@ -32,7 +33,9 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from . import _env
 
-BACKENDS = ("reference", "cpu", "cuda", "triton")
+BACKENDS = ("reference", "cpu", "cuda", "triton", "cuda_emu")
+# cuda_emu runs the CUDA kernels, unchanged, on CPU tensors (csrc/emu/, docs/ARCHITECTURE.md "The CUDA
+# emulator"): slow by design, a checker, never chosen by ``auto``.
 NAMES = BACKENDS + ("auto",)
 
 # What ``auto`` tries, fastest first, per device type. The order comes from benchmarks/ (see README).
@@ -174,8 +177,9 @@ def available(name: str, device_type: str, op: Optional[str] = None) -> Availabi
         return Availability(True, "picks the fastest usable backend", Reason.OK)
     if name == "triton":
         return triton_status(device_type)
-    if name != device_type:
-        return Availability(False, f"the {name} backend runs on {name} tensors, not {device_type} tensors",
+    runs_on = "cpu" if name == "cuda_emu" else name  # the emulated CUDA backend takes CPU tensors
+    if runs_on != device_type:
+        return Availability(False, f"the {name} backend runs on {runs_on} tensors, not {device_type} tensors",
                             Reason.WRONG_DEVICE)
     if name == "cuda" and not torch.cuda.is_available():
         return Availability(False, "no CUDA GPU is available", Reason.NO_DEVICE)
@@ -231,7 +235,7 @@ class Op:
     def _usable(self, name: str, device_type: str) -> Availability:
         if name not in self._loaders:
             return Availability(False, f"{self.name} has no {name} implementation", Reason.NO_KERNEL)
-        res = available(name, device_type, self.build_unit if name in ("cpu", "cuda") else None)
+        res = available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
         if not isinstance(res, Availability):  # a plain (ok, why) pair says no kind: a failure worth a warning
             ok, why = res
             res = Availability(ok, why, Reason.OK if ok else Reason.LOAD_FAILED)

@@ -83,7 +83,14 @@ def doctor_report(build: bool = False) -> dict:
             for dev in ("cpu", "cuda"):
                 if b in ("cpu", "cuda") and b != dev:
                     continue
-                if b in ("cpu", "cuda"):
+                if b == "cuda_emu":  # the CUDA kernels on the CPU emulator: CPU tensors, built like cpu's
+                    if dev != "cpu":
+                        continue
+                    built = _build.cached_build_exists(unit, b)
+                    ok, why = backends.available(b, dev, unit) if build else (
+                        built, "built (cached)" if built else "not built yet: compiles on first use or with "
+                        "`pydl build --device cuda_emu`")
+                elif b in ("cpu", "cuda"):
                     if build:
                         ok, why = backends.available(b, b, unit) if (b == "cpu" or torch.cuda.is_available()) \
                             else _build_only(unit, b)
@@ -229,7 +236,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("build", help="compile the C++/CUDA extensions now and report times")
     p.add_argument("ops", nargs="*", help="ops to build (default: all)")
-    p.add_argument("--device", action="append", choices=["cpu", "cuda"], help="cpu, cuda (default both)")
+    p.add_argument("--device", action="append", choices=["cpu", "cuda", "cuda_emu"],
+                   help="cpu, cuda (default both), cuda_emu (the CUDA kernels for the CPU emulator)")
     p.add_argument("--require-cuda", action="store_true", help="fail if the CUDA toolchain is unavailable")
     p.add_argument("--force", action="store_true", help="rebuild from scratch: remove every cached build output "
                    "first (the old library is never loaded) and ignore ahead-of-time builds in pydl/_ext")

@@ -1,8 +1,9 @@
 """Shared test fixtures.
 
 * ``cpu_backend``: parametrises a test over every backend that can run on CPU tensors here: ``reference``,
-  ``cpu`` (the C++ extension; built on first use) and ``triton`` (Triton's interpreter). A backend that is
-  not usable on this machine is skipped with the reason, never silently passed.
+  ``cpu`` (the C++ extension; built on first use), ``triton`` (Triton's interpreter) and ``cuda_emu`` (the
+  CUDA kernels on the CPU emulator, with its checks; ``pytest -k cuda_emu`` runs the emulated suite). A
+  backend that is not usable on this machine is skipped with the reason, never silently passed.
 * ``gpu`` marker: the test needs a CUDA GPU; skipped cleanly where there is none (``scripts/gpu_check.sh``
   runs them on a GPU machine).
 * ``poison``: fills every ``torch.empty`` made during the test with NaN (floats) or a sentinel (ints), so an
@@ -15,11 +16,26 @@ import torch
 import pydl
 from pydl import _env, backends
 
-CPU_BACKENDS = ("reference", "cpu", "triton")
+CPU_BACKENDS = ("reference", "cpu", "triton", "cuda_emu")
+# Backends that run a kernel's program instances / threads one by one on the CPU: tests give them their tiny
+# shapes and fast-mode gradchecks (tests/cuda_emu_cases.py chooses the emulator's shapes by the branches of
+# each launcher instead).
+SLOW_BACKENDS = ("triton", "cuda_emu")
+
+
+def slow(backend: str) -> bool:
+    return backend in SLOW_BACKENDS
 SENTINEL = -123456789
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton_compile_last: runs after every other test of the session "
+                                       "(compiles the Triton launches they recorded; see kernels/_jit.py)")
+
+
 def pytest_collection_modifyitems(config, items):
+    # the GPU compile of recorded Triton launches needs every interpreted launch of the session before it
+    items.sort(key=lambda item: "triton_compile_last" in item.keywords)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run scripts/gpu_check.sh on a GPU machine)")
@@ -29,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def require_backend(name: str, device_type: str, op: str):
-    ok, why = backends.available(name, device_type, op if name in ("cpu", "cuda") else None)
+    ok, why = backends.available(name, device_type, op if name in ("cpu", "cuda", "cuda_emu") else None)
     if not ok:
         # PYDL_REQUIRE_BACKENDS: comma-separated "name" (on any device) or "name@device" entries that must be
         # usable here -- CI requires "cpu,triton"; the GPU check "cpu,cuda,triton@cuda" (a GPU machine's older
@@ -48,6 +64,20 @@ def cpu_backend(request):
 @pytest.fixture(params=("cuda", "triton"))
 def gpu_backend(request):
     return request.param
+
+
+@pytest.fixture
+def exact_fp32():
+    """TF32 off in torch's cuDNN (convolutions, RNNs) and cuBLAS matmuls for one test, restored after. GPU tests
+    that compare pydl's exact fp32 with torch's own GPU result need torch exact too: cuDNN uses TF32 by default
+    on Ampere and later (10-bit mantissa, ~1e-3 relative error), far outside an fp32 tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture

@@ -143,3 +143,25 @@ def run_isolated(tally: Tally, case: str, code: str, timeout: float = 120.0) -> 
     if p.returncode != 0:
         return tally.add(WRONG, case, p.stderr[-400:])
     return tally.add(OK, case)
+
+
+def run_cpu_backends(tally: Tally, op: str, plan, valid_case: Callable, invalid_cases: Callable) -> list:
+    """For each (backend, n) of ``plan`` that can run on CPU tensors here: ``n`` calls of
+    ``valid_case(backend)``, then every ``(case, call, argument)`` of ``invalid_cases(backend)`` through
+    :func:`check`. A backend that cannot run is left out -- unless PYDL_REQUIRE_BACKENDS names it, which fails
+    the test (tests/conftest.py's require_backend). Returns the backends that ran."""
+    import pytest
+    from conftest import require_backend
+
+    ran = []
+    for backend, n in plan:
+        try:
+            require_backend(backend, "cpu", op)
+        except pytest.skip.Exception:
+            continue
+        ran.append(backend)
+        for _ in range(n):
+            valid_case(backend)
+        for case, call, arg in invalid_cases(backend):
+            check(tally, f"{backend} {case}", call, invalid_arg=arg)
+    return ran

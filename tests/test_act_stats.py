@@ -14,7 +14,7 @@ import pydl
 from pydl import backends
 from pydl.ops.act_stats import act_stats_reference
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "act_stats"
 
@@ -78,7 +78,7 @@ TRITON_SHAPES = [(1,), (7,), (1, 1, 1, 1), (2, 3, 5, 7), (3, 1, 9), (5, 17)]
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced"])
 def test_parity_with_reference(cpu_backend, per_channel, kind, layout):
     require_backend(cpu_backend, "cpu", OP)
-    shapes = TRITON_SHAPES if cpu_backend == "triton" else SHAPES
+    shapes = TRITON_SHAPES if slow(cpu_backend) else SHAPES
     for shape in shapes:
         if per_channel and len(shape) < 2:
             continue
@@ -125,7 +125,7 @@ def test_reference_matches_torch():
 def test_matches_torch_directly(cpu_backend):
     """Every backend against torch.histc / mean / var / aminmax, per channel too."""
     require_backend(cpu_backend, "cpu", OP)
-    shape = (3, 4, 5, 7) if cpu_backend == "triton" else (8, 16, 13, 11)
+    shape = (3, 4, 5, 7) if slow(cpu_backend) else (8, 16, 13, 11)
     for layout in ("contiguous", "channels_last"):
         x = make(shape, "randn", layout=layout)
         s = run(x, cpu_backend, per_channel=True, lo=-6.0, hi=8.0, bins=17)
@@ -175,7 +175,7 @@ def test_empty_and_all_nonfinite(cpu_backend):
 def test_large_values_do_not_cancel(cpu_backend):
     """|mean| >> std: a sum-of-squares variance would return garbage (or a negative number) here."""
     require_backend(cpu_backend, "cpu", OP)
-    n = 300 if cpu_backend == "triton" else 100_000
+    n = 300 if slow(cpu_backend) else 100_000
     x = 1e4 + torch.randn(n)
     s = run(x, cpu_backend, lo=0.0, hi=2e4)
     want = x.double().var(correction=0)
@@ -323,3 +323,72 @@ def test_backend_override_plugs_in_a_kernel():
     assert calls == [torch.Size([3, 4])] and int(s.count) == 12
     run(torch.randn(3, 4), "reference")
     assert len(calls) == 1  # restored
+
+
+# --------------------------------------------------------------------------------------------------
+# extreme values and argument types (regressions; tests/test_fuzz_act_stats.py draws many more)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lo, hi, bins", [(-3e38, 3e38, 10), (-1e39, 1e39, 10), (0.0, 1e38, 10), (0.0, 3e37, 16)])
+def test_range_whose_width_overflows_is_refused(cpu_backend, lo, hi, bins):
+    """(hi - lo) * bins past float32's max used to put everything in the last bin (cpu), lose the values
+    (triton: the counters no longer added up) or fail inside bincount (reference)."""
+    require_backend(cpu_backend, "cpu", OP)
+    with pytest.raises(ValueError, match="lo"):
+        run(torch.randn(64), cpu_backend, bins=bins, lo=lo, hi=hi)
+    if cpu_backend == "cpu":
+        with pytest.raises(ValueError, match="lo"):  # the compiled op refuses it on its own
+            torch.ops.pydl_cpu.act_stats(torch.randn(64), bins, lo, hi, 0.0, False)
+
+
+def test_wide_range_that_fits_is_binned_right(cpu_backend):
+    """Just inside the limit every value is binned, and by the same rule as float64 would."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.tensor([-1e36, -5e35, -1.0, 0.0, 3e35, 9.9e35, 1e36, 2e36, -3e38, float("inf")])
+    s = run(x, cpu_backend, bins=16, lo=-1e36, hi=1e36)
+    assert int(s.hist.sum() + s.below + s.above + s.posinf) == x.numel()
+    assert torch.equal(s.hist, torch.histc(x[:7].double(), 16, -1e36, 1e36).long())
+    s64 = run(x.double(), cpu_backend, bins=16, lo=-1e39, hi=1e39)  # float64 input: float64 range
+    assert int(s64.hist.sum()) == 9
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_overflowing_statistics_are_inf_not_nan(cpu_backend, per_channel, layout):
+    """1e30-scale data (var overflows float32) and values near float32's max (sums overflow, means do not):
+    torch's var is inf there; the merges used to form inf - inf = NaN (triton, cpu per channel)."""
+    require_backend(cpu_backend, "cpu", OP)
+    big = torch.finfo(torch.float32).max / 2
+    x = torch.tensor([1e30, -2e30, 3e30, 5e29, big, big, big, big, -big, big, -big, big]).reshape(3, 2, 2, 1)
+    x = x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # channel 0: the 1e30 values
+    x = make_layout(x, layout)
+    s = run(x, cpu_backend, per_channel=per_channel, lo=-1.0, hi=1.0)
+    groups = x.transpose(0, 1).reshape(2, -1) if per_channel else x.reshape(1, -1)
+    for i, g64 in enumerate(groups.double()):
+        mean = s.mean[i] if per_channel else s.mean
+        var = s.var[i] if per_channel else s.var
+        assert torch.isfinite(mean) and math.isclose(float(mean), float(g64.mean()), rel_tol=1e-6)
+        assert float(var) == math.inf == float(g64.var(correction=0).float())  # float32 overflow: inf, not NaN
+    const = run(torch.full((4, 3), big), cpu_backend, per_channel=per_channel)  # sums overflow; var is 0
+    assert torch.all(const.mean == big) and torch.all(const.var == 0)
+
+
+def make_layout(x, layout):
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+@pytest.mark.parametrize("kw, exc, arg", [
+    (dict(bins=3.7), TypeError, "bins"), (dict(bins="10"), TypeError, "bins"), (dict(bins=True), TypeError, "bins"),
+    (dict(lo="0"), TypeError, "lo"), (dict(hi=None), TypeError, "hi"), (dict(eps="0.1"), TypeError, "eps"),
+    (dict(eps=float("nan")), ValueError, "eps"), (dict(per_channel="yes"), TypeError, "per_channel"),
+    (dict(backend=3), TypeError, "backend"), (dict(backend="bogus"), ValueError, "backend"),
+])
+def test_argument_types_are_named(kw, exc, arg):
+    """A wrong type is a TypeError naming the argument and what it accepts -- not a silent int(3.7) == 3 and
+    not the dispatcher's schema dump."""
+    args = dict(bins=10, lo=0.0, hi=1.0, eps=0.0, per_channel=False, backend="reference")
+    args.update(kw)
+    with pytest.raises(exc, match=arg):
+        pydl.act_stats(torch.randn(4, 3), **args)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pydl.act_stats([1, 2, 3])

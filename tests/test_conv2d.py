@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import pydl
 from pydl.ops.conv2d import conv2d_backward_reference, conv2d_reference
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "conv2d"
 
@@ -126,8 +126,8 @@ def test_reference_matches_torch():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_grid_fp64(cpu_backend, seed):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
-    n = {"triton": 8, "reference": 15}.get(cpu_backend, 25)
+    tiny = slow(cpu_backend)
+    n = {"triton": 8, "cuda_emu": 8, "reference": 15}.get(cpu_backend, 25)
     for c in random_cases(n, seed=100 + seed, tiny=tiny):
         check_case(c, cpu_backend, bias=bool(seed))
 
@@ -135,7 +135,7 @@ def test_random_grid_fp64(cpu_backend, seed):
 @pytest.mark.parametrize("act", ["relu", "general_relu"])
 def test_fused_activation(cpu_backend, act):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     for c in random_cases(4 if tiny else 12, seed=7, tiny=tiny):
         check_case(c, cpu_backend, act=act)
 
@@ -143,7 +143,7 @@ def test_fused_activation(cpu_backend, act):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_dtypes(cpu_backend, dtype):
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     for c in random_cases(3 if tiny else 10, seed=11, tiny=tiny):
         check_case(c, cpu_backend, act="relu" if c["N"] == 1 else "none", dtype=dtype)
 
@@ -240,7 +240,7 @@ def test_gradcheck(cpu_backend, act):
     c = dict(N=2, C=4, H=4, W=5, Co=4, kh=3, kw=2, stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
     # the interpreter runs ~1000x slower: a smaller problem and gradcheck's fast mode (random projections,
     # two evaluations per input instead of two per input *element*)
-    fast = cpu_backend == "triton"
+    fast = slow(cpu_backend)
     c.update(N=1, H=3, W=4)  # ~70 input elements: each costs gradcheck two forward calls
     x, w, b = make_inputs(c, requires_grad=True)
     # maxv = 3: the clamp is active somewhere, but no z sits within gradcheck's eps of a kink (seeded data)
@@ -249,6 +249,109 @@ def test_gradcheck(cpu_backend, act):
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7, fast_mode=fast)
     xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     assert torch.autograd.gradcheck(fn, (xc, w, b), eps=1e-6, atol=1e-7, fast_mode=fast)
+
+
+# Second derivatives (gradient penalties, gradgradcheck). Geometries cover stride, padding, dilation, groups
+# (incl. depthwise) and channels_last; acts and bias on/off rotate over them. maxv = 3 clamps somewhere while
+# no seeded z lies within gradgradcheck's eps of a kink.
+_GG_CASES = [
+    (dict(N=1, C=2, H=4, W=3, Co=3, kh=2, kw=2, stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1),
+     "none", True),
+    (dict(N=1, C=4, H=3, W=2, Co=2, kh=2, kw=1, stride=(1, 1), padding=(1, 1), dilation=(2, 1), groups=2),
+     "relu", False),
+    (dict(N=1, C=2, H=3, W=3, Co=2, kh=3, kw=3, stride=(1, 2), padding=(1, 1), dilation=(1, 1), groups=2,
+          cl=True), "general_relu", True),
+    (dict(N=1, C=2, H=3, W=4, Co=2, kh=2, kw=2, stride=(1, 1), padding=(0, 1), dilation=(1, 2), groups=1),
+     "general_relu", False),
+    (dict(N=1, C=3, H=3, W=2, Co=3, kh=2, kw=2, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=3),
+     "relu", True),
+    (dict(N=1, C=2, H=2, W=3, Co=2, kh=3, kw=2, stride=(1, 1), padding=(1, 0), dilation=(1, 1), groups=1),
+     "none", False),
+]
+
+
+def _gg_fn(c, act, backend):
+    return lambda x, w, *b: pydl.conv2d(x, w, b[0] if b else None, act=act, leak=0.1, sub=0.4, maxv=3.0,  # noqa
+                                        backend=backend, **conv_kw(c))
+
+
+@pytest.mark.parametrize("case", range(len(_GG_CASES)))
+def test_gradgradcheck(cpu_backend, case):
+    """The backward of the backward, against finite differences of the backward (fp64)."""
+    require_backend(cpu_backend, "cpu", OP)
+    c, act, bias = _GG_CASES[case]
+    if cpu_backend == "triton" and case not in (1, 2, 3):
+        pytest.skip("the interpreter is ~1000x slower: cases 1-3 cover every act, bias on/off, groups, "
+                    "dilation and channels_last")
+    x, w, b = make_inputs(c, bias=bias, requires_grad=True)
+    inputs = (x, w) if b is None else (x, w, b)
+    # Full mode (every element) on the compiled backend; fast mode (random projections: two evaluations per
+    # input instead of two per element) elsewhere -- the double-backward formulas are the same Python code for
+    # every backend, so the full check of one plus a projected check of the others keeps the suite fast.
+    assert torch.autograd.gradgradcheck(_gg_fn(c, act, cpu_backend), inputs, eps=1e-6, atol=1e-6,
+                                        fast_mode=cpu_backend != "cpu")
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_gradient_penalty_matches_torch(cpu_backend, act):
+    """WGAN-GP style: penalise the input gradient's norm, then train the weights on it. Every second
+    derivative (w.r.t. x, weight and bias) must equal torch's -- they were silently zero once."""
+    require_backend(cpu_backend, "cpu", OP)
+    c = dict(N=2, C=2, H=4, W=4, Co=4, kh=3, kw=3, stride=(1, 2), padding=(1, 1), dilation=(1, 1), groups=2)
+    x, w, b = make_inputs(c, requires_grad=True)
+
+    def penalty(conv):
+        y = conv(x, w, b)
+        # a loss nonlinear in y: with a linear one, x's gradient would not depend on x, b or the activation
+        (gx,) = torch.autograd.grad((y.pow(2) * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(),
+                                    x, create_graph=True)
+        return (gx.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+    got = torch.autograd.grad(penalty(lambda x, w, b: pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5,
+                                                                  backend=cpu_backend, **conv_kw(c))), (x, w, b))
+    want = torch.autograd.grad(penalty(lambda x, w, b: torch_act(F.conv2d(x, w, b, **conv_kw(c)), act)), (x, w, b))
+    for name, g, e in zip(("x", "weight", "bias"), got, want):
+        # fp64 sums of ~50 products each, in different orders: ~1e-14 relative; 1e-10 leaves room
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"d penalty / d {name}: {m}")
+    assert all(g.abs().max() > 0 for g in got), "a zero second derivative would make this test blind"
+
+
+def test_third_derivative_matches_torch():
+    """The double backward is made of differentiable pydl ops, so higher orders work too."""
+    require_backend("cpu", "cpu", OP)
+    c = dict(N=1, C=2, H=4, W=4, Co=2, kh=2, kw=2, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x, w, _ = make_inputs(c, requires_grad=True)
+
+    def third(conv):
+        (gx,) = torch.autograd.grad(conv(x, w).pow(3).sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.pow(2).sum(), w, create_graph=True)
+        return torch.autograd.grad(gw.sum(), x)[0]
+
+    torch.testing.assert_close(third(lambda x, w: pydl.conv2d(x, w, backend="cpu", **conv_kw(c))),
+                               third(lambda x, w: F.conv2d(x, w, **conv_kw(c))), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("act, maxv", [("relu", None), ("general_relu", 1.5), ("general_relu", None)])
+def test_nan_passes_through_the_fused_activation_as_in_torch(cpu_backend, act, maxv):
+    """NaN in, NaN out: a fused relu must not turn a NaN pre-activation into 0 (nor the clamp into maxv),
+    and the gradient follows torch's formulas at NaN (relu passes it, a clamp stops it)."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    x[0, 0, 1, 2] = math.nan
+    x[0, 1, 3, 0] = -math.inf
+    x.requires_grad_(True)
+    w = torch.randn(2, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=maxv, backend=cpu_backend)
+    z = F.conv2d(x, w, b)
+    want = F.relu(z) if act == "relu" else F.leaky_relu(z, 0.1) - 0.4
+    if maxv is not None:  # no clamp at all without maxv (fastai's GeneralRelu), so none to stop a NaN's gradient
+        want = want.clamp_max(maxv)
+    assert torch.isnan(want).any()
+    torch.testing.assert_close(y, want, equal_nan=True)
+    for g, e in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(want, (x, w, b), gy)):
+        torch.testing.assert_close(g, e, equal_nan=True)
 
 
 def test_general_relu_backward_recomputes_z_if_not_saved(cpu_backend):
@@ -394,14 +497,121 @@ def test_triton_block_sizes(poison):
     (dict(padding="same", stride=2), ValueError, "strided"),
     (dict(padding_mode="mirror"), ValueError, "padding_mode"),
     (dict(act="gelu"), ValueError, "act must be"),
+    (dict(act=3), TypeError, "act must be one of"),
+    (dict(stride=1.5), TypeError, "stride must be an int or a pair of ints, got 1.5"),
+    (dict(stride=(1, 2, 3)), ValueError, "stride must be an int or a pair of ints, got 3 entries"),
+    (dict(stride=(1, True)), TypeError, "stride must be an int or a pair"),
+    (dict(dilation="2"), TypeError, "dilation must be an int or a pair"),
+    (dict(padding=1.0), TypeError, "padding must be an int, a pair of ints, 'same' or 'valid'"),
+    (dict(padding=(-1, 0), padding_mode="reflect"), ValueError, "padding must be >= 0"),
+    (dict(padding_mode=None), ValueError, "padding_mode must be"),
+    (dict(b=[0.0, 1.0, 2.0, 3.0]), TypeError, "bias must be a torch.Tensor or None, got list"),
+    (dict(x=[[1.0]]), TypeError, "x must be a torch.Tensor, got list"),
+    (dict(act="general_relu", leak="fast"), TypeError, "leak must be a float or None"),
+    (dict(act="general_relu", maxv=[1.0]), TypeError, "maxv must be a float or None"),
+    (dict(groups=2.0), TypeError, "groups must be a positive int, got 2.0"),
+    (dict(groups=True), TypeError, "groups must be a positive int"),
+    (dict(groups=0), ValueError, "groups must be a positive int, got 0"),
 ])
 def test_bad_input(cpu_backend, bad, exc, match):
     require_backend(cpu_backend, "cpu", OP)
     args = dict(x=torch.randn(2, 4, 6, 6), w=torch.randn(4, 2, 3, 3), b=torch.randn(4), stride=1, padding=0,
-                dilation=1, padding_mode="zeros", act="none")
+                dilation=1, groups=2, padding_mode="zeros", act="none")
     args.update(bad)
     with pytest.raises(exc, match=match):
-        pydl.conv2d(args.pop("x"), args.pop("w"), args.pop("b"), groups=2, backend=cpu_backend, **args)
+        pydl.conv2d(args.pop("x"), args.pop("w"), args.pop("b"), backend=cpu_backend, **args)
+
+
+def test_int_likes_are_accepted_like_torch():
+    """numpy integers and a 1-element sequence are valid (F.conv2d takes them); the result is the same."""
+    import numpy as np
+
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 2, 3, 3)
+    got = pydl.conv2d(x, w, stride=(np.int64(2),), padding=np.int32(1), groups=np.int64(2), backend="reference")
+    torch.testing.assert_close(got, F.conv2d(x, w, stride=2, padding=1, groups=2))
+
+
+@pytest.mark.parametrize("groups, act", [(1, "relu"), (2, "general_relu")])  # general_relu: z is saved too
+def test_zero_input_channels_matches_torch(cpu_backend, groups, act):
+    """F.conv2d's answer for an input with no channels is an empty (N, 0, Ho, Wo) output, zero gradients and
+    a zero bias gradient: every backend, the fake and the compiled ops give the same."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = torch.randn(2, 0, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 0, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    kw = dict(stride=(2, 1), padding=1, groups=groups)
+    y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=cpu_backend, **kw)
+    want = torch_act(F.conv2d(x, w, b, **kw), act)
+    assert y.shape == want.shape == (2, 0, 3, 8)
+    got_g = torch.autograd.grad(y.sum(), (x, w, b))
+    want_g = torch.autograd.grad(want.sum(), (x, w, b))
+    for g, e in zip(got_g, want_g):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e)
+    torch.library.opcheck(torch.ops.pydl.conv2d.default, (x.detach(), w.detach(), b.detach(), [2, 1], [1, 1], [1, 1],
+                                                          groups, act, 0.1, 0.4, 1.5, True, cpu_backend))
+    if cpu_backend == "cpu":
+        a = ([2, 1], [1, 1], [1, 1], groups, act, 0.1, 0.4, 1.5)
+        y2, z2 = torch.ops.pydl_cpu.conv2d(x.detach(), w.detach(), b.detach(), *a, True)
+        assert y2.shape == want.shape and z2.shape == (want.shape if act == "general_relu" else (0,))
+        gx, gw, gb = torch.ops.pydl_cpu.conv2d_backward(torch.ones_like(y2), x.detach(), w.detach(), y2, *a,
+                                                       [True, True, True])
+        assert gx.shape == x.shape and gw.shape == w.shape and torch.equal(gb, torch.zeros_like(b))
+
+
+def _bwd_args():
+    """A valid conv2d_backward call (groups 2, general_relu) to break one argument of at a time."""
+    x, w = torch.randn(2, 4, 5, 6), torch.randn(6, 2, 3, 3)
+    gy, z = torch.randn(2, 6, 3, 6), torch.randn(2, 6, 3, 6)
+    return dict(grad_y=gy, x=x, w=w, z=z, stride=[2, 1], padding=[1, 1], dilation=[1, 1], groups=2,
+                act="general_relu", leak=0.1, sub=0.4, maxv=1.5, output_mask=[True, True, True])
+
+
+@pytest.mark.parametrize("ns", ["pydl", "pydl_cpu"])
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(grad_y=torch.randn(2, 6, 3, 5)), ValueError, r"grad_y must have shape .2, 6, 3, 6."),
+    (dict(grad_y=torch.randn(2, 6, 3)), ValueError, "grad_y must have shape"),
+    (dict(grad_y=torch.randn(2, 6, 3, 6, dtype=torch.float64)), TypeError, "grad_y dtype"),
+    (dict(grad_y=torch.randn(2, 6, 3, 6, device="meta")), ValueError, "grad_y is on meta"),
+    (dict(z=torch.randn(2, 6, 2, 6)), ValueError, "z must have shape|needs z"),
+    (dict(z=torch.randn(2, 6, 3, 6, dtype=torch.float16)), TypeError, "z dtype"),
+    (dict(z=None), ValueError, "needs z"),
+    (dict(w=torch.randn(6, 3, 3, 3)), ValueError, "input channels"),
+    (dict(x=torch.randn(2, 4, 5, 6, dtype=torch.float64)), TypeError, "weight dtype"),
+    (dict(groups=4), ValueError, "divisible by groups"),
+    (dict(stride=[0, 1]), ValueError, "stride must be >= 1"),
+])
+def test_backward_op_checks_shapes(ns, bad, exc, match):
+    """conv2d_backward is public (and so is the compiled op): an inconsistent call is a clear error that names
+    the argument, never an out-of-bounds read."""
+    if ns == "pydl_cpu":
+        require_backend("cpu", "cpu", OP)
+        if any(isinstance(v, torch.Tensor) and v.is_meta for v in bad.values()):
+            pytest.skip("a meta tensor dispatches the compiled op to Meta, not to its CPU kernel")
+    args = _bwd_args()
+    args.update(bad)
+    call = list(args.values())
+    if ns == "pydl":
+        fn, call = torch.ops.pydl.conv2d_backward, call + ["reference"]
+    else:
+        fn = torch.ops.pydl_cpu.conv2d_backward
+    with pytest.raises(exc, match=match):
+        fn(*call)
+
+
+def test_backward_op_is_registered_under_its_own_name():
+    """The backward op is its own backends.Op ("conv2d_backward", built from the conv2d unit): doctor lists it,
+    reset_caches() forgets what it resolved, and a fallback warning would name it."""
+    from pydl import backends
+
+    ops = backends.all_ops()
+    op = ops["conv2d_backward"]
+    assert op is not ops["conv2d"] and op.build_unit == "conv2d" and ops["conv2d"].build_unit == "conv2d"
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    pydl.conv2d(x, torch.randn(2, 2, 3, 3), backend="reference").sum().backward()
+    assert ("reference", "cpu") in op._resolved
+    backends.reset_caches()
+    assert not op._resolved
 
 
 def test_device_mismatch_is_named():
@@ -641,7 +851,7 @@ def test_gpu_big_index_math():
 
 
 @pytest.mark.gpu
-def test_gpu_opcheck_and_compile(gpu_backend):
+def test_gpu_opcheck_and_compile(gpu_backend, exact_fp32):
     require_backend(gpu_backend, "cuda", OP)
     x = torch.randn(2, 4, 9, 8, device="cuda")
     w = torch.randn(6, 2, 3, 3, device="cuda")
@@ -651,6 +861,28 @@ def test_gpu_opcheck_and_compile(gpu_backend):
     f = torch.compile(lambda t: pydl.conv2d(t, w, b, padding=1, groups=2, act="relu", backend=gpu_backend),
                       fullgraph=True)
     torch.testing.assert_close(f(x), F.relu(F.conv2d(x, w, b, padding=1, groups=2)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_gpu_double_backward(gpu_backend, act):
+    """gradgradcheck in fp64 on CUDA tensors, and a gradient penalty in fp32 against torch's."""
+    require_backend(gpu_backend, "cuda", OP)
+    c, _, _ = _GG_CASES[2]
+    x, w, b = (t.cuda().requires_grad_(True) for t in make_inputs(c))
+    assert torch.autograd.gradgradcheck(_gg_fn(c, act, gpu_backend), (x, w, b), eps=1e-6, atol=1e-6)
+
+    def pen(conv, dtype):
+        xx, ww, bb = (t.detach().to(dtype).requires_grad_(True) for t in (x, w, b))
+        (gx,) = torch.autograd.grad(conv(xx, ww, bb).pow(2).sum(), xx, create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), (ww, bb))
+
+    got = pen(lambda x, w, b: pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=3.0, backend=gpu_backend,
+                                          **conv_kw(c)), torch.float32)
+    # torch in fp64 (cuDNN's fp32 would use TF32 by default)
+    want = pen(lambda x, w, b: torch_act(F.conv2d(x, w, b, **conv_kw(c)), act, maxv=3.0), torch.float64)
+    for g, e in zip(got, want):  # fp32 with ~20-term sums, two levels deep: 1e-4 as the fp32 parity tests
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu

@@ -298,7 +298,7 @@ def test_tensorboard(tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_records_match_cpu():
+def test_cuda_records_match_cpu(exact_fp32):
     torch.manual_seed(0)
     m_cpu = small_cnn()
     m_gpu = small_cnn()

@@ -125,3 +125,27 @@ def test_convert_maps_torch_syncbatchnorm_both_ways():
     bn = pydl.nn.SyncBatchNorm(3)
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(bn(x), torch.nn.functional.batch_norm(x, None, None, training=True))
+
+
+def test_merge_moments_matches_one_pass_and_keeps_inf():
+    """SyncBatchNorm's rank-order merge equals the statistics of the concatenated data, skips empty ranks,
+    and gives a channel that holds +inf the mean torch gives it (inf), not the NaN a naive merge forms."""
+    from pydl.nn.syncbatchnorm import merge_moments
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 3, generator=g, dtype=torch.float64) * 5 + 2 for n in (3, 0, 5, 2)]
+    counts = torch.tensor([float(p.shape[0]) for p in parts])
+    means = torch.stack([p.mean(0) if len(p) else torch.zeros(3, dtype=torch.float64) for p in parts])
+    m2s = torch.stack([((p - p.mean(0)) ** 2).sum(0) if len(p) else torch.zeros(3, dtype=torch.float64)
+                       for p in parts])
+    n, mean, m2 = merge_moments(counts, means, m2s)
+    allx = torch.cat(parts)
+    assert n.item() == allx.shape[0]
+    torch.testing.assert_close(mean, allx.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m2, ((allx - allx.mean(0)) ** 2).sum(0), rtol=1e-12, atol=1e-12)
+
+    inf = float("inf")
+    means = torch.tensor([[inf, 1.0], [2.0, 3.0]], dtype=torch.float64)
+    n, mean, _ = merge_moments(torch.tensor([4.0, 4.0]), means, torch.zeros(2, 2, dtype=torch.float64))
+    assert mean[0].item() == inf == torch.tensor([inf, 2.0]).mean().item()
+    assert mean[1].item() == 2.0

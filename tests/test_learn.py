@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pydl import _emu
 from pydl.learn import checker, course, cuda
 from pydl.learn.course import MarkerError, solution_text, split_regions, starter_text
 from pydl.learn.harness import GUARD, compare, guard_report, guarded_like
@@ -384,14 +385,33 @@ def test_emulation_reports_deadlock_and_bad_launch(tmp_path):
 
 
 @needs_cxx
+@pytest.mark.parametrize("name, kind, check", [
+    ("cuda_reduce", "plain += on out", "racecheck"),                 # blocks add to *out without an atomic
+    ("cuda_reduce", "no barrier before reading warp_sums", "racecheck"),
+    ("cuda_histogram", "non-atomic merge", "racecheck"),
+    ("cuda_histogram", "shared counts not zeroed", "initcheck"),      # the bins are incremented unread-written
+    ("cuda_vector_add", "no bounds check", "memcheck"),
+])
+def test_emulation_checks_name_the_bug(tmp_path, name, kind, check):
+    """The emulator's checks, not luck with the schedule or a source pattern, catch the course's concurrency
+    and bounds mutants, and the report names the check and the learner's line."""
+    ex = course.get(name)
+    levels = _cuda_check(ex, tmp_path, ex.mutant(kind))
+    failed = [lv for lv in levels if lv["status"] == "fail"]
+    assert failed and failed[0]["name"].startswith("correct on the CPU emulation"), failure_text(levels)
+    assert f"emulation: {check} in kernel" in failed[0]["detail"], failure_text(levels)
+    assert f"{ex.file}:" in failed[0]["detail"], failure_text(levels)  # the source line of the access
+
+
+@needs_cxx
 def test_emulation_rewrite_keeps_lines_and_skips_comments():
     src = "// launch with kernel<<<blocks, threads>>>(x)\n__global__ void k(float* p) {\n  __shared__ float a[4][8];\n" \
           "  extern __shared__ int d[];\n}\nvoid f(){ k<<<dim3(1, 2), 32, 16>>>(p); }\n"
-    out = cuda.emu_source(src, "x.cu")
+    out = _emu.rewrite(src, "x.cu")
     assert out.count("\n") == src.count("\n") + 1  # + the #line directive
-    assert "pydl_emu::Launcher(dim3(1, 2), 32, 16).bind(k)(p)" in out
-    assert "auto& a = pydl_emu::shared<float[4][8]>" in out
-    assert "int* d = pydl_emu::dynamic_shared<int>()" in out
+    assert 'pydl_emu::Launcher(dim3(1, 2), 32, 16).bind(k, "k")(p)' in out
+    assert 'auto& a = pydl_emu::shared<float[(4)][(8)]>(1L, "a")' in out
+    assert 'int* d = pydl_emu::dynamic_shared<int>("d")' in out
     assert "<<<" not in out
 
 
@@ -573,7 +593,7 @@ def test_emulation_primitives_behave_like_cuda(tmp_path, seed):
 
     src = tmp_path / "prims.cu"
     src.write_text(EMU_SELFTEST)
-    (tmp_path / "prims.cpp").write_text(cuda.emu_source(EMU_SELFTEST, str(src)))
+    (tmp_path / "prims.cpp").write_text(_emu.rewrite(EMU_SELFTEST, str(src)))
     exe = tmp_path / "prims"
     subprocess.run([cuda.find_cxx(), "-std=c++17", "-w", "-I", str(cuda.EMU_INCLUDE), "-I", str(course.COMMON),
                     "-include", str(cuda.EMU_HEADER), str(tmp_path / "prims.cpp"), "-o", str(exe)], check=True)

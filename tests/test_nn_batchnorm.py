@@ -14,7 +14,7 @@ import torch.nn as nn
 import pydl
 from pydl.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "batch_norm"
 PAIRS = [(BatchNorm1d, nn.BatchNorm1d, (4, 5, 7)), (BatchNorm1d, nn.BatchNorm1d, (6, 5)),
@@ -67,7 +67,7 @@ def test_state_dict_through_bytes_and_dtype_device_args():
 def test_train_and_eval_match_torch(cpu_backend, momentum, kwargs):
     require_backend(cpu_backend, "cpu", OP)
     for ours_cls, torch_cls, shape in PAIRS:
-        if cpu_backend == "triton" and len(shape) > 4:
+        if slow(cpu_backend) and len(shape) > 4:
             continue
         ours = ours_cls(shape[1], momentum=momentum, backend=cpu_backend, **kwargs)
         ref = torch_cls(shape[1], momentum=momentum, **kwargs)
@@ -201,3 +201,15 @@ def test_short_training_run_tracks_torch():
         losses[name] = torch.tensor(out)
     assert losses["torch"][-2] < losses["torch"][0], "the run must actually train"
     assert torch.allclose(losses["pydl"], losses["torch"], rtol=1e-4, atol=1e-5), (losses["pydl"], losses["torch"])
+
+
+def test_module_arguments_are_named():
+    """The module's attributes reach pydl.batch_norm's checks: errors name momentum / eps, not float()."""
+    x = torch.randn(4, 3, 5)
+    with pytest.raises(TypeError, match="momentum must be a finite float"):
+        pydl.nn.BatchNorm1d(3, momentum="fast", backend="reference")(x)
+    with pytest.raises(ValueError, match="eps must be > 0 in training"):
+        pydl.nn.BatchNorm1d(3, eps=0.0, backend="reference")(x)
+    m = pydl.nn.BatchNorm1d(3, eps=0.0, backend="reference").eval()  # eval: eps = 0 is allowed, as in torch
+    assert torch.equal(m(x), torch.nn.functional.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias,
+                                                            False, 0.1, 0.0))

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import pydl
 from pydl import backends
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "rnn"
 PAIRS = [(tnn.LSTM, pydl.nn.LSTM), (tnn.GRU, pydl.nn.GRU)]
@@ -39,7 +39,7 @@ def test_same_parameters_and_state_dict(tcls, pcls):
 def test_sequence_modules_match_torch(cpu_backend, tcls, pcls, config):
     require_backend(cpu_backend, "cpu", OP)
     torch.manual_seed(0)
-    I, H, T, B = (3, 4, 3, 2) if cpu_backend == "triton" else (5, 16, 6, 3)
+    I, H, T, B = (3, 4, 3, 2) if slow(cpu_backend) else (5, 16, 6, 3)
     t = tcls(I, H, **config)
     p = pcls.from_torch(t)
     p.backend = cpu_backend
@@ -234,7 +234,7 @@ def test_char_lm_training_matches_torch(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tcls, pcls", PAIRS)
-def test_gpu_modules(gpu_backend, tcls, pcls):
+def test_gpu_modules(gpu_backend, tcls, pcls, exact_fp32):
     require_backend(gpu_backend, "cuda", OP)
     torch.manual_seed(6)
     t = tcls(32, 64, num_layers=2, bidirectional=True, batch_first=True).cuda()

@@ -18,7 +18,7 @@ import pydl
 from pydl import backends
 from pydl.ops import rnn as R
 
-from conftest import require_backend
+from conftest import require_backend, slow
 
 OP = "rnn"  # the build unit of all the rnn ops
 
@@ -102,7 +102,7 @@ def random_configs(n, seed, tiny):
 def test_sequence_parity_with_torch_fp64(cpu_backend, kind):
     """Outputs, final states and ALL gradients (x, h0, c0, every weight and bias) vs torch.nn.LSTM / GRU."""
     require_backend(cpu_backend, "cpu", OP)
-    tiny = cpu_backend == "triton"
+    tiny = slow(cpu_backend)
     for cfg in random_configs(4 if tiny else 10, seed=hash(kind) % 1000, tiny=tiny):
         got, want = seq_case(kind, cpu_backend, **cfg)
         assert_close(got, want, 1e-10, f"{kind} {cfg}")
@@ -111,7 +111,7 @@ def test_sequence_parity_with_torch_fp64(cpu_backend, kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_sequence_fp32_vs_torch_fp32(cpu_backend, kind):
     require_backend(cpu_backend, "cpu", OP)
-    cfg = dict(T=3, B=2, I=4, H=5, L=2, bidir=True, bias=True) if cpu_backend == "triton" else \
+    cfg = dict(T=3, B=2, I=4, H=5, L=2, bidir=True, bias=True) if slow(cpu_backend) else \
         dict(T=7, B=5, I=9, H=33, L=2, bidir=True, bias=True)
     got, want = seq_case(kind, cpu_backend, dtype=torch.float32, **cfg)
     assert all(t.dtype == torch.float32 for t in got[0])
@@ -156,7 +156,7 @@ def cell_case(kind, backend, B, I, H, bias, dtype=torch.float64, unused_c=False)
 def test_cell_parity_with_torch(cpu_backend, kind):
     require_backend(cpu_backend, "cpu", OP)
     sizes = [(1, 1, 1), (2, 3, 5), (3, 2, 4)]
-    if cpu_backend != "triton":
+    if not slow(cpu_backend):
         sizes += [(7, 13, 33), (4, 1, 65)]
     for B, I, H in sizes:
         for bias in (True, False):
@@ -176,7 +176,7 @@ def test_gradcheck(cpu_backend, kind):
     T, B, I, H, L = 2, 2, 2, 2, 2
     D = 2
     # the interpreter runs every launch in numpy: fast_mode (random projections instead of the full Jacobian)
-    fast = cpu_backend == "triton"
+    fast = slow(cpu_backend)
     m = make_torch(kind, I, H, L, True, True)
     ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)

@@ -114,6 +114,7 @@ def test_aot_units_follow_the_only_switch(monkeypatch):
     monkeypatch.delenv("PYDL_BUILD_EXT_ONLY", raising=False)
     every = _build.aot_units()
     assert ("cpu", "act_stats") in every and ("cuda", "conv2d") in every
+    assert {dev for dev, _ in every} == {"cpu", "cuda"}  # what setup.py can build; cuda_emu builds on use
     monkeypatch.setenv("PYDL_BUILD_EXT_ONLY", "cpu:act_stats")
     assert _build.aot_units() == [("cpu", "act_stats")]
     monkeypatch.setenv("PYDL_BUILD_EXT_ONLY", "cpu:nope")

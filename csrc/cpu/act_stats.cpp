@@ -51,9 +51,11 @@ struct Moments {
       return;
     }
     const int64_t nn = n + nb;
-    const double delta = mean_b - mean;
-    mean += delta * (double(nb) / double(nn));
-    m2 += m2_b + delta * delta * (double(n) * double(nb) / double(nn));
+    const double delta = mean_b - mean, w = double(nb) / double(nn);
+    // delta of two finite float64 means can overflow (1e308 - -1e308); the convex combination cannot, and
+    // an overflowing delta means M2 is inf anyway (the last term is >= delta^2 / 2).
+    mean = std::isfinite(delta) ? mean + delta * w : mean * (1.0 - w) + mean_b * w;
+    m2 += m2_b + delta * delta * (double(n) * w);
     n = nn;
     mn = std::min(mn, mn_b);
     mx = std::max(mx, mx_b);
@@ -133,6 +135,26 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
   }
   nz += nzc;
   if (nf == 0) return;
+  if (!(std::isfinite(s) && std::isfinite(s2))) {
+    // Finite values whose sums overflow the accumulator (float32 data beyond ~1e17 with spread, near 1e35
+    // without): the fast sums above are inf or inf - inf = NaN. Redo this chunk in double: float32 values
+    // sum there without overflow (and a constant chunk's mean comes out exact, its M2 0); float64 values
+    // near their maximum are averaged pre-scaled. An M2 beyond the range then is inf, which is the truth.
+    double mean = 0.0, m2 = 0.0;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      for (int64_t i = 0; i < len; ++i)
+        if ((vals[i] - vals[i]) == acc_t(0)) mean += double(vals[i]);
+      mean /= double(nf);
+    } else {
+      const double inv = 1.0 / double(nf);
+      for (int64_t i = 0; i < len; ++i)
+        if ((vals[i] - vals[i]) == acc_t(0)) mean += double(vals[i]) * inv;
+    }
+    for (int64_t i = 0; i < len; ++i)
+      if ((vals[i] - vals[i]) == acc_t(0)) m2 += (double(vals[i]) - mean) * (double(vals[i]) - mean);
+    mom.merge(nf, mean, m2, double(mn), double(mx));
+    return;
+  }
   if (shifted) {
     const acc_t ds = s / acc_t(nf);
     const acc_t m2 = std::max(s2 - s * ds, acc_t(0));
@@ -311,10 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cpu(const at::Tensor& x
                                                              double hi, double eps, bool per_channel) {
   check_device(x_in, c10::DeviceType::CPU, "act_stats", "x");
   check_floating(x_in, "act_stats", "x");
-  PYDL_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), "act_stats: bins must be in [1, 2^24], got ", bins);
-  PYDL_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo < hi, "act_stats: need finite lo < hi, got lo=",
-                   lo, ", hi=", hi);
-  PYDL_CHECK_VALUE(eps >= 0, "act_stats: eps must be >= 0, got ", eps);
+  check_hist_args(bins, lo, hi, eps, x_in.scalar_type() == at::kDouble);
   PYDL_CHECK_VALUE(!per_channel || x_in.dim() >= 2, "act_stats: per_channel needs x of rank >= 2 (N, C, ...), got rank ",
                    x_in.dim());
 

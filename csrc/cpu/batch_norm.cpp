@@ -141,9 +141,14 @@ struct Moments {
   double n = 0, mean = 0, m2 = 0;
   void merge(double nb, double mb, double m2b) {
     if (nb == 0) return;
-    const double nn = n + nb, delta = mb - mean;
-    mean += delta * (nb / nn);
-    m2 += m2b + delta * delta * (n * nb / nn);
+    if (n == 0) {  // not through the formula: delta^2 * 0 is NaN when delta^2 overflowed
+      n = nb; mean = mb; m2 = m2b;
+      return;
+    }
+    const double nn = n + nb, delta = mb - mean, w = nb / nn;
+    // delta of two finite float64 means can overflow; their convex combination cannot (and M2 is inf then)
+    mean = std::isfinite(delta) ? mean + delta * w : mean * (1.0 - w) + mb * w;
+    m2 += m2b + delta * delta * (n * w);
     n = nn;
   }
 };
@@ -156,6 +161,22 @@ inline const acc_t* as_acc(const scalar_t* p, int64_t len, acc_t* buf) {
   } else {
     for (int64_t i = 0; i < len; ++i) buf[i] = acc_t(p[i]);
     return buf;
+  }
+}
+
+// The mean of len values v[0], v[stride], ... in double, for the rare chunk whose float sums overflowed:
+// float32 values sum in double without overflow (a constant chunk's mean comes out exact, so its M2 is 0);
+// float64 values near their maximum are averaged pre-scaled instead.
+template <typename acc_t>
+double mean_no_overflow(const acc_t* v, int64_t len, int64_t stride) {
+  double s = 0.0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (int64_t i = 0; i < len; ++i) s += double(v[i * stride]);
+    return s / double(len);
+  } else {
+    const double inv = 1.0 / double(len);
+    for (int64_t i = 0; i < len; ++i) s += double(v[i * stride]) * inv;
+    return s;
   }
 }
 
@@ -172,7 +193,17 @@ inline void chunk_moments(const acc_t* __restrict__ v, int64_t len, Moments& m) 
     const acc_t d = v[i] - mean;
     q += d * d;
   }
-  m.merge(double(len), double(mean), double(q));
+  if (std::isfinite(s) && std::isfinite(q)) {
+    m.merge(double(len), double(mean), double(q));
+    return;
+  }
+  // The float sums overflowed (float32 data near 1e35 and beyond) or the data holds inf/NaN. Redo the chunk
+  // in double with the mean from pre-scaled values: finite data then gets its true mean (never inf - inf =
+  // NaN), float32 data its exact M2; an M2 beyond float64 is inf. Inf/NaN data still give inf/NaN, as torch.
+  const double md = mean_no_overflow(v, len, 1);
+  double qd = 0.0;
+  for (int64_t i = 0; i < len; ++i) qd += (double(v[i]) - md) * (double(v[i]) - md);
+  m.merge(double(len), md, qd);
 }
 
 // Moments of a contiguous span (part of one NCL plane).
@@ -221,6 +252,14 @@ inline void span_reduce(const scalar_t* __restrict__ dy, const scalar_t* __restr
 
 // dx = k * (dz - mean_dz - (x - mean) * proj), with k = w * invstd, mean_dz = sum_dz / n and
 // proj = sum_dz_xmu * invstd^2 / n (both 0 in eval, where the statistics are constants).
+// (x - mean) * proj, the gradient's path through the batch statistics -- exactly 0 when proj is (eval, where
+// the statistics are constants): a select, not the product, because inf * 0 would make an inf x's gradient
+// NaN where torch's eval gradient (weight * invstd * dy) is finite.
+template <typename acc_t>
+inline acc_t stat_term(acc_t xmu, acc_t proj) {
+  return proj == acc_t(0) ? acc_t(0) : xmu * proj;
+}
+
 template <int ACT, typename scalar_t, typename acc_t>
 inline void span_elemt(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, scalar_t* __restrict__ dx,
                        int64_t len, acc_t mean, acc_t scale, acc_t shift, acc_t k, acc_t mean_dz, acc_t proj,
@@ -229,7 +268,7 @@ inline void span_elemt(const scalar_t* __restrict__ dy, const scalar_t* __restri
   for (int64_t i = 0; i < len; ++i) {
     const acc_t xv = acc_t(x[i]);
     const acc_t dz = a.bwd(acc_t(dy[i]), xv * scale + shift);
-    dx[i] = scalar_t(k * (dz - mean_dz - (xv - mean) * proj));
+    dx[i] = scalar_t(k * (dz - mean_dz - stat_term(xv - mean, proj)));
   }
 }
 
@@ -314,6 +353,7 @@ void stats_nlc(const scalar_t* x, const Geometry& g, double* mean, double* m2) {
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     const int64_t R = std::max<int64_t>(16, kChunk / C);  // rows per L1 tile
     std::vector<acc_t> buf(R * C), s(C), q(C);
+    std::vector<double> md(C), qd(C);  // the tile's (mean, M2) per channel, in double
     for (int64_t t = t0; t < t1; ++t) {
       double* M = tmean.data() + t * C;
       double* Q = tm2.data() + t * C;
@@ -342,13 +382,32 @@ void stats_nlc(const scalar_t* x, const Geometry& g, double* mean, double* m2) {
             qp[c] += d * d;
           }
         }
-        // Chan merge of (nr, s, q) into (n, M, Q), every channel at once
-        const double nb = double(nr), nn = n + nb, wb = nb / nn, wq = n * nb / nn;
-#pragma omp simd
+        double* __restrict__ ms = md.data();
+        double* __restrict__ qs = qd.data();
         for (int64_t c = 0; c < C; ++c) {
-          const double delta = double(sp[c]) - M[c];
-          M[c] += delta * wb;
-          Q[c] += double(qp[c]) + delta * delta * wq;
+          ms[c] = double(sp[c]);
+          qs[c] = double(qp[c]);
+          if (std::isfinite(sp[c]) && std::isfinite(qp[c])) continue;
+          // this channel's float sums overflowed (or it holds inf/NaN): chunk_moments' fallback, strided
+          const double mu = mean_no_overflow(v + c, nr, C);
+          double m2c = 0.0;
+          for (int64_t r = 0; r < nr; ++r) m2c += (double(v[r * C + c]) - mu) * (double(v[r * C + c]) - mu);
+          ms[c] = mu;
+          qs[c] = m2c;
+        }
+        // Chan merge of (nr, s, q) into (n, M, Q), every channel at once (the first tile is copied: delta^2
+        // times a zero weight is NaN when delta^2 overflowed)
+        const double nb = double(nr), nn = n + nb, wb = nb / nn, wq = n * nb / nn;
+        if (n == 0) {
+          std::copy(ms, ms + C, M);
+          std::copy(qs, qs + C, Q);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const double delta = ms[c] - M[c];
+            M[c] = std::isfinite(delta) ? M[c] + delta * wb : M[c] * (1.0 - wb) + ms[c] * wb;
+            Q[c] += qs[c] + delta * delta * wq;
+          }
         }
         n = nn;
       }
@@ -521,7 +580,7 @@ void elemt_any(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Geomet
         for (int64_t c = 0; c < C; ++c) {
           const acc_t xv = acc_t(xr[c]);
           const acc_t dz = a.bwd(acc_t(dr[c]), xv * sc[c] + sh[c]);
-          out[c] = scalar_t(k[c] * (dz - md[c] - (xv - mu[c]) * pr[c]));
+          out[c] = scalar_t(k[c] * (dz - md[c] - stat_term(xv - mu[c], pr[c])));
         }
       }
     });
@@ -587,7 +646,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
   check_param(running_mean, "running_mean", x_in);
   check_param(running_var, "running_var", x_in);
   const int kind = act_kind(act, leak, sub, maxv);
-  PYDL_CHECK_VALUE(eps >= 0, kOp, ": eps must be >= 0, got ", eps);
+  // torch's rule: eps > 0 in training (a constant channel's var is 0), >= 0 in eval
+  PYDL_CHECK_VALUE(use_batch_stats ? eps > 0 : eps >= 0, kOp, ": eps must be > 0 in training, >= 0 in eval, got ",
+                   eps, use_batch_stats ? " in training" : " in eval");
   const bool have_running = running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
                             running_var->defined();
   PYDL_CHECK_VALUE(use_batch_stats || have_running, kOp,
@@ -664,9 +725,21 @@ void bn_update_running(at::Tensor& running_mean, at::Tensor& running_var, const 
   }
   PYDL_CHECK_VALUE(momentum.has_value() || (num_batches_tracked.has_value() && num_batches_tracked->defined()),
                    "batch_norm_update_running: momentum=None (cumulative average) needs num_batches_tracked");
-  PYDL_CHECK_VALUE(count >= 0, "batch_norm_update_running: count must be >= 0, got ", count);
+  PYDL_CHECK_VALUE(!momentum.has_value() || std::isfinite(*momentum),
+                   "batch_norm_update_running: momentum must be a finite float or None, got ", momentum.value_or(0));
+  PYDL_CHECK_VALUE(count >= 0, "batch_norm_update_running: count must be an int >= 0, got ", count);
+  int64_t nbt = 1;
+  if (!momentum.has_value()) {  // the factor is 1 / num_batches_tracked: 0 would make the running stats NaN
+    const at::Tensor& t = *num_batches_tracked;
+    PYDL_CHECK_VALUE(t.numel() == 1 && !t.is_floating_point() && !t.is_complex() && t.scalar_type() != at::kBool,
+                     "batch_norm_update_running: num_batches_tracked must be a one-element integer tensor, got ",
+                     t.sizes(), " ", t.scalar_type());
+    nbt = t.item<int64_t>();
+    PYDL_CHECK_VALUE(nbt >= 1, "batch_norm_update_running: num_batches_tracked must be >= 1 with momentum=None "
+                     "(the running stats average 1 / num_batches_tracked of each batch), got ", nbt);
+  }
   if (count == 0) return;  // an empty batch leaves the running stats alone (as torch does)
-  const double f = momentum.has_value() ? *momentum : 1.0 / double(num_batches_tracked->item<int64_t>());
+  const double f = momentum.has_value() ? *momentum : 1.0 / double(nbt);
   const double bessel = count > 1 ? double(count) / double(count - 1) : 1.0;  // n / (n - 1): unbiased variance
   const at::Tensor m = mean.to(at::kDouble).contiguous(), v = var.to(at::kDouble).contiguous();
   const double* mp = m.data_ptr<double>();
@@ -732,6 +805,7 @@ at::Tensor bn_backward_elemt(const at::Tensor& dy_in, const at::Tensor& x_in, co
   check_backward(dy_in, x_in, mean, invstd, weight, bias);
   check_stat(sum_dz, "sum_dz", x_in);
   check_stat(sum_dz_xmu, "sum_dz_xmu", x_in);
+  PYDL_CHECK_VALUE(count >= 0, "batch_norm_backward_elemt: count must be an int >= 0, got ", count);
   const int kind = act_kind(act, leak, sub, maxv);
   Geometry g;
   const at::Tensor x = dense(x_in, g);

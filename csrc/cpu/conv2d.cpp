@@ -51,6 +51,7 @@
 
 #include "activation.h"
 #include "common.h"
+#include "conv2d_args.h"
 
 namespace pydl {
 namespace {
@@ -201,21 +202,24 @@ void col2im_nhwc(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64
 
 // ---- the epilogue: bias + activation, written in the output's layout ------------------------------------
 // Templated on the activation so each instance is a branch-free loop the compiler vectorises.
+// NaN semantics as torch's (see csrc/activation.h): the selects fall through to z / dy when a comparison
+// with NaN fails, except at the clamp, which stops the gradient at a NaN when there is one (maxv finite).
 template <int KIND, typename acc_t>
 inline acc_t act_fwd(acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
   if (KIND == kActNone) return z;
-  if (KIND == kActRelu) return z > acc_t(0) ? z : acc_t(0);
-  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
-  return y < maxv ? y : maxv;
+  if (KIND == kActRelu) return z < acc_t(0) ? acc_t(0) : z;
+  const acc_t y = (z < acc_t(0) ? z * leak : z) - sub;
+  return y > maxv ? maxv : y;
 }
 
 template <int KIND, typename acc_t>
 inline acc_t act_bwd(acc_t dy, acc_t z, acc_t leak, acc_t sub, acc_t maxv) {
   if (KIND == kActNone) return dy;
-  if (KIND == kActRelu) return z > acc_t(0) ? dy : acc_t(0);
-  const acc_t y = (z > acc_t(0) ? z : z * leak) - sub;
+  if (KIND == kActRelu) return z <= acc_t(0) ? acc_t(0) : dy;
+  const acc_t y = (z < acc_t(0) ? z * leak : z) - sub;
   const acc_t d = z > acc_t(0) ? dy : dy * leak;
-  return y <= maxv ? d : acc_t(0);
+  const bool stop = (y > maxv) | ((y != y) & (maxv - maxv == acc_t(0)));
+  return stop ? acc_t(0) : d;
 }
 
 // One contiguous run: out[i] = act(in[i] + bias), z[i] = in[i] + bias (if z).
@@ -302,40 +306,6 @@ Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
   // depthwise convs run direct loops in the input's own layout: no im2col to choose
   g.xcl = g.cl || (!(g.Cg == 1 && g.Cog == 1) && pick_im2col_nhwc(g));
   return g;
-}
-
-void check_conv_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                     const char* op) {
-  check_device(x, c10::DeviceType::CPU, op, "x");
-  check_device(w, c10::DeviceType::CPU, op, "weight");
-  check_floating(x, op, "x");
-  PYDL_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": weight dtype ", w.scalar_type(),
-                  " does not match x dtype ", x.scalar_type());
-  PYDL_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got rank ", x.dim());
-  PYDL_CHECK_VALUE(w.dim() == 4, op, ": weight must be 4-D (Cout, Cin/groups, kh, kw), got rank ", w.dim());
-  PYDL_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-                   ": stride, padding, dilation need 2 entries each");
-  PYDL_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1");
-  PYDL_CHECK_VALUE(dilation[0] >= 1 && dilation[1] >= 1, op, ": dilation must be >= 1");
-  PYDL_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0");
-  PYDL_CHECK_VALUE(groups >= 1 && x.size(1) % groups == 0 && w.size(0) % groups == 0, op,
-                   ": in_channels (", x.size(1), ") and out_channels (", w.size(0), ") must be divisible by groups (",
-                   groups, ")");
-  PYDL_CHECK_VALUE(w.size(1) * groups == x.size(1), op, ": weight expects ", w.size(1) * groups,
-                   " input channels but x has ", x.size(1));
-  PYDL_CHECK_VALUE(w.size(0) > 0 && w.size(2) > 0 && w.size(3) > 0, op, ": weight must have nonzero sizes");
-  if (b.has_value()) {
-    check_device(*b, c10::DeviceType::CPU, op, "bias");
-    PYDL_CHECK_TYPE(b->scalar_type() == x.scalar_type(), op, ": bias dtype ", b->scalar_type(),
-                    " does not match x dtype ", x.scalar_type());
-    PYDL_CHECK_VALUE(b->dim() == 1 && b->size(0) == w.size(0), op, ": bias must have shape (", w.size(0), ")");
-  }
-  const int64_t ho = (x.size(2) + 2 * padding[0] - dilation[0] * (w.size(2) - 1) - 1) / stride[0] + 1;
-  const int64_t wo = (x.size(3) + 2 * padding[1] - dilation[1] * (w.size(3) - 1) - 1) / stride[1] + 1;
-  PYDL_CHECK_VALUE(x.size(2) + 2 * padding[0] >= dilation[0] * (w.size(2) - 1) + 1 && ho >= 1 &&
-                       x.size(3) + 2 * padding[1] >= dilation[1] * (w.size(3) - 1) + 1 && wo >= 1,
-                   op, ": kernel (", w.size(2), ", ", w.size(3), ") is larger than the padded input");
 }
 
 Act<double> make_act(const std::string& act, double leak, double sub, double maxv) {
@@ -557,8 +527,15 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
                                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                               c10::string_view act_name, double leak, double sub, double maxv,
                                               bool save_preact) {
-  check_conv_args(x_in, w, b, stride, padding, dilation, groups, "conv2d");
+  check_conv2d_args(x_in, w, b, stride, padding, dilation, groups, c10::DeviceType::CPU, "conv2d");
   const Act<double> act = make_act(std::string(act_name), leak, sub, maxv);
+  if (x_in.size(1) == 0) {  // torch's answer for an input without channels: an empty (N, 0, Ho, Wo) output
+    const auto out = conv2d_out_shape(x_in, w, stride, padding, dilation);
+    const auto fmt = (!x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast))
+                         ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const at::Tensor y = at::empty(out, x_in.options().memory_format(fmt));
+    return {y, save_preact && act.kind == kActGeneralRelu ? at::empty_like(y) : at::empty({0}, x_in.options())};
+  }
   Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const bool dw = g.Cg == 1 && g.Cog == 1;
@@ -918,16 +895,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& w, const c10::optional<at::Tensor>& z_in,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view act_name, double leak, double sub, double maxv, std::array<bool, 3> mask) {
-  check_conv_args(x_in, w, c10::nullopt, stride, padding, dilation, groups, "conv2d_backward");
+  check_conv2d_args(x_in, w, c10::nullopt, stride, padding, dilation, groups, c10::DeviceType::CPU,
+                    "conv2d_backward");
   const Act<double> act = make_act(std::string(act_name), leak, sub, maxv);
+  check_conv2d_backward_args(grad_y, z_in, x_in, conv2d_out_shape(x_in, w, stride, padding, dilation),
+                             act.kind != kActNone);
+  if (x_in.size(1) == 0) {  // no input channel: the output was empty and constant, every gradient is zero
+    const at::Tensor none = at::empty({0}, x_in.options());
+    return {mask[0] ? at::zeros_like(x_in) : none, mask[1] ? at::zeros_like(w) : none,
+            mask[2] ? at::zeros({w.size(0)}, x_in.options()) : none};
+  }
   Geom g = make_geom(x_in, w, stride, padding, dilation, groups);
-  check_device(grad_y, c10::DeviceType::CPU, "conv2d_backward", "grad_y");
-  PYDL_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == g.N && grad_y.size(1) == g.Co && grad_y.size(2) == g.Ho &&
-                       grad_y.size(3) == g.Wo,
-                   "conv2d_backward: grad_y must have shape (", g.N, ", ", g.Co, ", ", g.Ho, ", ", g.Wo, ")");
-  PYDL_CHECK_TYPE(grad_y.scalar_type() == x_in.scalar_type(), "conv2d_backward: grad_y dtype must match x");
-  PYDL_CHECK_VALUE(act.kind == kActNone || (z_in.has_value() && z_in->sizes() == grad_y.sizes()),
-                   "conv2d_backward: an activation needs z (pre-activation, or y for relu) shaped like grad_y");
   const auto fmt = g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_in.contiguous(g.xcl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor dy = grad_y.contiguous(fmt);

@@ -25,10 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cuda(const at::Tensor& 
                                                               double hi, double eps, bool per_channel) {
   check_device(x_in, c10::DeviceType::CUDA, "act_stats", "x");
   check_floating(x_in, "act_stats", "x");
-  PYDL_CHECK_VALUE(bins >= 1 && bins <= (int64_t(1) << 24), "act_stats: bins must be in [1, 2^24], got ", bins);
-  PYDL_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi) && lo < hi, "act_stats: need finite lo < hi, got lo=",
-                   lo, ", hi=", hi);
-  PYDL_CHECK_VALUE(eps >= 0, "act_stats: eps must be >= 0, got ", eps);
+  check_hist_args(bins, lo, hi, eps, x_in.scalar_type() == at::kDouble);
   PYDL_CHECK_VALUE(!per_channel || x_in.dim() >= 2,
                    "act_stats: per_channel needs x of rank >= 2 (N, C, ...), got rank ", x_in.dim());
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -67,7 +67,8 @@ __device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const M
   r.n = a.n + b.n;
   const acc_t delta = b.mean - a.mean;
   const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  r.mean = a.mean + delta * wb;
+  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
+  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
   r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
   r.mn = fmin(a.mn, b.mn);
   r.mx = fmax(a.mx, b.mx);

@@ -174,7 +174,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
   Prep p = prepare(x_in, weight, bias, act, leak, sub, maxv);
   check_param(running_mean, "running_mean", x_in);
   check_param(running_var, "running_var", x_in);
-  PYDL_CHECK_VALUE(eps >= 0, kOp, ": eps must be >= 0, got ", eps);
+  // torch's rule: eps > 0 in training (a constant channel's var is 0), >= 0 in eval
+  PYDL_CHECK_VALUE(use_batch_stats ? eps > 0 : eps >= 0, kOp, ": eps must be > 0 in training, >= 0 in eval, got ",
+                   eps, use_batch_stats ? " in training" : " in eval");
   const bool have_running = running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
                             running_var->defined();
   PYDL_CHECK_VALUE(use_batch_stats || have_running, kOp,
@@ -242,7 +244,20 @@ void bn_update_running(at::Tensor& running_mean, at::Tensor& running_var, const 
   const bool have_nbt = num_batches_tracked.has_value() && num_batches_tracked->defined();
   PYDL_CHECK_VALUE(momentum.has_value() || have_nbt,
                    "batch_norm_update_running: momentum=None (cumulative average) needs num_batches_tracked");
-  PYDL_CHECK_VALUE(count >= 0, "batch_norm_update_running: count must be >= 0, got ", count);
+  PYDL_CHECK_VALUE(!momentum.has_value() || std::isfinite(*momentum),
+                   "batch_norm_update_running: momentum must be a finite float or None, got ", momentum.value_or(0));
+  PYDL_CHECK_VALUE(count >= 0, "batch_norm_update_running: count must be an int >= 0, got ", count);
+  if (!momentum.has_value()) {
+    // the factor is 1 / num_batches_tracked: 0 would turn the running stats into NaN. Reading it syncs with
+    // the device, as torch's module does (float(num_batches_tracked)); only momentum=None pays for it.
+    const at::Tensor& t = *num_batches_tracked;
+    PYDL_CHECK_VALUE(t.numel() == 1 && !t.is_floating_point() && !t.is_complex() && t.scalar_type() != at::kBool,
+                     "batch_norm_update_running: num_batches_tracked must be a one-element integer tensor, got ",
+                     t.sizes(), " ", t.scalar_type());
+    const int64_t v = t.item<int64_t>();
+    PYDL_CHECK_VALUE(v >= 1, "batch_norm_update_running: num_batches_tracked must be >= 1 with momentum=None "
+                     "(the running stats average 1 / num_batches_tracked of each batch), got ", v);
+  }
   if (count == 0 || C == 0) return;  // an empty batch leaves the running stats alone (as torch does)
   const c10::cuda::CUDAGuard guard(mean.device());
   at::Tensor nbt;
@@ -315,6 +330,7 @@ at::Tensor bn_backward_elemt(const at::Tensor& dy_in, const at::Tensor& x_in, co
   Prep p = prepare_backward(dy_in, x_in, mean, invstd, weight, bias, act, leak, sub, maxv, dy, m, s);
   check_stat(sum_dz, "sum_dz", x_in);
   check_stat(sum_dz_xmu, "sum_dz_xmu", x_in);
+  PYDL_CHECK_VALUE(count >= 0, "batch_norm_backward_elemt: count must be an int >= 0, got ", count);
   const c10::cuda::CUDAGuard guard(p.x.device());
   const at::Tensor a1 = sum_dz.contiguous(), a2 = sum_dz_xmu.contiguous();
   auto dx = at::empty_like(p.x);

@@ -92,7 +92,8 @@ __device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const M
   r.n = a.n + b.n;
   const acc_t delta = b.mean - a.mean;
   const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  r.mean = a.mean + delta * wb;
+  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
+  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
   r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
   return r;
 }
@@ -328,7 +329,10 @@ struct ElemtOp {
   __device__ __forceinline__ void operator()(int64_t e, const K& q) const {
     const acc_t xv = to_acc(x[e]);
     const acc_t dz = act.backward(to_acc(dy[e]), xv * q.scale + q.shift);
-    dx[e] = from_acc<T>(q.k * (dz - q.mean_dz - (xv - q.mean) * q.proj));
+    // (x - mean) * proj is the path through the batch statistics: exactly 0 in eval (proj == 0), where the
+    // product would still be NaN for an infinite x
+    const acc_t through_stats = q.proj == acc_t(0) ? acc_t(0) : (xv - q.mean) * q.proj;
+    dx[e] = from_acc<T>(q.k * (dz - q.mean_dz - through_stats));
   }
 };
 
@@ -500,7 +504,16 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
     const T* v = sx + (p - p0) * L;
     acc_t s = 0;
     for (int64_t i = lane; i < L; i += 32) s += to_acc(v[i]);
-    const acc_t mean = warp_sum_all(s) / acc_t(L);
+    acc_t mean = warp_sum_all(s) / acc_t(L);
+    if (!isfinite(mean)) {
+      // the plane's sum overflowed where its mean need not (values near the dtype's max): sum pre-scaled
+      // values instead, one rounding more per value and only here. `mean` is the same in every lane (a
+      // warp-wide sum), so the whole warp takes this branch together and the shuffles inside stay legal.
+      acc_t t = 0;
+      const acc_t inv_l = acc_t(1) / acc_t(L);
+      for (int64_t i = lane; i < L; i += 32) t += to_acc(v[i]) * inv_l;
+      mean = warp_sum_all(t);
+    }
     acc_t q = 0;
     for (int64_t i = lane; i < L; i += 32) {
       const acc_t d = to_acc(v[i]) - mean;
@@ -544,6 +557,14 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
   }
 }
 
+// Bytes of dynamic shared memory a one-pass kernel may ask for: the opt-in per-block limit counts the kernel's
+// static __shared__ arrays too (its reduction scratch), so a request of the whole limit would fail to launch.
+int64_t onepass_dynamic_room(const void* kernel, int smem_optin, cudaError_t* err) {
+  cudaFuncAttributes attr{};
+  *err = cudaFuncGetAttributes(&attr, kernel);
+  return int64_t(smem_optin) - int64_t(attr.sharedSizeBytes);
+}
+
 template <typename T>
 cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
   if (a.cl || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
@@ -554,12 +575,14 @@ cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (!coop || sms <= 0) return cudaErrorNotSupported;
+  auto kernel = forward_onepass_ncl<T>;
+  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
+  if (err != cudaSuccess) return err;
   const int64_t P = a.N * a.C;
   const int64_t ppb = (P + sms - 1) / sms;  // planes per block, one block per SM
   const int64_t bytes = ppb * a.L * int64_t(sizeof(T));
-  if (bytes > smem_optin) return cudaErrorNotSupported;  // does not fit: two passes it is
+  if (bytes > room) return cudaErrorNotSupported;  // does not fit: two passes it is
   const int64_t blocks = (P + ppb - 1) / ppb;
-  auto kernel = forward_onepass_ncl<T>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   int per_sm = 0;
@@ -668,13 +691,15 @@ cudaError_t backward_onepass_impl(const BnArgs& a, cudaStream_t st) {
   cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (!coop || sms <= 0) return cudaErrorNotSupported;
+  auto kernel = backward_onepass_ncl<T>;
+  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
+  if (err != cudaSuccess) return err;
   const int64_t P = a.N * a.C, ppb = (P + sms - 1) / sms;
   const int64_t slice = ppb * a.L * int64_t(sizeof(T));
-  bool dy_in_smem = 2 * slice <= smem_optin;  // both, else x alone (dy is then read twice)
+  bool dy_in_smem = 2 * slice <= room;  // both, else x alone (dy is then read twice)
   const int64_t bytes = dy_in_smem ? 2 * slice : slice;
-  if (bytes > smem_optin) return cudaErrorNotSupported;
+  if (bytes > room) return cudaErrorNotSupported;
   const int64_t blocks = (P + ppb - 1) / ppb;
-  auto kernel = backward_onepass_ncl<T>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return err;
   int per_sm = 0;

@@ -8,6 +8,7 @@
 
 #include "activation.h"
 #include "common.h"
+#include "conv2d_args.h"
 #include "cuda/common_cuda.h"
 #include "cuda/conv2d.h"
 
@@ -37,36 +38,6 @@ at::MemoryFormat out_format(const at::Tensor& x) {
                                                                                  : at::MemoryFormat::Contiguous;
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
-                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const char* op) {
-  check_device(x, c10::DeviceType::CUDA, op, "x");
-  check_floating(x, op, "x");
-  PYDL_CHECK_VALUE(w.device() == x.device(), op, ": weight is on ", w.device(), " but x is on ", x.device());
-  PYDL_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": weight dtype ", w.scalar_type(),
-                  " does not match x dtype ", x.scalar_type());
-  PYDL_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got rank ", x.dim());
-  PYDL_CHECK_VALUE(w.dim() == 4, op, ": weight must be 4-D (Cout, Cin/groups, kh, kw), got rank ", w.dim());
-  PYDL_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-                   ": stride, padding, dilation need 2 entries each");
-  PYDL_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
-                       padding[1] >= 0,
-                   op, ": need stride >= 1, dilation >= 1, padding >= 0");
-  PYDL_CHECK_VALUE(groups >= 1 && x.size(1) % groups == 0 && w.size(0) % groups == 0, op, ": in_channels (",
-                   x.size(1), ") and out_channels (", w.size(0), ") must be divisible by groups (", groups, ")");
-  PYDL_CHECK_VALUE(w.size(1) * groups == x.size(1), op, ": weight expects ", w.size(1) * groups,
-                   " input channels but x has ", x.size(1));
-  PYDL_CHECK_VALUE(w.size(0) > 0 && w.size(2) > 0 && w.size(3) > 0, op, ": weight must have nonzero sizes");
-  if (b.has_value()) {
-    PYDL_CHECK_VALUE(b->device() == x.device(), op, ": bias is on ", b->device(), " but x is on ", x.device());
-    PYDL_CHECK_TYPE(b->scalar_type() == x.scalar_type(), op, ": bias dtype ", b->scalar_type(),
-                    " does not match x dtype ", x.scalar_type());
-    PYDL_CHECK_VALUE(b->dim() == 1 && b->size(0) == w.size(0), op, ": bias must have shape (", w.size(0), ")");
-  }
-  PYDL_CHECK_VALUE(x.size(2) + 2 * padding[0] >= dilation[0] * (w.size(2) - 1) + 1 &&
-                       x.size(3) + 2 * padding[1] >= dilation[1] * (w.size(3) - 1) + 1,
-                   op, ": kernel (", w.size(2), ", ", w.size(3), ") is larger than the padded input");
-}
-
 cuda::ConvArgs make_args(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation, int64_t groups, int act, double leak, double sub, double maxv,
                          bool allow_tf32) {
@@ -92,8 +63,13 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cuda(const at::Tensor& x, const at::Te
                                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                                c10::string_view act, double leak, double sub, double maxv,
                                                bool save_preact, bool allow_tf32) {
-  check_args(x, w_in, b, stride, padding, dilation, groups, "conv2d");
+  check_conv2d_args(x, w_in, b, stride, padding, dilation, groups, c10::DeviceType::CUDA, "conv2d");
   const int code = act_code(act);
+  if (x.size(1) == 0) {  // torch's answer for an input without channels: an empty (N, 0, Ho, Wo) output
+    const auto out = conv2d_out_shape(x, w_in, stride, padding, dilation);
+    const at::Tensor y = at::empty(out, x.options().memory_format(out_format(x)));
+    return {y, save_preact && code == kActGeneralRelu ? at::empty_like(y) : at::empty({0}, x.options())};
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w = w_in.contiguous();
   const at::Tensor bias = b.has_value() ? b->contiguous() : at::Tensor();
@@ -116,18 +92,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w_in, const c10::optional<at::Tensor>& z_in,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view act,
     double leak, double sub, double maxv, std::array<bool, 3> mask, bool allow_tf32) {
-  check_args(x, w_in, c10::nullopt, stride, padding, dilation, groups, "conv2d_backward");
+  check_conv2d_args(x, w_in, c10::nullopt, stride, padding, dilation, groups, c10::DeviceType::CUDA,
+                    "conv2d_backward");
   const int code = act_code(act);
+  check_conv2d_backward_args(grad_y, z_in, x, conv2d_out_shape(x, w_in, stride, padding, dilation),
+                             code != kActNone);
+  if (x.size(1) == 0) {  // no input channel: the output was empty and constant, every gradient is zero
+    const at::Tensor none = at::empty({0}, x.options());
+    return {mask[0] ? at::zeros_like(x) : none, mask[1] ? at::zeros_like(w_in) : none,
+            mask[2] ? at::zeros({w_in.size(0)}, x.options()) : none};
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w = w_in.contiguous();
   cuda::ConvArgs a = make_args(x, w, stride, padding, dilation, groups, code, leak, sub, maxv, allow_tf32);
-  PYDL_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == a.N && grad_y.size(1) == a.Co && grad_y.size(2) == a.Ho &&
-                       grad_y.size(3) == a.Wo,
-                   "conv2d_backward: grad_y must have shape (", a.N, ", ", a.Co, ", ", a.Ho, ", ", a.Wo, ")");
-  PYDL_CHECK_VALUE(grad_y.device() == x.device(), "conv2d_backward: grad_y must be on ", x.device());
-  PYDL_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "conv2d_backward: grad_y dtype must match x");
-  PYDL_CHECK_VALUE(code == kActNone || (z_in.has_value() && z_in->sizes() == grad_y.sizes()),
-                   "conv2d_backward: an activation needs z (pre-activation, or y for relu) shaped like grad_y");
   // grad_y and z share one set of strides (the kernels address both with sy)
   const at::Tensor dy = grad_y.contiguous(out_format(x));
   at::Tensor zs;

@@ -12,7 +12,8 @@ Triton track -- run by pydl/learn/runner.py in a subprocess with a time limit
 
 CUDA track -- pydl/learn/cuda.py
   1. compiles for the GPU (nvcc)   2. compiles against the CPU emulation (g++)
-  3. correct on the CPU emulation  4. source check (primitives a GPU needs, e.g. atomics)
+  3. correct on the CPU emulation (with its memcheck/racecheck/initcheck/synccheck)  4. source check (the
+  technique an exercise teaches, e.g. warp shuffles)
   5. correct on a GPU (SKIP without one)
 
 An exercise *passes* when no level failed and its CPU correctness level passed.
@@ -133,8 +134,8 @@ def gpu_only_note(ex: course.Exercise) -> str:
         base = ("Triton's interpreter runs the programs of a launch one after another, so races between programs "
                 "cannot show on a CPU; masked-off lanes of a load without other= are NaN here, garbage on a GPU")
     else:
-        base = ("the emulation runs one thread at a time, so races (two threads or blocks updating the same "
-                "memory without an atomic) cannot show on a CPU")
+        base = ("the emulator's racecheck reports races, but it runs one thread at a time: timing between blocks "
+                "in flight, speed and the hardware's own numerics show only on a GPU")
     if ex.gpu_only_bugs:
         return f"Only a GPU can reveal: {ex.gpu_only_bugs} ({base})."
     return f"Nothing in this exercise depends on that, but note: {base}."

@@ -1,5 +1,5 @@
 """The CUDA C++ track's checker: compile the learner's ``.cu`` for the GPU (nvcc) and as plain C++ against
-the CPU emulation of the CUDA execution model (g++ + exercises/_common/pydl_cuda_emu.h), run the test cases,
+the CPU emulation of the CUDA execution model (g++ + csrc/emu/cuda_emu.h, see :mod:`pydl._emu`), run the test cases,
 compare.
 
 Each exercise's launcher is a plain host function (``void vector_add(const float* x, ..., int block)``)
@@ -21,12 +21,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import _emu
 from . import course
 from .harness import GUARD, Case, compare, guard_report, poison_np, poison_value
 
-EMU_HEADER = course.COMMON / "pydl_cuda_emu.h"
 IO_HEADER = course.COMMON / "pydl_learn_io.h"
-EMU_INCLUDE = course.COMMON / "emu_include"
+# the project's one CUDA emulator (csrc/emu/), shared with the emulated build of pydl's own kernels
+EMU_HEADER = Path(_emu.HEADER)
+EMU_INCLUDE = Path(_emu.INCLUDE_DIR)
 
 _CTYPES = {"float": (np.float32, torch.float32), "int": (np.int32, torch.int32),
            "unsigned int": (np.uint32, torch.int32), "unsigned": (np.uint32, torch.int32),
@@ -56,39 +58,6 @@ def find_cxx() -> Optional[str]:
 
 def gpu_present() -> bool:
     return torch.cuda.is_available()
-
-
-# --------------------------------------------------------------------------------------------------
-# Source rewriting for the emulation (line numbers are preserved)
-# --------------------------------------------------------------------------------------------------
-
-_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:\s*<[^<>;(){}]*>)?)\s*<<<([^;{}]*?)>>>\s*\(")
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"", re.S)
-_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s*)?([\w:<>\s\*]+?)\s+(\w+)\s*\[\s*\]\s*;")
-_SHARED = re.compile(r"__shared__\s+(?:__align__\(\d+\)\s*)?([\w:<>\s]+?)\s+(\w+)\s*((?:\[[^\];]+\]\s*)*);")
-
-
-def emu_source(src: str, filename: str) -> str:
-    """The learner's CUDA source rewritten so g++ can compile it against pydl_cuda_emu.h."""
-    key = [0]
-
-    def launch(m):
-        return f"pydl_emu::Launcher({m.group(2)}).bind({m.group(1)})("
-
-    def ext(m):
-        return f"{m.group(1)}* {m.group(2)} = pydl_emu::dynamic_shared<{m.group(1)}>();"
-
-    def shared(m):
-        key[0] += 1
-        dims = re.sub(r"\s+", "", m.group(3))
-        return f"auto& {m.group(2)} = pydl_emu::shared<{m.group(1)}{dims}>({key[0]}L);"
-
-    # comments go (newlines kept, so line numbers stay): a `<<<...>>>` in a comment is not a launch
-    src = _COMMENT.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "\n" * m.group(0).count("\n"), src)
-    out = _LAUNCH.sub(launch, src)
-    out = _EXTERN_SHARED.sub(ext, out)
-    out = _SHARED.sub(shared, out)
-    return f'#line 1 "{filename}"\n' + out
 
 
 def _parse_signature(sig: List[Tuple[str, str]]):
@@ -144,13 +113,18 @@ def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: fl
         cxx = find_cxx()
         if not cxx:
             return False, "no C++ compiler (install g++: `apt install g++`, or Xcode command line tools)", None
-        src = emu_source(learner.read_text(), str(learner))
+        src = _emu.rewrite(learner.read_text(), str(learner))
         (work / "learner_emu.cu.inc").write_text(src)
         (work / "harness_emu.cpp").write_text(harness_source(ex, str(work / "learner_emu.cu.inc")))
         exe = work / "harness_emu"
-        cmd = [cxx, "-std=c++17", "-O1", "-w", "-I", str(EMU_INCLUDE), "-I", str(course.COMMON),
-               "-include", str(EMU_HEADER), "-DPYDL_GUARD=%d" % GUARD, str(work / "harness_emu.cpp"),
-               "-o", str(exe)]
+        obj = work / "harness_emu.o"
+        # -fsanitize=thread instruments every load and store with a call the emulator's hooks answer (defined
+        # in this unit: PYDL_EMU_DEFINE_HOOKS); the link below leaves ThreadSanitizer's runtime out. That is
+        # what lets memcheck/racecheck/initcheck see the kernel's accesses (see pydl._emu).
+        cmd = [cxx, "-std=c++17", "-O0", "-g", "-w", *_emu.CHECK_FLAGS, "-DPYDL_EMU_DEFINE_HOOKS",
+               "-I", str(EMU_INCLUDE), "-I", str(course.COMMON), "-include", str(EMU_HEADER),
+               "-DPYDL_GUARD=%d" % GUARD, "-c", str(work / "harness_emu.cpp"), "-o", str(obj)]
+        link = [cxx, str(obj), "-o", str(exe)]
     else:
         nvcc = find_nvcc()
         if not nvcc:
@@ -167,7 +141,10 @@ def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: fl
     if r.returncode != 0:
         return False, _compile_errors(r.stderr + r.stdout), None
     if mode == "emu":
-        return True, f"{os.path.basename(cmd[0])} -std=c++17 with pydl_cuda_emu.h", exe
+        r = subprocess.run(link, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            return False, _compile_errors(r.stderr + r.stdout), None
+        return True, f"{os.path.basename(cmd[0])} -std=c++17 with the emulator (csrc/emu/cuda_emu.h)", exe
     return True, f"nvcc {arch[len('-arch='):]}" + ("" if gpu_present() else " (no GPU here: compiled, not run)"), exe
 
 
@@ -205,8 +182,8 @@ def run_cases(ex: course.Exercise, exe: Path, cases: List[Case], work: Path, tim
     """Run every case; returns (number run, [(case, problems)] for the failing ones)."""
     failed = []
     for i, case in enumerate(cases):
-        # the emulation runs every case twice: threads of a block first-to-last (even seed) and last-to-first
-        # (odd seed), blocks in a different shuffled order each time -- a missing barrier rarely survives both
+        # the emulation runs every case under two seeds: two random block orders and thread interleavings (the
+        # checks do not depend on the schedule; a wrong result from a missing barrier often does)
         for seed in ((2 * i, 2 * i + 1) if seed_env else (None,)):
             problems = _run_one(ex, exe, case, work / f"case{i}", timeout, seed)
             if problems and "did not finish" in problems[0]:
@@ -214,8 +191,7 @@ def run_cases(ex: course.Exercise, exe: Path, cases: List[Case], work: Path, tim
                 return len(cases), failed
             if problems:
                 if seed is not None:
-                    order = "first-to-last" if seed % 2 == 0 else "last-to-first"
-                    problems = problems + [f"(emulation schedule: seed {seed}, threads of each block run {order})"]
+                    problems = problems + [f"(emulation schedule: PYDL_EMU_SEED={seed})"]
                 failed.append((case, problems))
                 break
     return len(cases), failed
@@ -256,7 +232,7 @@ def _run_one(ex, exe, case, folder, timeout, seed) -> List[str]:
 
 
 def source_checks(ex: course.Exercise, src: str) -> List[str]:
-    """Problems with the *source* that the emulation cannot reveal (e.g. a missing atomicAdd)."""
+    """Problems with the *source* that running it cannot reveal (e.g. an exercise's required technique)."""
     code = re.sub(r"//[^\n]*|/\*.*?\*/", "", src, flags=re.S)
     problems = []
     for pattern, why in getattr(ex.module, "REQUIRES", []):
@@ -297,7 +273,8 @@ def check(ex: course.Exercise, learner: Path, use_gpu: Optional[bool] = None, ti
         # 3. run on the emulation
         cases = ex.module.cases("cpu")
         n, failed = run_cases(ex, emu_exe, cases, work / "emu_cases", timeout)
-        levels.append(_level("correct on the CPU emulation (one thread at a time)", n, failed, cases))
+        levels.append(_level("correct on the CPU emulation (with memcheck, racecheck, initcheck, synccheck)", n, failed,
+                             cases))
         if failed:
             return levels
         probs = source_checks(ex, learner.read_text())

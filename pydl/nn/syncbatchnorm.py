@@ -44,10 +44,19 @@ def merge_moments(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor):
         nb = counts[r].double()
         if nb == 0:
             continue
+        if n == 0:
+            # the first non-empty rank's statistics as they are: merging into the empty (0, 0, 0) would form
+            # delta^2 * 0, which is NaN when that rank's mean is infinite (a channel holding inf)
+            n, mean, m2 = nb, means[r].double(), m2s[r].double()
+            continue
         nn_ = n + nb
-        delta = means[r].double() - mean
-        mean = mean + delta * (nb / nn_)
-        m2 = m2 + m2s[r].double() + delta * delta * (n * nb / nn_)
+        mb = means[r].double()
+        delta = mb - mean
+        w = nb / nn_
+        # an infinite mean on either side makes delta inf (or NaN) and mean + delta * w NaN; the convex
+        # combination gives the inf that torch's mean of such a channel is (kernels/_moments.py, same rule)
+        mean = torch.where(torch.isfinite(delta), mean + delta * w, mean * (1 - w) + mb * w)
+        m2 = m2 + m2s[r].double() + delta * delta * (n * w)
         n = nn_
     return n, mean, m2
 

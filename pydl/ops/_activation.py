@@ -56,7 +56,10 @@ def grad(dy: torch.Tensor, z: torch.Tensor, act: str, leak: float, sub: float, m
     # slope built in dy's dtype: torch.where of two Python floats would give float32 (leak rounded to
     # float32, a ~1e-9 relative error in a float64 gradient)
     one = torch.ones((), dtype=dy.dtype, device=dy.device)
-    slope = torch.where(z > 0, one, one * (leak if act == "general_relu" else 0.0))
+    if act == "relu":  # torch's threshold_backward stops it only where z <= 0: a NaN z passes the gradient
+        slope = torch.where(z <= 0, one * 0.0, one)
+    else:
+        slope = torch.where(z > 0, one, one * leak)
     g = dy * slope
     if act == "general_relu" and maxv != math.inf:
         y_unclamped = (F.leaky_relu(z, leak) if leak else F.relu(z)) - sub

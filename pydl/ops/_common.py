@@ -11,6 +11,9 @@ Each op lives in its own module (pydl/ops/<op>.py) with the same shape:
 """
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 LIB = torch.library.Library("pydl", "FRAGMENT")
@@ -53,3 +56,49 @@ def is_dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Scalar argument checks for the public functions. The dispatcher would refuse a wrong type too, but with
+# its schema dump ("Expected a value of type 'int' for argument 'bins'... Declaration: ..."), and Python's
+# int()/float() would quietly truncate 3.7 to 3 or accept the string '10'. These name the argument and what
+# it accepts, in the caller's terms, and return the value as the plain Python type the schema wants.
+# --------------------------------------------------------------------------------------------------
+
+def check_int(v, op: str, arg: str, lo: int = None, hi: int = None) -> int:
+    """An int (a bool or a whole float is not one: ``bins=3.0`` is as likely a mistake as ``3.7``) in
+    ``[lo, hi]``."""
+    accepted = "an int" + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
+                           f" >= {lo}" if lo is not None else "")
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"pydl.{op}: {arg} must be {accepted}, got {v!r} ({type(v).__name__})")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"pydl.{op}: {arg} must be {accepted}, got {v!r}")
+    return int(v)
+
+
+def check_real(v, op: str, arg: str, accepted: str) -> float:
+    """A real number (int or float, numpy scalars included; not a bool, a string or a tensor); ``accepted``
+    says which values the caller may pass, for the message. Range checks are the caller's."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"pydl.{op}: {arg} must be {accepted}, got {v!r} ({type(v).__name__})")
+    return float(v)
+
+
+def check_bool(v, op: str, arg: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"pydl.{op}: {arg} must be True or False, got {v!r} ({type(v).__name__})")
+    return bool(v)
+
+
+def check_backend_name(backend, op: str) -> str:
+    """``backend=`` of a public function: None (the current default) or a backend name (checked later, when
+    it is resolved, against the names pydl knows)."""
+    from .. import backends
+
+    if backend is None:
+        return backends.get_backend()
+    if not isinstance(backend, str):
+        raise TypeError(f"pydl.{op}: backend must be a str ({', '.join(map(repr, backends.NAMES))}) or None, "
+                        f"got {backend!r} ({type(backend).__name__})")
+    return backend

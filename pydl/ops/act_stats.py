@@ -18,6 +18,27 @@ exactly; float16/bfloat16 are binned after an exact upcast to float32 (= ``torch
 **Empty input** (or a group with no finite value): ``count`` 0 (or the number of non-finite values),
 ``mean``, ``min``, ``max``, ``var`` are NaN; the counters are 0.
 
+**Arguments** are checked in the caller's terms (TypeError for a wrong type, ValueError for a bad value,
+each naming the argument): ``bins`` an int in [1, 2**24] (not 3.7, '10' or True); ``lo`` < ``hi`` finite
+floats that stay finite and distinct in the accumulation dtype, with ``(hi - lo) * bins`` below its maximum
+(float32: 3.4e38) -- the bin rule's largest intermediate; ``eps`` >= 0; ``per_channel`` a bool.
+
+**Large values**: the statistics are those of the exact values, rounded to the accumulation dtype. Sums that
+overflow while the mean does not (float32 data near 3e38) fall back to a wider or pre-scaled sum, and
+merges of partial results never form inf - inf: a var too large for the dtype is inf, never NaN.
+
+**Where pydl deliberately differs from torch** (each one found by tests/test_fuzz_act_stats.py):
+
+* a range so wide that ``(hi - lo) * bins`` overflows is refused; torch.histc accepts it and misbins or
+  drops values (``histc(x, 10, -3e38, 3e38)`` counts nothing);
+* ``mean`` of float32 data whose float32 sum overflows is the finite true mean; torch.mean returns inf;
+* M2 is stored in the accumulation dtype, so ``var`` is inf when the sum of squared deviations exceeds
+  it (float32: 3.4e38) even if the variance itself would fit (torch.var accumulates in float64);
+* the float32-accumulating backends (triton, cuda) round each block's mean to float32 before the second
+  pass: for data beyond ~1e26 in magnitude with little spread that rounding alone can push M2 past
+  float32's range (var inf where the true var is small); reference and cpu merge in float64. float64 data
+  near float64's maximum has the same limit in every backend.
+
 The op returns three tensors (no host sync): ``fstats`` ``(G, 4)`` = mean, M2 (sum of squared deviations),
 min, max in the accumulation dtype; ``counts`` ``(G, 7)`` int64 = numel, near_zero, nan, posinf, neginf,
 below, above; ``hist`` ``(G, bins)`` int64. :func:`act_stats` wraps them in an :class:`ActStats`.
@@ -27,10 +48,12 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .. import backends
-from ._common import LIB, acc_dtype, check_floating, compiled
+from ._common import (LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real,
+                      compiled)
 
 __all__ = ["act_stats", "ActStats", "act_stats_reference"]
 
@@ -40,21 +63,58 @@ LIB.define("act_stats(Tensor x, int bins, float lo, float hi, float eps, bool pe
            "-> (Tensor, Tensor, Tensor)")
 
 
-def check_args(x, bins, lo, hi, eps, per_channel) -> None:
+MAX_BINS = 1 << 24
+
+
+def check_types(x, bins, lo, hi, eps, per_channel) -> None:
+    """The arguments' types, in the caller's terms: what the public function checks before the op's schema
+    would (its error is a schema dump; int()/float() would truncate 3.7 or parse '10')."""
     check_floating(x, "act_stats", "x")
-    if not isinstance(bins, int) or not 1 <= bins <= 1 << 24:
-        raise ValueError(f"pydl.act_stats: bins must be an int in [1, 2**24], got {bins!r}")
+    check_int(bins, "act_stats", "bins", 1, MAX_BINS)
+    check_real(lo, "act_stats", "lo", "a finite float")
+    check_real(hi, "act_stats", "hi", "a finite float")
+    check_real(eps, "act_stats", "eps", "a float >= 0")
+    check_bool(per_channel, "act_stats", "per_channel")
+
+
+def check_args(x, bins, lo, hi, eps, per_channel) -> None:
+    """Every argument of the op (the dispatcher kernel and the fake call it; the compiled kernels repeat the
+    value checks in C++)."""
+    check_types(x, bins, lo, hi, eps, per_channel)
     if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
         raise ValueError(f"pydl.act_stats: need finite lo < hi, got lo={lo}, hi={hi}")
-    if x.dtype != torch.float64:  # the bin edges live in float32: they must stay distinct there
-        import numpy as np
-
-        if not np.float32(lo) < np.float32(hi):
-            raise ValueError(f"pydl.act_stats: lo={lo} and hi={hi} are equal in float32")
+    check_range(bins, lo, hi, x.dtype)
     if not eps >= 0:
-        raise ValueError(f"pydl.act_stats: eps must be >= 0, got {eps}")
+        raise ValueError(f"pydl.act_stats: eps must be a float >= 0, got {eps}")
     if per_channel and x.dim() < 2:
         raise ValueError(f"pydl.act_stats: per_channel needs x of rank >= 2 (N, C, ...), got rank {x.dim()}")
+
+
+def check_range(bins: int, lo: float, hi: float, dtype: torch.dtype) -> None:
+    """The bin rule runs in the accumulation dtype (float32 for float16/bfloat16/float32 input): lo and hi
+    must be finite and distinct there, and ``(hi - lo) * bins`` -- the largest intermediate of
+    ``((x - lo) * bins) / (hi - lo)`` -- must not overflow, or values would land in the wrong bin (torch.histc
+    silently drops or misplaces them then). A range that wide is refused, not binned approximately."""
+    if dtype == torch.float64:
+        acc_name, fmax = "float64", torch.finfo(torch.float64).max
+        lo_a, hi_a = lo, hi
+        span = (hi - lo) * bins
+    else:
+        acc_name, fmax = "float32", float(torch.finfo(torch.float32).max)
+        if abs(lo) > fmax or abs(hi) > fmax:
+            raise ValueError(f"pydl.act_stats: lo={lo} and hi={hi} must lie within float32's range "
+                             f"(|value| <= {fmax:.4g}): {dtype} input is binned in float32")
+        with np.errstate(over="ignore"):
+            lo_a, hi_a = np.float32(lo), np.float32(hi)
+            span = float((hi_a - lo_a) * np.float32(bins))
+    if not lo_a < hi_a:
+        raise ValueError(f"pydl.act_stats: lo={lo} and hi={hi} are equal in {acc_name}, the dtype {dtype} input "
+                         f"is binned in; need lo < hi there")
+    if not math.isfinite(span):
+        raise ValueError(f"pydl.act_stats: the range [lo, hi] = [{lo}, {hi}] with bins={bins} is too wide: "
+                         f"(hi - lo) * bins must stay below {acc_name}'s maximum {fmax:.4g} (the bin rule "
+                         f"computes ((x - lo) * bins) / (hi - lo) in {acc_name}); narrow the range or use fewer "
+                         f"bins")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,10 +130,16 @@ def act_stats_reference(x, bins, lo, hi, eps, per_channel):
     v = rows.to(acc)
     finite = torch.isfinite(v)
     n = finite.sum(1)
-    # two-pass mean / M2 over the finite values (NaN mean for a group with none)
-    mean = torch.where(finite, v, 0).sum(1) / n
-    m2 = torch.where(finite, v - mean[:, None], 0).square().sum(1)
+    # two-pass mean / M2 over the finite values, in float64 and rounded at the end: the statistics of the
+    # exact values (NaN mean for a group with none). float64 input whose sum overflows (values near its
+    # maximum) averages pre-scaled values instead: the mean of finite values is finite.
+    v64 = v.double()
+    mean = torch.where(finite, v64, 0).sum(1) / n
+    scaled = torch.where(finite, v64 / n.clamp_min(1)[:, None], 0).sum(1)
+    mean = torch.where(torch.isfinite(mean) | (n == 0), mean, scaled)
+    m2 = torch.where(finite, v64 - mean[:, None], 0).square().sum(1)
     m2 = torch.where(n > 0, m2, 0)
+    mean, m2 = mean.to(acc), m2.to(acc)
     inf = torch.tensor(float("inf"), dtype=acc, device=x.device)
     mn = torch.where(finite, v, inf).amin(1) if v.shape[1] else torch.full((G,), math.inf, dtype=acc, device=x.device)
     mx = torch.where(finite, v, -inf).amax(1) if v.shape[1] else torch.full((G,), -math.inf, dtype=acc, device=x.device)
@@ -112,6 +178,7 @@ OP = backends.register_op(backends.Op("act_stats", {
     "reference": lambda: act_stats_reference,
     "cpu": compiled("pydl_cpu", "act_stats"),
     "cuda": compiled("pydl_cuda", "act_stats"),
+    "cuda_emu": compiled("pydl_cuda_emu", "act_stats"),
     "triton": _triton_impl,
 }))
 
@@ -264,7 +331,9 @@ def act_stats(x: torch.Tensor, bins: int = 40, lo: float = 0.0, hi: float = 10.0
     ``backend``: ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"auto"`` (default: the current
     :func:`pydl.backend` context or process default).
     """
-    name = backends.get_backend() if backend is None else backend
-    fstats, counts, hist = torch.ops.pydl.act_stats(x, int(bins), float(lo), float(hi), float(eps),
-                                                    bool(per_channel), name)
-    return ActStats(fstats, counts, hist, int(bins), float(lo), float(hi), float(eps), bool(per_channel))
+    # types here (the op's schema would refuse them unclearly), values in the op (numpy there is no graph break)
+    check_types(x, bins, lo, hi, eps, per_channel)
+    name = check_backend_name(backend, "act_stats")
+    bins, lo, hi, eps, per_channel = int(bins), float(lo), float(hi), float(eps), bool(per_channel)
+    fstats, counts, hist = torch.ops.pydl.act_stats(x, bins, lo, hi, eps, per_channel, name)
+    return ActStats(fstats, counts, hist, bins, lo, hi, eps, per_channel)

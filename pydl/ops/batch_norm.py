@@ -51,6 +51,30 @@ Backends: each backend provides a :class:`Kernels` tuple of seven functions (for
 backward, stats, apply, backward_reduce, backward_elemt) with the reference functions' signatures;
 ``backends.all_ops()["batch_norm"].override(name, Kernels(...))`` plugs in another set.
 
+**Arguments** are checked in the caller's terms, by the public function, the dispatcher kernels and the
+compiled ops alike (TypeError for a wrong type, ValueError for a bad value, each naming the argument):
+``eps`` > 0 in training and >= 0 in eval (torch's rule); ``momentum`` a finite float or None;
+``num_batches_tracked`` a one-element integer tensor, >= 1 when momentum is None (reading it syncs with the
+device, as torch's module does); ``count`` >= 0; weight/bias/running stats of shape (C,).
+
+**Large values**: statistics are merged so that overflowing sums or deltas never form inf - inf; a var too
+large for the accumulation dtype is inf (invstd 0, y = bias, running_var inf), as in torch.
+
+**Where pydl deliberately differs from torch** (tests/test_fuzz_batch_norm.py counts each as by design):
+
+* weight, bias and running stats must be 1-D (C,); torch's functional form reads any tensor with C elements
+  flat ((C, 1) included). The error says so and how to reshape.
+* eps = NaN and a non-finite momentum are refused; torch accepts them and returns NaN.
+* a channel whose float32 *sum* overflows (values near float32's max) gets its true mean and var; torch's
+  float32 training forward turns that channel into inf/NaN. y there is still computed as
+  ``x * scale + shift`` (one FMA, shift = bias - mean * scale) in the compiled backends, which overflows
+  when |mean| * invstd exceeds the dtype's range (float32 values beyond ~1e36 with a spread below ~1):
+  y is then inf/NaN -- a known limit, not a divergence from torch (which is NaN there too).
+* zero channels: empty outputs; torch's eval path raises IndexError.
+* torch's own answer can depend on x's memory layout where it should not (a float32 var that overflows is
+  inf on its contiguous path, kept in float64 on its strided one); pydl follows the contiguous path in
+  every layout.
+
 **Layouts**: every backend sees a *dense* x in one of two layouts, chosen once here (:func:`dense_layout`):
 "NCL" (contiguous: each (n, c) plane of L = prod(spatial) values is contiguous) or "NLC" (channels last, and
 2-D (N, C): rows of C channels). Anything else (sliced, oddly permuted) is copied to contiguous first. y and
@@ -65,7 +89,7 @@ import torch
 
 from .. import backends
 from . import _activation
-from ._common import LIB, acc_dtype, check_floating
+from ._common import LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real
 
 __all__ = ["batch_norm", "batch_norm_reference", "batch_norm_stats", "batch_norm_apply",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
@@ -120,8 +144,12 @@ def _check_param(t, name: str, x: torch.Tensor, op: str) -> None:
         raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
     C = x.shape[1]
     if t.dim() != 1 or t.shape[0] != C:
+        # torch.nn.functional.batch_norm takes weight/bias of any shape with C elements ((C, 1) too) and
+        # reads them flat; pydl keeps the (C,) of its schema and of torch's modules: say how to get there
+        rule = (f"; torch's functional batch_norm reads any {name} with {C} elements flat, pydl asks for the "
+                f"1-D ({C},) form: pass {name}.reshape(-1)" if t.numel() == C else "")
         raise ValueError(f"pydl.{op}: {name} must have shape ({C},) (one value per channel of x), "
-                         f"got {tuple(t.shape)}")
+                         f"got {tuple(t.shape)}{rule}")
     if t.device != x.device:
         raise ValueError(f"pydl.{op}: {name} is on {t.device} but x is on {x.device}")
     mixed_ok = x.dtype in (torch.float16, torch.bfloat16) and t.dtype == torch.float32
@@ -156,9 +184,60 @@ def check_forward_args(x, weight, bias, running_mean, running_var, use_batch_sta
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
     elif running_mean is None or running_var is None:
         raise ValueError(f"pydl.{op}: eval mode (use_batch_stats=False) needs running_mean and running_var")
+    check_eps(eps, use_batch_stats, op)
+    _activation.check_act(act, leak, sub, maxv, op)
+
+
+def check_eps(eps, use_batch_stats: bool, op: str) -> None:
+    """torch's rule: eps > 0 in training (a constant channel has var 0: eps is all that keeps 1/sqrt(var + eps)
+    finite), eps >= 0 in eval. NaN is refused too (torch lets it through and returns NaN everywhere)."""
+    check_real(eps, op, "eps", "a float > 0 in training, >= 0 in eval")
+    if use_batch_stats and not eps > 0:
+        raise ValueError(f"pydl.{op}: eps must be > 0 in training (use_batch_stats=True), got {eps}")
     if not eps >= 0:
         raise ValueError(f"pydl.{op}: eps must be >= 0, got {eps}")
-    _activation.check_act(act, leak, sub, maxv, op)
+
+
+def check_momentum(momentum, op: str) -> Optional[float]:
+    """None (the cumulative average over num_batches_tracked) or a finite float (torch accepts NaN and inf
+    and turns the running stats into NaN; pydl refuses them)."""
+    if momentum is None:
+        return None
+    m = check_real(momentum, op, "momentum", "a finite float (0.1 in torch's modules) or None")
+    if not math.isfinite(m):
+        raise ValueError(f"pydl.{op}: momentum must be a finite float or None, got {momentum}")
+    return m
+
+
+def check_num_batches_tracked(nbt, momentum, op: str, read_value: bool = True) -> None:
+    """num_batches_tracked: a one-element integer tensor, >= 1 when it is used (momentum=None): the factor is
+    1 / num_batches_tracked. Reading the value syncs with the device once, as torch's module does with
+    float(num_batches_tracked); a 0 there would silently turn the running stats into NaN. The public function
+    leaves the value to the op (``read_value=False``): under torch.compile it is a graph break there, while
+    the op's kernel runs on the real tensor."""
+    if nbt is None:
+        if momentum is None:
+            raise ValueError(f"pydl.{op}: momentum=None (cumulative average) needs num_batches_tracked")
+        return
+    if not isinstance(nbt, torch.Tensor):
+        raise TypeError(f"pydl.{op}: num_batches_tracked must be a one-element integer tensor or None, got "
+                        f"{type(nbt).__name__}")
+    if nbt.numel() != 1 or nbt.dtype.is_floating_point or nbt.dtype.is_complex or nbt.dtype == torch.bool:
+        raise ValueError(f"pydl.{op}: num_batches_tracked must be a one-element integer tensor, got shape "
+                         f"{tuple(nbt.shape)} {nbt.dtype}")
+    if read_value and momentum is None and int(nbt.reshape(())) < 1:
+        raise ValueError(f"pydl.{op}: num_batches_tracked must be >= 1 with momentum=None (the running stats "
+                         f"average 1 / num_batches_tracked of each batch), got {int(nbt.reshape(()))}")
+
+
+def act_params(act, leak, sub, maxv, op: str):
+    """_activation.params with the types checked first: float('fast') would fail without naming the argument."""
+    if not isinstance(act, str):
+        raise TypeError(f"pydl.{op}: act must be one of {_activation.ACTIVATIONS}, got {act!r}")
+    for name, v in (("leak", leak), ("sub", sub), ("maxv", maxv)):
+        if v is not None:
+            check_real(v, op, name, "a float or None")
+    return _activation.params(act, leak, sub, maxv)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +259,15 @@ def _ref_stats(x):
     if x.numel() == 0:  # no values (or no channels): zero statistics, as every backend gives
         z = torch.zeros(x.shape[1], dtype=acc, device=x.device)
         return z, z.clone()
-    var, mean = torch.var_mean(x.to(acc), dim=_dims(x), correction=0)
+    var, mean = _var_mean(x.to(acc), _dims(x))
     return mean, var * n
+
+
+def _var_mean(x, dims):
+    """torch.var_mean (Welford: no overflow of a sum, no cancellation), except that a channel holding +-inf
+    has the mean torch's batch_norm gives it (the sum's: +-inf, or NaN for both signs), not Welford's NaN."""
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return var, torch.where(torch.isnan(mean), x.sum(dims) / max(channel_count(x), 1), mean)
 
 
 def _ref_z(x, mean, invstd, weight, bias):
@@ -215,7 +301,7 @@ def _ref_update_running(running_mean, running_var, mean, var, count, momentum, n
     if count == 0:  # an empty batch leaves the running stats alone (as torch does)
         return
     f = (1.0 / num_batches_tracked.double()) if momentum is None else momentum
-    unbiased = var * (count / (count - 1))
+    unbiased = var * (count / (count - 1) if count > 1 else 1.0)  # one value: no Bessel factor to apply
     acc = mean.dtype
     running_mean.copy_(((1 - f) * running_mean.to(acc) + f * mean).to(running_mean.dtype))
     running_var.copy_(((1 - f) * running_var.to(acc) + f * unbiased).to(running_var.dtype))
@@ -246,9 +332,11 @@ def _ref_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak,
     elif use_batch_stats:
         dx = _ref_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, channel_count(x),
                                  act, leak, sub, maxv)
-    else:  # mean and invstd are constants: no terms through the statistics
-        zero = torch.zeros_like(sum_dz)
-        dx = _ref_backward_elemt(dy, x, mean, invstd, weight, bias, zero, zero, 1, act, leak, sub, maxv)
+    else:  # mean and invstd are constants: no terms through the statistics (dx = weight * invstd * dz)
+        acc = mean.dtype
+        dz = _activation.grad(dy.to(acc), _ref_z(x, mean, invstd, weight, bias), act, leak, sub, maxv)
+        k = invstd if weight is None else invstd * weight.to(acc)
+        dx = torch.empty_like(x).copy_((dz * _per_channel(k, x)).to(x.dtype))
     return dx, sum_dz_xmu * invstd, sum_dz
 
 
@@ -275,8 +363,7 @@ def batch_norm_reference(x, running_mean=None, running_var=None, weight=None, bi
     leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
     acc = acc_dtype(x.dtype)
     if training:
-        dims = _dims(x)
-        var, mean = torch.var_mean(x.to(acc), dim=dims, correction=0)
+        var, mean = _var_mean(x.to(acc), _dims(x))
         if running_mean is not None:
             with torch.no_grad():
                 _ref_update_running(running_mean, running_var, mean.detach(), var.detach(), channel_count(x),
@@ -306,6 +393,7 @@ OP = backends.register_op(backends.Op("batch_norm", {
     "cpu": _compiled("pydl_cpu"),
     "cuda": _compiled("pydl_cuda"),
     "triton": _triton,
+    "cuda_emu": _compiled("pydl_cuda_emu"),
 }))
 
 
@@ -365,10 +453,9 @@ def _update_running(running_mean, running_var, mean, var, count, momentum, num_b
                              f"got {tuple(t.shape)} on {t.device}")
     if var.dtype != mean.dtype:
         raise TypeError(f"pydl.{op}: var ({var.dtype}) and mean ({mean.dtype}) must share a dtype")
-    if momentum is None and num_batches_tracked is None:
-        raise ValueError(f"pydl.{op}: momentum=None (cumulative average) needs num_batches_tracked")
-    if count < 0:
-        raise ValueError(f"pydl.{op}: count must be >= 0, got {count}")
+    check_momentum(momentum, op)
+    check_num_batches_tracked(num_batches_tracked, momentum, op)
+    check_int(count, op, "count", 0)
     kernels(backend, mean.device.type).update_running(running_mean, running_var, mean, var, count, momentum,
                                                       num_batches_tracked)
 
@@ -401,6 +488,7 @@ def _backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count
     _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, op)
     _check_stat(sum_dz, "sum_dz", x, op)
     _check_stat(sum_dz_xmu, "sum_dz_xmu", x, op)
+    check_int(count, op, "count", 0)
     x = dense_layout(x)
     return kernels(backend, x.device.type).backward_elemt(_like(dy, x), x, mean, invstd, weight, bias, sum_dz,
                                                           sum_dz_xmu, count, act, leak, sub, maxv)
@@ -566,50 +654,66 @@ def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     ``act``: ``"none"``, ``"relu"`` or ``"general_relu"`` (fastai's GeneralRelu with ``leak``, ``sub``,
     ``maxv``; None = off). ``backend``: as everywhere in pydl (None = the current default).
     """
-    name = backends.get_backend() if backend is None else backend
-    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    op = "batch_norm"
+    # every argument is checked before any work (and before the op's schema would refuse a type unclearly)
+    name = check_backend_name(backend, op)
+    leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, op)
+    training = check_bool(training, op, "training")
+    _check_x(x, op)
+    for t, arg in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
+        _check_param(t, arg, x, op)
     if (running_mean is None) != (running_var is None):
         raise ValueError("pydl.batch_norm: pass both running_mean and running_var, or neither")
+    check_eps(eps, training, op)
     if training and running_mean is not None:
-        # checked before any work: the forward op does not see running stats it will not read
-        _check_x(x, "batch_norm")
-        _check_param(running_mean, "running_mean", x, "batch_norm")
-        _check_param(running_var, "running_var", x, "batch_norm")
+        momentum = check_momentum(momentum, op)
+        check_num_batches_tracked(num_batches_tracked, momentum, op, read_value=False)
     y, mean, _invstd, var = torch.ops.pydl.batch_norm(
-        x, weight, bias, None if training else running_mean, None if training else running_var, bool(training),
+        x, weight, bias, None if training else running_mean, None if training else running_var, training,
         float(eps), act, leak_, sub_, maxv_, name)
     if training and running_mean is not None:
-        torch.ops.pydl.batch_norm_update_running(running_mean, running_var, mean, var, channel_count(x),
-                                                 None if momentum is None else float(momentum),
+        torch.ops.pydl.batch_norm_update_running(running_mean, running_var, mean, var, channel_count(x), momentum,
                                                  num_batches_tracked, name)
     return y
 
 
+def _check_tensors(op, **tensors):
+    """The separable steps' tensor arguments are tensors (their shapes and dtypes are the op's to check)."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def batch_norm_stats(x, backend=None):
     """Per-channel (mean, M2) of x in the accumulation dtype; the count is N * prod(spatial)."""
-    return torch.ops.pydl.batch_norm_stats(x, backends.get_backend() if backend is None else backend)
+    _check_x(x, "batch_norm_stats")  # before the schema: a list would get its dump, not pydl's TypeError
+    return torch.ops.pydl.batch_norm_stats(x, check_backend_name(backend, "batch_norm_stats"))
 
 
 def batch_norm_apply(x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None, maxv=None,
                      backend=None):
     """y = act((x - mean) * invstd * weight + bias), per channel (no autograd: a building block)."""
-    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_apply")
+    _check_tensors("batch_norm_apply", x=x, mean=mean, invstd=invstd)
     return torch.ops.pydl.batch_norm_apply(x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
-                                           backends.get_backend() if backend is None else backend)
+                                           check_backend_name(backend, "batch_norm_apply"))
 
 
 def batch_norm_backward_reduce(dy, x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None,
                                maxv=None, backend=None):
     """(sum(dz), sum(dz * (x - mean))) per channel, dz = act'(z) * dy: one pass over dy and x."""
-    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_backward_reduce")
+    _check_tensors("batch_norm_backward_reduce", dy=dy, x=x, mean=mean, invstd=invstd)
     return torch.ops.pydl.batch_norm_backward_reduce(dy, x, mean, invstd, weight, bias, act, leak_, sub_, maxv_,
-                                                     backends.get_backend() if backend is None else backend)
+                                                     check_backend_name(backend, "batch_norm_backward_reduce"))
 
 
 def batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act="none",
                               leak=None, sub=None, maxv=None, backend=None):
     """dx from the two (possibly all-reduced) sums and the total per-channel count."""
-    leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
+    op = "batch_norm_backward_elemt"
+    leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, op)
+    _check_tensors(op, dy=dy, x=x, mean=mean, invstd=invstd, sum_dz=sum_dz, sum_dz_xmu=sum_dz_xmu)
     return torch.ops.pydl.batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
-                                                    int(count), act, leak_, sub_, maxv_,
-                                                    backends.get_backend() if backend is None else backend)
+                                                    check_int(count, op, "count", 0), act, leak_, sub_, maxv_,
+                                                    check_backend_name(backend, op))

@@ -38,12 +38,38 @@ Padding ``"same"``/``"valid"`` and ``padding_mode`` other than zeros are resolve
 (channels_last in, channels_last out, like torch). fp32/fp64 accumulate in their own precision, fp16/bf16
 in fp32. fp32 is exact fp32 everywhere (no TF32) unless ``PYDL_CONV_TF32=1`` / ``ALLOW_TF32 = True`` is set,
 which lets the GPU backends use TF32 tensor cores (10-bit mantissa inputs: ~1e-3 relative error).
+
+**Second derivatives.** ``pydl::conv2d_backward`` has its own autograd (derived next to
+``_double_backward``), built from conv2d and conv2d_backward themselves, so gradient penalties,
+Hessian-vector products and gradgradcheck work on every backend, to any order.
+
+**Non-finite values** behave as in torch: NaN in, NaN out (the fused relu does not turn NaN into 0, nor the
+clamp into maxv); at a NaN pre-activation relu's gradient passes and a clamp's stops, as torch's formulas.
+
+**Where pydl differs from torch.nn.functional.conv2d, deliberately** (everything else gives torch's answer):
+
+* dtypes: float16, bfloat16, float32 and float64 only (torch also convolves complex tensors): TypeError.
+* argument errors are ValueError/TypeError naming the argument (torch: RuntimeError, or its argument
+  parser's signature list); the refused set is torch's: a float or bool stride/padding/dilation/groups, a
+  non-positive stride/dilation/groups, negative padding, a kernel larger than the padded input,
+  padding='same' with a stride, an empty weight (0 out channels or a 0 kernel size).
+* An input with 0 channels returns torch's result, an empty (N, 0, Ho, Wo) tensor (not N x Cout of bias),
+  with zero gradients; the bias gradient is zeros. Not a divergence, but surprising: written here.
+* The op itself (``torch.ops.pydl.conv2d``) takes symmetric zero padding only; the public function resolves
+  "same"/"valid" and padding_mode before it, as torch.nn.Conv2d does.
+* The triton backend on CPU tensors runs in Triton's interpreter (tests and learning), which converts
+  bfloat16 subnormal values to and from float32 wrongly (it also truncates instead of rounding when it
+  narrows fp32 to bf16: a 1-ulp difference). A GPU does both conversions in hardware, correctly.
+* With ``PYDL_CONV_TF32=1`` fp32 convolutions on a GPU round their inputs to TF32 (torch's
+  ``allow_tf32`` flag is not consulted: pydl's switch is its own).
 """
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +109,34 @@ def out_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _pair(v, name: str):
-    if isinstance(v, int):
-        return [v, v]
-    v = list(v)
-    if len(v) != 2 or not all(isinstance(i, int) for i in v):
-        raise ValueError(f"pydl.conv2d: {name} must be an int or a pair of ints, got {v!r}")
-    return v
+def _int(v, name: str, accepted: str) -> int:
+    """A plain int from an int-like (Python or numpy integer, as torch accepts); floats and bools refused
+    (torch refuses them too: a stride of 1.5 has no meaning, and True is almost always a slip)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"pydl.conv2d: {name} must be {accepted}, got {v!r} ({type(v).__name__})")
+    return int(v)
+
+
+def _pair(v, name: str, accepted: str = "an int or a pair of ints"):
+    """stride / padding / dilation as [a, b]: an int is used for both dimensions, so is a 1-element sequence
+    (as F.conv2d allows)."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, (numbers.Integral, Sequence)):
+        raise TypeError(f"pydl.conv2d: {name} must be {accepted}, got {v!r} ({type(v).__name__})")
+    if not isinstance(v, Sequence):
+        return [_int(v, name, accepted)] * 2
+    if len(v) not in (1, 2):
+        raise ValueError(f"pydl.conv2d: {name} must be {accepted}, got {len(v)} entries: {list(v)!r}")
+    v = [_int(i, name, accepted) for i in v]
+    return v * 2 if len(v) == 1 else v
+
+
+def _check_ranges(stride, padding, dilation) -> None:
+    if min(stride) < 1:
+        raise ValueError(f"pydl.conv2d: stride must be >= 1, got {list(stride)}")
+    if min(dilation) < 1:
+        raise ValueError(f"pydl.conv2d: dilation must be >= 1, got {list(dilation)}")
+    if min(padding) < 0:
+        raise ValueError(f"pydl.conv2d: padding must be >= 0, got {list(padding)}")
 
 
 def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv) -> Tuple[int, int]:
@@ -104,16 +151,14 @@ def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
         raise TypeError(f"pydl.conv2d: weight dtype {w.dtype} does not match x dtype {x.dtype}")
     if w.device != x.device:
         raise ValueError(f"pydl.conv2d: weight is on {w.device} but x is on {x.device}")
-    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
-        raise ValueError("pydl.conv2d: stride, padding and dilation must have 2 entries each")
-    if min(stride) < 1:
-        raise ValueError(f"pydl.conv2d: stride must be >= 1, got {list(stride)}")
-    if min(dilation) < 1:
-        raise ValueError(f"pydl.conv2d: dilation must be >= 1, got {list(dilation)}")
-    if min(padding) < 0:
-        raise ValueError(f"pydl.conv2d: padding must be >= 0, got {list(padding)}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"pydl.conv2d: groups must be a positive int, got {groups!r}")
+    for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if len(v) != 2:
+            raise ValueError(f"pydl.conv2d: {name} must have 2 entries (height, width), got {list(v)!r}")
+    _check_ranges(stride, padding, dilation)
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"pydl.conv2d: groups must be a positive int, got {groups!r} ({type(groups).__name__})")
+    if groups < 1:
+        raise ValueError(f"pydl.conv2d: groups must be a positive int, got {groups}")
     N, C, H, W = x.shape
     Co, Cg, kh, kw = w.shape
     if C % groups:
@@ -124,7 +169,8 @@ def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
         raise ValueError(f"pydl.conv2d: weight expects {Cg * groups} input channels (weight.shape[1] = {Cg} x "
                          f"groups = {groups}) but x has {C}")
     if Co == 0 or kh == 0 or kw == 0:
-        raise ValueError(f"pydl.conv2d: weight must have nonzero sizes, got {tuple(w.shape)}")
+        raise ValueError(f"pydl.conv2d: weight must have nonzero out_channels and kernel sizes, got shape "
+                         f"{tuple(w.shape)}")
     if b is not None:
         check_floating(b, "conv2d", "bias")
         if b.dtype != x.dtype:
@@ -136,8 +182,8 @@ def check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
     _activation.check_act(act, leak, sub, maxv, "conv2d")
     ho, wo = conv2d_output_size(H, W, kh, kw, stride, padding, dilation)
     if ho < 1 or wo < 1:
-        raise ValueError(f"pydl.conv2d: kernel size ({kh}, {kw}) with dilation {list(dilation)} is larger than the "
-                         f"padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]})")
+        raise ValueError(f"pydl.conv2d: the weight's kernel size ({kh}, {kw}) with dilation {list(dilation)} is "
+                         f"larger than the padded input ({H + 2 * padding[0]}, {W + 2 * padding[1]})")
     return ho, wo
 
 
@@ -211,9 +257,9 @@ def _triton_bwd():
     return conv2d_backward_triton
 
 
-def _cuda(name: str):
+def _cuda(name: str, namespace: str = "pydl_cuda"):
     """The compiled CUDA op takes one more argument than the other backends: the TF32 switch, read per call."""
-    load = compiled("pydl_cuda", name)
+    load = compiled(namespace, name)
 
     def loader():
         fn = load()
@@ -227,34 +273,72 @@ OP = backends.register_op(backends.Op("conv2d", {
     "cpu": compiled("pydl_cpu", "conv2d"),
     "cuda": _cuda("conv2d"),
     "triton": _triton_fwd,
+    "cuda_emu": _cuda("conv2d", "pydl_cuda_emu"),
 }))
 
-# The backward op is its own Op so `auto` resolves it independently, but it lives in the same compiled
-# libraries as the forward (csrc/cpu/conv2d.cpp defines both): the Op's name decides what gets built.
-OP_BWD = backends.Op("conv2d", {
+# The backward op is its own Op, registered like every other, so `auto` resolves it independently and
+# reset_caches(), `pydl doctor` and the fallback warning see it under its own name; its compiled kernels
+# live in the forward's sources (csrc/<device>/conv2d.cpp defines both), hence build_unit.
+OP_BWD = backends.register_op(backends.Op("conv2d_backward", {
     "reference": lambda: conv2d_backward_reference,
     "cpu": compiled("pydl_cpu", "conv2d_backward"),
     "cuda": _cuda("conv2d_backward"),
     "triton": _triton_bwd,
-})
+    "cuda_emu": _cuda("conv2d_backward", "pydl_cuda_emu"),
+}, build_unit="conv2d"))
+
+
+def out_channels(x: torch.Tensor, w: torch.Tensor) -> int:
+    """The output's channel count: Cout -- except for an input with 0 channels, where torch.nn.functional.conv2d
+    returns an empty (N, 0, Ho, Wo) tensor (no bias added: there is nothing to add it to). pydl gives the
+    same answer on every backend, and the bias gradient is then zeros."""
+    return w.shape[0] if x.shape[1] > 0 else 0
+
+
+def _empty_input_outputs(x, ho, wo, keep_z):
+    """The forward's (y, z) for an input with 0 channels (see out_channels); z is y-shaped when it is kept,
+    as for any other input (the backward checks its shape)."""
+    y = x.new_empty((x.shape[0], 0, ho, wo)).contiguous(memory_format=out_memory_format(x))
+    return y, (torch.empty_like(y) if keep_z else x.new_empty((0,)))
 
 
 def _kernel(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, backend):
-    check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
+    ho, wo = check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
+    if x.shape[1] == 0:
+        return _empty_input_outputs(x, ho, wo, act == "general_relu" and save_preact)
     return OP(backend, x.device.type, x, w, b, list(stride), list(padding), list(dilation), groups, act,
               leak, sub, maxv, save_preact)
 
 
-def _kernel_bwd(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask, backend):
+def check_backward_args(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv) -> None:
+    """The backward op is public (torch.ops.pydl.conv2d_backward): every tensor it reads is checked against
+    the shapes the forward would have produced, so a mismatch is an error, never an out-of-bounds read."""
     ho, wo = check_args(x, w, None, stride, padding, dilation, groups, act, leak, sub, maxv)
-    want = (x.shape[0], w.shape[0], ho, wo)
+    want = (x.shape[0], out_channels(x, w), ho, wo)
+    for name, t in (("grad_y", grad_y), ("z", z)):
+        if t is None:
+            continue
+        check_floating(t, "conv2d_backward", name)
+        if t.dtype != x.dtype:
+            raise TypeError(f"pydl.conv2d_backward: {name} dtype {t.dtype} does not match x dtype {x.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"pydl.conv2d_backward: {name} is on {t.device} but x is on {x.device}")
     if tuple(grad_y.shape) != want:
-        raise ValueError(f"pydl.conv2d_backward: grad_y must have shape {want}, got {tuple(grad_y.shape)}")
-    if grad_y.dtype != x.dtype:
-        raise TypeError(f"pydl.conv2d_backward: grad_y dtype {grad_y.dtype} does not match x dtype {x.dtype}")
+        raise ValueError(f"pydl.conv2d_backward: grad_y must have shape {want} (the output's: N, out_channels, "
+                         f"Ho, Wo), got {tuple(grad_y.shape)}")
     if act != "none" and (z is None or tuple(z.shape) != want):
+        got = "None" if z is None else tuple(z.shape)
         raise ValueError(f"pydl.conv2d_backward: act={act!r} needs z (the pre-activation, or y for relu) of "
-                         f"shape {want}")
+                         f"shape {want}, got {got}")
+
+
+def _kernel_bwd(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask, backend):
+    check_backward_args(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv)
+    if x.shape[1] == 0:  # nothing reads anything: zero gradients of the right shapes (the bias's is zeros)
+        gx = torch.zeros_like(x, memory_format=out_memory_format(x)) if output_mask[0] else x.new_empty((0,))
+        gw = torch.zeros_like(w) if output_mask[1] else x.new_empty((0,))
+        gb = x.new_zeros((w.shape[0],)) if output_mask[2] else x.new_empty((0,))
+        return gx, gw, gb
     return OP_BWD(backend, x.device.type, grad_y, x, w, z, list(stride), list(padding), list(dilation), groups,
                   act, leak, sub, maxv, list(output_mask))
 
@@ -267,6 +351,8 @@ for _key in ("CPU", "CUDA"):
 @torch.library.register_fake("pydl::conv2d")
 def _fake(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, backend):
     ho, wo = check_args(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv)
+    if x.shape[1] == 0:
+        return _empty_input_outputs(x, ho, wo, act == "general_relu" and save_preact)
     fmt = out_memory_format(x)
     y = x.new_empty((x.shape[0], w.shape[0], ho, wo)).contiguous(memory_format=fmt)
     z = torch.empty_like(y) if (act == "general_relu" and save_preact) else x.new_empty((0,))
@@ -275,6 +361,7 @@ def _fake(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save
 
 @torch.library.register_fake("pydl::conv2d_backward")
 def _fake_bwd(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask, backend):
+    check_backward_args(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv)
     gx = x.new_empty(x.shape).contiguous(memory_format=out_memory_format(x)) if output_mask[0] else x.new_empty((0,))
     gw = w.new_empty(w.shape) if output_mask[1] else x.new_empty((0,))
     gb = x.new_empty((w.shape[0],)) if output_mask[2] else x.new_empty((0,))
@@ -287,7 +374,7 @@ def _setup_context(ctx, inputs, output):
     # What the activation's backward reads in place of z: nothing (none), y (relu: y > 0 <=> z > 0), or z.
     if act == "relu":
         saved = y
-    elif act == "general_relu" and z.numel() == y.numel():
+    elif act == "general_relu" and z.shape == y.shape:
         saved = z
     else:
         saved = None
@@ -315,6 +402,72 @@ def _backward(ctx, grad_y, grad_z):
 torch.library.register_autograd("pydl::conv2d", _backward, setup_context=_setup_context)
 
 
+# Double backward (gradient penalties, Hessian-vector products, gradgradcheck). Without it autograd would
+# treat conv2d_backward's outputs as constants and a second derivative would silently be zero. It needs no
+# new kernel: the backward of the backward is made of the same two ops, so it runs on whichever backend the
+# first one did (and is itself differentiable, to any order).
+#
+# With dz = act'(z) * grad_y and B(x, w, dz) = <dz, conv(x, w)> (conv without bias), the first backward's
+# outputs are gx = dB/dx, gw = dB/dw and gb = sum(dz). B is linear in x and in w, so the incoming
+# gradients ggx, ggw, ggb pair with them as
+#
+#     <ggx, gx> + <ggw, gw> + <ggb, gb> = B(ggx, w, dz) + B(x, ggw, dz) + <dz, ggb>
+#                                       = <dz, conv(ggx, w) + conv(x, ggw) + ggb>
+#
+# and differentiating that scalar gives
+#
+#     d/d grad_y = act'(z) * (conv(ggx, w) + conv(x, ggw) + ggb)    two forward convs (ggb as their bias)
+#     d/dx       = dB/dx with weight ggw                            conv2d_backward's input gradient
+#     d/dw       = dB/dw with input ggx                             conv2d_backward's weight gradient
+#     d/dz       = 0: act' of relu / general_relu is piecewise constant (its derivative is 0 almost
+#                  everywhere), exactly what torch's own threshold_backward gives.
+#
+# The two conv2d_backward calls receive grad_y and z, so they apply act' themselves.
+
+def _setup_backward_context(ctx, inputs, output):
+    grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask, backend = inputs
+    ctx.save_for_backward(grad_y, x, w, z)
+    ctx.args = (list(stride), list(padding), list(dilation), groups, act, leak, sub, maxv, backend)
+    ctx.output_mask = list(output_mask)
+
+
+def _double_backward(ctx, ggx, ggw, ggb):
+    grad_y, x, w, z = ctx.saved_tensors
+    stride, padding, dilation, groups, act, leak, sub, maxv, backend = ctx.args
+    geom = (stride, padding, dilation, groups)
+    act_args = (act, leak, sub, maxv)
+    none = (None,) * 11
+    if x.shape[1] == 0:  # every output was a constant (zeros): nothing depends on the inputs
+        return (None, None, None) + none
+
+    def given(g, i, numel):
+        # an output the first backward did not compute (mask off) is a 0-element placeholder: no gradient
+        return g if ctx.output_mask[i] and g is not None and g.numel() == numel and numel > 0 else None
+
+    ggx, ggw, ggb = given(ggx, 0, x.numel()), given(ggw, 1, w.numel()), given(ggb, 2, w.shape[0])
+    need_gy, need_x, need_w = ctx.needs_input_grad[:3]
+    d_gy = d_x = d_w = None
+    if need_x and ggw is not None:
+        d_x = torch.ops.pydl.conv2d_backward(grad_y, x, ggw, z, *geom, *act_args, [True, False, False], backend)[0]
+    if need_w and ggx is not None:
+        d_w = torch.ops.pydl.conv2d_backward(grad_y, ggx, w, z, *geom, *act_args, [False, True, False], backend)[1]
+    if need_gy and (ggx is not None or ggw is not None or ggb is not None):
+        plain = ("none", 0.0, 0.0, math.inf, False, backend)
+        v = None
+        if ggx is not None:
+            v = torch.ops.pydl.conv2d(ggx, w, ggb, *geom, *plain)[0]
+        if ggw is not None:
+            t = torch.ops.pydl.conv2d(x, ggw, ggb if v is None else None, *geom, *plain)[0]
+            v = t if v is None else v + t
+        if v is None:
+            v = ggb.view(1, -1, 1, 1).expand(grad_y.shape)
+        d_gy = _activation.grad(v, z, *act_args)
+    return (d_gy, d_x, d_w) + none
+
+
+torch.library.register_autograd("pydl::conv2d_backward", _double_backward, setup_context=_setup_backward_context)
+
+
 # --------------------------------------------------------------------------------------------------
 # The public function
 # --------------------------------------------------------------------------------------------------
@@ -335,10 +488,20 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     GeneralRelu). ``x`` is (N, C, H, W) or unbatched (C, H, W). ``backend``: reference, cpu, cuda, triton, auto
     (default: the current :func:`pydl.backend`)."""
     name = backends.get_backend() if backend is None else backend
+    if not isinstance(name, str):
+        raise TypeError(f"pydl.conv2d: backend must be one of {backends.NAMES} or None, got {name!r}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pydl.conv2d: x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"pydl.conv2d: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"pydl.conv2d: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    groups = _int(groups, "groups", "a positive int")
+    if not isinstance(act, str):
+        raise TypeError(f"pydl.conv2d: act must be one of {_activation.ACTIVATIONS}, got {act!r}")
+    for arg, v in (("leak", leak), ("sub", sub), ("maxv", maxv)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise TypeError(f"pydl.conv2d: {arg} must be a float or None, got {v!r} ({type(v).__name__})")
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -360,9 +523,11 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         else:
             raise ValueError(f"pydl.conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
     else:
-        p = _pair(padding, "padding")
+        p = _pair(padding, "padding", "an int, a pair of ints, 'same' or 'valid'")
         pads = [p[0], p[0], p[1], p[1]]
-    if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+    # before F.pad below reads them: a negative pad would crop there instead of being refused
+    _check_ranges(stride, pads, dilation)
+    if not isinstance(padding_mode, str) or padding_mode not in ("zeros", "reflect", "replicate", "circular"):
         raise ValueError(f"pydl.conv2d: padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', "
                          f"got {padding_mode!r}")
     if padding_mode != "zeros" and any(pads):
@@ -381,6 +546,6 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     leak_f, sub_f, maxv_f = _activation.params(act, leak, sub, maxv) if act != "none" else (0.0, 0.0, math.inf)
     save = act == "general_relu" and torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    y, _ = torch.ops.pydl.conv2d(x, weight, bias, stride, [pads[0], pads[2]], dilation, int(groups), act,
+    y, _ = torch.ops.pydl.conv2d(x, weight, bias, stride, [pads[0], pads[2]], dilation, groups, act,
                                  leak_f, sub_f, maxv_f, save, name)
     return y.squeeze(0) if unbatched else y

@@ -592,6 +592,7 @@ OPS = {
         "cpu": compiled("pydl_cpu", name),
         "cuda": compiled("pydl_cuda", name),
         "triton": _triton(name),
+        "cuda_emu": compiled("pydl_cuda_emu", name),
     }, build_unit=BUILD_UNIT))
     for name, ref in _REF.items()
 }
@@ -606,7 +607,7 @@ def _checked(op, backend, device_type, check):
     (they can be called directly), so the Python check runs only for the Python backends: a cell step is
     short enough for a duplicated check to show in its time."""
     name = OPS[op].resolve(backend, device_type)
-    if name not in ("cpu", "cuda"):
+    if name not in ("cpu", "cuda", "cuda_emu"):
         check()
     return OPS[op].impl(name)
 

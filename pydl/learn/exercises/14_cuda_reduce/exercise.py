@@ -12,11 +12,9 @@ TEACHES = "grid-stride loops, __shfl_down_sync, __shared__ + __syncthreads, one 
 LEARNED = ("A block reduces in registers first (warp shuffles need no memory and no barrier), then through a "
            "tiny shared array guarded by __syncthreads, and touches global memory once per block. A grid-stride "
            "loop lets a fixed-size grid cover any n.")
-GPU_ONLY_BUGS = ("a plain `*out += v` instead of atomicAdd (blocks overwrite each other's partial sums), and "
-                 "reading warp_sums without __syncthreads when the schedule happens to hide it")
-REQUIRES = [(r"atomicAdd\s*\(", "Blocks add their totals to *out concurrently: that needs atomicAdd. The "
-             "emulation runs one thread at a time, so a plain `+=` passes here and loses updates on a GPU."),
-            (r"__shfl_(down|xor)_sync", "This exercise is about warp shuffles: reduce within the warp with "
+GPU_ONLY_BUGS = ("how fast the atomics are when many blocks finish at once; the emulator's racecheck already "
+                 "reports a plain `*out += v` and a missing barrier, whatever the schedule")
+REQUIRES = [(r"__shfl_(down|xor)_sync", "This exercise is about warp shuffles: reduce within the warp with "
              "__shfl_down_sync (or __shfl_xor_sync).")]
 MUTANTS = {
     "no barrier before reading warp_sums": [("warp_sums[warp] = v;\n  __syncthreads();", "warp_sums[warp] = v;")],

@@ -1,5 +1,5 @@
 // Test-case I/O for the CUDA exercises' checker (pydl/learn/cuda.py). The same code runs on a GPU (real
-// cudaMalloc/cudaMemcpy) and in the CPU emulation (pydl_cuda_emu.h provides those functions).
+// cudaMalloc/cudaMemcpy) and in the CPU emulation (csrc/emu/cuda_emu.h provides those functions).
 //
 // A case is a folder: one raw binary file per array argument (the whole guarded buffer: PYDL_GUARD poisoned
 // elements, the data, PYDL_GUARD more) and scalars.txt with "name value" lines. The learner's launcher gets
@@ -64,6 +64,14 @@ struct Case {
     std::fclose(f);
     check(cudaMalloc(reinterpret_cast<void**>(&a.dev), a.host.size() * sizeof(T)), "cudaMalloc");
     check(cudaMemcpy(a.dev, a.host.data(), a.host.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+#ifdef PYDL_CUDA_EMU
+    // For the emulator's memcheck the learner's buffer is the elements between the guards: a kernel that
+    // touches a guard is reported with its source line, not only noticed afterwards by the poison.
+    if (a.host.size() > 2 * size_t(PYDL_GUARD)) {
+      pydl_emu::untrack(a.dev);
+      pydl_emu::track(a.ptr(), (a.host.size() - 2 * size_t(PYDL_GUARD)) * sizeof(T), name);
+    }
+#endif
     return a;
   }
 

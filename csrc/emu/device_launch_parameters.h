@@ -1,0 +1,3 @@
+// Stand-in for <device_launch_parameters.h> in the CPU emulation: everything lives in cuda_emu.h.
+#pragma once
+#include "cuda_emu.h"

@@ -1,3 +1,0 @@
-// Stand-in for <cuda.h> in the CPU emulation: everything lives in pydl_cuda_emu.h.
-#pragma once
-#include "pydl_cuda_emu.h"

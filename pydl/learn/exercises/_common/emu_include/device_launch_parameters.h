@@ -1,3 +1,0 @@
-// Stand-in for <device_launch_parameters.h> in the CPU emulation: everything lives in pydl_cuda_emu.h.
-#pragma once
-#include "pydl_cuda_emu.h"
