@@ -26,7 +26,6 @@ environment variable ``PYDL_TRITON_MEMCHECK=1`` read by :func:`enable_from_env`.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from typing import List, Optional, Tuple
 
@@ -206,10 +205,10 @@ def memcheck():
 
 
 def enable_from_env() -> bool:
-    """Turn the checker on for the whole process when ``PYDL_TRITON_MEMCHECK=1``; returns whether it is on."""
-    v = os.environ.get("PYDL_TRITON_MEMCHECK", "").strip()
-    if v not in ("", "0", "1"):
-        raise ValueError(f"PYDL_TRITON_MEMCHECK must be 0 or 1, got {v!r}")
-    if v == "1" and not enabled():
+    """Turn the checker on for the whole process when ``PYDL_TRITON_MEMCHECK`` is a yes (1/true/yes/on, read
+    like every PYDL_* switch: pydl/_env.py); returns whether it is on. A value that is no switch raises."""
+    from pydl import _env
+
+    if _env.flag("PYDL_TRITON_MEMCHECK") and not enabled():
         enable()
     return enabled()

@@ -143,9 +143,13 @@ def environment_report() -> dict:
         "PYDL_TRITON_AUTOTUNE": lambda: _env.flag("PYDL_TRITON_AUTOTUNE", True),
         "PYDL_REQUIRE_BACKENDS": lambda: _env.required_backends(),
         "PYDL_LEARN_WORKSPACE": lambda: _env.path("PYDL_LEARN_WORKSPACE"),
+        "PYDL_TRITON_MEMCHECK": lambda: _env.flag("PYDL_TRITON_MEMCHECK"),
+        "PYDL_TRITON_COMPILE_ALL": lambda: _env.flag("PYDL_TRITON_COMPILE_ALL"),
     }
-    # Read by the compiled kernels or the course's harness (C++ getenv), listed so they are not called typos.
-    unchecked = ("PYDL_BN_ONEPASS", "PYDL_CONV_IM2COL", "PYDL_CONV_TILE_KB", "PYDL_EMU_SEED")
+    # Read by the compiled kernels, the CUDA emulator or the course's harness (C++ getenv), listed so they are
+    # not called typos.
+    unchecked = ("PYDL_BN_ONEPASS", "PYDL_CONV_IM2COL", "PYDL_CONV_TILE_KB", "PYDL_EMU_SEED", "PYDL_EMU_CHECKS",
+                 "PYDL_EMU_DEVICE", "PYDL_EMU_PREEMPT")
     out = {}
     for name in sorted(k for k in os.environ if k.startswith("PYDL_")):
         check = checks.get(name)

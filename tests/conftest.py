@@ -107,3 +107,12 @@ def pytest_sessionstart(session):
         _env.required_backends()
     except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
         raise pytest.UsageError(str(e))
+    if _env.raw("PYDL_TRITON_MEMCHECK"):
+        # every interpreted Triton load/store of the session checked against its launch's tensors
+        # (kernels/_memcheck.py); CI turns it on
+        from pydl.kernels import _memcheck
+
+        try:
+            _memcheck.enable_from_env()
+        except ValueError as e:
+            raise pytest.UsageError(str(e))
