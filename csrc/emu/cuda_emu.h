@@ -1807,13 +1807,7 @@ PYDL_EMU_FN cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, const void*
 }
 template <typename... A>
 PYDL_EMU_FN cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, void (*k)(A...)) {
-  pydl_emu::KernelInfo& ki = pydl_emu::register_kernel(k);
-  std::memset(a, 0, sizeof *a);
-  a->sharedSizeBytes = ki.static_smem;
-  a->maxThreadsPerBlock = 1024;
-  a->numRegs = 32;
-  a->ptxVersion = a->binaryVersion = pydl_emu::device().cc_major * 10;
-  a->maxDynamicSharedSizeBytes = int(ki.max_dyn ? ki.max_dyn : pydl_emu::device().smem_default - ki.static_smem);
+  pydl_emu::fill_func_attributes(a, pydl_emu::register_kernel(k));
   return cudaSuccess;
 }
 template <typename... A>
