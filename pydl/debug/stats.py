@@ -106,6 +106,13 @@ def _resolve_preset(preset: Union[str, StatsPreset], **overrides) -> StatsPreset
     return preset
 
 
+def plain_eager(x: torch.Tensor) -> bool:
+    """May a hook compute on ``x`` outside the torch dispatcher (a backend kernel called directly, numpy)?
+    Only for a plain tensor in eager mode: under ``torch.compile`` or a dispatch mode (fake tensors, flop
+    counters, ...), or for a tensor subclass, what runs must be visible to torch as ops."""
+    return type(x) is torch.Tensor and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
+
+
 # --------------------------------------------------------------------------------------------------
 # merging two act_stats results of the same layer (a module called twice in one forward)
 # --------------------------------------------------------------------------------------------------
@@ -494,8 +501,7 @@ class ActivationStats:
         name = self.backend if self.backend is not None else get_backend()
         dev = x.device.type
         key = (x.dtype, dev, name, bins)
-        if (key in self._checked and type(x) is torch.Tensor and not torch.compiler.is_compiling()
-                and not is_in_torch_dispatch_mode()):
+        if key in self._checked and plain_eager(x):
             return _ACT_STATS(name, dev, x, bins, p.lo, p.hi, p.eps, False)
         r = act_stats(x, bins, p.lo, p.hi, p.eps, False, self.backend)
         if dev in ("cpu", "cuda"):  # the devices the op has dispatcher kernels for (meta & co. only fake ones)
