@@ -33,7 +33,8 @@ framework's set-up. Information, no target.
 ``--breakdown``: the verdict's configuration taken apart, in CPU time of one thread. Interleaved steps of
 the plain model and of recorders that leave out one part each (the kernel; the direct kernel call, i.e.
 the recorder as it was when every hooked layer went through the public ``pydl.act_stats``); the kernel
-alone on the step's own activations next to one ``x.sum()`` of each; fastai's ``x <= eps`` pass; and the
+alone on the step's own activations next to one ``x.sum()`` of each; fastai's ``x <= eps`` count (torch's and
+numpy's); and the
 torch profiler's per-op difference between a recorded and a plain step.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -435,20 +437,21 @@ def breakdown(rounds: int = 30, model_name: str = "course", preset: str = "fasta
     for h in hooks:
         h.remove()
     p = recs["recorder"].preset
-    rows, tot = [], {"kernel": 0.0, "sum": 0.0, "le": 0.0}
+    rows, tot = [], {"kernel": 0.0, "sum": 0.0, "le": 0.0, "le_np": 0.0}
     for a in acts:
-        k = _median_thread_ms(lambda: act_stats(a, p.bins, p.lo, p.hi, p.eps, False, backend))
-        s = _median_thread_ms(lambda: a.sum())
-        le = _median_thread_ms(lambda: torch.count_nonzero(a <= p.eps))
-        tot["kernel"] += k
-        tot["sum"] += s
-        tot["le"] += le
-        rows.append(f"    {str(tuple(a.shape)):18s} act_stats {k:6.3f} ms = {k / s:5.1f}x x.sum(); "
-                    f"fastai's x <= eps pass {le:6.3f} ms; {100 * float((a < 0).float().mean()):.0f}% below lo")
+        k = _median_thread_ms(lambda a=a: act_stats(a, p.bins, p.lo, p.hi, p.eps, False, backend))
+        s = _median_thread_ms(lambda a=a: a.sum())
+        le = _median_thread_ms(lambda a=a: torch.count_nonzero(a <= p.eps))
+        le_np = _median_thread_ms(lambda a=a: np.count_nonzero(a.numpy() <= np.float32(p.eps)))
+        for name, v in (("kernel", k), ("sum", s), ("le", le), ("le_np", le_np)):
+            tot[name] += v
+        rows.append(f"    {tuple(a.shape)!s:18s} act_stats {k:6.3f} ms = {k / s:5.1f}x x.sum(); x <= eps count: "
+                    f"torch {le:6.3f} ms, numpy {le_np:6.3f} ms; {100 * float((a < 0).float().mean()):.0f}% below lo")
     print(f"  act_stats on this step's {len(acts)} activations, one call each (kernel and wrapper): "
           f"{tot['kernel']:.2f} ms = {100 * tot['kernel'] / plain_ms:.1f}% of the plain step, "
-          f"{tot['kernel'] / tot['sum']:.1f}x their x.sum(); fastai's extra x <= eps pass {tot['le']:.2f} ms = "
-          f"{100 * tot['le'] / plain_ms:.1f}%")
+          f"{tot['kernel'] / tot['sum']:.1f}x their x.sum(); fastai's extra x <= eps count: torch's count_nonzero "
+          f"{tot['le']:.2f} ms = {100 * tot['le'] / plain_ms:.1f}%, numpy's (the recorder's, on the CPU) "
+          f"{tot['le_np']:.2f} ms = {100 * tot['le_np'] / plain_ms:.1f}%")
     print("\n".join(rows))
 
     # the torch profiler: per op, self CPU time in recorded steps minus that in plain steps, the two kinds
