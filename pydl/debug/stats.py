@@ -18,6 +18,8 @@ Cost model (why it is cheap enough to leave on, see benchmarks/bench_debug_overh
 
 * one pass over each output (``act_stats`` is a single fused reduction; the ``abs`` presets add one
   elementwise pass), no ``.item()`` in the hooks: nothing waits for the device;
+* the kernel called directly (:meth:`ActivationStats._act_stats`): the public op's argument checks run once
+  per dtype/device/backend, not once per layer per step;
 * the per-layer results stay on the device in a pending list and are copied to the host in **chunks** of
   ``chunk`` recorded steps, one concatenation and one copy per field for all layers together -- so there
   is at most one host synchronisation per ``chunk`` steps, never one per layer;
