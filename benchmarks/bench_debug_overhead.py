@@ -18,7 +18,6 @@ parallel region). The verdict therefore uses the CPU time of each step on one th
 
     python benchmarks/bench_debug_overhead.py [--quick] [--threads N]     # exit status 1 if over target
     python benchmarks/bench_debug_overhead.py --frameworks [--rounds R]   # inside fastai / Lightning fits
-    python benchmarks/bench_debug_overhead.py --breakdown [--rounds R]    # where the overhead goes
 
 ``--frameworks`` (needs ``pydl[fastai]`` and ``pydl[lightning]``): the same course CNN trained by fastai's
 ``Learner`` with no callback, with fastai's own ``ActivationStats(with_hist=True)`` and with
@@ -30,7 +29,7 @@ thread (``time.thread_time``, one torch thread, DataLoader without workers), whi
 inflate; only the training epoch is timed (from the first to the last training batch event), not the
 framework's set-up. Information, no target.
 
-``--breakdown``: the verdict's configuration taken apart, in CPU time of one thread. Interleaved steps of
+``--breakdown [--rounds R]`` (where the overhead goes): the verdict's configuration taken apart, in CPU time of one thread. Interleaved steps of
 the plain model and of recorders that leave out one part each (the kernel; the direct kernel call, i.e.
 the recorder as it was when every hooked layer went through the public ``pydl.act_stats``); the kernel
 alone on the step's own activations next to one ``x.sum()`` of each; fastai's ``x <= eps`` count (torch's and
