@@ -28,6 +28,13 @@ round, and the per-round ratios to the plain fit are summarised by their median.
 thread (``time.thread_time``, one torch thread, DataLoader without workers), which other load cannot
 inflate; only the training epoch is timed (from the first to the last training batch event), not the
 framework's set-up. Information, no target.
+
+``--breakdown [--rounds R]`` (where the overhead goes): the verdict's configuration taken apart, in CPU time of one thread. Interleaved steps of
+the plain model and of recorders that leave out one part each (the kernel; the direct kernel call, i.e.
+the recorder as it was when every hooked layer went through the public ``pydl.act_stats``); the kernel
+alone on the step's own activations next to one ``x.sum()`` of each; fastai's ``x <= eps`` count (torch's and
+numpy's); and the
+torch profiler's per-op difference between a recorded and a plain step.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,6 +55,7 @@ else:  # run as a script: this folder's common.py, which puts this checkout's py
     # `benchmarks` package found elsewhere -- an editable install of another checkout -- would bring its own)
     from common import Case, environment, format_table, run_cases, set_threads
 
+from pydl import act_stats
 from pydl.debug import ActivationStats, leaf_modules
 
 TARGET = 0.10  # overhead as a fraction of the plain step
@@ -354,6 +363,131 @@ def lightning_overhead(rounds: int = 8, batches: int = 8) -> dict:
     return _interleaved({"plain Trainer": runner(False), "with pydl ActivationStatsCallback": runner(True)}, rounds)
 
 
+class PublicOpStats(ActivationStats):
+    """The recorder as it was before its hooks called the act_stats kernel directly: the public op (every
+    argument checked, the dispatcher entered through its Python kernel) for every hooked layer."""
+
+    def _act_stats(self, x, bins):
+        p = self.preset
+        r = act_stats(x, bins, p.lo, p.hi, p.eps, False, self.backend)
+        return r.fstats, r.counts, r.hist_all
+
+
+class NoKernelStats(ActivationStats):
+    """Everything but the kernel: each call returns the result computed for the first tensor of its shape,
+    while the hooks, the per-step bookkeeping and the chunked host copies all run as usual."""
+
+    def _act_stats(self, x, bins):
+        memo = self.__dict__.setdefault("_memo", {})
+        key = (tuple(x.shape), bins)
+        if key not in memo:
+            memo[key] = super()._act_stats(x, bins)
+        return memo[key]
+
+
+def _median_thread_ms(fn, n: int = 30) -> float:
+    fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.thread_time()
+        fn()
+        ts.append(time.thread_time() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def breakdown(rounds: int = 30, model_name: str = "course", preset: str = "fastai2019", backend: str = "cpu"):
+    """Print where the recorder's per-step CPU time goes (see the module docstring); one torch thread."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    build, shape, label = MODELS[model_name]
+    x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+    base = build()
+    kinds = {"plain": None, "recorder": ActivationStats, "public op every call": PublicOpStats,
+             "recorder without the kernel": NoKernelStats}
+    models = {k: copy.deepcopy(base) for k in kinds}
+    recs = {k: cls(models[k], preset=preset, backend=backend) for k, cls in kinds.items() if cls}
+    steps = {k: make_step(m, x, y) for k, m in models.items()}
+
+    def timed(fn, n=3):
+        def run():
+            t0 = time.thread_time()
+            for _ in range(n):
+                fn()
+            return (time.thread_time() - t0) / n
+        return run
+
+    res = _interleaved({k: timed(f) for k, f in steps.items()}, rounds)
+    plain_ms = 1e3 * res["plain"][0]
+    print(f"{label}, {preset}, {len(recs['recorder'].modules)} layers, every step; CPU time per step, 1 thread, "
+          f"{rounds} interleaved rounds of 3 steps; overhead = median per-round ratio to the plain step")
+    for k, (sec, ratio, q1, q3) in res.items():
+        print(f"  {k:30s} {1e3 * sec:7.2f} ms  overhead {100 * (ratio - 1):+5.1f}% ({100 * (q1 - 1):+.1f} to "
+              f"{100 * (q3 - 1):+.1f})  = {plain_ms * (ratio - 1):+.2f} ms")
+    for r in recs.values():
+        r.remove()
+
+    # the kernel on this step's own activations (what the hooks see: conv outputs, BN outputs before ReLU)
+    acts = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().clone()))
+             for m in leaf_modules(base)]
+    base(x)
+    for h in hooks:
+        h.remove()
+    p = recs["recorder"].preset
+    rows, tot = [], {"kernel": 0.0, "sum": 0.0, "le": 0.0, "le_np": 0.0}
+    for a in acts:
+        k = _median_thread_ms(lambda a=a: act_stats(a, p.bins, p.lo, p.hi, p.eps, False, backend))
+        s = _median_thread_ms(lambda a=a: a.sum())
+        le = _median_thread_ms(lambda a=a: torch.count_nonzero(a <= p.eps))
+        le_np = _median_thread_ms(lambda a=a: np.count_nonzero(a.numpy() <= np.float32(p.eps)))
+        for name, v in (("kernel", k), ("sum", s), ("le", le), ("le_np", le_np)):
+            tot[name] += v
+        rows.append(f"    {tuple(a.shape)!s:18s} act_stats {k:6.3f} ms = {k / s:5.1f}x x.sum(); x <= eps count: "
+                    f"torch {le:6.3f} ms, numpy {le_np:6.3f} ms; {100 * float((a < 0).float().mean()):.0f}% below lo")
+    print(f"  act_stats on this step's {len(acts)} activations, one call each (kernel and wrapper): "
+          f"{tot['kernel']:.2f} ms = {100 * tot['kernel'] / plain_ms:.1f}% of the plain step, "
+          f"{tot['kernel'] / tot['sum']:.1f}x their x.sum(); fastai's extra x <= eps count: torch's count_nonzero "
+          f"{tot['le']:.2f} ms = {100 * tot['le'] / plain_ms:.1f}%, numpy's (the recorder's, on the CPU) "
+          f"{tot['le_np']:.2f} ms = {100 * tot['le_np'] / plain_ms:.1f}%")
+    print("\n".join(rows))
+
+    # the torch profiler: per op, self CPU time in recorded steps minus that in plain steps, the two kinds
+    # of step alternating inside one profiling session (so that load from other processes hits both alike)
+    from torch.autograd import profiler as autograd_profiler
+
+    rec2 = ActivationStats(models["recorder"], preset=preset, backend=backend)
+    n = 6
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for i in range(2 * n):
+            kind = ("plain", "recorder")[i % 2]
+            with autograd_profiler.record_function(f"step:{kind}"):
+                steps[kind]()
+    rec2.remove()
+    per = {"plain": {}, "recorder": {}}
+    calls = {"plain": {}, "recorder": {}}
+    for e in prof.events():
+        root = e
+        while root.cpu_parent is not None:
+            root = root.cpu_parent
+        kind = root.name[5:] if root.name.startswith("step:") else None
+        if kind is None or e is root:
+            continue
+        per[kind][e.name] = per[kind].get(e.name, 0.0) + e.self_cpu_time_total / n / 1e3
+        calls[kind][e.name] = calls[kind].get(e.name, 0) + 1 / n
+    total = sum(per["recorder"].values()) - sum(per["plain"].values())
+    # ops the plain step runs as often are the same work; their time differences are the load's noise
+    extra = sorted(((t - per["plain"].get(k, 0.0), k) for k, t in per["recorder"].items()
+                    if round(calls["recorder"][k]) != round(calls["plain"].get(k, 0))), reverse=True)
+    print(f"  torch profiler ({n} plain and {n} recorded steps alternating; profiled wall times, inflated by the "
+          f"profiler and by load): recorded - plain self time = {total:+.2f} ms per step; the ops a recorded step "
+          f"runs more often than a plain one:")
+    for d, k in extra:
+        print(f"    {k:40s} {d:+7.3f} ms per step ({calls['recorder'][k]:.0f} calls per recorded step, "
+              f"{calls['plain'].get(k, 0):.0f} per plain step)")
+
+
 def frameworks_main(rounds: int) -> int:
     import warnings
 
@@ -379,10 +513,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--pairs", type=int, default=60)
     p.add_argument("--frameworks", action="store_true", help="fastai / Lightning callbacks (see the docstring)")
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=None, help="default 8 with --frameworks, 30 with --breakdown")
+    p.add_argument("--breakdown", action="store_true", help="where the overhead goes (see the docstring)")
     args = p.parse_args(argv)
+    if args.breakdown:
+        env = environment("cpu")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"# {env['date']}  cpu={env['cpu']}  cores={os.cpu_count()}  load(1 min)={load:.1f}  threads=1  "
+              f"torch {env['torch']}  pydl {env['pydl']}@{env['git']}")
+        breakdown(4 if args.quick else args.rounds or 30)
+        return 0
     if args.frameworks:
-        return frameworks_main(2 if args.quick else args.rounds)
+        return frameworks_main(2 if args.quick else args.rounds or 8)
     threads = set_threads(args.threads)
     env = environment("cpu")
     print(f"# {env['date']}  cpu={env['cpu']}  threads={threads}  torch {env['torch']}  "

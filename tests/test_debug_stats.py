@@ -335,3 +335,87 @@ def test_custom_overrides():
     with ActivationStats(model, preset="fastai2019", bins=10, lo=-2, hi=2) as st:
         train(model, 1)
     assert st.preset.bins == 10 and st.data.hist.shape == (1, 4, 10) and st.preset.name.endswith("+custom")
+
+
+# ---- the hooks' direct call of the backend kernel (the public act_stats only for the first call per case)
+
+def _counting_public(monkeypatch):
+    """Count the recorder's calls of the public pydl.act_stats (the checked, dispatcher-entering path)."""
+    import pydl.debug.stats as stats_mod
+
+    calls = []
+    public = stats_mod.act_stats
+
+    def counted(x, *args):
+        calls.append((x.dtype, tuple(x.shape)))
+        return public(x, *args)
+
+    monkeypatch.setattr(stats_mod, "act_stats", counted)
+    return calls
+
+
+@pytest.mark.parametrize("preset", ["fastai2019", "course2022"])
+def test_direct_kernel_calls_record_what_the_public_op_records(monkeypatch, preset):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class PassThrough(TorchDispatchMode):  # under a dispatch mode every call takes the public path
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    m1 = small_cnn()
+    m2 = small_cnn()
+    m2.load_state_dict(m1.state_dict())
+    calls = _counting_public(monkeypatch)
+    with ActivationStats(m1, preset=preset, chunk=2) as direct:
+        torch.manual_seed(1)
+        train(m1, 3)
+    # one public call per (dtype, device, backend, bins): one for fastai2019, two (1 bin raw, 40 bins |x|)
+    # for course2022, however many layers and steps followed
+    assert len(calls) == (2 if preset == "course2022" else 1)
+    calls.clear()
+    with ActivationStats(m2, preset=preset, chunk=2) as public:
+        torch.manual_seed(1)
+        with PassThrough():
+            train(m2, 3)
+    assert len(calls) == 3 * 4 * (2 if preset == "course2022" else 1)
+    for k in ("steps", "counts", "hist"):
+        np.testing.assert_array_equal(getattr(direct.data, k), getattr(public.data, k))
+    np.testing.assert_array_equal(direct.data.fstats, public.data.fstats)  # the same kernel: bit for bit
+
+
+def test_direct_kernel_calls_follow_the_backend_and_overrides(monkeypatch):
+    import pydl
+    from pydl.backends import all_ops
+
+    torch.manual_seed(0)
+    model = small_cnn()
+    calls = _counting_public(monkeypatch)
+    seen = []
+    op = all_ops()["act_stats"]
+    reference = op.impl("reference")
+
+    def spy(x, *args):
+        seen.append(tuple(x.shape))
+        return reference(x, *args)
+
+    with ActivationStats(model) as st:
+        train(model, 1)                                   # the default backend: one public call
+        with pydl.backend("reference"), op.override("reference", spy):
+            train(model, 2)                               # a new backend: checked once, then direct
+    assert len(calls) == 2
+    assert len(seen) == 2 * 4                             # the override saw every layer of both steps
+    assert len(st.data) == 3
+
+
+def test_direct_kernel_calls_keep_the_public_errors():
+    """A range fine for float64 but not for float32 (which bins in float32): the float64 record is made,
+    the float32 forward raises the public function's error, not a kernel's."""
+    lin = nn.Linear(3, 3).double()
+    with ActivationStats(lin, lo=0.0, hi=1e39) as st:
+        lin(torch.randn(2, 3, dtype=torch.float64))
+        lin(torch.randn(2, 3, dtype=torch.float64))
+        lin.float()
+        with pytest.raises(ValueError, match="float32's range"):
+            lin(torch.randn(2, 3))
+    assert len(st.data) == 2

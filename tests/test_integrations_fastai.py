@@ -180,3 +180,46 @@ def test_batch_recorder_fastai_near_zero_through_merges_and_the_memory_cap():
     assert rec.step == 10 and len(data) <= 4 and data.steps.tolist() == [0, 4, 8]  # decimated twice
     assert rec.le_eps_frac()[:, 0].tolist() == [ref[s] for s in data.steps.tolist()]
     assert data.count[:, 0].tolist() == [15 * (1 + s % 2) for s in data.steps.tolist()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_batch_recorder_x_le_eps_counts_as_torch_does(dtype):
+    # float32/float64 CPU outputs are counted by numpy, other dtypes by torch: both must count what
+    # torch's (x <= eps) counts, at the threshold itself (eps rounded to the dtype), around it and for
+    # NaN, +-Inf and -0.0; the same recorder under a dispatch mode takes torch's path for every dtype
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pydl.integrations._recorder import BatchRecorder
+
+    class PassThrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Id(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones((), dtype=dtype))
+
+        def forward(self, x):
+            return x * self.w
+
+    eps = torch.tensor(0.05, dtype=dtype)
+    up = torch.nextafter(eps, torch.tensor(1.0, dtype=dtype))
+    down = torch.nextafter(eps, torch.tensor(0.0, dtype=dtype))
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -5.0, 7.0], dtype=dtype)
+    x = torch.cat([eps.repeat(3), up.repeat(2), down.repeat(4), special, torch.randn(200).to(dtype) * 0.1])
+    expected = int((x <= 0.05).sum())
+    fracs = []
+    for mode in (None, PassThrough):
+        m = Id()
+        rec = BatchRecorder(m, count_le_eps=True)
+        rec.begin(True)
+        if mode is None:
+            m(x)
+        else:
+            with mode():
+                m(x)
+        rec.end()
+        fracs.append(rec.le_eps_frac()[0, 0])
+        rec.remove()
+    assert fracs[0] == fracs[1] == expected / x.numel()

@@ -18,6 +18,8 @@ Cost model (why it is cheap enough to leave on, see benchmarks/bench_debug_overh
 
 * one pass over each output (``act_stats`` is a single fused reduction; the ``abs`` presets add one
   elementwise pass), no ``.item()`` in the hooks: nothing waits for the device;
+* the kernel called directly (:meth:`ActivationStats._act_stats`): the public op's argument checks run once
+  per dtype/device/backend, not once per layer per step;
 * the per-layer results stay on the device in a pending list and are copied to the host in **chunks** of
   ``chunk`` recorded steps, one concatenation and one copy per field for all layers together -- so there
   is at most one host synchronisation per ``chunk`` steps, never one per layer;
@@ -40,8 +42,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from ..backends import get_backend
 from ..ops.act_stats import COUNT_COLS, act_stats
+from ..ops.act_stats import OP as _ACT_STATS
 from .hooks import Hook, first_tensor, leaf_modules, module_label
 
 __all__ = ["StatsPreset", "PRESETS", "ActivationStats", "StatsData"]
@@ -101,6 +106,13 @@ def _resolve_preset(preset: Union[str, StatsPreset], **overrides) -> StatsPreset
     if not 0 <= preset.dead_bins[0] < preset.dead_bins[1] <= preset.bins:
         raise ValueError(f"ActivationStats: dead_bins {preset.dead_bins} not inside [0, {preset.bins}]")
     return preset
+
+
+def plain_eager(x: torch.Tensor) -> bool:
+    """May a hook compute on ``x`` outside the torch dispatcher (a backend kernel called directly, numpy)?
+    Only for a plain tensor in eager mode: under ``torch.compile`` or a dispatch mode (fake tensors, flop
+    counters, ...), or for a tensor subclass, what runs must be visible to torch as ops."""
+    return type(x) is torch.Tensor and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,6 +450,7 @@ class ActivationStats:
         self._pending: List[tuple] = []  # (step, [per-layer (fstats, counts, hist) or None]) on the device
         self._store = _HostStore(max_records, on_full)
         self._data_cache: Optional[StatsData] = None
+        self._checked: set = set()  # (dtype, device type, backend, bins) that passed act_stats's own checks
         # layer hooks first, so that when the root model is itself hooked its layer hook runs before _end
         self.hooks = [Hook(m, (lambda h, mod, i, o, j=j: self._layer(j, o)), detach=False)
                       for j, m in enumerate(self.modules)]
@@ -465,14 +478,37 @@ class ActivationStats:
         if p.abs:
             # the course takes mean/std of the raw output and the histogram of |output|: the raw pass only
             # needs its moments and counts (1 bin), the |x| pass gives the histogram and below/above.
-            r = act_stats(x, 1, p.lo, p.hi, p.eps, False, self.backend)
-            ra = act_stats(x.abs(), p.bins, p.lo, p.hi, p.eps, False, self.backend)
-            t = (r.fstats, torch.cat([r.counts[:, :5], ra.counts[:, 5:]], 1), ra.hist_all)
+            fs, cnt, _ = self._act_stats(x, 1)
+            _, cnt_abs, hist = self._act_stats(x.abs(), p.bins)
+            t = (fs, torch.cat([cnt[:, :5], cnt_abs[:, 5:]], 1), hist)
         else:
-            r = act_stats(x, p.bins, p.lo, p.hi, p.eps, False, self.backend)
-            t = (r.fstats, r.counts, r.hist_all)
+            t = self._act_stats(x, p.bins)
         prev = self._cur[j]
         self._cur[j] = t if prev is None else _merge(prev, t)
+
+    def _act_stats(self, x: torch.Tensor, bins: int):
+        """``(fstats, counts, hist)`` of ``act_stats(x, bins, preset.lo, preset.hi, preset.eps)``.
+
+        The public :func:`pydl.act_stats` checks every argument and enters the torch dispatcher through a
+        Python kernel that checks them again: some 20-40 us per call, the whole cost of a hooked layer whose
+        output is small (see benchmarks/results/cpu-debug-overhead). Here only ``x`` changes from call to
+        call, and only its dtype, device and the backend can make the checks' verdict change; so the first
+        call for each such combination goes the public way (every check, every error as the public function
+        raises it) and the later ones call the backend's kernel straight away -- the function the op's
+        dispatcher kernel calls, looked up per call, so ``pydl.backend(...)`` and ``Op.override`` still
+        apply. Under ``torch.compile`` or a dispatch mode, or for a tensor subclass, every call stays
+        public: those need to see the ``pydl::act_stats`` op itself.
+        """
+        p = self.preset
+        name = self.backend if self.backend is not None else get_backend()
+        dev = x.device.type
+        key = (x.dtype, dev, name, bins)
+        if key in self._checked and plain_eager(x):
+            return _ACT_STATS(name, dev, x, bins, p.lo, p.hi, p.eps, False)
+        r = act_stats(x, bins, p.lo, p.hi, p.eps, False, self.backend)
+        if dev in ("cpu", "cuda"):  # the devices the op has dispatcher kernels for (meta & co. only fake ones)
+            self._checked.add(key)
+        return r.fstats, r.counts, r.hist_all
 
     def _end(self, module, args, output):
         if not self._active:
