@@ -1,4 +1,4 @@
-"""The benchmark method, shared by every benchmarks/bench_<op>.py (DESIGN.md, "Benchmarks").
+"""The benchmark method, shared by every benchmarks/bench_<op>.py.
 
 * pydl and the native torch op run in the same process, on the same inputs, with the same thread count.
 * CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks, warm-up excluded), the thread
@@ -28,10 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-# make `import pydl` work when run from a source checkout without an install
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, for its git revision
 
 
 @dataclasses.dataclass
@@ -362,7 +359,8 @@ def run_interleaved(cases: Sequence[Case], device: str, rounds: int = 7, per_rou
 
 
 def main_for(cases_fn: Callable[[bool, str], List[Case]], argv=None) -> List[Row]:
-    """`python benchmarks/bench_<op>.py [--quick] [--device cuda] [--threads N] [--interleaved]`"""
+    """`python -m benchmarks.bench_<op> [--quick] [--device cuda] [--threads N] [--interleaved]`, from the
+    repository root."""
     import argparse
 
     p = argparse.ArgumentParser()

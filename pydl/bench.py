@@ -15,47 +15,44 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import glob
-import importlib.util
+import importlib
 import json
 import os
+import pkgutil
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Sequence
+
+# A wheel carries benchmarks/ inside pydl as pydl._benchmarks (setup.py); a source checkout (or an editable
+# install of one) has it at its top level as the package `benchmarks`. The first that imports is the one.
+_PACKAGES = ("pydl._benchmarks", "benchmarks")
 
 
-def benchmarks_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(os.path.dirname(here), "benchmarks"), os.path.join(here, "_benchmarks")):
-        if os.path.isfile(os.path.join(cand, "common.py")):
-            return cand
-    raise FileNotFoundError("pydl's benchmarks/ folder was not found next to the package")
-
-
-def _load(path: str):
-    bdir = os.path.dirname(path)
-    if bdir not in sys.path:
-        sys.path.insert(0, bdir)  # bench modules import `common` from their own folder
-    name = "pydl_bench_" + os.path.splitext(os.path.basename(path))[0]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses (Case, Row) look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+def benchmarks_package():
+    """The package holding the ``bench_<op>`` modules and ``common``."""
+    for name in _PACKAGES:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the package exists but something it imports is missing: say that
+                raise
+    raise ModuleNotFoundError("pydl bench: the benchmark cases were not found: run from the root of a pydl "
+                              "checkout (they are the package `benchmarks` there) or install pydl from a wheel")
 
 
 def available_ops() -> List[str]:
-    return sorted(os.path.basename(p)[len("bench_"):-3] for p in glob.glob(os.path.join(benchmarks_dir(), "bench_*.py")))
+    pkg = benchmarks_package()
+    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+
+
+def bench_module(op: str):
+    """``bench_<op>``, imported from the benchmarks package."""
+    return importlib.import_module(f"{benchmarks_package().__name__}.bench_{op}")
 
 
 def common():
-    """benchmarks/common.py, imported under the name the bench modules use for it (`common`)."""
-    bdir = benchmarks_dir()
-    if bdir not in sys.path:
-        sys.path.insert(0, bdir)
-    return importlib.import_module("common")
+    """The benchmark method (benchmarks/common.py): timers, ``Case``, ``Row``, tables."""
+    return importlib.import_module(f"{benchmarks_package().__name__}.common")
 
 
 class BenchArgumentError(ValueError):
@@ -78,10 +75,9 @@ def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, d
     _check_choices("--dtype", dtypes, DTYPES)
     cases, seen = [], []
     for op in ops:
-        path = os.path.join(benchmarks_dir(), f"bench_{op}.py")
-        if not os.path.isfile(path):
+        if op not in available_ops():
             raise BenchArgumentError(f"pydl bench: no benchmark for {op!r}; have {', '.join(available_ops())}")
-        mod = _load(path)
+        mod = bench_module(op)
         for c in mod.cases(quick, device):
             seen.append(c)
             if dtypes and c.dtype not in dtypes:
