@@ -20,8 +20,10 @@ import json
 import os
 import pkgutil
 import sys
-import time
 from typing import List, Sequence
+
+from .debug.progress import progress as progress_bar
+from .results import blank_or, markdown_table, stamp_line
 
 # A wheel carries benchmarks/ inside pydl as pydl._benchmarks (setup.py); a source checkout (or an editable
 # install of one) has it at its top level as the package `benchmarks`. The first that imports is the one.
@@ -97,24 +99,6 @@ def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, d
     return cases
 
 
-class _Progress:
-    """A one-line progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.t0 = max(total, 1), 0, time.time()
-
-    def __call__(self, row):
-        self.done += 1
-        width = 30
-        filled = int(width * min(self.done, self.total) / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{row.op} {row.variant} {row.backend} {row.shape}  {time.time() - self.t0:.0f}s   ")
-        sys.stderr.flush()
-
-    def close(self):
-        sys.stderr.write("\n")
-
-
 def write_results(out_dir: str, env: dict, ceilings: dict, rows: list) -> dict:
     """JSON + CSV + Markdown + PNG into out_dir; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -145,17 +129,13 @@ def markdown(env: dict, ceilings: dict, recs: list) -> str:
             f"Ceilings measured in the same run: " + ", ".join(f"{k} {v:.3g}" for k, v in ceilings.items()) +
             ".\nSpeed-up = torch time / pydl time (> 1: pydl faster), timed in alternating rounds: the median "
             "per-round ratio and its quartiles; times are medians ± IQR.\n\n")
-    lines = ["| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up (q1-q3) | GB/s | TFLOP/s "
-             "| % ceiling |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in recs:
-        g = "" if r.get("gbps") is None else f"{r['gbps']:.1f}"
-        t = "" if r.get("tflops") is None else f"{r['tflops']:.3f}"
-        p = "" if r.get("pct_of_ceiling") is None else f"{r['pct_of_ceiling']:.0f}%"
-        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
-                     f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f} | {r['torch_ms']:.3f} | {_ratio(r)} | {g} | {t} | {p} |")
+    cm = common()
+    table = markdown_table(cm.COLUMNS, [
+        (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f}",
+         f"{r['torch_ms']:.3f}", _ratio(r), blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
+         blank_or(r.get("pct_of_ceiling"), ".0f", "%")) for r in recs], cm.ALIGN)
     warning = env.get("warning")
-    return head + (f"**{warning}**\n\n" if warning else "") + "\n".join(lines) + "\n"
+    return head + (f"**{warning}**\n\n" if warning else "") + table + "\n"
 
 
 def _ratio(r: dict) -> str:
@@ -204,22 +184,15 @@ def compare(path_a: str, path_b: str) -> str:
                                  "by pydl bench")
     key = lambda r: (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], r["device"])  # noqa: E731
     ra = {key(r): r for r in a["rows"]}
-    lines = [f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
-             f"B: {path_b} ({b['environment'].get('date')}, {b['environment'].get('git')})",
-             "| op | variant | backend | shape | dtype | A ms | B ms | B/A | A speed-up | B speed-up |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    n = 0
-    for r in b["rows"]:
-        o = ra.get(key(r))
-        if o is None:
-            continue
-        n += 1
-        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
-                     f"{o['median_ms']:.3f} | {r['median_ms']:.3f} | {r['median_ms'] / o['median_ms']:.2f} | "
-                     f"{o['ratio']:.2f}x | {r['ratio']:.2f}x |")
-    if n == 0:
-        lines.append("(no rows in common)")
-    return "\n".join(lines)
+    both = [(ra[key(r)], r) for r in b["rows"] if key(r) in ra]
+    table = markdown_table(
+        ("op", "variant", "backend", "shape", "dtype", "A ms", "B ms", "B/A", "A speed-up", "B speed-up"),
+        [(r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{o['median_ms']:.3f}",
+          f"{r['median_ms']:.3f}", f"{r['median_ms'] / o['median_ms']:.2f}", f"{o['ratio']:.2f}x",
+          f"{r['ratio']:.2f}x") for o, r in both], "lllllrrrrr")
+    return "\n".join([f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
+                      f"B: {path_b} ({b['environment'].get('date')}, {b['environment'].get('git')})",
+                      table] + ([] if both else ["(no rows in common)"]))
 
 
 def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=None, out=None,
@@ -237,10 +210,13 @@ def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=
     if env["load1"] == env["load1"] and env["load1"] / env["cores"] > 0.33:
         sys.stderr.write(f"pydl bench: the machine is busy (load average {env['load1']:.2f} on {env['cores']} "
                          "cores): numbers taken now are unreliable\n")
-    bar = _Progress(sum(len(cm.usable_backends(c, device)) for c in cases)) if progress else None
-    rows = cm.run_cases(cases, device, quick, progress=bar)
-    if bar:
-        bar.close()
+    with progress_bar(None, total=sum(len(cm.usable_backends(c, device)) for c in cases), desc="pydl bench",
+                      enable=progress) as bar:
+        def timed(row):  # the row just measured, beside the count
+            bar.set_postfix_str(f"{row.op} {row.variant} {row.backend} {row.shape}", refresh=False)
+            bar.update()
+
+        rows = cm.run_cases(cases, device, quick, progress=timed)
     ceil = cm.ceilings(device, quick)
     env["warning"] = cm.busy_warning(env, rows)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -272,8 +248,7 @@ def _main(args) -> int:
         print(e, file=sys.stderr)
         return 2
     env = res["env"]
-    print(f"# {env['date']}  {env.get('gpu') or env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
-          f"triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
+    print(stamp_line(env))
     print("ceilings: " + ", ".join(f"{k}={v:.3g}" for k, v in res["ceilings"].items()))
     print(res["table"])
     if env.get("warning"):
