@@ -4,9 +4,10 @@ behave alike (rate, ETA, stderr, a notebook widget where one is available) and c
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["progress"]
 
@@ -18,5 +19,8 @@ def progress(it: Iterable[T] | None, total: int | None = None, desc: str = "", e
     """``it`` wrapped in a bar showing ``desc  n/total  rate  eta`` on stderr (``file``), redrawn at most
     every ``min_interval`` seconds so a fast loop does not spend its time printing. ``enable=False``: no bar,
     the items pass through. ``it=None`` with a ``total``: a bar advanced by hand with ``update()``."""
+    # imported here, not at the top: `import pydl.debug` stays torch and numpy only
+    from tqdm.auto import tqdm
+
     return tqdm(it, total=total, desc=desc, file=file, disable=not enable, mininterval=min_interval,
                 dynamic_ncols=True)
