@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from pydl.results import blank_or, environment, machine_load, markdown_row, markdown_table, stamp_line
+from pydl.results import blank_or, environment, machine_load, markdown_row, markdown_table, ratio_text, stamp_line
 
 __all__ = ["Case", "Row", "set_threads", "time_cpu", "time_cuda", "time_pair", "time_fn", "busy_warning",
            "ceilings", "usable_backends", "run_cases", "format_table", "run_interleaved", "main_for",
@@ -70,9 +70,7 @@ class Row:
 
     def ratio_text(self) -> str:
         """``1.23x (1.10-1.30)``: the ratio with its spread, the way every printed ratio is shown."""
-        if self.ratio_q1 is None or self.ratio_q3 is None:
-            return f"{self.ratio:.2f}x"
-        return f"{self.ratio:.2f}x ({self.ratio_q1:.2f}-{self.ratio_q3:.2f})"
+        return ratio_text(self.ratio, self.ratio_q1, self.ratio_q3)
 
 
 def set_threads(n: Optional[int]) -> int:

@@ -23,7 +23,7 @@ import sys
 from typing import List, Sequence
 
 from .debug.progress import progress as progress_bar
-from .results import blank_or, markdown_table, stamp_line
+from .results import blank_or, markdown_table, ratio_text, stamp_line
 
 # A wheel carries benchmarks/ inside pydl as pydl._benchmarks (setup.py); a source checkout (or an editable
 # install of one) has it at its top level as the package `benchmarks`. The first that imports is the one.
@@ -132,17 +132,10 @@ def markdown(env: dict, ceilings: dict, recs: list) -> str:
     cm = common()
     table = markdown_table(cm.COLUMNS, [
         (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f}",
-         f"{r['torch_ms']:.3f}", _ratio(r), blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
+         f"{r['torch_ms']:.3f}", ratio_text(r["ratio"], r.get("ratio_q1"), r.get("ratio_q3")), blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
          blank_or(r.get("pct_of_ceiling"), ".0f", "%")) for r in recs], cm.ALIGN)
     warning = env.get("warning")
     return head + (f"**{warning}**\n\n" if warning else "") + table + "\n"
-
-
-def _ratio(r: dict) -> str:
-    """A result file's ratio with its spread (older files have none)."""
-    if r.get("ratio_q1") is None:
-        return f"{r['ratio']:.2f}x"
-    return f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
 
 
 def plot_speedups(recs: list, path: str, title: str = "") -> str:
@@ -207,9 +200,9 @@ def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=
     ops = list(ops) if ops else available_ops()
     env = cm.environment(device)
     cases = collect_cases(ops, quick, device, backends, dtypes)
-    if env["load1"] == env["load1"] and env["load1"] / env["cores"] > 0.33:
-        sys.stderr.write(f"pydl bench: the machine is busy (load average {env['load1']:.2f} on {env['cores']} "
-                         "cores): numbers taken now are unreliable\n")
+    busy = cm.busy_warning(env)  # the load before the run, said now rather than after minutes of timing
+    if busy:
+        sys.stderr.write(f"pydl bench: {busy}\n")
     with progress_bar(None, total=sum(len(cm.usable_backends(c, device)) for c in cases), desc="pydl bench",
                       enable=progress) as bar:
         def timed(row):  # the row just measured, beside the count

@@ -82,6 +82,14 @@ def blank_or(value, spec: str, suffix: str = "") -> str:
     return "" if value is None else format(value, spec) + suffix
 
 
+def ratio_text(ratio: float, q1: float | None = None, q3: float | None = None) -> str:
+    """``1.23x (1.10-1.30)``: a speed-up with its quartiles, the way every printed ratio is shown (a ratio
+    without them -- a result file older than the interleaved timing -- as ``1.23x``)."""
+    if q1 is None or q3 is None:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x ({q1:.2f}-{q3:.2f})"
+
+
 def markdown_row(cells: Iterable) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 
 from .. import backends
-from ..results import environment
+from ..results import environment, ratio_text
 from .report import table
 
 
@@ -115,7 +115,7 @@ def timing_html(rows: list[dict], machine: dict) -> str:
 
 
 def _ratio_text(r: dict) -> str:
-    return f"{r['speedup']:.2f}x ({r['speedup_q1']:.2f}-{r['speedup_q3']:.2f})"
+    return ratio_text(r["speedup"], r["speedup_q1"], r["speedup_q3"])
 
 
 def _machine_text(machine: dict) -> str:
