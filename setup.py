@@ -17,7 +17,7 @@ from setuptools import setup
 # kernels/ sits at the top level (design card) but is installed as the subpackage pydl.kernels. A wheel also
 # carries the C++/CUDA sources (for the JIT build) and the benchmark cases, as pydl/_csrc and pydl/_benchmarks;
 # a source checkout (editable install) uses csrc/ and benchmarks/ where they are.
-packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels", "pydl._csrc",
+packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.demo", "pydl.learn", "pydl.kernels", "pydl._csrc",
             "pydl._benchmarks", "pydl.transforms"]
 package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}
 package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["**/*"],

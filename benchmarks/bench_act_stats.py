@@ -11,12 +11,9 @@ Target (issue #2), 2-thread CPU, 64x64x32x32 fp32: >= 10x the eager sequence, wi
 """
 import torch
 
-try:  # run by `pydl bench` or as a script from benchmarks/
-    from common import Case, main_for
-except ImportError:  # imported as benchmarks.bench_act_stats from the repository root
-    from benchmarks.common import Case, main_for
-
 import pydl
+
+from .common import Case, main_for
 
 
 def _eager_fastai(x):

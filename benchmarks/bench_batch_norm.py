@@ -16,12 +16,9 @@ forward-train and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch
 """
 import torch
 
-try:
-    from benchmarks.common import Case, main_for
-except ImportError:  # run as a script
-    from common import Case, main_for
-
 import pydl
+
+from .common import Case, main_for
 
 
 def _make(shape, dtype, device, layout):

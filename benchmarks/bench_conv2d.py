@@ -16,12 +16,9 @@ unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x.
 import torch
 import torch.nn.functional as F
 
-try:
-    from benchmarks.common import Case, main_for
-except ImportError:  # run as a script
-    from common import Case, main_for
-
 import pydl
+
+from .common import Case, main_for
 
 # (name, N, Cin, H, Cout, k, stride, groups)
 LAYERS = [

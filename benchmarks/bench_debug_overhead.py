@@ -16,8 +16,8 @@ are wall time, which a busy machine distorts (with 2 OpenMP threads a deschedule
 parallel region). The verdict therefore uses the CPU time of each step on one thread
 (``time.thread_time``), which other processes cannot inflate: the work the recorder adds.
 
-    python benchmarks/bench_debug_overhead.py [--quick] [--threads N]     # exit status 1 if over target
-    python benchmarks/bench_debug_overhead.py --frameworks [--rounds R]   # inside fastai / Lightning fits
+    python -m benchmarks.bench_debug_overhead [--quick] [--threads N]     # exit status 1 if over target
+    python -m benchmarks.bench_debug_overhead --frameworks [--rounds R]   # inside fastai / Lightning fits
 
 ``--frameworks`` (needs ``pydl[fastai]`` and ``pydl[lightning]``): the same course CNN trained by fastai's
 ``Learner`` with no callback, with fastai's own ``ActivationStats(with_hist=True)`` and with
@@ -49,11 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-if __package__:  # python -m benchmarks.bench_debug_overhead, or imported
-    from benchmarks.common import Case, environment, format_table, run_cases, set_threads
-else:  # run as a script: this folder's common.py, which puts this checkout's pydl first on the path (a
-    # `benchmarks` package found elsewhere -- an editable install of another checkout -- would bring its own)
-    from common import Case, environment, format_table, run_cases, set_threads
+from .common import Case, environment, format_table, run_cases, set_threads
 
 from pydl import act_stats
 from pydl.debug import ActivationStats, leaf_modules

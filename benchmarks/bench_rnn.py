@@ -28,12 +28,9 @@ step, and a barrier between steps.
 """
 import torch
 
-try:
-    from benchmarks.common import Case, main_for
-except ImportError:  # run as a script
-    from common import Case, main_for
-
 import pydl
+
+from .common import Case, main_for
 
 
 def _seq_flops(kind, T, B, I, H, L=1, D=1):

@@ -1,4 +1,4 @@
-"""The benchmark method, shared by every benchmarks/bench_<op>.py (DESIGN.md, "Benchmarks").
+"""The benchmark method, shared by every benchmarks/bench_<op>.py.
 
 * pydl and the native torch op run in the same process, on the same inputs, with the same thread count.
 * CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks, warm-up excluded), the thread
@@ -19,19 +19,16 @@ A bench module defines ``cases(quick: bool, device: str) -> list[Case]``; :func:
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
-import platform
-import subprocess
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-# make `import pydl` work when run from a source checkout without an install
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from pydl.results import blank_or, environment, machine_load, markdown_row, markdown_table, ratio_text, stamp_line
+
+__all__ = ["Case", "Row", "set_threads", "time_cpu", "time_cuda", "time_pair", "time_fn", "busy_warning",
+           "ceilings", "usable_backends", "run_cases", "format_table", "run_interleaved", "main_for",
+           "environment", "machine_load", "COLUMNS", "ALIGN"]
 
 
 @dataclasses.dataclass
@@ -73,9 +70,7 @@ class Row:
 
     def ratio_text(self) -> str:
         """``1.23x (1.10-1.30)``: the ratio with its spread, the way every printed ratio is shown."""
-        if self.ratio_q1 is None or self.ratio_q3 is None:
-            return f"{self.ratio:.2f}x"
-        return f"{self.ratio:.2f}x ({self.ratio_q1:.2f}-{self.ratio_q3:.2f})"
+        return ratio_text(self.ratio, self.ratio_q1, self.ratio_q3)
 
 
 def set_threads(n: Optional[int]) -> int:
@@ -158,15 +153,6 @@ def time_pair(torch_fn: Callable, pydl_fn: Callable, device: str, quick: bool = 
             "ratio": (q(r, 50), q(r, 25), q(r, 75)), "rounds": len(r)}
 
 
-def machine_load() -> Dict[str, float]:
-    """The 1-minute load average and the core count (what `busy_warning` judges)."""
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        load1 = float("nan")
-    return {"load1": load1, "cores": os.cpu_count() or 1}
-
-
 def busy_warning(env: dict, rows: Sequence["Row"] = ()) -> Optional[str]:
     """A sentence saying why these numbers should not be trusted, or None.
 
@@ -219,47 +205,6 @@ def ceilings(device: str, quick: bool = False) -> Dict[str, float]:
     return out
 
 
-def environment(device: str) -> dict:
-    """Stamped on every result: device, versions, revision, date, threads."""
-    import pydl
-
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pydl": pydl.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
-        **machine_load(),
-        "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
-    }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        env["triton"] = None
-    try:
-        env["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True,
-                                    text=True, timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        env["git"] = None
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def usable_backends(case: Case, device: str) -> List[str]:
     """The case's backends that can be timed here (compiled, not interpreted)."""
     from pydl import backends
@@ -308,18 +253,18 @@ def run_cases(cases: Sequence[Case], device: str, quick: bool = False, progress=
     return rows
 
 
+# The result table's columns (the terminal's, results.md's): which case, then times, ratio, throughput.
+COLUMNS = ("op", "variant", "backend", "shape", "dtype", "pydl ms", "torch ms", "speed-up (q1-q3)", "GB/s",
+           "TFLOP/s", "% ceiling")
+ALIGN = "lllllrrrrrr"
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A Markdown table (also readable on a terminal); speed-up is the median per-round ratio (quartiles)."""
-    head = ("| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up (q1-q3) | GB/s | TFLOP/s "
-            "| % ceiling |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|\n")
-    body = []
-    for r in rows:
-        body.append(f"| {r.op} | {r.variant} | {r.backend} | {r.shape} | {r.dtype} | {r.median_ms:.3f} ± {r.iqr_ms:.3f} "
-                    f"| {r.torch_ms:.3f} ± {r.torch_iqr_ms:.3f} | {r.ratio_text()} "
-                    f"| {'' if r.gbps is None else f'{r.gbps:.1f}'} "
-                    f"| {'' if r.tflops is None else f'{r.tflops:.3f}'} "
-                    f"| {'' if r.pct_of_ceiling is None else f'{r.pct_of_ceiling:.0f}%'} |")
-    return head + "\n".join(body)
+    return markdown_table(COLUMNS, [
+        (r.op, r.variant, r.backend, r.shape, r.dtype, f"{r.median_ms:.3f} ± {r.iqr_ms:.3f}",
+         f"{r.torch_ms:.3f} ± {r.torch_iqr_ms:.3f}", r.ratio_text(), blank_or(r.gbps, ".1f"), blank_or(r.tflops, ".3f"),
+         blank_or(r.pct_of_ceiling, ".0f", "%")) for r in rows], ALIGN)
 
 
 def run_interleaved(cases: Sequence[Case], device: str, rounds: int = 7, per_round: int = 1) -> List[tuple]:
@@ -343,8 +288,7 @@ def run_interleaved(cases: Sequence[Case], device: str, rounds: int = 7, per_rou
         return t
 
     print(f"method: interleaved, min of {rounds} x {per_round}")
-    print("| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up |\n"
-          "|---|---|---|---|---|---:|---:|---:|")
+    print(markdown_table(COLUMNS[:7] + ("speed-up",), [], ALIGN[:8]))
     out = []
     for case in cases:
         fns = case.setup()
@@ -355,14 +299,15 @@ def run_interleaved(cases: Sequence[Case], device: str, rounds: int = 7, per_rou
             for _ in range(rounds):
                 tt = min(tt, best(theirs))
                 tp = min(tp, best(mine))
-            print(f"| {case.op} | {case.variant} | {b} | {case.shape} | {case.dtype} | {tp * 1e3:.3f} | "
-                  f"{tt * 1e3:.3f} | {tt / tp:.2f}x |", flush=True)
+            print(markdown_row((case.op, case.variant, b, case.shape, case.dtype, f"{tp * 1e3:.3f}",
+                                f"{tt * 1e3:.3f}", f"{tt / tp:.2f}x")), flush=True)
             out.append((case, b, tp, tt))
     return out
 
 
 def main_for(cases_fn: Callable[[bool, str], List[Case]], argv=None) -> List[Row]:
-    """`python benchmarks/bench_<op>.py [--quick] [--device cuda] [--threads N] [--interleaved]`"""
+    """`python -m benchmarks.bench_<op> [--quick] [--device cuda] [--threads N] [--interleaved]`, from the
+    repository root."""
     import argparse
 
     p = argparse.ArgumentParser()
@@ -371,15 +316,11 @@ def main_for(cases_fn: Callable[[bool, str], List[Case]], argv=None) -> List[Row
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--interleaved", action="store_true", help="alternate torch/pydl, keep minima (busy machines)")
     args = p.parse_args(argv)
-    threads = set_threads(args.threads)
-    if args.interleaved:
-        env = environment(args.device)
-        print(f"# {env['date']}  device={args.device} ({env['gpu'] or env['cpu']})  threads={threads}  "
-              f"torch {env['torch']}  pydl {env['pydl']}@{env['git']}")
-        return run_interleaved(cases_fn(args.quick, args.device), args.device)
+    set_threads(args.threads)
     env = environment(args.device)
-    print(f"# {env['date']}  device={args.device} ({env['gpu'] or env['cpu']})  threads={threads}  "
-          f"torch {env['torch']}  triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
+    print(stamp_line(env))
+    if args.interleaved:
+        return run_interleaved(cases_fn(args.quick, args.device), args.device)
     rows = run_cases(cases_fn(args.quick, args.device), args.device, args.quick)
     print(f"ceilings: {ceilings(args.device)}")
     print(format_table(rows))

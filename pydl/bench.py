@@ -15,47 +15,46 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import glob
-import importlib.util
+import importlib
 import json
 import os
+import pkgutil
 import sys
-import time
-from typing import List, Optional, Sequence
+from typing import List, Sequence
+
+from .debug.progress import progress as progress_bar
+from .results import blank_or, markdown_table, ratio_text, stamp_line
+
+# A wheel carries benchmarks/ inside pydl as pydl._benchmarks (setup.py); a source checkout (or an editable
+# install of one) has it at its top level as the package `benchmarks`. The first that imports is the one.
+_PACKAGES = ("pydl._benchmarks", "benchmarks")
 
 
-def benchmarks_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(os.path.dirname(here), "benchmarks"), os.path.join(here, "_benchmarks")):
-        if os.path.isfile(os.path.join(cand, "common.py")):
-            return cand
-    raise FileNotFoundError("pydl's benchmarks/ folder was not found next to the package")
-
-
-def _load(path: str):
-    bdir = os.path.dirname(path)
-    if bdir not in sys.path:
-        sys.path.insert(0, bdir)  # bench modules import `common` from their own folder
-    name = "pydl_bench_" + os.path.splitext(os.path.basename(path))[0]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses (Case, Row) look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+def benchmarks_package():
+    """The package holding the ``bench_<op>`` modules and ``common``."""
+    for name in _PACKAGES:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the package exists but something it imports is missing: say that
+                raise
+    raise ModuleNotFoundError("pydl bench: the benchmark cases were not found: run from the root of a pydl "
+                              "checkout (they are the package `benchmarks` there) or install pydl from a wheel")
 
 
 def available_ops() -> List[str]:
-    return sorted(os.path.basename(p)[len("bench_"):-3] for p in glob.glob(os.path.join(benchmarks_dir(), "bench_*.py")))
+    pkg = benchmarks_package()
+    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("bench_"))
+
+
+def bench_module(op: str):
+    """``bench_<op>``, imported from the benchmarks package."""
+    return importlib.import_module(f"{benchmarks_package().__name__}.bench_{op}")
 
 
 def common():
-    """benchmarks/common.py, imported under the name the bench modules use for it (`common`)."""
-    bdir = benchmarks_dir()
-    if bdir not in sys.path:
-        sys.path.insert(0, bdir)
-    return importlib.import_module("common")
+    """The benchmark method (benchmarks/common.py): timers, ``Case``, ``Row``, tables."""
+    return importlib.import_module(f"{benchmarks_package().__name__}.common")
 
 
 class BenchArgumentError(ValueError):
@@ -78,10 +77,9 @@ def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, d
     _check_choices("--dtype", dtypes, DTYPES)
     cases, seen = [], []
     for op in ops:
-        path = os.path.join(benchmarks_dir(), f"bench_{op}.py")
-        if not os.path.isfile(path):
+        if op not in available_ops():
             raise BenchArgumentError(f"pydl bench: no benchmark for {op!r}; have {', '.join(available_ops())}")
-        mod = _load(path)
+        mod = bench_module(op)
         for c in mod.cases(quick, device):
             seen.append(c)
             if dtypes and c.dtype not in dtypes:
@@ -99,24 +97,6 @@ def collect_cases(ops: Sequence[str], quick: bool, device: str, backends=None, d
                                  f"--dtype {dtypes or 'any'} / --backend {backends or 'any'}; these cases have "
                                  f"dtypes {', '.join(have_dt)} and backends {', '.join(have_be)}")
     return cases
-
-
-class _Progress:
-    """A one-line progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.t0 = max(total, 1), 0, time.time()
-
-    def __call__(self, row):
-        self.done += 1
-        width = 30
-        filled = int(width * min(self.done, self.total) / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{row.op} {row.variant} {row.backend} {row.shape}  {time.time() - self.t0:.0f}s   ")
-        sys.stderr.flush()
-
-    def close(self):
-        sys.stderr.write("\n")
 
 
 def write_results(out_dir: str, env: dict, ceilings: dict, rows: list) -> dict:
@@ -149,24 +129,13 @@ def markdown(env: dict, ceilings: dict, recs: list) -> str:
             f"Ceilings measured in the same run: " + ", ".join(f"{k} {v:.3g}" for k, v in ceilings.items()) +
             ".\nSpeed-up = torch time / pydl time (> 1: pydl faster), timed in alternating rounds: the median "
             "per-round ratio and its quartiles; times are medians ± IQR.\n\n")
-    lines = ["| op | variant | backend | shape | dtype | pydl ms | torch ms | speed-up (q1-q3) | GB/s | TFLOP/s "
-             "| % ceiling |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in recs:
-        g = "" if r.get("gbps") is None else f"{r['gbps']:.1f}"
-        t = "" if r.get("tflops") is None else f"{r['tflops']:.3f}"
-        p = "" if r.get("pct_of_ceiling") is None else f"{r['pct_of_ceiling']:.0f}%"
-        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
-                     f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f} | {r['torch_ms']:.3f} | {_ratio(r)} | {g} | {t} | {p} |")
+    cm = common()
+    table = markdown_table(cm.COLUMNS, [
+        (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f}",
+         f"{r['torch_ms']:.3f}", ratio_text(r["ratio"], r.get("ratio_q1"), r.get("ratio_q3")), blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
+         blank_or(r.get("pct_of_ceiling"), ".0f", "%")) for r in recs], cm.ALIGN)
     warning = env.get("warning")
-    return head + (f"**{warning}**\n\n" if warning else "") + "\n".join(lines) + "\n"
-
-
-def _ratio(r: dict) -> str:
-    """A result file's ratio with its spread (older files have none)."""
-    if r.get("ratio_q1") is None:
-        return f"{r['ratio']:.2f}x"
-    return f"{r['ratio']:.2f}x ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
+    return head + (f"**{warning}**\n\n" if warning else "") + table + "\n"
 
 
 def plot_speedups(recs: list, path: str, title: str = "") -> str:
@@ -208,22 +177,15 @@ def compare(path_a: str, path_b: str) -> str:
                                  "by pydl bench")
     key = lambda r: (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], r["device"])  # noqa: E731
     ra = {key(r): r for r in a["rows"]}
-    lines = [f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
-             f"B: {path_b} ({b['environment'].get('date')}, {b['environment'].get('git')})",
-             "| op | variant | backend | shape | dtype | A ms | B ms | B/A | A speed-up | B speed-up |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    n = 0
-    for r in b["rows"]:
-        o = ra.get(key(r))
-        if o is None:
-            continue
-        n += 1
-        lines.append(f"| {r['op']} | {r['variant']} | {r['backend']} | {r['shape']} | {r['dtype']} | "
-                     f"{o['median_ms']:.3f} | {r['median_ms']:.3f} | {r['median_ms'] / o['median_ms']:.2f} | "
-                     f"{o['ratio']:.2f}x | {r['ratio']:.2f}x |")
-    if n == 0:
-        lines.append("(no rows in common)")
-    return "\n".join(lines)
+    both = [(ra[key(r)], r) for r in b["rows"] if key(r) in ra]
+    table = markdown_table(
+        ("op", "variant", "backend", "shape", "dtype", "A ms", "B ms", "B/A", "A speed-up", "B speed-up"),
+        [(r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{o['median_ms']:.3f}",
+          f"{r['median_ms']:.3f}", f"{r['median_ms'] / o['median_ms']:.2f}", f"{o['ratio']:.2f}x",
+          f"{r['ratio']:.2f}x") for o, r in both], "lllllrrrrr")
+    return "\n".join([f"A: {path_a} ({a['environment'].get('date')}, {a['environment'].get('git')})",
+                      f"B: {path_b} ({b['environment'].get('date')}, {b['environment'].get('git')})",
+                      table] + ([] if both else ["(no rows in common)"]))
 
 
 def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=None, out=None,
@@ -238,13 +200,16 @@ def run(ops=None, quick=False, device=None, backends=None, dtypes=None, threads=
     ops = list(ops) if ops else available_ops()
     env = cm.environment(device)
     cases = collect_cases(ops, quick, device, backends, dtypes)
-    if env["load1"] == env["load1"] and env["load1"] / env["cores"] > 0.33:
-        sys.stderr.write(f"pydl bench: the machine is busy (load average {env['load1']:.2f} on {env['cores']} "
-                         "cores): numbers taken now are unreliable\n")
-    bar = _Progress(sum(len(cm.usable_backends(c, device)) for c in cases)) if progress else None
-    rows = cm.run_cases(cases, device, quick, progress=bar)
-    if bar:
-        bar.close()
+    busy = cm.busy_warning(env)  # the load before the run, said now rather than after minutes of timing
+    if busy:
+        sys.stderr.write(f"pydl bench: {busy}\n")
+    with progress_bar(None, total=sum(len(cm.usable_backends(c, device)) for c in cases), desc="pydl bench",
+                      enable=progress) as bar:
+        def timed(row):  # the row just measured, beside the count
+            bar.set_postfix_str(f"{row.op} {row.variant} {row.backend} {row.shape}", refresh=False)
+            bar.update()
+
+        rows = cm.run_cases(cases, device, quick, progress=timed)
     ceil = cm.ceilings(device, quick)
     env["warning"] = cm.busy_warning(env, rows)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -276,8 +241,7 @@ def _main(args) -> int:
         print(e, file=sys.stderr)
         return 2
     env = res["env"]
-    print(f"# {env['date']}  {env.get('gpu') or env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
-          f"triton {env['triton']}  pydl {env['pydl']}@{env['git']}")
+    print(stamp_line(env))
     print("ceilings: " + ", ".join(f"{k}={v:.3g}" for k, v in res["ceilings"].items()))
     print(res["table"])
     if env.get("warning"):

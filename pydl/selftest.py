@@ -38,6 +38,8 @@ import sys
 import time
 from typing import List, Optional
 
+from .results import environment, markdown_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Seconds per step. Their sum stays within the default --budget (570 s; tests check it).
@@ -136,9 +138,8 @@ def write_report(out: str, info: dict, results: List[dict]) -> str:
     lines = [f"# pydl GPU check - {info.get('date')}", "",
              f"GPU: {info.get('gpu')}; torch {info.get('torch')} (CUDA {info.get('cuda')}), triton {info.get('triton')}, "
              f"pydl {info.get('pydl')}@{info.get('git')}", "",
-             "| step | result | seconds | log |", "|---|---|---:|---|"]
-    for r in results:
-        lines.append(f"| {r['name']} | {verdict(r)} | {r['seconds']} | {r['log']} |")
+             markdown_table(("step", "result", "seconds", "log"),
+                            [(r["name"], verdict(r), r["seconds"], r["log"]) for r in results], "llrl")]
     for r in results:
         lines += ["", f"## {r['name']}", "", "```", r.get("tail", "").rstrip(), "```"]
     bench_md = os.path.join(out, "bench", "results.md")
@@ -166,22 +167,7 @@ def main(args) -> int:
     # Triton must work on the GPU; its CPU interpreter may not pair with the machine's numpy (Triton < 3.7.1
     # needs numpy <= 2.3), and those tests then skip with the reason
     env.setdefault("PYDL_REQUIRE_BACKENDS", "cpu,cuda,triton@cuda")
-    from . import __version__
-
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "pydl": __version__}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        info["triton"] = None
-    try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        info["git"] = None
+    info = environment("cuda")
     results = []
     deadline = time.time() + args.budget  # the whole check must fit one 10-minute device call
     for step in plan(args):

@@ -158,12 +158,12 @@ def test_build_env_variables_are_checked(monkeypatch):
 
 
 def test_doctor_lists_invalid_environment_variables(monkeypatch):
-    from pydl import cli
+    from pydl import doctor
 
     monkeypatch.setenv("PYDL_BACKEND", "bogus")
     monkeypatch.setenv("PYDL_FORCE_JIT", "1")
     monkeypatch.setenv("PYDL_BACKNED", "cpu")
-    env = cli.environment_report()
+    env = doctor.environment_report()
     assert env["PYDL_FORCE_JIT"] == (True, "True")
     assert env["PYDL_BACKNED"][0] is False and "misspelt" in env["PYDL_BACKNED"][1]
     ok, why = env["PYDL_BACKEND"]

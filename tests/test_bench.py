@@ -90,3 +90,46 @@ def test_chart_is_drawn_without_pyplot(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_benchmarks_are_one_package_imported_one_way():
+    """The cases import as `benchmarks.bench_<op>` (a wheel: `pydl._benchmarks.bench_<op>`), and loading them
+    neither edits sys.path nor leaves a top-level module named `common` behind."""
+    code = ("import sys; before = list(sys.path); from pydl import bench\n"
+            "bench.collect_cases(['act_stats'], quick=True, device='cpu')\n"
+            "assert sys.path == before, 'sys.path was edited'\n"
+            "assert 'common' not in sys.modules, 'a top-level module named common'\n"
+            "print(bench.bench_module('act_stats').__name__, bench.common().__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["benchmarks.bench_act_stats", "benchmarks.common"]
+    # and one file runs on its own, as a module of the package
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_act_stats", "--help"], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and "--interleaved" in r.stdout, r.stderr[-2000:]
+
+
+def test_one_markdown_table_writer():
+    from pydl.results import blank_or, markdown_table
+
+    table = markdown_table(("name", "ms"), [("a", "1.5"), ("b", None)], "lr")
+    assert table == "| name | ms |\n|---|---:|\n| a | 1.5 |\n| b |  |"
+    assert blank_or(None, ".1f") == "" and blank_or(12.345, ".0f", "%") == "12%"
+    with pytest.raises(ValueError, match="2 columns"):
+        markdown_table(("a", "b"), [], "l")
+    # the terminal table and results.md are that writer's output: same header, same alignment row
+    head = cm.format_table([_row(1.0, 0.9, 1.1)]).splitlines()[:2]
+    md = bench.markdown({"date": "d", "cpu": "c"}, {"copy_gbps": 1.0}, [_row(1.0, 0.9, 1.1).__dict__])
+    assert md.splitlines()[-3:-1] == head
+
+
+def test_progress_bar_is_tqdm_and_can_be_silenced(capsys):
+    from pydl.debug import progress
+
+    assert list(progress(range(4), desc="x", enable=False)) == [0, 1, 2, 3]
+    assert capsys.readouterr().err == ""
+    bar = progress(None, total=2, desc="by hand")  # the runner's bar: advanced per timed row
+    bar.update()
+    bar.update()
+    bar.close()
+    assert bar.n == 2 and "by hand" in capsys.readouterr().err

@@ -96,3 +96,28 @@ def test_demo_cli_image_folder(tmp_path):
     xtr, ytr, xva, yva, classes = load_image_folder(str(tmp_path / "data"), size=16)
     assert classes == ["horizontal", "vertical"] and xtr.shape[1:] == (1, 16, 16)
     assert len(xtr) + len(xva) == 48 and set(ytr.tolist()) == {0, 1}
+
+
+def test_every_demo_run_ends_the_same_way(tmp_path, capsys):
+    """What the three demos share (pydl/demo/run.py): the run's folder, its voice, its backend for its own
+    duration only, and its ending -- summary.json, then report.html with the doctor's section last."""
+    import pydl
+    from pydl.demo.report import img
+    from pydl.demo.run import DemoRun, backend_scope
+    from pydl.doctor import doctor_report
+
+    before = pydl.get_backend()
+    with backend_scope("reference"):
+        assert pydl.get_backend() == "reference"
+    assert pydl.get_backend() == before
+    run = DemoRun(str(tmp_path / "run"), seed=0, quiet=True)
+    run.say("not shown")
+    doc = doctor_report()
+    res = run.finish({"valid_acc": 0.5}, "a <title>", [("Curves", img(run.path("curves.png"), "a note"))], doc)
+    assert capsys.readouterr().out == ""
+    assert json.load(open(run.path("summary.json"))) == {"valid_acc": 0.5}
+    html = open(res["report"]).read()
+    assert res["report"] == run.path("report.html") and "<title>a &lt;title&gt;</title>" in html
+    assert "<img src='curves.png'" in html and "a note" in html
+    assert html.index("<h2>Curves</h2>") < html.index("<h2>What ran where (pydl doctor)</h2>")
+    assert doc["pydl"] in html

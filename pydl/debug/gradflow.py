@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..ops.act_stats import act_stats
+from .batches import batch_inputs, take_batches
 from .hooks import first_tensor
 
 __all__ = ["grad_stats", "plot_grad_flow", "dead_units", "DeadUnitReport", "plot_dead_units",
@@ -188,8 +189,8 @@ def dead_units(model: nn.Module, data, modules: Optional[Iterable[nn.Module]] = 
         if eval_mode:
             model.eval()
         with torch.no_grad():
-            for b in _iter_batches(data, batches):
-                model(b)
+            for b in take_batches(data, batches):
+                model(batch_inputs(b))
     finally:
         for h in handles:
             h.remove()
@@ -206,21 +207,6 @@ def dead_units(model: nn.Module, data, modules: Optional[Iterable[nn.Module]] = 
         dead[n] = c[:, 1] / n_
         sat[n] = (c[:, 2] + c[:, 3]) / n_ if bnd[n] is not None else np.full(len(c), np.nan)
     return DeadUnitReport(names, dead, sat, count, eps, margin, bnd)
-
-
-def _iter_batches(data, batches):
-    """Inputs only. A tensor is one batch of inputs; a tuple ``(x, y, ...)`` of tensors is one batch;
-    anything else is iterated as batches (each a tensor or a tuple/list whose first item is the input)."""
-    if isinstance(data, torch.Tensor):
-        yield data
-        return
-    if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
-        yield data[0]
-        return
-    for i, b in enumerate(data):
-        if batches is not None and i >= batches:
-            break
-        yield b if isinstance(b, torch.Tensor) else b[0]
 
 
 def plot_dead_units(report: DeadUnitReport, path=None, threshold: float = 0.99, ncols: int = 4, dpi: int = 100):

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batches import is_one_batch, take_batches
 from .progress import progress as _progress
 
 __all__ = ["Directions", "make_directions", "scan_state", "interpolation_direction", "LandscapeResult",
@@ -246,17 +247,13 @@ def scan_state(model: nn.Module):
 
 def _batches(data, batches: Optional[int]):
     """A list of (inputs, targets) batches, or an iterable re-read at each point for batches=None."""
-    if isinstance(data, tuple) and len(data) >= 2 and isinstance(data[0], torch.Tensor):
+    if is_one_batch(data):
         return [data]  # a tuple (x, y) is one batch; a list or loader is a sequence of batches
     if batches is None:
         return data
     if not (isinstance(batches, int) and batches >= 1):
         raise ValueError(f"batches must be an int >= 1 or None (the whole loader), got {batches!r}")
-    out = []
-    for b in data:
-        out.append(tuple(b))
-        if len(out) == batches:
-            break
+    out = [tuple(b) for b in take_batches(data, batches)]
     if not out:
         raise ValueError("loss landscape: data gave no batch")
     return out
@@ -320,7 +317,7 @@ def evaluate_points(model: nn.Module, loss_fn: Callable, data, directions: Direc
 def _meta(directions: Directions, batches, data) -> dict:
     m = directions.meta()
     m.pop("names")
-    nb = 1 if isinstance(data, tuple) and len(data) >= 2 and isinstance(data[0], torch.Tensor) else batches
+    nb = 1 if is_one_batch(data) else batches
     m.update({"batches": nb, "forward_passes_per_point": nb})
     return m
 

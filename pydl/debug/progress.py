@@ -1,56 +1,26 @@
-"""A tiny progress bar with no dependency: tqdm when it is installed, else one self-overwriting line on
-stderr (throttled, so a fast loop does not spend its time printing)."""
+"""pydl's progress bar: tqdm (a dependency of pydl), with the few defaults pydl's loops share -- the training
+loops of the demo, the loss landscape's grid, the benchmark runner. One bar for all of them, so they look and
+behave alike (rate, ETA, stderr, a notebook widget where one is available) and can all be silenced."""
 from __future__ import annotations
 
-import sys
-import time
-from typing import Iterable, Iterator, Optional, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["progress"]
 
 T = TypeVar("T")
 
 
-def progress(it: Iterable[T], total: Optional[int] = None, desc: str = "", enable: bool = True,
-             file=None, min_interval: float = 0.2) -> Iterator[T]:
-    """Yield from ``it`` while showing ``desc  n/total  rate  eta``. ``enable=False`` is a no-op wrapper."""
-    if not enable:
-        yield from it
-        return
-    if total is None:
-        try:
-            total = len(it)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
-    try:
-        from tqdm.auto import tqdm  # optional
+def progress(it: Iterable[T] | None, total: int | None = None, desc: str = "", enable: bool = True,
+             file=None, min_interval: float = 0.2) -> tqdm:
+    """``it`` wrapped in a bar showing ``desc  n/total  rate  eta`` on stderr (``file``), redrawn at most
+    every ``min_interval`` seconds so a fast loop does not spend its time printing. ``enable=False``: no bar,
+    the items pass through. ``it=None`` with a ``total``: a bar advanced by hand with ``update()``."""
+    # imported here, not at the top: `import pydl.debug` stays torch and numpy only
+    from tqdm.auto import tqdm
 
-        yield from tqdm(it, total=total, desc=desc, file=file)
-        return
-    except ImportError:
-        pass
-    out = file or sys.stderr
-    t0 = last = time.perf_counter()
-    n = 0
-
-    def show(final=False):
-        el = time.perf_counter() - t0
-        rate = n / el if el > 0 else 0.0
-        if total:
-            w = 24
-            done = int(w * n / total)
-            eta = (total - n) / rate if rate > 0 else float("nan")
-            line = f"\r{desc} [{'#' * done}{'.' * (w - done)}] {n}/{total} {rate:.1f}/s eta {eta:.0f}s"
-        else:
-            line = f"\r{desc} {n} {rate:.1f}/s"
-        out.write(line + ("\n" if final else ""))
-        out.flush()
-
-    for x in it:
-        yield x
-        n += 1
-        now = time.perf_counter()
-        if now - last >= min_interval:
-            last = now
-            show()
-    show(final=True)
+    return tqdm(it, total=total, desc=desc, file=file, disable=not enable, mininterval=min_interval,
+                dynamic_ncols=True)
