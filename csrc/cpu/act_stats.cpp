@@ -3,7 +3,9 @@
 //
 // How one read gives all of it: the tensor is cut into chunks of kChunk elements that fit in L1 (half and
 // bfloat16 chunks are converted once into a float buffer); everything after the first touch is in L1:
-//   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value;
+//   pass 1 (vectorised): sum, finite count, min, max, near-zero count, and the histogram slot of every value,
+//                        first assuming every value finite (no per-value test), redone carefully only for a
+//                        chunk that holds NaN/Inf or overflows;
 //   (variance)           sums of (v - K) and (v - K)^2 with K the running mean of the chunks before; the
 //                        first chunk of a task, with no K yet, takes a second pass over L1 instead;
 //   scatter (scalar):    histogram increments, spread over kSub = 8 sub-histograms -- post-ReLU data piles onto
@@ -71,69 +73,92 @@ struct Binning {
   Binning(int64_t bins_, double lo_, double hi_, double eps_)
       : lo(acc_t(lo_)), hi(acc_t(hi_)), width(acc_t(hi_) - acc_t(lo_)), nb(acc_t(bins_)), nbm1(acc_t(bins_ - 1)),
         eps(acc_t(eps_)), bins(int32_t(bins_)) {}
-
-  // Branch-free so the compiler can vectorise it: compute a bin for every value, then overwrite it for
-  // the out-of-range and non-finite ones. The clamp keeps the float->int cast defined for those.
-  inline int32_t slot(acc_t v) const {
-    acc_t t = ((v - lo) * nb) / width;
-    t = t < acc_t(0) ? acc_t(0) : t;
-    t = t < nbm1 ? t : nbm1;  // NaN compares false: becomes nbm1, overwritten below
-    int32_t s = static_cast<int32_t>(t);
-    const acc_t inf = std::numeric_limits<acc_t>::infinity();
-    s = v < lo ? bins + kBelow : s;
-    s = v > hi ? bins + kAbove : s;
-    s = v != v ? bins + kNaN : s;
-    s = v == inf ? bins + kPosInf : s;
-    s = v == -inf ? bins + kNegInf : s;
-    return s;
-  }
 };
 
-// Pass 1 + pass 2 over an L1-resident buffer of `len` values; merges the chunk's moments into `mom`, adds its
-// near-zero count to `nz` and fills `slots`. Every loop here is a plain loop over locals and __restrict__
-// pointers: one int32 store through a pointer that *might* alias a member of `b` (say b.bins) forces a reload
-// per element and kills vectorisation, so the binning constants are copied into locals first.
+// The bin rule for a value taken to be finite, branch-free so that the loops calling it vectorise: a bin for
+// every value, overwritten for the out-of-range ones. The clamps keep the float->int cast defined for any
+// input (NaN compares false and becomes nbm1). Its arguments are locals, not a Binning's members: a store
+// through an int32 pointer that might alias a member would force a reload per element.
 template <typename acc_t>
-inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binning<acc_t>& b,
-                        int32_t* __restrict__ slots, Moments& mom, int64_t& nz) {
+inline int32_t finite_slot(acc_t v, acc_t lo, acc_t hi, acc_t width, acc_t nb, acc_t nbm1, int32_t bins) {
+  acc_t t = ((v - lo) * nb) / width;
+  t = t < acc_t(0) ? acc_t(0) : t;
+  t = t < nbm1 ? t : nbm1;
+  int32_t sl = static_cast<int32_t>(t);
+  sl = v < lo ? bins + kBelow : sl;
+  return v > hi ? bins + kAbove : sl;
+}
+
+// Pass 1 over a chunk: the histogram slot of every value and the chunk's shifted sums, finite count, min,
+// max and near-zero count. Two instances:
+//   CAREFUL = false, for the common case where every value is finite: no per-value finiteness test. Each
+//     test costs masked selects on five accumulators, and the measured price of that bookkeeping (2.6x this
+//     loop's time, single thread, 64x64x32x32 fp32) was more than the histogram scatter's. A non-finite
+//     value cannot hide here: it makes s2, a sum of squares, inf or NaN, and then the caller redoes the
+//     chunk carefully. So does a finite chunk whose sums overflow, which needed the careful pass anyway.
+//     Slots of a chunk to be redone may hold anything (any valid index: see finite_slot).
+//   CAREFUL = true: NaN, +-Inf get their own slots and stay out of the sums, min and max.
+template <typename acc_t>
+struct ChunkSums {
+  acc_t s, s2, mn, mx;
+  int32_t nf, nz;  // a chunk has at most kChunk values
+};
+
+template <bool CAREFUL, typename acc_t>
+inline ChunkSums<acc_t> chunk_pass(const acc_t* __restrict__ vals, int64_t len, const Binning<acc_t>& b, acc_t K,
+                                   int32_t* __restrict__ slots) {
   const acc_t inf = std::numeric_limits<acc_t>::infinity();
   const acc_t lo = b.lo, hi = b.hi, width = b.width, nb = b.nb, nbm1 = b.nbm1, eps = b.eps;
   const int32_t bins = b.bins;
-  // One loop does it all per value: the histogram slot (the bin rule of Binning::slot, branch-free) and the
-  // running sum, finite count, min, max and near-zero count.
-  // `omp simd reduction` lets the compiler split each sum into vector lanes (and add the lanes at the end)
-  // without -ffast-math; no && / || inside: short-circuit operators are control flow, which stops it.
-  //
-  // Variance without a second pass: sums of d = v - K and d*d, shifted by K = the mean of the chunks seen so
-  // far. With K near the mean, s2 - s*s/n does not cancel catastrophically (it would with K = 0 when
-  // |mean| >> std). The first chunk of a task has no K yet: it takes a second pass over L1 instead.
-  const bool shifted = mom.n > 0;
-  const acc_t K = shifted ? acc_t(mom.mean) : acc_t(0);
   acc_t s = 0, s2 = 0, mn = inf, mx = -inf;
-  int32_t nf = 0, nzc = 0;  // a chunk has at most kChunk values
+  int32_t nf = 0, nzc = 0;
 #pragma omp simd reduction(+ : s, s2, nf, nzc) reduction(min : mn) reduction(max : mx)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t v = vals[i];
-    acc_t t = ((v - lo) * nb) / width;
-    t = t < acc_t(0) ? acc_t(0) : t;
-    t = t < nbm1 ? t : nbm1;
-    int32_t sl = static_cast<int32_t>(t);
-    sl = v < lo ? bins + kBelow : sl;
-    sl = v > hi ? bins + kAbove : sl;
-    sl = v != v ? bins + kNaN : sl;
-    sl = v == inf ? bins + kPosInf : sl;
-    sl = v == -inf ? bins + kNegInf : sl;
+    int32_t sl = finite_slot(v, lo, hi, width, nb, nbm1, bins);
+    acc_t d = v - K, vmin = v, vmax = v;
+    if constexpr (CAREFUL) {
+      sl = v != v ? bins + kNaN : sl;
+      sl = v == inf ? bins + kPosInf : sl;
+      sl = v == -inf ? bins + kNegInf : sl;
+      const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
+      d = fin ? d : acc_t(0);
+      vmin = fin ? v : inf;
+      vmax = fin ? v : -inf;
+      nf += fin;
+    }
     slots[i] = sl;
-    const bool fin = (v - v) == acc_t(0);  // false for NaN and +-Inf
-    const acc_t d = fin ? v - K : acc_t(0);
     s += d;
     s2 += d * d;
-    nf += fin;
-    mn = std::min(mn, fin ? v : inf);
-    mx = std::max(mx, fin ? v : -inf);
+    mn = std::min(mn, vmin);
+    mx = std::max(mx, vmax);
     nzc += std::abs(v) <= eps;  // NaN compares false
   }
-  nz += nzc;
+  return {s, s2, mn, mx, CAREFUL ? nf : int32_t(len), nzc};
+}
+
+// Pass 1 (+ pass 2) over an L1-resident buffer of `len` values; merges the chunk's moments into `mom`, adds
+// its near-zero count to `nz` and fills `slots`. Every loop here is a plain loop over locals and __restrict__
+// pointers: one int32 store through a pointer that *might* alias a member of `b` (say b.bins) forces a reload
+// per element and kills vectorisation, so the binning constants are copied into locals first.
+//
+// `omp simd reduction` lets the compiler split each sum into vector lanes (and add the lanes at the end)
+// without -ffast-math; no && / || inside: short-circuit operators are control flow, which stops it.
+//
+// Variance without a second pass: sums of d = v - K and d*d, shifted by K = the mean of the chunks seen so
+// far. With K near the mean, s2 - s*s/n does not cancel catastrophically (it would with K = 0 when
+// |mean| >> std). The first chunk of a task has no K yet: it takes a second pass over L1 instead.
+template <typename acc_t>
+inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binning<acc_t>& b,
+                        int32_t* __restrict__ slots, Moments& mom, int64_t& nz) {
+  const bool shifted = mom.n > 0;
+  const acc_t K = shifted ? acc_t(mom.mean) : acc_t(0);
+  ChunkSums<acc_t> c = chunk_pass<false>(vals, len, b, K, slots);
+  const bool all_finite = std::isfinite(c.s) && std::isfinite(c.s2);
+  if (!all_finite) c = chunk_pass<true>(vals, len, b, K, slots);
+  const acc_t s = c.s, s2 = c.s2, mn = c.mn, mx = c.mx;
+  const int32_t nf = c.nf;
+  nz += c.nz;
   if (nf == 0) return;
   if (!(std::isfinite(s) && std::isfinite(s2))) {
     // Finite values whose sums overflow the accumulator (float32 data beyond ~1e17 with spread, near 1e35
@@ -163,11 +188,16 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
   }
   const acc_t mean = s / acc_t(nf);  // K = 0 here
   acc_t m2 = 0;
+  if (all_finite) {
 #pragma omp simd reduction(+ : m2)
-  for (int64_t i = 0; i < len; ++i) {
-    const acc_t v = vals[i];
-    const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
-    m2 += d * d;
+    for (int64_t i = 0; i < len; ++i) m2 += (vals[i] - mean) * (vals[i] - mean);
+  } else {
+#pragma omp simd reduction(+ : m2)
+    for (int64_t i = 0; i < len; ++i) {
+      const acc_t v = vals[i];
+      const acc_t d = ((v - v) == acc_t(0)) ? v - mean : acc_t(0);
+      m2 += d * d;
+    }
   }
   mom.merge(nf, double(mean), double(m2), double(mn), double(mx));
 }
