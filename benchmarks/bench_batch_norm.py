@@ -11,8 +11,8 @@ the CPU backend's channel blocking makes the second read an L2 hit for contiguou
 backend's one-pass kernels keep x (and dy) in shared memory across a grid barrier when they fit (set
 PYDL_BN_ONEPASS=0 to time its two-kernel path instead).
 
-Targets (issue #3): CPU (2 threads, 64x64x32x32 fp32, also channels_last): cpu backend >= 1.0x torch for
-forward-train and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
+Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
+forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
 """
 import torch
 
