@@ -10,7 +10,8 @@
 //                        first chunk of a task, with no K yet, takes a second pass over L1 instead;
 //   scatter (scalar):    histogram increments, spread over kSub = 8 sub-histograms -- post-ReLU data piles onto
 //                        one bin, and back-to-back increments of one counter wait on each other (store-to-load
-//                        forwarding); 8 copies let 8 increments be in flight.
+//                        forwarding); 8 copies let 8 increments be in flight. With few bins, one increment per
+//                        pair of values instead (scatter_pairs).
 // Chunks are merged with Chan et al.'s parallel formula (mean/M2 of two sets), in double.
 //
 // "Vectorised" without -ffast-math: a float sum only vectorises if the compiler may reorder it, which by
@@ -39,6 +40,10 @@ namespace {
 constexpr int64_t kChunk = 2048;     // elements per L1-resident chunk (8 KB of float)
 constexpr int64_t kTaskElems = 1 << 16;  // elements per parallel task (enough to amortise a task)
 constexpr int kSub = 8;               // sub-histograms the scatter rotates through (measured: 8 beat 4 by ~40%)
+constexpr int kPairCopies = 4;        // pair tables the pair scatter rotates through
+constexpr int64_t kPairMaxSlots = 48; // pair scatter only while kPairCopies tables of NB^2 uint16 stay in L1 (18 KB)
+// A pair table counts at most the pairs of one task (its counts are drained at the task's end) in uint16.
+static_assert(kTaskElems / 2 <= 65535, "a task's pairs must fit a uint16 pair counter");
 
 // Statistics of a set of finite values; merge() is Chan, Golub & LeVeque's pairwise update.
 struct Moments {
@@ -202,6 +207,64 @@ inline void chunk_stats(const acc_t* __restrict__ vals, int64_t len, const Binni
   mom.merge(nf, double(mean), double(m2), double(mn), double(mx));
 }
 
+// ---- The scatter: slots -> counts ---------------------------------------------------------------------
+// One increment per value, into kSub sub-histograms in turn: post-ReLU data piles onto one bin (signed data
+// onto "below"), and back-to-back increments of one counter wait on each other (store-to-load forwarding);
+// kSub copies let kSub increments be in flight.
+inline void scatter_singles(const int32_t* __restrict__ slots, int64_t len, int32_t* __restrict__ sub, int64_t NB) {
+  int64_t i = 0;
+  for (; i + kSub <= len; i += kSub) {  // written out: a loop over k here was not unrolled
+    ++sub[slots[i]];
+    ++sub[NB + slots[i + 1]];
+    ++sub[2 * NB + slots[i + 2]];
+    ++sub[3 * NB + slots[i + 3]];
+    ++sub[4 * NB + slots[i + 4]];
+    ++sub[5 * NB + slots[i + 5]];
+    ++sub[6 * NB + slots[i + 6]];
+    ++sub[7 * NB + slots[i + 7]];
+  }
+  for (; i < len; ++i) ++sub[slots[i]];
+}
+
+// With few slots, one increment per PAIR of values: (a, b) counts in an NB x NB table, whose row and column
+// sums give the histogram back at the end of a task (a value at the first place of a pair is counted by
+// its row, at the second by its column). Half the read-modify-writes; the pair indices are one vectorised
+// pass over slots. Measured on the chunk loop (one thread, post-ReLU and signed 64x64x32x32 fp32): 0.46 ->
+// 0.41 ns/value. uint16 counters keep kPairCopies tables in L1. An odd last value goes to `sub`.
+inline void scatter_pairs(const int32_t* __restrict__ slots, int64_t len, int32_t* __restrict__ pidx,
+                          uint16_t* __restrict__ tab, int32_t* __restrict__ sub, int64_t NB) {
+  const int64_t half = len / 2, P = NB * NB;
+  const int32_t nb32 = int32_t(NB);
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) pidx[i] = slots[2 * i] * nb32 + slots[2 * i + 1];
+  int64_t i = 0;
+  for (; i + kPairCopies <= half; i += kPairCopies) {
+    ++tab[pidx[i]];
+    ++tab[P + pidx[i + 1]];
+    ++tab[2 * P + pidx[i + 2]];
+    ++tab[3 * P + pidx[i + 3]];
+  }
+  for (; i < half; ++i) ++tab[pidx[i]];
+  if (len % 2) ++sub[slots[len - 1]];
+}
+
+// Adds the pair tables' counts to the histogram h (NB slots) and clears the tables.
+inline void drain_pairs(uint16_t* __restrict__ tab, int64_t NB, int64_t* __restrict__ h) {
+  const int64_t P = NB * NB;
+  for (int64_t a = 0; a < NB; ++a) {
+    int64_t row = 0;
+    for (int k = 0; k < kPairCopies; ++k) {
+      const uint16_t* r = tab + k * P + a * NB;
+      for (int64_t b = 0; b < NB; ++b) {
+        row += r[b];
+        h[b] += r[b];
+      }
+    }
+    h[a] += row;
+  }
+  std::fill(tab, tab + kPairCopies * P, uint16_t(0));
+}
+
 // ---- Layout A: groups of contiguous-or-strided spans -------------------------------------------------
 // Group g's elements are x[o*so + g*sg + i*si] for o < outer, i < inner. Covers the whole tensor (G = 1,
 // one span) and per-channel NCHW (outer = N, inner = H*W, si = 1).
@@ -214,6 +277,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
                const Binning<at::opmath_type<scalar_t>>& b, double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t NB = b.bins + kNumExtra;
+  const bool pairs = NB <= kPairMaxSlots;
   std::vector<Task> tasks;
   if (inner >= kTaskElems) {
     for (int64_t g = 0; g < G; ++g)
@@ -232,7 +296,9 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc_t> vals(kChunk);
     std::vector<int32_t> slots(kChunk);
-    std::vector<int32_t> sub(kSub * NB);  // kSub interleaved sub-histograms (see the file comment)
+    std::vector<int32_t> sub(kSub * NB);  // kSub interleaved sub-histograms (see scatter_singles)
+    std::vector<int32_t> pidx(pairs ? kChunk / 2 : 0);
+    std::vector<uint16_t> tab(pairs ? kPairCopies * NB * NB : 0);  // zero; drain_pairs leaves it so
     for (int64_t t = t0; t < t1; ++t) {
       const Task& tk = tasks[t];
       std::fill(sub.begin(), sub.end(), 0);
@@ -253,18 +319,11 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
             src = vals.data();
           }
           chunk_stats(src, len, b, slots.data(), mom[t], nz[t]);
-          int64_t i = 0;
-          for (; i + kSub <= len; i += kSub) {  // written out: a loop over k here was not unrolled
-            ++sub[slots[i]];
-            ++sub[NB + slots[i + 1]];
-            ++sub[2 * NB + slots[i + 2]];
-            ++sub[3 * NB + slots[i + 3]];
-            ++sub[4 * NB + slots[i + 4]];
-            ++sub[5 * NB + slots[i + 5]];
-            ++sub[6 * NB + slots[i + 6]];
-            ++sub[7 * NB + slots[i + 7]];
+          if (pairs) {
+            scatter_pairs(slots.data(), len, pidx.data(), tab.data(), sub.data(), NB);
+          } else {
+            scatter_singles(slots.data(), len, sub.data(), NB);
           }
-          for (; i < len; ++i) ++sub[slots[i]];
         }
       }
       int64_t* h = hist.data() + t * NB;
@@ -273,6 +332,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
         for (int k = 0; k < kSub; ++k) acc += sub[k * NB + s];
         h[s] = acc;
       }
+      if (pairs) drain_pairs(tab.data(), NB, h);
     }
   });
 
