@@ -220,12 +220,14 @@ CPU_CHUNK = 2048  # csrc/cpu/act_stats.cpp's kChunk: the unit its fast pass may 
 @pytest.mark.parametrize("where", ["none", "first", "middle", "last_partial"])
 @pytest.mark.parametrize("what", ["nan", "inf", "-inf", "overflow"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_cpu_fast_pass_and_careful_redo(where, what, per_channel):
+@pytest.mark.parametrize("bins", [40, 100])  # the pair scatter (few bins) and the one-per-value scatter
+def test_cpu_fast_pass_and_careful_redo(where, what, per_channel, bins):
     """The CPU kernel's first pass over a chunk assumes finite values; a chunk holding NaN/Inf (or finite values
     whose sums overflow) is redone by a careful pass. Signed data spanning below lo and above hi, several
     chunks per group (sizes not multiples of any vector width), the odd values in one chunk only: the
     first of a task (no running mean yet), one in the middle (shifted sums before and after it), or the
-    partial last one. Counts exact, statistics to the reference's tolerance."""
+    partial last one (an odd count: the pair scatter's lone last value). Counts exact, statistics to the
+    reference's tolerance."""
     require_backend("cpu", "cpu", OP)
     gen = torch.Generator().manual_seed(7)
     inner = 4 * CPU_CHUNK + 37
@@ -238,13 +240,13 @@ def test_cpu_fast_pass_and_careful_redo(where, what, per_channel):
             span.copy_(torch.linspace(-3e37, 3e37, span.numel()))  # finite; the float32 sum of squares is inf
         else:
             span[::3] = float(what)
-    got = run(x, "cpu", per_channel=per_channel)
-    want = pydl.ActStats(*act_stats_reference(x, 40, 0.0, 10.0, 0.05, per_channel), 40, 0.0, 10.0, 0.05,
+    got = run(x, "cpu", per_channel=per_channel, bins=bins)
+    want = pydl.ActStats(*act_stats_reference(x, bins, 0.0, 10.0, 0.05, per_channel), bins, 0.0, 10.0, 0.05,
                          per_channel)
     assert_same(got, want, x.dtype)
     finite = x[x.isfinite()]  # below / above count finite values only
     assert int(got.below.sum()) == int((finite < 0).sum()) and int(got.above.sum()) == int((finite > 10).sum())
-    assert torch.equal(got.hist.sum(0) if per_channel else got.hist, torch.histc(finite, 40, 0, 10).long())
+    assert torch.equal(got.hist.sum(0) if per_channel else got.hist, torch.histc(finite, bins, 0, 10).long())
 
 
 @pytest.mark.parametrize("bad, exc, match", [
