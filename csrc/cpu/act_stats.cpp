@@ -277,7 +277,10 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
                const Binning<at::opmath_type<scalar_t>>& b, double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t NB = b.bins + kNumExtra;
+  // Pairs pay on a task with enough values: draining the tables costs about what pairing saves on 16 NB^2
+  // values (measured at NB = 45: 1.7 us per drain, 0.05 ns saved per value), so ask for twice that.
   const bool pairs = NB <= kPairMaxSlots;
+  const int64_t pair_min_values = 32 * NB * NB;
   std::vector<Task> tasks;
   if (inner >= kTaskElems) {
     for (int64_t g = 0; g < G; ++g)
@@ -301,6 +304,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
     std::vector<uint16_t> tab(pairs ? kPairCopies * NB * NB : 0);  // zero; drain_pairs leaves it so
     for (int64_t t = t0; t < t1; ++t) {
       const Task& tk = tasks[t];
+      const bool tp = pairs && (tk.o1 - tk.o0) * (tk.i1 - tk.i0) >= pair_min_values;
       std::fill(sub.begin(), sub.end(), 0);
       for (int64_t o = tk.o0; o < tk.o1; ++o) {
         const scalar_t* base = x + o * so + tk.g * sg;
@@ -319,7 +323,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
             src = vals.data();
           }
           chunk_stats(src, len, b, slots.data(), mom[t], nz[t]);
-          if (pairs) {
+          if (tp) {
             scatter_pairs(slots.data(), len, pidx.data(), tab.data(), sub.data(), NB);
           } else {
             scatter_singles(slots.data(), len, sub.data(), NB);
@@ -332,7 +336,7 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
         for (int k = 0; k < kSub; ++k) acc += sub[k * NB + s];
         h[s] = acc;
       }
-      if (pairs) drain_pairs(tab.data(), NB, h);
+      if (tp) drain_pairs(tab.data(), NB, h);
     }
   });
 
