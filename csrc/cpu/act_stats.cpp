@@ -375,7 +375,10 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
   const int64_t per = (rows + T - 1) / T;
   std::vector<std::vector<Moments>> mom(T, std::vector<Moments>(C));
   std::vector<std::vector<int64_t>> nz(T, std::vector<int64_t>(C, 0));
-  std::vector<std::vector<int32_t>> hist(T, std::vector<int32_t>(C * NB, 0));  // a task sees < 2^31 rows
+  // Per channel, kSub sub-histograms (scatter_singles: one channel's values pile onto one bin as well) when a
+  // task's rows outnumber the extra counters they cost to clear and add up; one histogram otherwise.
+  const int64_t copies = per >= 4 * kSub * NB ? kSub : 1;
+  std::vector<std::vector<int32_t>> hist(T, std::vector<int32_t>(C * copies * NB, 0));  // a task: < 2^31 rows
 
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc_t> tile(R * C);
@@ -390,8 +393,12 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
           for (int64_t c = 0; c < C; ++c) tile[c * nr + r] = acc_t(p[r * C + c]);
         for (int64_t c = 0; c < C; ++c) {
           chunk_stats(tile.data() + c * nr, nr, b, slots.data(), mom[t][c], nz[t][c]);
-          int32_t* hc = h + c * NB;
-          for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
+          int32_t* hc = h + c * copies * NB;
+          if (copies == kSub) {
+            scatter_singles(slots.data(), nr, hc, NB);
+          } else {
+            for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
+          }
         }
       }
     }
@@ -403,8 +410,11 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
     for (int64_t t = 0; t < T; ++t) {
       m.merge(mom[t][c]);
       cnt_out[c * kCountCols + 1] += nz[t][c];
-      for (int64_t k = 0; k < b.bins; ++k) hist_out[c * b.bins + k] += hist[t][c * NB + k];
-      for (int e = 0; e < kNumExtra; ++e) cnt_out[c * kCountCols + 2 + e] += hist[t][c * NB + b.bins + e];
+      for (int64_t k = 0; k < copies; ++k) {
+        const int32_t* hc = hist[t].data() + (c * copies + k) * NB;
+        for (int64_t s = 0; s < b.bins; ++s) hist_out[c * b.bins + s] += hc[s];
+        for (int e = 0; e < kNumExtra; ++e) cnt_out[c * kCountCols + 2 + e] += hc[b.bins + e];
+      }
     }
     const bool any = m.n > 0;
     fs_out[c * 4 + 0] = any ? m.mean : nan;
