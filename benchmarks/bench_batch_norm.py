@@ -4,6 +4,8 @@ Both sides are modules doing the same work per call (same process, same tensor, 
 ``pydl.nn.BatchNorm2d(backend=b)`` against ``torch.nn.BatchNorm2d``, in training mode (batch statistics and
 the in-place running-stat update) or eval mode (running statistics). forward+backward takes the gradients of
 x, weight and bias with ``torch.autograd.grad`` (no accumulation into .grad, which would add a pass to both).
+"eval + relu" is pydl's BatchNorm2d with its fused ``act="relu"`` against torch's BatchNorm2d then ReLU (two
+passes over the tensor where pydl makes one).
 
 Minimal traffic, for GB/s: forward = read x + write y (2 x numel x itemsize); forward+backward adds read dy,
 read x, write dx (5 x in all). A training forward must in fact read x twice (statistics, then normalise):
@@ -11,8 +13,8 @@ the CPU backend's channel blocking makes the second read an L2 hit for contiguou
 backend's one-pass kernels keep x (and dy) in shared memory across a grid barrier when they fit (set
 PYDL_BN_ONEPASS=0 to time its two-kernel path instead).
 
-Targets (issue #3): CPU (2 threads, 64x64x32x32 fp32, also channels_last): cpu backend >= 1.0x torch for
-forward-train and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
+Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
+forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
 """
 import torch
 
@@ -82,10 +84,22 @@ def cases(quick: bool, device: str):
 
                     return {"torch": lambda: step(ref), "pydl": ours}
 
+                def s_eval_relu(shape=shape, dtype=dtype, layout=layout, C=C):
+                    x = _make(shape, dtype, device, layout)
+                    ref = torch.nn.Sequential(torch.nn.BatchNorm2d(C, device=device), torch.nn.ReLU()).eval()
+
+                    def ours(b):
+                        m = pydl.nn.BatchNorm2d(C, device=device, backend=b, act="relu").eval()
+                        return lambda: m(x)
+
+                    return {"torch": lambda: ref(x), "pydl": ours}
+
                 out.append(Case("batch_norm", "forward-train", sname, dname, s_train, bytes=2 * numel * item,
                                 backends=backends))
                 out.append(Case("batch_norm", "eval", sname, dname, s_eval, bytes=2 * numel * item,
                                 backends=backends))
+                out.append(Case("batch_norm", "eval + relu (fused vs BatchNorm2d, ReLU)", sname, dname, s_eval_relu,
+                                bytes=2 * numel * item, backends=backends))
                 out.append(Case("batch_norm", "forward+backward", sname, dname, s_fwd_bwd, bytes=5 * numel * item,
                                 backends=backends))
     return out

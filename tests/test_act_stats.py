@@ -35,8 +35,9 @@ def assert_same(a, b, dtype):
         scale = fb[:, col].abs().clamp_min(1.0)
         tol = (10 if name == "m2" else 1) * rtol * scale
         both_nan = fa[:, col].isnan() & fb[:, col].isnan()
+        equal = fa[:, col] == fb[:, col]  # an inf M2 on both sides: inf - inf would read as an error
         err = (fa[:, col] - fb[:, col]).abs()
-        assert bool(((err <= tol) | both_nan).all()), f"{name}: {fa[:, col]} vs {fb[:, col]}"
+        assert bool(((err <= tol) | both_nan | equal).all()), f"{name}: {fa[:, col]} vs {fb[:, col]}"
 
 
 def make(shape, kind="randn", dtype=torch.float32, layout="contiguous"):
@@ -211,6 +212,42 @@ def test_cpu_large_tensor_multithreaded():
     s = run(x4, "cpu", per_channel=True, lo=-3, hi=3)
     want = act_stats_reference(x4, 40, -3.0, 3.0, 0.05, True)
     assert_same(s, pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, True), torch.float32)
+
+
+CPU_CHUNK = 2048  # csrc/cpu/act_stats.cpp's kChunk: the unit its fast pass may hand to the careful one
+
+
+@pytest.mark.parametrize("where", ["none", "first", "middle", "last_partial"])
+@pytest.mark.parametrize("what", ["nan", "inf", "-inf", "overflow"])
+@pytest.mark.parametrize("per_channel", [False, True])
+# the pair scatter (few bins, tasks of >= 32 (bins + 5)^2 values: all of them here) and the one-per-value one
+@pytest.mark.parametrize("bins", [10, 100])
+def test_cpu_fast_pass_and_careful_redo(where, what, per_channel, bins):
+    """The CPU kernel's first pass over a chunk assumes finite values; a chunk holding NaN/Inf (or finite values
+    whose sums overflow) is redone by a careful pass. Signed data spanning below lo and above hi, several
+    chunks per group (sizes not multiples of any vector width), the odd values in one chunk only: the
+    first of a task (no running mean yet), one in the middle (shifted sums before and after it), or the
+    partial last one (an odd count: the pair scatter's lone last value). Counts exact, statistics to the
+    reference's tolerance."""
+    require_backend("cpu", "cpu", OP)
+    gen = torch.Generator().manual_seed(7)
+    inner = 4 * CPU_CHUNK + 37
+    x = torch.randn(2, 3, inner, generator=gen) * 4 + 1  # below lo = 0 and above hi = 10 both occur
+    chunk = {"first": 0, "middle": 2, "last_partial": inner // CPU_CHUNK}.get(where)
+    if chunk is not None:
+        start = chunk * CPU_CHUNK
+        span = x[1, 2, start: start + 29]  # group (1, 2) per channel; the whole tensor's chunk too
+        if what == "overflow":
+            span.copy_(torch.linspace(-3e37, 3e37, span.numel()))  # finite; the float32 sum of squares is inf
+        else:
+            span[::3] = float(what)
+    got = run(x, "cpu", per_channel=per_channel, bins=bins)
+    want = pydl.ActStats(*act_stats_reference(x, bins, 0.0, 10.0, 0.05, per_channel), bins, 0.0, 10.0, 0.05,
+                         per_channel)
+    assert_same(got, want, x.dtype)
+    finite = x[x.isfinite()]  # below / above count finite values only
+    assert int(got.below.sum()) == int((finite < 0).sum()) and int(got.above.sum()) == int((finite > 10).sum())
+    assert torch.equal(got.hist.sum(0) if per_channel else got.hist, torch.histc(finite, bins, 0, 10).long())
 
 
 @pytest.mark.parametrize("bad, exc, match", [
