@@ -199,11 +199,11 @@ def test_grad_input_with_padding_above_2_runs_direct():
 
 
 def test_auto_uses_the_crossover_table():
-    # few channels: auto stays direct (the table's lower edge is 16 channels) ...
+    # few channels: auto stays direct (the table's lower edge is 32 channels) ...
     x, w, b = make(2, 8, 16, 16, 8)
     assert torch.equal(_fwd_bwd(x, w, b, "auto", padding=1)[0], _fwd_bwd(x, w, b, "direct", padding=1)[0])
-    # ... and takes Winograd on a ResNet stage shape
-    x, w, b = make(2, 64, 28, 28, 64)
+    # ... and takes Winograd on a ResNet stage shape (64 channels, 2 x 14 x 14 = 392 tiles)
+    x, w, b = make(2, 64, 56, 56, 64)
     assert torch.equal(_fwd_bwd(x, w, b, "auto", padding=1)[0], _fwd_bwd(x, w, b, "winograd", padding=1)[0])
 
 

@@ -15,8 +15,9 @@
 // tiles; a block is one task: transform its inputs into V (36 x TB x C), run the 36 GEMMs into M
 // (36 x TB x K), transform M into output tiles. V and M together are sized to stay in L2 (pick_block), so
 // each block's data goes from the input to the output without a round trip to memory; U (36 x C x K) is
-// shared, read by every block. The input is read channels_last (one copy when it is NCHW): every transform
-// is then a run of contiguous channels, vectorised 16 channels at a time from small local arrays.
+// shared, read by every block. Every transform works on 16 channels at a time (one AVX-512 vector of fp32),
+// in small local arrays, reading the input and writing the output in their own layout (NCHW or
+// channels_last: no layout copies).
 //
 // Numerics. Winograd is not the direct sum reordered: the transforms mix each 6x6 patch with coefficients
 // up to 8 * 5 * 4, so rounding errors are relative to |A^T|(|G||g||G^T| * |B^T||d||B|)|A| rather than to
@@ -86,15 +87,18 @@ constexpr int64_t CB = 16;
 #pragma GCC push_options
 #pragma GCC target("prefer-vector-width=512")
 
-// Filter transform of input channel c: wt is (C, 3, 3, K), U is (36, C, K). U[p*6+q] = sum G[p][r] g[r][s] G[q][s].
+// Filter transform of input channel c: w is (K, C, 3, 3), U is (36, C, K); U[p*6+q] = sum G[p][r] g[r][s] G[q][s].
+// Reads the taps where they lie: consecutive c read neighbouring 36 bytes of the same K lines of w (they stay in
+// L1), and each (p, c) row of U is written as one contiguous run of K. (A transposed copy of w first would cost
+// more than this whole pass.)
 template <typename T>
-void filter_transform(const T* wt, int64_t C, int64_t K, int64_t c, T* U) {
+void filter_transform(const T* w, int64_t C, int64_t K, int64_t c, T* U) {
   const T q4 = T(1) / 4, s6 = T(1) / 6, t12 = T(1) / 12, t24 = T(1) / 24;
   for (int64_t k0 = 0; k0 < K; k0 += CB) {
     const int64_t nk = std::min(CB, K - k0);
     alignas(64) T g[9][CB] = {};
-    for (int64_t r = 0; r < 9; ++r)
-      for (int64_t k = 0; k < nk; ++k) g[r][k] = wt[(c * 9 + r) * K + k0 + k];
+    for (int64_t k = 0; k < nk; ++k)
+      for (int64_t r = 0; r < 9; ++r) g[r][k] = w[((k0 + k) * C + c) * 9 + r];
     alignas(64) T t[6][3][CB];  // t[p][s] = sum_r G[p][r] g[r][s]
     for (int s = 0; s < 3; ++s)
 #pragma omp simd
@@ -127,25 +131,37 @@ void filter_transform(const T* wt, int64_t C, int64_t K, int64_t c, T* U) {
   }
 }
 
-// Input transform of one tile: x is image n in NHWC (H, W, C), the patch's corner at (h0, w0) (may lie in the
-// padding). Writes V[(p*6+q)*pstride + c] for c < C.
+// One image of an activation tensor: element (c, h, w) at p + c*sc + h*sh + w*sw. NCHW (sc = H*W) and
+// channels_last (sc = 1) are both read in place.
 template <typename T>
-void input_transform(const T* x, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, T* V, int64_t pstride) {
-  for (int64_t c0 = 0; c0 < C; c0 += CB) {
-    const int64_t nc = std::min(CB, C - c0);
+struct Img {
+  const T* p;
+  int64_t H, W, C, sc, sh, sw;
+};
+
+// Input transform of one tile, the patch's corner at (h0, w0) (may lie in the padding). Writes
+// V[(p*6+q)*pstride + c] for c < C. From channels_last the 16 channels of a chunk are one vector load; from
+// NCHW they are 16 loads H*W apart -- still cheaper than a channels_last copy of the input, since the patch's
+// rows stay in L1 for the neighbouring tiles.
+template <typename T>
+void input_transform(const Img<T>& x, int64_t h0, int64_t w0, T* V, int64_t pstride) {
+  for (int64_t c0 = 0; c0 < x.C; c0 += CB) {
+    const int64_t nc = std::min(CB, x.C - c0);
     alignas(64) T d[6][6][CB];
     for (int64_t a = 0; a < 6; ++a)
       for (int64_t b = 0; b < 6; ++b) {
         const int64_t hi = h0 + a, wi = w0 + b;
         T* dst = d[a][b];
-        if (hi < 0 || hi >= H || wi < 0 || wi >= W) {
+        if (hi < 0 || hi >= x.H || wi < 0 || wi >= x.W) {
           for (int64_t c = 0; c < CB; ++c) dst[c] = T(0);
         } else {
-          const T* src = x + (hi * W + wi) * C + c0;
-          if (nc == CB) {
+          const T* src = x.p + c0 * x.sc + hi * x.sh + wi * x.sw;
+          if (nc == CB && x.sc == 1) {
             for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+          } else if (nc == CB) {
+            for (int64_t c = 0; c < CB; ++c) dst[c] = src[c * x.sc];
           } else {
-            for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c] : T(0);
+            for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c * x.sc] : T(0);
           }
         }
       }
@@ -230,7 +246,7 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
         s[3][q][k] = (a1 - a2) + T(8) * (a3 - a4) + a5;
       }
     for (int64_t i = 0; i < ni; ++i) {
-      alignas(64) T zz[4][CB];
+      alignas(64) T zz[4][CB], yy[4][CB];
 #pragma omp simd
       for (int64_t k = 0; k < CB; ++k) {
         const T a0 = s[i][0][k], a1 = s[i][1][k], a2 = s[i][2][k], a3 = s[i][3][k], a4 = s[i][4][k],
@@ -239,19 +255,24 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
         zz[1][k] = (a1 - a2) + T(2) * (a3 - a4) + bv[k];
         zz[2][k] = (a1 + a2) + T(4) * (a3 + a4) + bv[k];
         zz[3][k] = (a1 - a2) + T(8) * (a3 - a4) + a5 + bv[k];
+        for (int j = 0; j < 4; ++j) yy[j][k] = act.forward(zz[j][k]);
       }
-      for (int64_t j = 0; j < nj; ++j) {
-        const int64_t off = k0 * o.sk + (h0 + i) * o.sh + (w0 + j) * o.sw;
-        T* y = o.y + off;
-        T* z = o.z != nullptr ? o.z + off : nullptr;
-        if (o.sk == 1) {  // channels_last: the chunk's channels are contiguous
-          for (int64_t k = 0; k < nk; ++k) y[k] = act.forward(zz[j][k]);
-          if (z != nullptr)
-            for (int64_t k = 0; k < nk; ++k) z[k] = zz[j][k];
-        } else {
-          for (int64_t k = 0; k < nk; ++k) y[k * o.sk] = act.forward(zz[j][k]);
-          if (z != nullptr)
-            for (int64_t k = 0; k < nk; ++k) z[k * o.sk] = zz[j][k];
+      const int64_t row = (h0 + i) * o.sh + w0 * o.sw;
+      if (o.sk == 1) {  // channels_last: the chunk's channels are contiguous
+        for (int64_t j = 0; j < nj; ++j) {
+          const int64_t off = k0 + row + j * o.sw;
+          for (int64_t k = 0; k < nk; ++k) o.y[off + k] = yy[j][k];
+          if (o.z != nullptr)
+            for (int64_t k = 0; k < nk; ++k) o.z[off + k] = zz[j][k];
+        }
+      } else {  // NCHW: per channel, a run of nj pixels of one row
+        for (int64_t k = 0; k < nk; ++k) {
+          T* y = o.y + (k0 + k) * o.sk + row;
+          for (int64_t j = 0; j < nj; ++j) y[j] = yy[j][k];
+          if (o.z != nullptr) {
+            T* z = o.z + (k0 + k) * o.sk + row;
+            for (int64_t j = 0; j < nj; ++j) z[j] = zz[j][k];
+          }
         }
       }
     }
@@ -260,15 +281,20 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
 
 #pragma GCC pop_options
 
-// Tiles per block: V (36 x TB x C) and M (36 x TB x K) within ~1 MB, the L2 of one core with room for the
-// GEMM's packed panels; at least 16 tiles (a thinner GEMM runs far below peak and repacks U[p] too often per
-// output). Then made even across the threads: a last, short block would leave a core idle.
+// Tiles per block. Two pulls: V (36 x TB x C) and M (36 x TB x K) should stay in L2 (~1 MB, room left for
+// the GEMM's packed panels), and every block reads all of U (36 x C x K) -- per tile that is C*K / TB
+// elements against the C + K of its V and M. So TB >= C*K / (C + K) (C/2 for C = K), which wins over L2
+// for wide layers: at 512 channels U is 37 MB, and re-reading it for every 16 tiles made the GEMMs
+// memory-bound, while V and M stream (each element feeds C or K multiply-adds). At least 16 tiles (a thinner
+// GEMM runs far below peak), at most 256. Then made even across the threads: a last, short block would
+// leave a core idle.
 int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
   static const int64_t budget = [] {
     const char* kb = std::getenv("PYDL_WINOGRAD_KB");  // for experiments: the V + M budget per block
     return int64_t(kb != nullptr ? std::atoi(kb) : 1024) * 1024;
   }();
-  int64_t tb = std::max<int64_t>(16, budget / (36 * elem * (C + K)));
+  int64_t tb = std::max(budget / (36 * elem * (C + K)), std::min<int64_t>(256, C * K / (C + K)));
+  tb = std::max<int64_t>(16, tb);
   tb = std::min(tb, tiles);
   const int64_t threads = at::get_num_threads();
   int64_t blocks = (tiles + tb - 1) / tb;
@@ -290,15 +316,15 @@ void with_kind(int kind, F&& f) {
 template <typename T>
 void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph, int64_t pw, const Act<double>& act_d,
          bool out_cl, T* y, T* z) {
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool x_cl = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = x_in.contiguous(x_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
   const int64_t Ho = H + 2 * ph - 2, Wo = W + 2 * pw - 2;
   const int64_t th = (Ho + 3) / 4, tw = (Wo + 3) / 4, per_image = th * tw, tiles = N * per_image;
   const Act<T> act{act_d.kind, T(act_d.leak), T(act_d.sub), T(act_d.maxv)};
 
-  const at::Tensor wt = w.permute({1, 2, 3, 0}).contiguous();  // (C, 3, 3, K): each tap a run of K channels
   at::Tensor U = at::empty({36, C, K}, w.options());
-  const T* wtp = wt.data_ptr<T>();
+  const T* wtp = w.data_ptr<T>();
   T* Up = U.data_ptr<T>();
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) filter_transform(wtp, C, K, c, Up);
@@ -311,13 +337,15 @@ void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph,
   with_kind(act.kind, [&](auto kind_c) {
     constexpr int KIND = decltype(kind_c)::value;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<T> V(36 * TB * C), M(36 * TB * K);
+      thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
+      V.resize(36 * TB * C);
+      M.resize(36 * TB * K);
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t t0 = blk * TB, nt = std::min(TB, tiles - t0);
         for (int64_t t = 0; t < nt; ++t) {
           const int64_t n = (t0 + t) / per_image, r = (t0 + t) % per_image;
-          input_transform(xp + n * H * W * C, H, W, C, (r / tw) * 4 - ph, (r % tw) * 4 - pw, V.data() + t * C,
-                          TB * C);
+          const Img<T> img{xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
+          input_transform(img, (r / tw) * 4 - ph, (r % tw) * 4 - pw, V.data() + t * C, TB * C);
         }
         for (int64_t p = 0; p < 36; ++p)
           gemm<T>(nt, K, C, V.data() + p * TB * C, C, Up + p * C * K, K, M.data() + p * TB * K, K);
@@ -333,16 +361,27 @@ void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph,
 }
 
 // ---- the crossover table ------------------------------------------------------------------------------
-// Where "auto" takes Winograd. Measured with benchmarks/bench_conv2d.py's "winograd crossover" cases
-// (`python benchmarks/bench_conv2d.py --crossover`), fp32, 2 threads; see the table in that file's docstring.
+// Where "auto" takes Winograd. Measured with `python benchmarks/bench_conv2d.py --crossover --quick
+// --threads 2` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs; Xeon with AVX-512, 2 threads,
+// 2026-12-02 on a shared machine: load average ~15, so single ratios are +-20%; the pattern is what counts).
+// Forward speed-up of Winograd over direct (fwd+bwd in brackets: grad-weight stays direct in both):
+//
+//   tiles = N * ceil(Ho/4) * ceil(Wo/4)        N=32                                N=2
+//   channels \ size      7            14           28           56         28           56
+//   16                 0.51 (0.67)  0.73 (0.75)  0.71 (0.74)  0.94 (1.03)  0.55 (0.62)  1.08 (0.69)
+//   32                 0.67 (0.76)  0.71 (0.88)  0.78 (0.82)  1.17 (1.06)  0.62 (0.81)  0.55 (0.75)
+//   64                 0.95 (0.84)  1.03 (0.82)  1.29 (1.02)  1.68 (1.17)  1.00 (0.82)  see below
+//   128                1.05 (0.92)  1.21 (0.94)  1.73 (1.25)      -        1.00 (0.83)  1.09 (0.89)
+//   256                1.02 (1.02)  1.34 (1.11)  1.64 (1.30)      -        1.21 (1.03)  1.36 (1.19)
+//   512                0.86 (0.96)  0.95 (0.96)      -            -        0.93 (0.90)  1.18 (1.15)
+//
+// So: the transforms cost ~(C + K) per tile against C*K multiply-adds saved, which few channels cannot
+// repay; and U (36 x C x K) is transformed and streamed per call, which needs enough tiles to amortise.
 bool wins(int64_t N, int64_t C, int64_t K, int64_t Ho, int64_t Wo) {
-  const int64_t tiles = N * ((Ho + 3) / 4) * ((Wo + 3) / 4);
-  // Few channels: the GEMMs are too thin to amortise the transforms (each V/M element costs ~10 flops of
-  // transform against C or K multiply-adds).
-  if (C < 16 || K < 16) return false;
-  // Too few tiles for the blocks to fill the threads.
-  if (tiles < 8) return false;
-  return true;
+  const int64_t tiles = N * ((Ho + 3) / 4) * ((Wo + 3) / 4), ch = std::min(C, K);
+  if (ch >= 64) return tiles >= 256;
+  if (ch >= 32) return tiles >= 4096;
+  return false;
 }
 
 }  // namespace
