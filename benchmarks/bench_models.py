@@ -13,7 +13,7 @@ Run: ``pydl bench models`` or ``python benchmarks/bench_models.py [--threads 2]`
 import copy
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 try:
     from benchmarks.common import Case, main_for

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from winograd_ref import unit_roundoff, winograd_bound  # noqa: E402
+from winograd_ref import unit_roundoff, winograd_bound
 
-import pydl  # noqa: E402
+import pydl
 
 LAYERS = [(2, 16, 56), (2, 64, 56), (2, 128, 28), (2, 256, 14), (2, 512, 7)]
 
@@ -39,7 +39,7 @@ def main():
         yw = pydl.conv2d(x, w, padding=1, backend="cpu", algo="winograd").double()
         yd = pydl.conv2d(x, w, padding=1, backend="cpu", algo="direct").double()
         yt = F.conv2d(x, w, padding=1).double()
-        ew, ed, et = (y - truth).abs(), (yd - truth).abs(), (yt - truth).abs()
+        ew, ed, et = (yw - truth).abs(), (yd - truth).abs(), (yt - truth).abs()
         m = truth.abs().max()
         bound = winograd_bound(x, w, None, 1)
         print(f"| {c}@{h} N={n} | {ew.max() / m:.2e} | {ed.max() / m:.2e} | {et.max() / m:.2e} "
