@@ -11,8 +11,16 @@ forward+backward). Layers: 3x3 stride 1 at 56/28/14 px, 3x3 stride 2, 1x1 (bottl
 NCHW and one channels_last.
 
 Targets (issue #4): CPU ``cpu`` backend >= 0.8x torch forward on the 3x3 layers, fused >= 1.0x torch's
-unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x.
+unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x. Issue #17 (Winograd on the CPU): the ResNet 3x3 stages
+>= 1.3x forward, >= 1.1x forward+backward, at N=2 and at a training batch (N=32, the "ResNet stage" cases of
+the full set).
+
+``python benchmarks/bench_conv2d.py --crossover [--threads 2]`` times pydl's Winograd against pydl's direct
+path (the "torch" column is the direct path there) over a grid of channels, sizes and batches: the source of
+the crossover table in csrc/cpu/conv2d/winograd.cpp (``wins``).
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -94,8 +102,65 @@ def cases(quick: bool, device: str):
                 if not (quick and dtype != dtypes[0]):
                     out.append(Case("conv2d", "forward+backward", shape, dname, s_train, flops=3 * fl,
                                     backends=backends))
+    if device == "cpu" and not quick:
+        out += stage_cases()
+    return out
+
+
+# The ResNet-18/34 3x3 stride-1 stages, at the N=2 of the quick set and at a training batch.
+STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+def _layer_fns(n, c, h, k, algo=None):
+    """{"torch": F.conv2d forward, "pydl": ...} and the forward+backward pair, on one set of inputs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, h, generator=g).relu()  # post-ReLU activations, He-init weights
+    w = torch.randn(k, c, 3, 3, generator=g) * (2 / (9 * c)) ** 0.5
+    b = torch.zeros(k)
+    xg, wg, bg = (t.clone().requires_grad_(True) for t in (x, w, b))
+    gy = torch.randn(n, k, h, h, generator=g)
+    fwd = {"torch": lambda: F.conv2d(x, w, b, padding=1),
+           "pydl": lambda be: (lambda: pydl.conv2d(x, w, b, padding=1, backend=be, algo=algo))}
+    train = {"torch": lambda: torch.autograd.grad(F.conv2d(xg, wg, bg, padding=1), (xg, wg, bg), gy),
+             "pydl": lambda be: (lambda: torch.autograd.grad(pydl.conv2d(xg, wg, bg, padding=1, backend=be, algo=algo),
+                                                             (xg, wg, bg), gy))}
+    return fwd, train
+
+
+def stage_cases():
+    out = []
+    for n in (2, 32):
+        for c, h in STAGES:
+            fl = _flops(n, c, h, c, 3, 1, 1)
+            shape = f"ResNet stage 3x3 s1 {c}@{h} N={n}"
+            out.append(Case("conv2d", "forward", shape, "float32", lambda n=n, c=c, h=h: _layer_fns(n, c, h, c)[0],
+                            flops=fl))
+            out.append(Case("conv2d", "forward+backward", shape, "float32",
+                            lambda n=n, c=c, h=h: _layer_fns(n, c, h, c)[1], flops=3 * fl))
+    return out
+
+
+def crossover_cases(quick: bool, device: str):
+    """pydl Winograd ("pydl") against pydl direct ("torch" column): ratio > 1 where Winograd wins."""
+    grid = [(n, c, h) for n in (1, 2, 8, 32) for c in (16, 32, 64, 128, 256, 512) for h in (7, 14, 28, 56)
+            if n * c * h * h <= 32 * 64 * 56 * 56 and not (quick and n not in (2, 32))]
+    out = []
+    for n, c, h in grid:
+        def setup(n=n, c=c, h=h, i=0):
+            fw, tr = _layer_fns(n, c, h, c, "winograd")
+            fd, td = _layer_fns(n, c, h, c, "direct")
+            pair = (fw, fd) if i == 0 else (tr, td)
+            return {"torch": pair[1]["pydl"]("cpu"), "pydl": pair[0]["pydl"]}
+        fl = _flops(n, c, h, c, 3, 1, 1)
+        out.append(Case("conv2d", "winograd vs direct, forward", f"3x3 s1 {c}@{h} N={n}", "float32", setup, flops=fl))
+        out.append(Case("conv2d", "winograd vs direct, forward+backward", f"3x3 s1 {c}@{h} N={n}", "float32",
+                        lambda n=n, c=c, h=h: setup(n, c, h, 1), flops=3 * fl))
     return out
 
 
 if __name__ == "__main__":
-    main_for(cases)
+    if "--crossover" in sys.argv:
+        sys.argv.remove("--crossover")
+        main_for(crossover_cases)
+    else:
+        main_for(cases)

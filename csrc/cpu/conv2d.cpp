@@ -52,6 +52,7 @@
 #include "activation.h"
 #include "common.h"
 #include "conv2d_args.h"
+#include "conv2d/winograd.h"
 
 namespace pydl {
 namespace {
@@ -545,6 +546,10 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
   const bool keep_z = save_preact && act.kind == kActGeneralRelu;
   at::Tensor z = keep_z ? at::empty_like(y) : at::empty({0}, x.options());
   if (y.numel() == 0) return {y, z};
+  if (winograd::use_forward(x_in, w, stride, padding, dilation, groups)) {  // 3x3 stride 1: conv2d/winograd.cpp
+    winograd::forward(x_in, w, b.has_value() ? *b : at::Tensor(), g.ph, g.pw, act, g.cl, y, z);
+    return {y, z};
+  }
   // The weight in the accumulator type and in the K order of the layout (see the file comment). Tiny next to
   // the activations, so copying it per call is cheap.
   at::Tensor w_acc = dw ? (g.cl ? w.reshape({g.Co, g.kh * g.kw}).t() : w.reshape({g.Co, g.kh * g.kw}))
@@ -935,7 +940,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       gw = g.xcl ? gw_acc.view({g.Co, g.kh, g.kw, g.Cg}).permute({0, 3, 1, 2}) : gw_acc.view(w.sizes());
       gw = gw.to(w.scalar_type()).contiguous();
     }
-    if (mask[0] && gx.numel() > 0) {
+    if (mask[0] && gx.numel() > 0 && winograd::use_backward_input(x, w, stride, padding, dilation, groups)) {
+      winograd::backward_input(dz, w, g.ph, g.pw, g.cl, gx);
+    } else if (mask[0] && gx.numel() > 0) {
       const at::Tensor w_acc = (g.xcl ? w.permute({0, 2, 3, 1}) : w).to(acc_type).contiguous();
       backward_input<scalar_t>(g, w_acc, dz, gx.data_ptr<scalar_t>());
     }

@@ -61,9 +61,12 @@ def _act_module(act: str, leak: float, sub: float, maxv: float) -> tnn.Module:
 class Conv2d(tnn.Conv2d):
     """torch.nn.Conv2d running pydl's conv2d kernels (``backend``: None = current default)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, algo: Optional[str] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend: Optional[str] = None
+        # CPU algorithm for this layer ("auto", "direct", "winograd"); None = the current pydl.conv2d_algo.
+        # Checked when the layer runs (the attribute may be set later, as backend is).
+        self.algo: Optional[str] = algo
         # fused epilogue (act, leak, sub, maxv); "none" = a plain conv, as torch.nn.Conv2d
         self.act: Tuple[str, float, float, float] = ("none", 0.0, 0.0, math.inf)
 
@@ -71,7 +74,7 @@ class Conv2d(tnn.Conv2d):
         # torch.nn.Conv2d's hook for subclasses and parametrizations (weight norm...): route it to pydl too
         act, leak, sub, maxv = self.act
         return _conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
-                       act=act, leak=leak, sub=sub, maxv=maxv, backend=self.backend)
+                       act=act, leak=leak, sub=sub, maxv=maxv, backend=self.backend, algo=getattr(self, "algo", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self.bias)
@@ -81,6 +84,7 @@ class Conv2d(tnn.Conv2d):
         new = cls.__new__(cls)
         _copy_module_state(m, new)
         new.backend = None
+        new.algo = None
         new.act = ("none", 0.0, 0.0, math.inf)
         return new
 
@@ -88,7 +92,7 @@ class Conv2d(tnn.Conv2d):
         """A torch.nn.Conv2d sharing the parameters; a fused activation becomes a following module."""
         new = tnn.Conv2d.__new__(tnn.Conv2d)
         _copy_module_state(self, new)
-        for k in ("backend", "act"):
+        for k in ("backend", "algo", "act"):
             new.__dict__.pop(k, None)
         if self.act[0] == "none":
             return new
@@ -100,6 +104,8 @@ class Conv2d(tnn.Conv2d):
             s += f", act={self.act[0]}"
         if self.backend is not None:
             s += f", backend={self.backend!r}"
+        if getattr(self, "algo", None) is not None:
+            s += f", algo={self.algo!r}"
         return s
 
 
@@ -146,6 +152,7 @@ def fuse_conv_bn_act(conv: tnn.Conv2d, bn: Optional[tnn.BatchNorm2d] = None,
             out.bias.copy_(b)
     out.act = _act_of(act)
     out.backend = getattr(conv, "backend", None)
+    out.algo = getattr(conv, "algo", None)
     return out.eval()
 
 
@@ -232,7 +239,7 @@ class ConvBnAct(tnn.Module):
         w, b = fold_conv_bn(self.conv, self.bn)
         c = self.conv
         return _conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups, c.padding_mode, act=act, leak=leak,
-                       sub=sub, maxv=maxv, backend=c.backend)
+                       sub=sub, maxv=maxv, backend=c.backend, algo=c.algo)
 
     def extra_repr(self) -> str:
         return f"act={self.act[0]}"

@@ -39,6 +39,19 @@ Padding ``"same"``/``"valid"`` and ``padding_mode`` other than zeros are resolve
 in fp32. fp32 is exact fp32 everywhere (no TF32) unless ``PYDL_CONV_TF32=1`` / ``ALLOW_TF32 = True`` is set,
 which lets the GPU backends use TF32 tensor cores (10-bit mantissa inputs: ~1e-3 relative error).
 
+**Algorithm (CPU backend).** 3x3 stride-1 convolutions (one group, dilation 1, fp32/fp64) may run as
+Winograd F(4x4, 3x3) (csrc/cpu/conv2d/winograd.cpp): 4x fewer multiplies, at the price of a rounding error
+1-2 orders of magnitude above the direct conv's (bound and measurements next to the kernel). The choice is
+``algo``: ``"auto"`` (Winograd where the crossover table next to the kernel says it wins), ``"direct"``
+(never), ``"winograd"`` (wherever it applies; other shapes and fp16/bf16 run direct). Set per call
+(``pydl.conv2d(..., algo=)``), per module (``pydl.nn.Conv2d.algo``), per block (``with
+pydl.conv2d_algo("direct"):``, a context variable like ``pydl.backend``) or per process
+(``pydl.set_conv2d_algo``), as ``torch.backends.cudnn`` flags do for cuDNN. The setting in force at the
+forward also runs its backward (grad-input is the same algorithm on the flipped filter). It is a setting
+rather than an op argument so that the op's schema, and every other backend, stay as they are; the other
+backends ignore it. Both algorithms are deterministic (fixed summation order, no atomics), so
+``torch.use_deterministic_algorithms(True)`` allows either.
+
 **Second derivatives.** ``pydl::conv2d_backward`` has its own autograd (derived next to
 ``_double_backward``), built from conv2d and conv2d_backward themselves, so gradient penalties,
 Hessian-vector products and gradgradcheck work on every backend, to any order.
@@ -65,10 +78,12 @@ clamp into maxv); at a NaN pre-activation relu's gradient passes and a clamp's s
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Optional, Tuple, Union
 
 import torch
@@ -78,7 +93,8 @@ from .. import _env, backends
 from . import _activation
 from ._common import LIB, acc_dtype, check_floating, compiled
 
-__all__ = ["conv2d", "conv2d_reference", "conv2d_backward_reference", "conv2d_output_size"]
+__all__ = ["conv2d", "conv2d_reference", "conv2d_backward_reference", "conv2d_output_size", "conv2d_algo",
+           "set_conv2d_algo", "get_conv2d_algo"]
 
 # GPU backends: use TF32 tensor cores for float32 inputs. Off by default: exact fp32, like the CPU.
 ALLOW_TF32 = _env.flag("PYDL_CONV_TF32", strict=False)  # read at import: a bad value warns (and doctor flags it)
@@ -268,9 +284,65 @@ def _cuda(name: str, namespace: str = "pydl_cuda"):
     return loader
 
 
+# --------------------------------------------------------------------------------------------------
+# The CPU algorithm switch (see the module docstring): Python owns the setting; the CPU loader hands it to
+# the C++ kernel (a thread-local there) right before each call, from the thread that makes the call.
+# --------------------------------------------------------------------------------------------------
+
+ALGOS = ("auto", "direct", "winograd")  # the codes the C++ side takes: their index
+_algo_default = "auto"
+_algo_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pydl_conv2d_algo", default=None)
+
+
+def _check_algo(algo) -> str:
+    if not isinstance(algo, str) or algo not in ALGOS:
+        raise ValueError(f"pydl.conv2d: algo must be one of {ALGOS}, got {algo!r}")
+    return algo
+
+
+def set_conv2d_algo(algo: str) -> None:
+    """Set the process-wide default CPU conv2d algorithm: "auto", "direct" or "winograd"."""
+    global _algo_default
+    _algo_default = _check_algo(algo)
+
+
+def get_conv2d_algo() -> str:
+    """The algorithm a CPU conv2d uses here: the innermost ``with conv2d_algo(...)``, else the process default."""
+    ctx = _algo_context.get()
+    return _algo_default if ctx is None else ctx
+
+
+@contextlib.contextmanager
+def conv2d_algo(algo: str) -> Iterator[str]:
+    """``with pydl.conv2d_algo("direct"): ...``: CPU convolutions inside use that algorithm (thread- and
+    asyncio-safe: a context variable). ``"winograd"`` applies to 3x3 stride-1 convs (one group, dilation 1,
+    fp32/fp64) and leaves the rest on the direct path; ``"auto"`` picks per shape."""
+    token = _algo_context.set(_check_algo(algo))
+    try:
+        yield algo
+    finally:
+        _algo_context.reset(token)
+
+
+def _cpu(name: str):
+    """The compiled CPU op, preceded by handing it this thread's algorithm setting."""
+    load = compiled("pydl_cpu", name)
+
+    def loader():
+        fn, set_algo = load(), torch.ops.pydl_cpu.conv2d_set_algo.default
+
+        def run(*args):
+            set_algo(ALGOS.index(get_conv2d_algo()))
+            return fn(*args)
+
+        return run
+
+    return loader
+
+
 OP = backends.register_op(backends.Op("conv2d", {
     "reference": lambda: conv2d_reference,
-    "cpu": compiled("pydl_cpu", "conv2d"),
+    "cpu": _cpu("conv2d"),
     "cuda": _cuda("conv2d"),
     "triton": _triton_fwd,
     "cuda_emu": _cuda("conv2d", "pydl_cuda_emu"),
@@ -281,7 +353,7 @@ OP = backends.register_op(backends.Op("conv2d", {
 # live in the forward's sources (csrc/<device>/conv2d.cpp defines both), hence build_unit.
 OP_BWD = backends.register_op(backends.Op("conv2d_backward", {
     "reference": lambda: conv2d_backward_reference,
-    "cpu": compiled("pydl_cpu", "conv2d_backward"),
+    "cpu": _cpu("conv2d_backward"),
     "cuda": _cuda("conv2d_backward"),
     "triton": _triton_bwd,
     "cuda_emu": _cuda("conv2d_backward", "pydl_cuda_emu"),
@@ -381,20 +453,22 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w, b, saved)
     ctx.args = (list(stride), list(padding), list(dilation), groups, act, leak, sub, maxv, backend)
     ctx.has_bias = b is not None
+    ctx.algo = get_conv2d_algo()  # the backward runs with the forward's algorithm
     ctx.mark_non_differentiable(z)  # z is a saved intermediate, not a result anyone differentiates
 
 
 def _backward(ctx, grad_y, grad_z):
     x, w, b, saved = ctx.saved_tensors
     stride, padding, dilation, groups, act, leak, sub, maxv, backend = ctx.args
-    if act == "general_relu" and saved is None:
-        # z was not kept: recompute it (one more forward conv, no activation)
-        saved = torch.ops.pydl.conv2d(x, w, b, stride, padding, dilation, groups, "none", 0.0, 0.0, math.inf,
-                                      False, backend)[0]
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gx, gw, gb = torch.ops.pydl.conv2d_backward(grad_y.contiguous(memory_format=out_memory_format(grad_y)), x, w,
-                                                saved, stride, padding, dilation, groups, act, leak, sub, maxv,
-                                                mask, backend)
+    with conv2d_algo(ctx.algo):
+        if act == "general_relu" and saved is None:
+            # z was not kept: recompute it (one more forward conv, no activation)
+            saved = torch.ops.pydl.conv2d(x, w, b, stride, padding, dilation, groups, "none", 0.0, 0.0, math.inf,
+                                          False, backend)[0]
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.pydl.conv2d_backward(grad_y.contiguous(memory_format=out_memory_format(grad_y)), x,
+                                                    w, saved, stride, padding, dilation, groups, act, leak, sub,
+                                                    maxv, mask, backend)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None, None, None, None, None)
 
@@ -429,9 +503,15 @@ def _setup_backward_context(ctx, inputs, output):
     ctx.save_for_backward(grad_y, x, w, z)
     ctx.args = (list(stride), list(padding), list(dilation), groups, act, leak, sub, maxv, backend)
     ctx.output_mask = list(output_mask)
+    ctx.algo = get_conv2d_algo()
 
 
 def _double_backward(ctx, ggx, ggw, ggb):
+    with conv2d_algo(ctx.algo):
+        return _double_backward_impl(ctx, ggx, ggw, ggb)
+
+
+def _double_backward_impl(ctx, ggx, ggw, ggb):
     grad_y, x, w, z = ctx.saved_tensors
     stride, padding, dilation, groups, act, leak, sub, maxv, backend = ctx.args
     geom = (stride, padding, dilation, groups)
@@ -482,11 +562,16 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
            stride: Union[int, Sequence[int]] = 1, padding: Union[int, Sequence[int], str] = 0,
            dilation: Union[int, Sequence[int]] = 1, groups: int = 1, padding_mode: str = "zeros",
            act: str = "none", leak: Optional[float] = None, sub: Optional[float] = None,
-           maxv: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
+           maxv: Optional[float] = None, backend: Optional[str] = None, algo: Optional[str] = None) -> torch.Tensor:
     """``torch.nn.functional.conv2d`` (plus torch.nn.Conv2d's ``padding_mode``) with an optional fused
     activation: ``act`` = ``"none"``, ``"relu"`` or ``"general_relu"`` (``leak``, ``sub``, ``maxv`` as fastai's
     GeneralRelu). ``x`` is (N, C, H, W) or unbatched (C, H, W). ``backend``: reference, cpu, cuda, triton, auto
-    (default: the current :func:`pydl.backend`)."""
+    (default: the current :func:`pydl.backend`). ``algo``: the CPU backend's algorithm for this call, "auto",
+    "direct" or "winograd" (default: the current :func:`conv2d_algo`)."""
+    if algo is not None:
+        with conv2d_algo(algo):
+            return conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, act, leak, sub, maxv,
+                          backend)
     name = backends.get_backend() if backend is None else backend
     if not isinstance(name, str):
         raise TypeError(f"pydl.conv2d: backend must be one of {backends.NAMES} or None, got {name!r}")

@@ -1,0 +1,50 @@
+"""Winograd F(4x4, 3x3)'s rounding error on ResNet-like data, against the direct paths and the bound.
+
+Data as a ResNet layer sees it: inputs post-BN-ReLU (unit normal, then ReLU), He-init weights
+(std sqrt(2 / (9 C))), no bias. The truth is the float64 conv of the same fp32 inputs. Printed per layer:
+
+* rel err: max |y - truth| / max |truth| for pydl's Winograd, pydl's direct path and torch (oneDNN), fp32;
+* vs |x|*|w|: max over elements of |y - truth| / (|x| (*) |w|), the error relative to the direct
+  accumulation of absolute values (the scale a direct conv's error is measured on), in units of u = 2^-24;
+* bound use: max |y - truth| / winograd_bound (tests/winograd_ref.py) -- how much of the rigorous bound the
+  observed error uses (the tests compare with the bound itself).
+
+Run: ``python benchmarks/winograd_error.py`` (from the repository root).
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from winograd_ref import unit_roundoff, winograd_bound
+
+import pydl
+
+LAYERS = [(2, 16, 56), (2, 64, 56), (2, 128, 28), (2, 256, 14), (2, 512, 7)]
+
+
+def main():
+    torch.manual_seed(0)
+    u = unit_roundoff(torch.float32)
+    print("| layer | rel err winograd | rel err direct | rel err torch | winograd vs |x|*|w| (u) "
+          "| direct vs |x|*|w| (u) | bound use |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for n, c, h in LAYERS:
+        x = torch.randn(n, c, h, h).relu()
+        w = torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5
+        truth = F.conv2d(x.double(), w.double(), padding=1)
+        scale = F.conv2d(x.double().abs(), w.double().abs(), padding=1)
+        yw = pydl.conv2d(x, w, padding=1, backend="cpu", algo="winograd").double()
+        yd = pydl.conv2d(x, w, padding=1, backend="cpu", algo="direct").double()
+        yt = F.conv2d(x, w, padding=1).double()
+        ew, ed, et = (yw - truth).abs(), (yd - truth).abs(), (yt - truth).abs()
+        m = truth.abs().max()
+        bound = winograd_bound(x, w, None, 1)
+        print(f"| {c}@{h} N={n} | {ew.max() / m:.2e} | {ed.max() / m:.2e} | {et.max() / m:.2e} "
+              f"| {(ew / scale).max() / u:.1f} | {(ed / scale).max() / u:.1f} | {(ew / bound).max():.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+// Winograd F(4x4, 3x3) convolution (Lavin & Gray 2016) for 3x3 stride-1 layers: forward (with the fused
+// bias + activation epilogue) and grad-input. The direct path (csrc/cpu/conv2d.cpp: tiled im2col + GEMM)
+// does 9 multiply-adds per output per input channel; this one does 36 per 4x4 output tile, 2.25, plus three
+// cheap linear transforms -- so the GEMM work is 4x smaller.
+//
+//   U[p, c, k] = (G g_kc G^T)[p]     filter transform, once per call (36 x C x K)
+//   V[p, t, c] = (B^T d_tc B)[p]     input transform of tile t's 6x6 patch d (zeros outside the image)
+//   M[p]       = V[p] @ U[p]         36 GEMMs (tiles x C) . (C x K) per block of tiles
+//   y_tk       = act(A^T M_tk A + b_k)  output transform, bias and activation in one pass (the epilogue)
+//
+// The matrices (points 0, +-1, +-2, inf) and a readable prototype are in tests/winograd_ref.py, which the
+// tests check this file against.
+//
+// Blocking. Tiles are numbered over the whole batch (n, tile row, tile column) and cut into blocks of TB
+// tiles; a block is one task: transform its inputs into V (36 x TB x C), run the 36 GEMMs into M
+// (36 x TB x K), transform M into output tiles. V and M together are sized to stay in L2 (pick_block), so
+// each block's data goes from the input to the output without a round trip to memory; U (36 x C x K) is
+// shared, read by every block. Every transform works on 16 channels at a time (one AVX-512 vector of fp32),
+// in small local arrays, reading the input and writing the output in their own layout (NCHW or
+// channels_last: no layout copies).
+//
+// Numerics. Winograd is not the direct sum reordered: the transforms mix each 6x6 patch with coefficients
+// up to 8 * 5 * 4, so rounding errors are relative to |A^T|(|G||g||G^T| * |B^T||d||B|)|A| rather than to
+// |g| * |d|. The bound (derived in tests/winograd_ref.py: winograd_bound) is
+//     |y - exact| <= gamma_{C + 29} * winograd_abs(|x|, |w|) (+ |b|),   gamma_n = n u / (1 - n u)
+// and measured on ResNet-like activations (post-BN-ReLU inputs, He-init weights; benchmarks/winograd_error.py)
+// the fp32 error is ~20x the direct conv's: 3-7e-6 of max |y| at C = 16..512 (direct and oneDNN: 2-4e-7),
+// up to ~60 u elementwise relative to |x| * |w| (direct: 1-4 u), using under 0.4% of the bound. That is
+// why "direct" stays selectable (pydl.conv2d_algo). fp64 runs the same code (gradcheck); fp16/bf16 take the
+// direct path. The result is deterministic: every output is one fixed sequence of operations (no atomics,
+// no split reductions), so torch.use_deterministic_algorithms needs nothing from this file.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#include "common.h"
+#include "winograd.h"
+
+// MKL's (or OpenBLAS's) Fortran GEMMs, exported by libtorch_cpu in the usual builds. Weak, so the library
+// still loads against a torch without them (at::mm then does the GEMMs). Called directly rather than via
+// at::mm: a block makes 36 small GEMMs, and at::mm's per-call cost (tensor views, dispatch: microseconds)
+// would rival the GEMMs themselves.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+namespace pydl {
+namespace winograd {
+namespace {
+
+thread_local int64_t t_algo = kAuto;
+
+// C (m x n) = A (m x k) @ B (k x n), all row-major with leading dimensions. A row-major C is a column-major
+// C^T = B^T A^T, which is how the column-major BLAS is called.
+template <typename T>
+void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  const int mi = int(m), ni = int(n), ki = int(k), la = int(lda), lb = int(ldb), lc = int(ldc);
+  const T one = 1, zero = 0;
+  if (std::is_same<T, float>::value && sgemm_ != nullptr) {
+    sgemm_("N", "N", &ni, &mi, &ki, reinterpret_cast<const float*>(&one), reinterpret_cast<const float*>(B), &lb,
+           reinterpret_cast<const float*>(A), &la, reinterpret_cast<const float*>(&zero),
+           reinterpret_cast<float*>(C), &lc);
+    return;
+  }
+  if (std::is_same<T, double>::value && dgemm_ != nullptr) {
+    dgemm_("N", "N", &ni, &mi, &ki, reinterpret_cast<const double*>(&one), reinterpret_cast<const double*>(B), &lb,
+           reinterpret_cast<const double*>(A), &la, reinterpret_cast<const double*>(&zero),
+           reinterpret_cast<double*>(C), &lc);
+    return;
+  }
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor c = at::from_blob(C, {m, n}, {ldc, 1}, opt);
+  at::mm_out(c, at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opt),
+             at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opt));
+}
+
+// Channels per step of the transforms: one AVX-512 vector of fp32. Each transform loads a chunk into a local
+// array, so the arithmetic runs on arrays the compiler knows do not alias: plain vector code, no checks.
+constexpr int64_t CB = 16;
+
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+
+// Filter transform of input channel c: w is (K, C, 3, 3), U is (36, C, K); U[p*6+q] = sum G[p][r] g[r][s] G[q][s].
+// Reads the taps where they lie: consecutive c read neighbouring 36 bytes of the same K lines of w (they stay in
+// L1), and each (p, c) row of U is written as one contiguous run of K. (A transposed copy of w first would cost
+// more than this whole pass.)
+template <typename T>
+void filter_transform(const T* w, int64_t C, int64_t K, int64_t c, T* U) {
+  const T q4 = T(1) / 4, s6 = T(1) / 6, t12 = T(1) / 12, t24 = T(1) / 24;
+  for (int64_t k0 = 0; k0 < K; k0 += CB) {
+    const int64_t nk = std::min(CB, K - k0);
+    alignas(64) T g[9][CB] = {};
+    for (int64_t k = 0; k < nk; ++k)
+      for (int64_t r = 0; r < 9; ++r) g[r][k] = w[((k0 + k) * C + c) * 9 + r];
+    alignas(64) T t[6][3][CB];  // t[p][s] = sum_r G[p][r] g[r][s]
+    for (int s = 0; s < 3; ++s)
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a = g[s][k], b = g[3 + s][k], d = g[6 + s][k];
+        t[0][s][k] = a * q4;
+        t[1][s][k] = -(a + b + d) * s6;
+        t[2][s][k] = -(a - b + d) * s6;
+        t[3][s][k] = a * t24 + b * t12 + d * s6;
+        t[4][s][k] = a * t24 - b * t12 + d * s6;
+        t[5][s][k] = d;
+      }
+    for (int p = 0; p < 6; ++p) {
+      alignas(64) T u[6][CB];
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a = t[p][0][k], b = t[p][1][k], d = t[p][2][k];
+        u[0][k] = a * q4;
+        u[1][k] = -(a + b + d) * s6;
+        u[2][k] = -(a - b + d) * s6;
+        u[3][k] = a * t24 + b * t12 + d * s6;
+        u[4][k] = a * t24 - b * t12 + d * s6;
+        u[5][k] = d;
+      }
+      for (int q = 0; q < 6; ++q) {
+        T* dst = U + ((p * 6 + q) * C + c) * K + k0;
+        for (int64_t k = 0; k < nk; ++k) dst[k] = u[q][k];
+      }
+    }
+  }
+}
+
+// One image of an activation tensor: element (c, h, w) at p + c*sc + h*sh + w*sw. NCHW (sc = H*W) and
+// channels_last (sc = 1) are both read in place.
+template <typename T>
+struct Img {
+  const T* p;
+  int64_t H, W, C, sc, sh, sw;
+};
+
+// Input transform of one tile, the patch's corner at (h0, w0) (may lie in the padding). Writes
+// V[(p*6+q)*pstride + c] for c < C. From channels_last the 16 channels of a chunk are one vector load; from
+// NCHW they are 16 loads H*W apart -- still cheaper than a channels_last copy of the input, since the patch's
+// rows stay in L1 for the neighbouring tiles.
+template <typename T>
+void input_transform(const Img<T>& x, int64_t h0, int64_t w0, T* V, int64_t pstride) {
+  for (int64_t c0 = 0; c0 < x.C; c0 += CB) {
+    const int64_t nc = std::min(CB, x.C - c0);
+    alignas(64) T d[6][6][CB];
+    for (int64_t a = 0; a < 6; ++a)
+      for (int64_t b = 0; b < 6; ++b) {
+        const int64_t hi = h0 + a, wi = w0 + b;
+        T* dst = d[a][b];
+        if (hi < 0 || hi >= x.H || wi < 0 || wi >= x.W) {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = T(0);
+        } else {
+          const T* src = x.p + c0 * x.sc + hi * x.sh + wi * x.sw;
+          if (nc == CB && x.sc == 1) {
+            for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+          } else if (nc == CB) {
+            for (int64_t c = 0; c < CB; ++c) dst[c] = src[c * x.sc];
+          } else {
+            for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c * x.sc] : T(0);
+          }
+        }
+      }
+    // t[p][b] = sum_a BT[p][a] d[a][b], then V[p][q] = sum_b BT[q][b] t[p][b]. The rows of B^T, factored:
+    //   4 d0 - 5 d2 + d4 | (d3 + d4) - 4 (d1 + d2) | (d4 - d3) + 4 (d1 - d2)
+    //   (d4 - d2) + 2 (d3 - d1) | (d4 - d2) - 2 (d3 - d1) | 4 d1 - 5 d3 + d5
+    alignas(64) T t[6][6][CB];
+    for (int b = 0; b < 6; ++b)
+#pragma omp simd
+      for (int64_t c = 0; c < CB; ++c) {
+        const T a0 = d[0][b][c], a1 = d[1][b][c], a2 = d[2][b][c], a3 = d[3][b][c], a4 = d[4][b][c], a5 = d[5][b][c];
+        t[0][b][c] = T(4) * a0 - T(5) * a2 + a4;
+        t[1][b][c] = (a3 + a4) - T(4) * (a1 + a2);
+        t[2][b][c] = (a4 - a3) + T(4) * (a1 - a2);
+        t[3][b][c] = (a4 - a2) + T(2) * (a3 - a1);
+        t[4][b][c] = (a4 - a2) - T(2) * (a3 - a1);
+        t[5][b][c] = T(4) * a1 - T(5) * a3 + a5;
+      }
+    for (int p = 0; p < 6; ++p) {
+      alignas(64) T v[6][CB];
+#pragma omp simd
+      for (int64_t c = 0; c < CB; ++c) {
+        const T a0 = t[p][0][c], a1 = t[p][1][c], a2 = t[p][2][c], a3 = t[p][3][c], a4 = t[p][4][c], a5 = t[p][5][c];
+        v[0][c] = T(4) * a0 - T(5) * a2 + a4;
+        v[1][c] = (a3 + a4) - T(4) * (a1 + a2);
+        v[2][c] = (a4 - a3) + T(4) * (a1 - a2);
+        v[3][c] = (a4 - a2) + T(2) * (a3 - a1);
+        v[4][c] = (a4 - a2) - T(2) * (a3 - a1);
+        v[5][c] = T(4) * a1 - T(5) * a3 + a5;
+      }
+      for (int q = 0; q < 6; ++q) {
+        T* dst = V + (p * 6 + q) * pstride + c0;
+        if (nc == CB) {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = v[q][c];
+        } else {
+          for (int64_t c = 0; c < nc; ++c) dst[c] = v[q][c];
+        }
+      }
+    }
+  }
+}
+
+// Where one image's output goes: element (k, h, w) at y + k*sk + h*sh + w*sw (NCHW: sk = Ho*Wo, sw = 1;
+// channels_last: sk = 1).
+template <typename T>
+struct Out {
+  T* y;
+  T* z;  // pre-activation, or nullptr
+  int64_t sk, sh, sw;
+};
+
+// Output transform of one tile, with the epilogue: M[(p*6+q)*mstride + k] for k < K -> the tile's 4x4 outputs
+// (rows/columns beyond Ho, Wo are dropped: the last tiles overhang the image). A^T's rows:
+//   m0 + m1 + m2 + m3 + m4 | (m1 - m2) + 2 (m3 - m4) | (m1 + m2) + 4 (m3 + m4) | (m1 - m2) + 8 (m3 - m4) + m5
+template <int KIND, typename T>
+void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, const Act<T>& act_in, int64_t h0,
+                      int64_t w0, int64_t Ho, int64_t Wo, const Out<T>& o) {
+  const Act<T> act{KIND, act_in.leak, act_in.sub, act_in.maxv};  // KIND known here: forward() folds its branches
+  const int64_t ni = std::min<int64_t>(4, Ho - h0), nj = std::min<int64_t>(4, Wo - w0);
+  for (int64_t k0 = 0; k0 < K; k0 += CB) {
+    const int64_t nk = std::min(CB, K - k0);
+    alignas(64) T m[36][CB];
+    for (int64_t p = 0; p < 36; ++p) {
+      const T* src = M + p * mstride + k0;
+      if (nk == CB) {
+        for (int64_t k = 0; k < CB; ++k) m[p][k] = src[k];
+      } else {
+        for (int64_t k = 0; k < CB; ++k) m[p][k] = k < nk ? src[k] : T(0);
+      }
+    }
+    alignas(64) T bv[CB];
+    for (int64_t k = 0; k < CB; ++k) bv[k] = (bias != nullptr && k < nk) ? bias[k0 + k] : T(0);
+    alignas(64) T s[4][6][CB];  // s[i][q] = sum_p AT[i][p] m[p][q]
+    for (int q = 0; q < 6; ++q)
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a0 = m[q][k], a1 = m[6 + q][k], a2 = m[12 + q][k], a3 = m[18 + q][k], a4 = m[24 + q][k],
+                a5 = m[30 + q][k];
+        s[0][q][k] = a0 + a1 + a2 + a3 + a4;
+        s[1][q][k] = (a1 - a2) + T(2) * (a3 - a4);
+        s[2][q][k] = (a1 + a2) + T(4) * (a3 + a4);
+        s[3][q][k] = (a1 - a2) + T(8) * (a3 - a4) + a5;
+      }
+    for (int64_t i = 0; i < ni; ++i) {
+      alignas(64) T zz[4][CB], yy[4][CB];
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a0 = s[i][0][k], a1 = s[i][1][k], a2 = s[i][2][k], a3 = s[i][3][k], a4 = s[i][4][k],
+                a5 = s[i][5][k];
+        zz[0][k] = a0 + a1 + a2 + a3 + a4 + bv[k];
+        zz[1][k] = (a1 - a2) + T(2) * (a3 - a4) + bv[k];
+        zz[2][k] = (a1 + a2) + T(4) * (a3 + a4) + bv[k];
+        zz[3][k] = (a1 - a2) + T(8) * (a3 - a4) + a5 + bv[k];
+        for (int j = 0; j < 4; ++j) yy[j][k] = act.forward(zz[j][k]);
+      }
+      const int64_t row = (h0 + i) * o.sh + w0 * o.sw;
+      if (o.sk == 1) {  // channels_last: the chunk's channels are contiguous
+        for (int64_t j = 0; j < nj; ++j) {
+          const int64_t off = k0 + row + j * o.sw;
+          for (int64_t k = 0; k < nk; ++k) o.y[off + k] = yy[j][k];
+          if (o.z != nullptr)
+            for (int64_t k = 0; k < nk; ++k) o.z[off + k] = zz[j][k];
+        }
+      } else {  // NCHW: per channel, a run of nj pixels of one row
+        for (int64_t k = 0; k < nk; ++k) {
+          T* y = o.y + (k0 + k) * o.sk + row;
+          for (int64_t j = 0; j < nj; ++j) y[j] = yy[j][k];
+          if (o.z != nullptr) {
+            T* z = o.z + (k0 + k) * o.sk + row;
+            for (int64_t j = 0; j < nj; ++j) z[j] = zz[j][k];
+          }
+        }
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+// Tiles per block. Two pulls: V (36 x TB x C) and M (36 x TB x K) should stay in L2 (~1 MB, room left for
+// the GEMM's packed panels), and every block reads all of U (36 x C x K) -- per tile that is C*K / TB
+// elements against the C + K of its V and M. So TB >= C*K / (C + K) (C/2 for C = K), which wins over L2
+// for wide layers: at 512 channels U is 37 MB, and re-reading it for every 16 tiles made the GEMMs
+// memory-bound, while V and M stream (each element feeds C or K multiply-adds). At least 16 tiles (a thinner
+// GEMM runs far below peak), at most 256. Then made even across the threads: a last, short block would
+// leave a core idle.
+int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
+  static const int64_t budget = [] {
+    const char* kb = std::getenv("PYDL_WINOGRAD_KB");  // for experiments: the V + M budget per block
+    return int64_t(kb != nullptr ? std::atoi(kb) : 1024) * 1024;
+  }();
+  int64_t tb = std::max(budget / (36 * elem * (C + K)), std::min<int64_t>(256, C * K / (C + K)));
+  tb = std::max<int64_t>(16, tb);
+  tb = std::min(tb, tiles);
+  const int64_t threads = at::get_num_threads();
+  int64_t blocks = (tiles + tb - 1) / tb;
+  if (blocks < threads * 4) blocks = ((blocks + threads - 1) / threads) * threads;
+  return std::max<int64_t>(1, (tiles + blocks - 1) / blocks);
+}
+
+template <typename F>
+void with_kind(int kind, F&& f) {
+  switch (kind) {
+    case kActRelu: f(std::integral_constant<int, kActRelu>()); break;
+    case kActGeneralRelu: f(std::integral_constant<int, kActGeneralRelu>()); break;
+    default: f(std::integral_constant<int, kActNone>()); break;
+  }
+}
+
+// The convolution itself: x (N, C, H, W) any layout, w (K, C, 3, 3), bias nullptr or K values; writes y, z
+// (z may be nullptr) of shape (N, K, Ho, Wo) in NCHW or channels_last.
+template <typename T>
+void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph, int64_t pw, const Act<double>& act_d,
+         bool out_cl, T* y, T* z) {
+  const bool x_cl = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = x_in.contiguous(x_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
+  const int64_t Ho = H + 2 * ph - 2, Wo = W + 2 * pw - 2;
+  const int64_t th = (Ho + 3) / 4, tw = (Wo + 3) / 4, per_image = th * tw, tiles = N * per_image;
+  const Act<T> act{act_d.kind, T(act_d.leak), T(act_d.sub), T(act_d.maxv)};
+
+  at::Tensor U = at::empty({36, C, K}, w.options());
+  const T* wtp = w.data_ptr<T>();
+  T* Up = U.data_ptr<T>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) filter_transform(wtp, C, K, c, Up);
+  });
+
+  const T* xp = x.data_ptr<T>();
+  const int64_t TB = pick_block(tiles, C, K, sizeof(T));
+  const int64_t blocks = (tiles + TB - 1) / TB;
+  const int64_t sk = out_cl ? 1 : Ho * Wo, sh = out_cl ? Wo * K : Wo, sw = out_cl ? K : 1;
+  with_kind(act.kind, [&](auto kind_c) {
+    constexpr int KIND = decltype(kind_c)::value;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
+      V.resize(36 * TB * C);
+      M.resize(36 * TB * K);
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t t0 = blk * TB, nt = std::min(TB, tiles - t0);
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t n = (t0 + t) / per_image, r = (t0 + t) % per_image;
+          const Img<T> img{xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
+          input_transform(img, (r / tw) * 4 - ph, (r % tw) * 4 - pw, V.data() + t * C, TB * C);
+        }
+        for (int64_t p = 0; p < 36; ++p)
+          gemm<T>(nt, K, C, V.data() + p * TB * C, C, Up + p * C * K, K, M.data() + p * TB * K, K);
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t n = (t0 + t) / per_image, r = (t0 + t) % per_image;
+          const int64_t img = n * K * Ho * Wo;
+          const Out<T> o{y + img, z != nullptr ? z + img : nullptr, sk, sh, sw};
+          output_transform<KIND>(M.data() + t * K, TB * K, K, bias, act, (r / tw) * 4, (r % tw) * 4, Ho, Wo, o);
+        }
+      }
+    });
+  });
+}
+
+// ---- the crossover table ------------------------------------------------------------------------------
+// Where "auto" takes Winograd. Measured with `python benchmarks/bench_conv2d.py --crossover --quick
+// --threads 2` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs; Xeon with AVX-512, 2 threads,
+// 2026-12-02 on a shared machine: load average ~15, so single ratios are +-20%; the pattern is what counts).
+// Forward speed-up of Winograd over direct (fwd+bwd in brackets: grad-weight stays direct in both):
+//
+//   tiles = N * ceil(Ho/4) * ceil(Wo/4)        N=32                                N=2
+//   channels \ size      7            14           28           56         28           56
+//   16                 0.51 (0.67)  0.73 (0.75)  0.71 (0.74)  0.94 (1.03)  0.55 (0.62)  1.08 (0.69)
+//   32                 0.67 (0.76)  0.71 (0.88)  0.78 (0.82)  1.17 (1.06)  0.62 (0.81)  0.55 (0.75)
+//   64                 0.95 (0.84)  1.03 (0.82)  1.29 (1.02)  1.68 (1.17)  1.00 (0.82)  see below
+//   128                1.05 (0.92)  1.21 (0.94)  1.73 (1.25)      -        1.00 (0.83)  1.09 (0.89)
+//   256                1.02 (1.02)  1.34 (1.11)  1.64 (1.30)      -        1.21 (1.03)  1.36 (1.19)
+//   512                0.86 (0.96)  0.95 (0.96)      -            -        0.93 (0.90)  1.18 (1.15)
+//
+// So: the transforms cost ~(C + K) per tile against C*K multiply-adds saved, which few channels cannot
+// repay; and U (36 x C x K) is transformed and streamed per call, which needs enough tiles to amortise.
+bool wins(int64_t N, int64_t C, int64_t K, int64_t Ho, int64_t Wo) {
+  const int64_t tiles = N * ((Ho + 3) / 4) * ((Wo + 3) / 4), ch = std::min(C, K);
+  if (ch >= 64) return tiles >= 256;
+  if (ch >= 32) return tiles >= 4096;
+  return false;
+}
+
+}  // namespace
+
+bool supported(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+               at::IntArrayRef dilation, int64_t groups, int64_t max_padding) {
+  const auto dt = x.scalar_type();
+  return (dt == at::kFloat || dt == at::kDouble) && groups == 1 && w.size(2) == 3 && w.size(3) == 3 &&
+         stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && padding[0] <= max_padding &&
+         padding[1] <= max_padding && x.size(1) > 0 && x.numel() > 0;
+}
+
+bool use_forward(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                 at::IntArrayRef dilation, int64_t groups) {
+  if (t_algo == kDirect || !supported(x, w, stride, padding, dilation, groups, INT64_MAX)) return false;
+  if (t_algo == kWinograd) return true;
+  return wins(x.size(0), x.size(1), w.size(0), x.size(2) + 2 * padding[0] - 2, x.size(3) + 2 * padding[1] - 2);
+}
+
+bool use_backward_input(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups) {
+  // grad-input is a conv with padding 2 - p: p <= 2
+  if (t_algo == kDirect || !supported(x, w, stride, padding, dilation, groups, 2)) return false;
+  if (t_algo == kWinograd) return true;
+  return wins(x.size(0), w.size(0), x.size(1), x.size(2), x.size(3));
+}
+
+void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t ph, int64_t pw,
+             const Act<double>& act, bool out_cl, at::Tensor& y, at::Tensor& z) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pydl_conv2d_winograd", [&] {
+    const at::Tensor bc = b.defined() ? b.contiguous() : b;
+    run<scalar_t>(x, w.contiguous(), bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, ph, pw, act, out_cl,
+                  y.data_ptr<scalar_t>(), z.defined() && z.numel() > 0 ? z.data_ptr<scalar_t>() : nullptr);
+  });
+}
+
+void backward_input(const at::Tensor& dz, const at::Tensor& w, int64_t ph, int64_t pw, bool out_cl, at::Tensor& gx) {
+  // dx[c, h, w] = sum_{k, r, s} dz[k, h + p - r, w + p - s] w[k, c, r, s]: a stride-1 conv of dz with the
+  // filter flipped in space and transposed in channels, w'[c, k, r, s] = w[k, c, 2 - r, 2 - s], padding 2 - p.
+  const at::Tensor wf = w.flip({2, 3}).transpose(0, 1).contiguous();
+  Act<double> none;
+  none.kind = kActNone;
+  none.leak = none.sub = 0;
+  none.maxv = 0;
+  AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "pydl_conv2d_winograd_backward_input", [&] {
+    run<scalar_t>(dz, wf, nullptr, 2 - ph, 2 - pw, none, out_cl, gx.data_ptr<scalar_t>(), nullptr);
+  });
+}
+
+}  // namespace winograd
+}  // namespace pydl
+
+namespace {
+// Sets this thread's algorithm for the CPU conv2d ops that follow (0 auto, 1 direct, 2 winograd); returns
+// the previous one. pydl/ops/conv2d.py calls it before each CPU conv, from the same thread.
+int64_t conv2d_set_algo(int64_t algo) {
+  PYDL_CHECK_VALUE(algo >= 0 && algo <= 2, "conv2d_set_algo: algo must be 0 (auto), 1 (direct) or 2 (winograd), got ",
+                   algo);
+  const int64_t prev = pydl::winograd::t_algo;
+  pydl::winograd::t_algo = algo;
+  return prev;
+}
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) { m.def("conv2d_set_algo(int algo) -> int", &conv2d_set_algo); }

@@ -1,0 +1,237 @@
+"""conv2d's Winograd F(4x4, 3x3) path on the CPU backend (csrc/cpu/conv2d/winograd.cpp).
+
+Tolerance. Winograd's rounding error is not the direct conv's: it is bounded elementwise by
+gamma_{C + 29} * winograd_abs(|x|, |w|) (+ |b|) -- tests/winograd_ref.py derives it (winograd_bound) -- and
+every comparison here is against the float64 conv of the same inputs with exactly that bound, computed per
+element: no blanket tolerance, and no luck involved (the bound holds for any data and summation order).
+The activations are 1-Lipschitz (leak <= 1), so the bound carries through them; general_relu's "- sub" in
+fp32 adds one rounding of |leaky(z)| + |sub|.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import require_backend
+from winograd_ref import unit_roundoff, winograd_bound, winograd_conv
+
+import pydl
+
+OP = "conv2d"
+LEAK, SUB, MAXV = 0.1, 0.4, 1.5
+
+
+@pytest.fixture(autouse=True)
+def _cpu():
+    require_backend("cpu", "cpu", OP)
+
+
+def torch_act(z, act):
+    if act == "none":
+        return z
+    if act == "relu":
+        return F.relu(z)
+    return (F.leaky_relu(z, LEAK) - SUB).clamp_max(MAXV)
+
+
+def act_kwargs(act):
+    return {"act": act, "leak": LEAK, "sub": SUB, "maxv": MAXV} if act == "general_relu" else {"act": act}
+
+
+def make(N, C, H, W, K, dtype=torch.float32, cl=False, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(K, C, 3, 3, generator=g, dtype=torch.float64) * (2 / (9 * C)) ** 0.5).to(dtype)
+    b = torch.randn(K, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b
+
+
+def check_within(got, want, bound, what):
+    err = (got.double() - want).abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"{what}: error exceeds the Winograd bound by {worst:.3g} (max error {err.max().item():.3g})"
+
+
+def test_prototype_matches_direct_conv():
+    # the matrices of tests/winograd_ref.py, in float64, against torch's conv: the prototype is the spec
+    x, w, _ = make(2, 3, 9, 11, 4, torch.float64)
+    for p in (0, 1, 2):
+        torch.testing.assert_close(winograd_conv(x, w, p), F.conv2d(x, w, padding=p), rtol=1e-12, atol=1e-12)
+
+
+SHAPES = [  # (N, C, H, W, K): odd sizes, sizes not a multiple of 4 (partial last tiles), channels not a
+    (1, 3, 7, 9, 5),  # multiple of the 16-wide vector chunk, one image, and a few more than one chunk
+    (2, 17, 10, 5, 20),
+    (1, 1, 4, 4, 1),
+    (2, 33, 6, 13, 18),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_forward_within_bound(shape, padding, cl, act):
+    N, C, H, W, K = shape
+    bias = act != "relu"  # relu without bias, the other two with
+    x, w, b = make(N, C, H, W, K, cl=cl, bias=bias)
+    y = pydl.conv2d(x, w, b, padding=padding, backend="cpu", algo="winograd", **act_kwargs(act))
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    z64 = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=padding)
+    bound = winograd_bound(x, w, b, padding)
+    if act == "general_relu":  # leaky(z) - sub rounded in fp32
+        bound = bound + 2 * unit_roundoff(x.dtype) * (z64.abs() + SUB)
+    check_within(y, torch_act(z64, act), bound, f"forward act={act}")
+
+
+def test_preactivation_output_within_bound():
+    # general_relu with a gradient wanted also writes z, the pre-activation, for the backward
+    x, w, b = make(2, 5, 9, 7, 6)
+    with pydl.conv2d_algo("winograd"):
+        _, z = torch.ops.pydl.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "general_relu", LEAK, SUB, MAXV, True, "cpu")
+    check_within(z, F.conv2d(x.double(), w.double(), b.double(), padding=1), winograd_bound(x, w, b, 1), "z")
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_grad_input_within_bound(padding, cl, act):
+    x, w, b = make(2, 6, 9, 11, 19, cl=cl)
+    x.requires_grad_(True)
+    with pydl.conv2d_algo("winograd"):
+        y = pydl.conv2d(x, w, b, padding=padding, act=act, backend="cpu")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=
+                                                                                     torch.channels_last if cl else
+                                                                                     torch.contiguous_format)
+    (gx,) = torch.autograd.grad(y, x, dy)
+    assert gx.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    # grad-input is the Winograd conv of dz with the flipped, transposed filter at padding 2 - p: its bound
+    dz = dy if act == "none" else dy * (y > 0)
+    wf = w.flip(2, 3).transpose(0, 1)
+    want = torch.nn.grad.conv2d_input(x.shape, w.double(), dz.double(), padding=padding)
+    check_within(gx, want, winograd_bound(dz, wf, None, 2 - padding), f"grad_x act={act}")
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("padding,act", [(0, "none"), (1, "relu"), (2, "general_relu")])
+def test_gradcheck_fp64(cl, padding, act):
+    # the kernel runs fp64 through the same code (fp16/bf16 take the direct path)
+    x, w, b = make(1, 2, 5, 6, 3, torch.float64, cl=cl)
+    x, w, b = (t.clone().requires_grad_(True) for t in (x, w, b))
+    if cl:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def f(x, w, b):
+        return pydl.conv2d(x, w, b, padding=padding, backend="cpu", algo="winograd", **act_kwargs(act))
+
+    assert torch.autograd.gradcheck(f, (x, w, b), atol=1e-8)
+
+
+def _fwd_bwd(x, w, b, algo, **kw):
+    x = x.detach().clone().requires_grad_(True)
+    y = pydl.conv2d(x, w, b, backend="cpu", algo=algo, **kw)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return y.detach(), gx
+
+
+def test_algo_switch_is_honoured():
+    # Winograd and direct round differently: in fp32 their results differ in the last bits, so bitwise
+    # equality tells which ran.
+    x, w, b = make(2, 16, 12, 12, 16)
+    yd, gd = _fwd_bwd(x, w, b, "direct", padding=1)
+    yw, gw = _fwd_bwd(x, w, b, "winograd", padding=1)
+    assert not torch.equal(yd, yw) and not torch.equal(gd, gw)
+    # every way of choosing gives the same answer as the per-call argument
+    with pydl.conv2d_algo("winograd"):
+        assert torch.equal(pydl.conv2d(x, w, b, padding=1, backend="cpu"), yw)
+        assert torch.equal(pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="direct"), yd)  # call beats block
+    m = pydl.nn.Conv2d(16, 16, 3, padding=1, algo="direct")
+    with torch.no_grad():
+        m.weight.copy_(w)
+        m.bias.copy_(b)
+    m.backend = "cpu"
+    with pydl.conv2d_algo("winograd"):
+        assert torch.equal(m(x), yd)
+    assert "algo='direct'" in repr(m)
+    try:
+        pydl.set_conv2d_algo("winograd")
+        assert pydl.get_conv2d_algo() == "winograd"
+        assert torch.equal(pydl.conv2d(x, w, b, padding=1, backend="cpu"), yw)
+    finally:
+        pydl.set_conv2d_algo("auto")
+
+
+def test_backward_runs_with_the_forwards_algo():
+    x, w, b = make(2, 16, 12, 12, 16)
+    _, gw = _fwd_bwd(x, w, b, "winograd", padding=1)
+    x = x.clone().requires_grad_(True)
+    with pydl.conv2d_algo("winograd"):
+        y = pydl.conv2d(x, w, b, padding=1, backend="cpu")
+    with pydl.conv2d_algo("direct"):  # the backward runs outside: it keeps the forward's choice
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(gx, gw)
+
+
+@pytest.mark.parametrize("case", [
+    {"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2}, {"groups": 2, "padding": 1}, {"kernel": 5, "padding": 2},
+    {"dtype": torch.bfloat16, "padding": 1}, {"dtype": torch.float16, "padding": 1}, {"kernel": 1, "padding": 0},
+])
+def test_unsupported_shapes_run_direct(case):
+    case = dict(case)
+    dtype, k, groups = case.pop("dtype", torch.float32), case.pop("kernel", 3), case.get("groups", 1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 11, 11, generator=g).to(dtype)
+    w = torch.randn(8, 8 // groups, k, k, generator=g).to(dtype)
+    yd, gd = _fwd_bwd(x, w, None, "direct", **case)
+    yw, gw = _fwd_bwd(x, w, None, "winograd", **case)
+    assert torch.equal(yd, yw) and torch.equal(gd, gw)
+
+
+def test_grad_input_with_padding_above_2_runs_direct():
+    # grad-input as a Winograd conv needs padding 2 - p >= 0; the forward itself takes any padding
+    x, w, b = make(1, 16, 6, 6, 16)
+    yd, gd = _fwd_bwd(x, w, b, "direct", padding=3)
+    yw, gw = _fwd_bwd(x, w, b, "winograd", padding=3)
+    assert not torch.equal(yd, yw) and torch.equal(gd, gw)
+    check_within(yw, F.conv2d(x.double(), w.double(), b.double(), padding=3), winograd_bound(x, w, b, 3), "p=3")
+
+
+def test_auto_uses_the_crossover_table():
+    # few channels: auto stays direct (the table's lower edge is 32 channels) ...
+    x, w, b = make(2, 8, 16, 16, 8)
+    assert torch.equal(_fwd_bwd(x, w, b, "auto", padding=1)[0], _fwd_bwd(x, w, b, "direct", padding=1)[0])
+    # ... and takes Winograd on a ResNet stage shape (64 channels, 2 x 14 x 14 = 392 tiles)
+    x, w, b = make(2, 64, 56, 56, 64)
+    assert torch.equal(_fwd_bwd(x, w, b, "auto", padding=1)[0], _fwd_bwd(x, w, b, "winograd", padding=1)[0])
+
+
+def test_deterministic():
+    x, w, b = make(2, 20, 13, 9, 24)
+    torch.use_deterministic_algorithms(True)
+    try:
+        r1 = _fwd_bwd(x, w, b, "winograd", padding=1)
+        r2 = _fwd_bwd(x, w, b, "winograd", padding=1)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1])
+
+
+def test_bad_algo():
+    x, w, b = make(1, 2, 5, 5, 2)
+    with pytest.raises(ValueError, match="algo must be one of"):
+        pydl.conv2d(x, w, b, algo="fft")
+    with pytest.raises(ValueError, match="algo must be one of"), pydl.conv2d_algo("Winograd"):
+        pass
+    with pytest.raises(ValueError, match="algo must be"):
+        torch.ops.pydl_cpu.conv2d_set_algo(7)
+
+
+def test_compile_fullgraph_with_algo_context():
+    x, w, b = make(1, 4, 8, 8, 4)
+    f = torch.compile(lambda x: pydl.conv2d(x, w, b, padding=1, backend="cpu"), fullgraph=True)
+    with pydl.conv2d_algo("winograd"):
+        got = f(x)
+    assert torch.equal(got, pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd"))
+    assert math.isfinite(got.sum().item())
