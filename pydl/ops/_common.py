@@ -28,11 +28,6 @@ def check_floating(t, op: str, arg: str) -> None:
         raise TypeError(f"pydl.{op}: {arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def compiled(namespace: str, op: str):
     """Loader for a compiled backend's kernel: ``torch.ops.<namespace>.<op>`` once its library is loaded.
     (The build itself happens in pydl.backends.available(), which runs first and records failures.)"""
@@ -41,21 +36,6 @@ def compiled(namespace: str, op: str):
         return getattr(getattr(torch.ops, namespace), op).default
 
     return load
-
-
-def is_dense(t: torch.Tensor) -> bool:
-    """True if ``t``'s elements fill one contiguous block of memory with no overlap, in any dimension order
-    (contiguous, channels_last, transposed...). Whole-tensor reductions can then read that block as flat."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 
 from .. import backends
-from ._common import (LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real,
-                      compiled)
+from .._layout import acc_dtype
+from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real, compiled
 
 __all__ = ["act_stats", "ActStats", "act_stats_reference"]
 

@@ -88,8 +88,9 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import backends
+from .._layout import acc_dtype, channel_count, dense_layout, is_channels_last
 from . import _activation
-from ._common import LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real
+from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real
 
 __all__ = ["batch_norm", "batch_norm_reference", "batch_norm_stats", "batch_norm_apply",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
@@ -114,28 +115,6 @@ LIB.define(f"batch_norm_backward_elemt(Tensor dy, Tensor x, Tensor mean, Tensor 
 # --------------------------------------------------------------------------------------------------
 # Layout and argument checks (shared by the real kernels and the fake ones, so both agree on strides)
 # --------------------------------------------------------------------------------------------------
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True if x is a dense (N, spatial..., C) array: channel fastest. 2-D (N, C) counts (rows of channels)."""
-    if x.dim() == 2:
-        return x.is_contiguous()
-    if x.dim() < 3 or x.is_contiguous():
-        return False  # when both layouts fit (C == 1, or spatial all 1) the contiguous reading wins
-    return x.permute(0, *range(2, x.dim()), 1).is_contiguous()
-
-
-def dense_layout(x: torch.Tensor) -> torch.Tensor:
-    """x itself if it is contiguous or channels-last dense; a contiguous copy otherwise."""
-    return x if (x.is_contiguous() or is_channels_last(x)) else x.contiguous()
-
-
-def channel_count(x: torch.Tensor) -> int:
-    """Values per channel: N * prod(spatial)."""
-    n = x.shape[0]
-    for d in x.shape[2:]:
-        n = n * d
-    return n
-
 
 def _check_param(t, name: str, x: torch.Tensor, op: str) -> None:
     if t is None:

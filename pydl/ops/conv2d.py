@@ -75,8 +75,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _env, backends
+from .._layout import acc_dtype, out_memory_format
 from . import _activation
-from ._common import LIB, acc_dtype, check_floating, compiled
+from ._common import LIB, check_floating, compiled
 
 __all__ = ["conv2d", "conv2d_reference", "conv2d_backward_reference", "conv2d_output_size"]
 
@@ -99,14 +100,6 @@ def conv2d_output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilati
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return ho, wo
-
-
-def out_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last output for a channels_last input (one that is not also plainly contiguous), else NCHW.
-    Every backend and the fake use this one rule, so the output strides agree everywhere."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _int(v, name: str, accepted: str) -> int:
@@ -245,16 +238,16 @@ def conv2d_backward_reference(grad_y, x, w, z, stride, padding, dilation, groups
 # Backend tables, dispatcher kernels, fakes, autograd
 # --------------------------------------------------------------------------------------------------
 
-def _triton_fwd():
-    from ..kernels.conv2d import conv2d_triton
+def _triton(name: str):
+    """The Triton launcher takes the TF32 switch as a keyword, read per call (the kernels sit below this
+    module and never read its globals)."""
+    def loader():
+        from ..kernels import conv2d as k
 
-    return conv2d_triton
+        fn = getattr(k, f"{name}_triton")
+        return lambda *args: fn(*args, allow_tf32=ALLOW_TF32)
 
-
-def _triton_bwd():
-    from ..kernels.conv2d import conv2d_backward_triton
-
-    return conv2d_backward_triton
+    return loader
 
 
 def _cuda(name: str, namespace: str = "pydl_cuda"):
@@ -272,7 +265,7 @@ OP = backends.register_op(backends.Op("conv2d", {
     "reference": lambda: conv2d_reference,
     "cpu": compiled("pydl_cpu", "conv2d"),
     "cuda": _cuda("conv2d"),
-    "triton": _triton_fwd,
+    "triton": _triton("conv2d"),
     "cuda_emu": _cuda("conv2d", "pydl_cuda_emu"),
 }))
 
@@ -283,7 +276,7 @@ OP_BWD = backends.register_op(backends.Op("conv2d_backward", {
     "reference": lambda: conv2d_backward_reference,
     "cpu": compiled("pydl_cpu", "conv2d_backward"),
     "cuda": _cuda("conv2d_backward"),
-    "triton": _triton_bwd,
+    "triton": _triton("conv2d_backward"),
     "cuda_emu": _cuda("conv2d_backward", "pydl_cuda_emu"),
 }, build_unit="conv2d"))
 
