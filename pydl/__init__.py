@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def _source_tree_kernels() -> None:

@@ -391,7 +391,7 @@ def _as_result(r) -> LandscapeResult:
 
 def plot_landscape_1d(result, path=None, log: bool = False, dpi: int = 100):
     """The 1D loss curve (points not computed yet are gaps). Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     r = _as_result(result)
     if r.ndim != 1:
@@ -412,7 +412,7 @@ def plot_landscape_2d(result, path=None, kind: str = "contour", levels: int = 30
                       cmap: str = "viridis", dpi: int = 100):
     """The 2D landscape as ``kind="contour"`` (filled contours + lines), ``"heatmap"`` or ``"surface"``
     (3D). Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     r = _as_result(result)
     if r.ndim != 2:

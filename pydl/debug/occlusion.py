@@ -138,7 +138,7 @@ def plot_occlusion(model: nn.Module, x: torch.Tensor, path=None, target=None, ti
     cold. Inputs with other than 1 or 3 channels are shown as their channel mean. ``kw`` goes to
     :func:`occlusion` (``patch``, ``stride``, ``fill``, ...). Returns the Figure; PNG at ``path``."""
     from .cam import overlay
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     maps, logits, tgt = occlusion(model, x, target=target, return_logits=True, **kw)
     top = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)[:, None, None]

@@ -1,0 +1,165 @@
+"""Imports run one way (docs/ARCHITECTURE.md, "Layers and imports").
+
+Every module under pydl/ and kernels/ is parsed, not imported: an import inside a function counts as much as
+one at the top, since it is the usual way a cycle gets hidden rather than removed. kernels/ is read as
+``pydl.kernels`` (how it is installed). An edge goes to the module an import statement names; for
+``from package import name`` it goes to ``package.name`` when that is a module, else to the package. Imports
+under ``if TYPE_CHECKING:`` are left out: they never run.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# (top-level folder, the package name it is imported as)
+TREES = (("pydl", "pydl"), ("kernels", "pydl.kernels"))
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the trees (the course's exercises included)."""
+    found = {}
+    for folder, package in TREES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST):
+    """Every Import/ImportFrom in the tree, at any depth, except those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        children = node.orelse if isinstance(node, ast.If) and _is_type_checking(node.test) else \
+            list(ast.iter_child_nodes(node))
+        stack.extend(children)
+
+
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that the file ``path`` (module ``name``) imports, anywhere in it."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in _import_nodes(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            # `from x import y`: y is a submodule when one of that name exists, else a name defined in x
+            targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names]
+        for target in targets:
+            # `import pydl.kernels.rnn` imports that module (its packages too, but they do not import it back)
+            if target in known and target != name:
+                out.add(target)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    known = set(files)
+    return {name: imported_modules(name, path, known) for name, path in files.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan's algorithm), each
+    written as a path that returns to its start, so the message shows which imports close it."""
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(set(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_cycle_through(graph, component) for component in components]
+
+
+def _cycle_through(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle inside ``component`` from its first module (breadth-first back to the start)."""
+    start = min(component)
+    parent = {start: None}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:
+                    path = [v]
+                    while parent[path[-1]] is not None:
+                        path.append(parent[path[-1]])
+                    return [*reversed(path), start]
+                if w not in parent:
+                    parent[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    raise AssertionError(f"no cycle through {start} in {sorted(component)}")
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "modules that import each other (move the shared part to a lower layer):\n" + \
+        "\n".join("  " + " -> ".join(c) for c in cycles)
+
+
+def test_kernels_never_import_ops():
+    """Triton kernels sit below the ops: a layout helper both need lives in pydl/_layout.py."""
+    graph = import_graph()
+    wrong = sorted((m, t) for m, targets in graph.items() if m.startswith("pydl.kernels")
+                   for t in targets if t.startswith(("pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn")))
+    assert not wrong, "kernels/ imports from a higher layer: " + ", ".join(f"{m} -> {t}" for m, t in wrong)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"a": {"b"}, "b": {"a"}}, [["a", "b", "a"]]),
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c", "a"]]),
+    ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+])
+def test_find_cycles_names_the_cycle(source, expected):
+    assert find_cycles(source) == expected
+
+
+def test_graph_sees_imports_inside_functions(tmp_path):
+    """The cycle-hiding import of the kind this test exists for: inside a function, relative, two dots up."""
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "low.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "high.py").write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    from . import never\n"
+        "def f():\n    from .. import low\n    from ..low import thing\n")
+    known = {"pkg", "pkg.low", "pkg.sub", "pkg.sub.high", "pkg.sub.never"}
+    assert imported_modules("pkg.sub.high", tmp_path / "pkg" / "sub" / "high.py", known) == {"pkg.low"}
