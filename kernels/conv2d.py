@@ -32,8 +32,9 @@ Layouts: every tensor is addressed through its strides, so NCHW, channels_last a
 in place (channels_last makes the channel loads contiguous).
 
 Precision: fp32 inputs use ``input_precision="ieee"`` (exact fp32 FMA, not TF32) unless the launcher is given
-``allow_tf32=True`` (the op passes ``pydl.ops.conv2d.ALLOW_TF32``, read per call, as it does to the CUDA glue); fp16/bf16 feed tensor cores with fp32 accumulation; fp64 uses a
-broadcast-multiply-sum instead of tl.dot (portable). In the interpreter (CPU tensors) fp16/bf16 tiles are
+``allow_tf32=True`` (the op passes ``pydl.ops.conv2d.ALLOW_TF32``, read per call, as it does to the CUDA glue);
+fp16/bf16 feed tensor cores with fp32 accumulation; fp64 uses a broadcast-multiply-sum instead of tl.dot
+(portable). In the interpreter (CPU tensors) fp16/bf16 tiles are
 upcast to fp32 before any arithmetic (it cannot do bf16 math).
 """
 from __future__ import annotations
@@ -507,8 +508,8 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
 
 def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask,
                            block=None, split=None, allow_tf32=False):
-    """Triton backend of pydl.conv2d_backward. ``block`` and ``allow_tf32`` as in :func:`conv2d_triton`; ``split`` fixes the
-    number of pixel ranges grad_w is split over (tests)."""
+    """Triton backend of pydl.conv2d_backward. ``block`` and ``allow_tf32`` as in :func:`conv2d_triton`;
+    ``split`` fixes the number of pixel ranges grad_w is split over (tests)."""
     N, C, H, W = x.shape
     Co, Cg, KH, KW = w.shape
     sh, sw = stride
