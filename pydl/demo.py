@@ -178,7 +178,7 @@ def time_layers(model, x, quick: bool = False) -> Tuple[List[dict], dict]:
     Returns the rows and the machine they were measured on (CPU model, threads, load, and a warning when
     the machine was busy or the spread wide)."""
     from .bench import common
-    from .nn.convert import _TO_TORCH
+    from .nn.convert import torch_twins
 
     bench = common()
     inputs = {}
@@ -190,7 +190,7 @@ def time_layers(model, x, quick: bool = False) -> Tuple[List[dict], dict]:
         return hook
 
     for name, m in model.named_modules():
-        if type(m) in _TO_TORCH:
+        if type(m) in torch_twins():
             hooks.append(m.register_forward_hook(grab(name)))
     was = model.training
     model.train()

@@ -9,6 +9,7 @@ under ``if TYPE_CHECKING:`` are left out: they never run.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,82 @@ def test_graph_sees_imports_inside_functions(tmp_path):
         "def f():\n    from .. import low\n    from ..low import thing\n")
     known = {"pkg", "pkg.low", "pkg.sub", "pkg.sub.high", "pkg.sub.never"}
     assert imported_modules("pkg.sub.high", tmp_path / "pkg" / "sub" / "high.py", known) == {"pkg.low"}
+
+
+# --------------------------------------------------------------------------------------------------
+# A static, visible API: every name a package exports is written in its __init__.py
+# --------------------------------------------------------------------------------------------------
+
+def _parsed():
+    for name, path in module_files().items():
+        yield name, path, ast.parse(path.read_text(), filename=str(path))
+
+
+def test_no_star_imports_or_generated_globals():
+    """``from x import *`` and ``globals()[name] = ...`` hide what a module defines from readers and tools."""
+    found = []
+    for name, _, tree in _parsed():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+                found.append(f"{name}:{node.lineno}: from {node.module or '.'} import *")
+            if isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call)
+                            and getattr(t.value.func, "id", None) == "globals"):
+                        found.append(f"{name}:{node.lineno}: globals()[...] =")
+    assert not found, "\n".join(found)
+
+
+def test_no_private_names_across_modules():
+    """A name with a leading underscore belongs to its module: another module neither imports it
+    (``from x import _y``) nor reaches it (``x._y``). Modules named ``_x`` are pydl's internal modules, which
+    any part of pydl may import; only their own private names are off limits."""
+    known = set(module_files())
+    found = []
+    for name, path, tree in _parsed():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        modules = {}  # local name -> the pydl module it is bound to in this file
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                if base not in known:
+                    continue
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    if full in known:
+                        modules[a.asname or a.name] = full
+                    elif a.name.startswith("_") and not a.name.startswith("__") and base != name:
+                        found.append(f"{name}:{node.lineno}: from {base} import {a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname and a.name in known:
+                        modules[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and f"{modules[node.value.id]}.{node.attr}" not in known):
+                found.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, "private names used outside their module:\n" + "\n".join(found)
+
+
+def test_packages_export_what_their_modules_export():
+    import pydl
+    from pydl import nn, ops
+    from pydl.nn import activation, batchnorm, conv, rnn, syncbatchnorm
+
+    # (pydl.ops.conv2d etc. are the functions: the package exports them under their modules' names)
+    op_modules = [sys.modules[f"pydl.ops.{m}"] for m in ("act_stats", "batch_norm", "conv2d", "rnn")]
+    assert sorted(ops.__all__) == sorted(n for m in op_modules for n in m.__all__)
+    assert set(ops.__all__) <= set(pydl.__all__)
+    nn_names = {"GeneralRelu", "convert", "register", "SyncBatchNorm"}
+    nn_names |= {n for m in (batchnorm, conv, rnn) for n in m.__all__}
+    assert sorted(nn.__all__) == sorted(nn_names)
+    assert activation.GeneralRelu is nn.GeneralRelu and syncbatchnorm.SyncBatchNorm is nn.SyncBatchNorm
+    for package in (pydl, ops, nn):
+        missing = [n for n in package.__all__ if not hasattr(package, n)]
+        assert not missing, f"{package.__name__}.__all__ names what it does not define: {missing}"

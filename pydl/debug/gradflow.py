@@ -188,7 +188,7 @@ def dead_units(model: nn.Module, data, modules: Optional[Iterable[nn.Module]] = 
         if eval_mode:
             model.eval()
         with torch.no_grad():
-            for b in _iter_batches(data, batches):
+            for b in iter_batches(data, batches):
                 model(b)
     finally:
         for h in handles:
@@ -208,7 +208,7 @@ def dead_units(model: nn.Module, data, modules: Optional[Iterable[nn.Module]] = 
     return DeadUnitReport(names, dead, sat, count, eps, margin, bnd)
 
 
-def _iter_batches(data, batches):
+def iter_batches(data, batches):
     """Inputs only. A tensor is one batch of inputs; a tuple ``(x, y, ...)`` of tensors is one batch;
     anything else is iterated as batches (each a tensor or a tuple/list whose first item is the input)."""
     if isinstance(data, torch.Tensor):

@@ -51,7 +51,7 @@ def plot_feature_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, path=
     """A grid of ``layer``'s channel maps for sample ``index`` of ``x`` (the first ``max_maps`` channels,
     each on its own colour scale, titled with its mean activation), after the input image when
     ``show_input``. Returns the Figure; PNG at ``path``."""
-    from .cam import _to_hwc01
+    from .cam import to_hwc01
     from .figures import new_figure, save_figure
 
     fm = feature_maps(model, layer, x)
@@ -67,7 +67,7 @@ def plot_feature_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, path=
     if show_input:
         img = x[index]
         if img.dim() == 3 and img.shape[0] in (1, 3):
-            axes[0].imshow(_to_hwc01(img))
+            axes[0].imshow(to_hwc01(img))
         axes[0].set_title("input", fontsize=7)
         k = 1
     for c, m in enumerate(maps):

@@ -317,7 +317,9 @@ def evaluate_points(model: nn.Module, loss_fn: Callable, data, directions: Direc
 # the scans
 # --------------------------------------------------------------------------------------------------
 
-def _meta(directions: Directions, batches, data) -> dict:
+def result_meta(directions: Directions, batches, data) -> dict:
+    """What a LandscapeResult records of how it was made (the directions' kind and seed, the batches per
+    point); the sharded landscape (pydl/distributed.py) writes the same, so its files resume alike."""
     m = directions.meta()
     m.pop("names")
     nb = 1 if isinstance(data, tuple) and len(data) >= 2 and isinstance(data[0], torch.Tensor) else batches
@@ -349,7 +351,7 @@ def loss_landscape_1d(model: nn.Module, loss_fn: Callable, data, steps: int = 51
     if len(d) != 1:
         raise ValueError("loss_landscape_1d: needs exactly one direction")
     xs = np.linspace(span[0], span[1], steps)
-    res = _prepare(path, resume, LandscapeResult(xs, meta=_meta(d, batches, data)))
+    res = _prepare(path, resume, LandscapeResult(xs, meta=result_meta(d, batches, data)))
     return evaluate_points(model, loss_fn, data, d, res, None, batches, show_progress, path, checkpoint_every)
 
 
@@ -368,7 +370,7 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Callable, data, steps: Union[in
     nx, ny = (steps, steps) if isinstance(steps, int) else steps
     (x0, x1), (y0, y1) = (span, span) if not isinstance(span[0], (tuple, list)) else span
     res = _prepare(path, resume, LandscapeResult(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny),
-                                                 meta=_meta(d, batches, data)))
+                                                 meta=result_meta(d, batches, data)))
     return evaluate_points(model, loss_fn, data, d, res, None, batches, show_progress, path, checkpoint_every)
 
 

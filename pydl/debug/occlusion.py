@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .cam import _targets
+from .cam import target_classes
 
 __all__ = ["occlusion", "occlusion_windows", "plot_occlusion"]
 
@@ -109,7 +109,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Union[None, int, Sequen
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"occlusion: model must return (B, classes) scores, got {got}")
             try:
-                tgt = _targets(logits, target)
+                tgt = target_classes(logits, target)
             except ValueError as e:   # the shared check names CAM; say which function was called
                 raise ValueError(str(e).replace("cam:", "occlusion:", 1)) from None
             base = logits.gather(1, tgt[:, None])[:, 0]                                  # (B,)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradflow import _iter_batches
+from .gradflow import iter_batches
 from .hooks import first_tensor
 
 __all__ = ["ReceptiveField", "receptive_field", "fold_receptive_field", "layer_geometry", "TopPatches",
@@ -364,7 +364,7 @@ def top_patches(model: nn.Module, layer: nn.Module, data, channels: Optional[Seq
         if eval_mode:
             model.eval()
         with torch.no_grad(), TopPatches(model, layer, channels, k) as tp:
-            for xb in _iter_batches(data, max_batches):
+            for xb in iter_batches(data, max_batches):
                 model(xb if device is None else xb.to(device))
     finally:
         for m, f in flags:
