@@ -136,14 +136,6 @@ def test_no_import_cycles():
         "\n".join("  " + " -> ".join(c) for c in cycles)
 
 
-def test_kernels_never_import_ops():
-    """Triton kernels sit below the ops: a layout helper both need lives in pydl/_layout.py."""
-    graph = import_graph()
-    wrong = sorted((m, t) for m, targets in graph.items() if m.startswith("pydl.kernels")
-                   for t in targets if t.startswith(("pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn")))
-    assert not wrong, "kernels/ imports from a higher layer: " + ", ".join(f"{m} -> {t}" for m, t in wrong)
-
-
 @pytest.mark.parametrize("source, expected", [
     ({"a": {"b"}, "b": {"a"}}, [["a", "b", "a"]]),
     ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c", "a"]]),
@@ -243,3 +235,37 @@ def test_packages_export_what_their_modules_export():
     for package in (pydl, ops, nn):
         missing = [n for n in package.__all__ if not hasattr(package, n)]
         assert not missing, f"{package.__name__}.__all__ names what it does not define: {missing}"
+
+
+# The layers of docs/ARCHITECTURE.md ("Layers and imports"), lowest first: a module may import from its own
+# layer or a lower one. The package pydl itself sits above the modules it re-exports (ops, nn).
+LAYERS = (
+    ("pydl._env", "pydl._kinds", "pydl._paths", "pydl._version", "pydl._layout"),
+    ("pydl._emu",),
+    ("pydl._build",),
+    ("pydl.backends",),
+    ("pydl.kernels",),
+    ("pydl.ops",),
+    ("pydl.nn",),
+    ("pydl",),
+    ("pydl.debug", "pydl.transforms", "pydl.learn", "pydl.distributed", "pydl.integrations"),
+    ("pydl.cli", "pydl.bench", "pydl.demo", "pydl.selftest"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of a module: that of the longest LAYERS entry that is the module or a package above it."""
+    best, rank = -1, None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best:
+                best, rank = len(n), i
+    assert rank is not None, f"{module} is in no layer: add it to LAYERS (and docs/ARCHITECTURE.md)"
+    return rank
+
+
+def test_imports_go_down_the_layers():
+    graph = import_graph()
+    wrong = sorted(f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+                   for m, targets in graph.items() for t in targets if layer_of(t) > layer_of(m))
+    assert not wrong, "imports against the layering of docs/ARCHITECTURE.md:\n" + "\n".join(wrong)
