@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import _env, _paths
@@ -72,7 +72,7 @@ class BuildError(RuntimeError):
     :class:`pydl.backends.Reason`) says what kind of failure it is and ``summary`` says it in one line (for a
     compile error: the compiler's first error, not the command that ran it)."""
 
-    def __init__(self, message: str, reason: Reason = Reason.BUILD_FAILED, summary: Optional[str] = None):
+    def __init__(self, message: str, reason: Reason = Reason.BUILD_FAILED, summary: Optional[str] = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.summary = summary or summarise(message)
@@ -899,7 +899,7 @@ def setuptools_kwargs() -> dict:
 
     units = aot_units()
     exts = []
-    rel = lambda p: os.path.relpath(p, os.path.dirname(_PKG_DIR))  # noqa: E731 - setuptools wants relative paths
+    rel = lambda p: os.path.relpath(p, os.path.dirname(_paths.PKG_DIR))  # noqa: E731 - setuptools wants relative paths
     for op in [op for dev, op in units if dev == "cpu"]:
         exts.append(CppExtension(f"pydl._ext.{ext_name(op, 'cpu')}", [rel(s) for s in sources(op, "cpu")],
                                  include_dirs=[csrc_dir()],

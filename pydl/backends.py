@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from . import _build, _env
 from ._kinds import BACKENDS, NAMES, Reason
@@ -195,7 +195,7 @@ class Op:
     several ops can share one, as the eight rnn ops share ``rnn``).
     """
 
-    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]], build_unit: Optional[str] = None):
+    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]], build_unit: Optional[str] = None) -> None:
         self.name = name
         self.build_unit = build_unit or name
         self._loaders = impls
@@ -249,7 +249,7 @@ class Op:
         return fn
 
     @contextlib.contextmanager
-    def override(self, backend_name: str, fn: Callable):
+    def override(self, backend_name: str, fn: Callable) -> Iterator[Op]:
         """Run ``fn`` in place of this op's ``backend_name`` implementation inside the block (same signature
         as the backend's implementation). The course uses it to plug a learner's kernel into a real model:
         ``with pydl.backends.all_ops()["act_stats"].override("triton", my_kernel): ...``"""
@@ -272,7 +272,7 @@ class Op:
             else:
                 self._loaders[backend_name] = saved_loader
 
-    def __call__(self, requested: str, device_type: str, *args):
+    def __call__(self, requested: str, device_type: str, *args) -> Any:
         return self.impl(self.resolve(requested, device_type))(*args)
 
 

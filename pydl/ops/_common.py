@@ -12,6 +12,7 @@ Each op lives in its own module (pydl/ops/<op>.py) with the same shape:
 from __future__ import annotations
 
 import numbers
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,14 +22,14 @@ LIB = torch.library.Library("pydl", "FRAGMENT")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_floating(t, op: str, arg: str) -> None:
+def check_floating(t: object, op: str, arg: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"pydl.{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"pydl.{op}: {arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
-def compiled(namespace: str, op: str):
+def compiled(namespace: str, op: str) -> Callable[[], Callable]:
     """Loader for a compiled backend's kernel: ``torch.ops.<namespace>.<op>`` once its library is loaded.
     (The build itself happens in pydl.backends.available(), which runs first and records failures.)"""
 
@@ -45,7 +46,7 @@ def compiled(namespace: str, op: str):
 # it accepts, in the caller's terms, and return the value as the plain Python type the schema wants.
 # --------------------------------------------------------------------------------------------------
 
-def check_int(v, op: str, arg: str, lo: int = None, hi: int = None) -> int:
+def check_int(v: object, op: str, arg: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     """An int (a bool or a whole float is not one: ``bins=3.0`` is as likely a mistake as ``3.7``) in
     ``[lo, hi]``."""
     accepted = "an int" + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
@@ -57,7 +58,7 @@ def check_int(v, op: str, arg: str, lo: int = None, hi: int = None) -> int:
     return int(v)
 
 
-def check_real(v, op: str, arg: str, accepted: str) -> float:
+def check_real(v: object, op: str, arg: str, accepted: str) -> float:
     """A real number (int or float, numpy scalars included; not a bool, a string or a tensor); ``accepted``
     says which values the caller may pass, for the message. Range checks are the caller's."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -65,13 +66,13 @@ def check_real(v, op: str, arg: str, accepted: str) -> float:
     return float(v)
 
 
-def check_bool(v, op: str, arg: str) -> bool:
+def check_bool(v: object, op: str, arg: str) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise TypeError(f"pydl.{op}: {arg} must be True or False, got {v!r} ({type(v).__name__})")
     return bool(v)
 
 
-def check_backend_name(backend, op: str) -> str:
+def check_backend_name(backend: Optional[str], op: str) -> str:
     """``backend=`` of a public function: None (the current default) or a backend name (checked later, when
     it is resolved, against the names pydl knows)."""
     from .. import backends

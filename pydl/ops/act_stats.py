@@ -46,7 +46,7 @@ below, above; ``hist`` ``(G, bins)`` int64. :func:`act_stats` wraps them in an :
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -121,7 +121,8 @@ def check_range(bins: int, lo: float, hi: float, dtype: torch.dtype) -> None:
 # reference: plain PyTorch, written to be read
 # --------------------------------------------------------------------------------------------------
 
-def act_stats_reference(x, bins, lo, hi, eps, per_channel):
+def act_stats_reference(x: torch.Tensor, bins: int, lo: float, hi: float, eps: float,
+                        per_channel: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     G = x.shape[1] if per_channel else 1
     # (G, M): one row of values per group

@@ -95,7 +95,8 @@ LIB.define("conv2d_backward(Tensor grad_y, Tensor x, Tensor w, Tensor? z, int[2]
 # Argument checks (shared by the op, its fake and its backward)
 # --------------------------------------------------------------------------------------------------
 
-def conv2d_output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> Tuple[int, int]:
+def conv2d_output_size(h: int, w: int, kh: int, kw: int, stride: Sequence[int], padding: Sequence[int],
+                       dilation: Sequence[int]) -> Tuple[int, int]:
     """(Ho, Wo) = floor((H + 2p - d*(k-1) - 1) / s) + 1 per dimension (may be <= 0: the caller checks)."""
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -191,7 +192,9 @@ def _im2col(x, kh, kw, stride, padding, dilation, groups):
     return cols.view(N, groups, (C // groups) * kh * kw, cols.shape[-1])
 
 
-def conv2d_reference(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact):
+def conv2d_reference(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], groups: int, act: str, leak: float, sub: float,
+                     maxv: float, save_preact: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     Co, Cg, kh, kw = w.shape
@@ -209,8 +212,10 @@ def conv2d_reference(x, w, b, stride, padding, dilation, groups, act, leak, sub,
     return y, z_out
 
 
-def conv2d_backward_reference(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv,
-                              output_mask):
+def conv2d_backward_reference(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, z: Optional[torch.Tensor],
+                              stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                              act: str, leak: float, sub: float, maxv: float,
+                              output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     Co, Cg, kh, kw = w.shape

@@ -56,7 +56,7 @@ error for both). The other deliberate differences from torch are listed in :func
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -368,7 +368,10 @@ def _check_public_cell(op, x, w_ih, w_hh):
         raise ValueError(f"pydl.{op}: w_hh must be 2-D (gates*hidden, hidden), got shape {tuple(w_hh.shape)}")
 
 
-def lstm_cell(x, hx=None, cx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
+def lstm_cell(x: torch.Tensor, hx: Optional[torch.Tensor] = None, cx: Optional[torch.Tensor] = None,
+              w_ih: Optional[torch.Tensor] = None, w_hh: Optional[torch.Tensor] = None,
+              b_ih: Optional[torch.Tensor] = None, b_hh: Optional[torch.Tensor] = None,
+              backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """One LSTM step (torch.nn.LSTMCell's math): returns ``(hy, cy)``. ``x`` (B, I); ``hx``, ``cx`` (B, H)
     (zeros if None); ``w_ih`` (4H, I), ``w_hh`` (4H, H); biases (4H,) or None.
 
@@ -385,7 +388,9 @@ def lstm_cell(x, hx=None, cx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, b
     return hy, cy
 
 
-def gru_cell(x, hx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Optional[str] = None):
+def gru_cell(x: torch.Tensor, hx: Optional[torch.Tensor] = None, w_ih: Optional[torch.Tensor] = None,
+             w_hh: Optional[torch.Tensor] = None, b_ih: Optional[torch.Tensor] = None,
+             b_hh: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """One GRU step (torch.nn.GRUCell's math): returns ``hy``. Shapes, empty sizes, dtype rules and second
     derivatives as for :func:`lstm_cell` (3H gate rows instead of 4H)."""
     _check_public_cell("gru_cell", x, w_ih, w_hh)
@@ -394,7 +399,7 @@ def gru_cell(x, hx=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None, backend: Op
     return hy
 
 
-def dropout_masks(x_like, num_layers, T, B, DH, p) -> Optional[torch.Tensor]:
+def dropout_masks(x_like: torch.Tensor, num_layers: int, T: int, B: int, DH: int, p: float) -> Optional[torch.Tensor]:
     """The between-layer dropout masks, scaled by 1/(1-p), drawn with torch's RNG (None when p == 0)."""
     if p <= 0 or num_layers < 2:
         return None
@@ -444,9 +449,10 @@ def _seq_prepare(op, x, weights, num_layers, bidirectional, batch_first, has_bia
     return x, weights, has_bias
 
 
-def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num_layers: int = 1,
-         bidirectional: bool = False, batch_first: bool = False, has_bias: Optional[bool] = None,
-         dropout: float = 0.0, training: bool = False, backend: Optional[str] = None):
+def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0: Optional[torch.Tensor] = None,
+         c0: Optional[torch.Tensor] = None, num_layers: int = 1, bidirectional: bool = False, batch_first: bool = False,
+         has_bias: Optional[bool] = None, dropout: float = 0.0, training: bool = False,
+         backend: Optional[str] = None) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """A whole (multi-layer, optionally bidirectional) LSTM over a sequence, in ONE op call.
 
     ``weights``: torch's flat order -- for each layer, for each direction: ``w_ih, w_hh[, b_ih, b_hh]``.
@@ -479,9 +485,9 @@ def lstm(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, c0=None, num
     return out, (hn, cn)
 
 
-def gru(x: torch.Tensor, weights: Sequence[torch.Tensor], h0=None, num_layers: int = 1, bidirectional: bool = False,
-        batch_first: bool = False, has_bias: Optional[bool] = None, dropout: float = 0.0, training: bool = False,
-        backend: Optional[str] = None):
+def gru(x: torch.Tensor, weights: Sequence[torch.Tensor], h0: Optional[torch.Tensor] = None, num_layers: int = 1,
+        bidirectional: bool = False, batch_first: bool = False, has_bias: Optional[bool] = None, dropout: float = 0.0,
+        training: bool = False, backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """A whole GRU stack over a sequence in one op call; returns ``(output, h_n)`` like torch.nn.GRU. Arguments
     and the deliberate differences from torch as for :func:`lstm` (weights: 3H gate rows instead of 4H)."""
     x, weights, has_bias = _seq_prepare("gru", x, weights, num_layers, bidirectional, batch_first, has_bias,

@@ -6,7 +6,7 @@ gradient formulas and the double-backward recompute.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,7 +21,9 @@ from .rnn_driver import gru_pointwise, linear, lstm_input_gemm, lstm_pointwise, 
 # formulas; autograd derives every higher derivative from them) and costs one extra forward, paid only by the
 # callers that asked for a differentiable gradient; ordinary training keeps the fused backward kernels.
 
-def cell_autograd(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+def cell_autograd(kind: str, x: torch.Tensor, hx: torch.Tensor, cx: Optional[torch.Tensor], w_ih: torch.Tensor,
+                  w_hh: torch.Tensor, b_ih: Optional[torch.Tensor],
+                  b_hh: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
     """One cell step in differentiable torch: (hy, cy) for the LSTM, (hy,) for the GRU."""
     if kind == "lstm":
         pre = lstm_input_gemm(x, w_ih, b_ih, b_hh) + torch.mm(hx, w_hh.t())
@@ -31,7 +33,9 @@ def cell_autograd(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return (h,)
 
 
-def seq_autograd(kind, x, h0, c0, weights, mask, L, bidirectional, has_bias):
+def seq_autograd(kind: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                 weights: Sequence[torch.Tensor], mask: Optional[torch.Tensor], L: int, bidirectional: bool,
+                 has_bias: bool) -> Tuple[torch.Tensor, ...]:
     """A whole sequence in differentiable torch, step by step: (out, hn, cn) for the LSTM, (out, hn) for the
     GRU -- the same computation as seq_forward_driver without the preallocated buffers (autograd needs every
     intermediate as its own tensor)."""

@@ -15,7 +15,7 @@ op can be called directly).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -24,6 +24,11 @@ from ._common import check_floating
 
 NGATES = {"lstm": 4, "gru": 3}
 RESERVE_COLS = {"lstm": 5, "gru": 4}  # per (t, b) row, in units of H
+
+# What the sequence drivers return: (out, hn, cn, reserve, layer_outs) and (grad_x, grad_h0, grad_c0,
+# grad_weights); the cell-state slots are None for the GRU.
+SeqForward = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]
+SeqBackward = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], List[torch.Tensor]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,7 +48,9 @@ def _check_shape(t, shape, op, arg):
         raise ValueError(f"pydl.{op}: {arg} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def check_cell(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, op=None):
+def check_cell(kind: str, x: torch.Tensor, hx: torch.Tensor, cx: Optional[torch.Tensor], w_ih: torch.Tensor,
+               w_hh: torch.Tensor, b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor],
+               op: Optional[str] = None) -> None:
     op = op or f"{kind}_cell"
     G = NGATES[kind]
     check_floating(x, op, "x")
@@ -78,7 +85,9 @@ def _check_acc(t, x, op, arg, shape):
     _check_shape(t, shape, op, arg)
 
 
-def check_cell_backward(kind, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, saved, cy):
+def check_cell_backward(kind: str, grad_hy: torch.Tensor, grad_cy: Optional[torch.Tensor], x: torch.Tensor,
+                        hx: torch.Tensor, cx: Optional[torch.Tensor], w_ih: torch.Tensor, w_hh: torch.Tensor,
+                        saved: torch.Tensor, cy: Optional[torch.Tensor]) -> None:
     """The cell backwards get the forward's inputs and saved tensors back: each must have exactly the shape
     the forward gives it, since the kernels size their buffers from some and index the others alike."""
     op = f"{kind}_cell_backward"
@@ -91,8 +100,10 @@ def check_cell_backward(kind, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, saved, cy
     _check_acc(saved, x, op, "gates" if kind == "lstm" else "ws", (B, 4 * H))
 
 
-def check_seq_backward(kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                       num_layers, bidirectional, has_bias):
+def check_seq_backward(kind: str, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: Optional[torch.Tensor],
+                       x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: Sequence[torch.Tensor],
+                       mask: Optional[torch.Tensor], out: torch.Tensor, reserve: torch.Tensor, layer_outs: torch.Tensor,
+                       num_layers: int, bidirectional: bool, has_bias: bool) -> None:
     op = f"{kind}_backward"
     T, B, _, H, D = check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, op)
     L = num_layers
@@ -109,7 +120,9 @@ def check_seq_backward(kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mas
     _check_acc(reserve, x, op, "reserve", want)
 
 
-def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, op=None):
+def check_seq(kind: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: Sequence[torch.Tensor],
+              mask: Optional[torch.Tensor], num_layers: int, bidirectional: bool, has_bias: bool,
+              op: Optional[str] = None) -> Tuple[int, int, int, int, int]:
     """Validates a whole-sequence call; returns (T, B, I, H, D)."""
     op = op or kind
     G = NGATES[kind]
@@ -152,7 +165,8 @@ def check_seq(kind, x, h0, c0, weights, mask, num_layers, bidirectional, has_bia
     return T, B, I, H, D
 
 
-def split_weights(weights, k, has_bias):
+def split_weights(weights: Sequence[torch.Tensor], k: int,
+                  has_bias: bool) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     nw = 4 if has_bias else 2
     w = weights[k * nw: (k + 1) * nw]
     return (w[0], w[1], w[2], w[3]) if has_bias else (w[0], w[1], None, None)
@@ -164,7 +178,7 @@ def split_weights(weights, k, has_bias):
 # sequence driver (below) serves the reference and the Triton backends alike.
 # --------------------------------------------------------------------------------------------------
 
-def lstm_pointwise(pre, c_prev):
+def lstm_pointwise(pre: torch.Tensor, c_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The LSTM step's pointwise math in plain, differentiable torch: pre (B, 4H) the summed gate
     pre-activations (input dtype), c_prev (B, H) acc -> (gates (B, 4H) activated, c (B, H) acc, h (B, H) in
     pre's dtype). Shared by the reference kernels below and the double-backward recompute (pydl/ops/rnn_autograd.py)."""
@@ -175,7 +189,7 @@ def lstm_pointwise(pre, c_prev):
     return torch.cat([i, f, g, o], 1), c, (o * c.tanh()).to(pre.dtype)
 
 
-def gru_pointwise(xg, hg, h_prev):
+def gru_pointwise(xg: torch.Tensor, hg: torch.Tensor, h_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The GRU step's pointwise math in plain, differentiable torch: xg, hg (B, 3H) the input and hidden
     projections (input dtype), h_prev (B, H) -> (ws (B, 4H) acc = [r, z, n, hn], h (B, H) in h_prev's dtype)."""
     acc = acc_dtype(xg.dtype)
@@ -232,11 +246,12 @@ class RefPointwise:
         dh_dir_out.copy_(dh * z)
 
 
-def linear(x, w, b):
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
     return torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
 
 
-def lstm_input_gemm(x, w_ih, b_ih, b_hh):
+def lstm_input_gemm(x: torch.Tensor, w_ih: torch.Tensor, b_ih: Optional[torch.Tensor],
+                    b_hh: Optional[torch.Tensor]) -> torch.Tensor:
     """x W_ih^T + (b_ih + b_hh): both LSTM biases are folded into the input projection, so that each step only
     has to add h W_hh^T -- which the GEMM does in place (beta = 1) into this buffer."""
     return torch.mm(x, w_ih.t()) if b_ih is None else torch.addmm(b_ih + b_hh, x, w_ih.t())
@@ -247,7 +262,9 @@ def lstm_input_gemm(x, w_ih, b_ih, b_hh):
 # --------------------------------------------------------------------------------------------------
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+def lstm_cell_driver(PW: type, x: torch.Tensor, hx: torch.Tensor, cx: Optional[torch.Tensor], w_ih: torch.Tensor,
+                     w_hh: torch.Tensor, b_ih: Optional[torch.Tensor],
+                     b_hh: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     B, H = hx.shape
     gates = x.new_empty((B, 4 * H), dtype=acc)
@@ -259,7 +276,10 @@ def lstm_cell_driver(PW, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx=True, need_dh=True):
+def lstm_cell_backward_driver(PW: type, grad_hy: torch.Tensor, grad_cy: Optional[torch.Tensor], x: torch.Tensor,
+                              hx: torch.Tensor, cx: Optional[torch.Tensor], w_ih: torch.Tensor, w_hh: torch.Tensor,
+                              gates: torch.Tensor, cy: Optional[torch.Tensor], need_dx: bool = True,
+                              need_dh: bool = True) -> Tuple[torch.Tensor, ...]:
     acc = gates.dtype
     gates = gates.contiguous()  # the kernels assume unit column stride in what the forward saved
     dG = x.new_empty(gates.shape)
@@ -275,7 +295,8 @@ def lstm_cell_backward_driver(PW, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
+def gru_cell_driver(PW: type, x: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                    b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     B, H = hx.shape
     ws = x.new_empty((B, 4 * H), dtype=acc)
@@ -285,7 +306,9 @@ def gru_cell_driver(PW, x, hx, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws, need_dx=True, need_dh=True):
+def gru_cell_backward_driver(PW: type, grad_hy: torch.Tensor, x: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor,
+                             w_hh: torch.Tensor, ws: torch.Tensor, need_dx: bool = True,
+                             need_dh: bool = True) -> Tuple[torch.Tensor, ...]:
     acc = ws.dtype
     ws = ws.contiguous()
     B, H = hx.shape
@@ -306,12 +329,14 @@ def gru_cell_backward_driver(PW, grad_hy, x, hx, w_ih, w_hh, ws, need_dx=True, n
 # same loop in C++, see csrc/rnn_driver.h).
 # --------------------------------------------------------------------------------------------------
 
-def time_order(T, d):
+def time_order(T: int, d: int) -> range:
     return range(T) if d == 0 else range(T - 1, -1, -1)
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has_bias, need_reserve=True):
+def seq_forward_driver(PW: type, kind: str, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                       weights: Sequence[torch.Tensor], mask: Optional[torch.Tensor], L: int, bidirectional: bool,
+                       has_bias: bool, need_reserve: bool = True) -> SeqForward:
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
@@ -366,8 +391,11 @@ def seq_forward_driver(PW, kind, x, h0, c0, weights, mask, L, bidirectional, has
 
 
 @torch.no_grad()  # a kernel, not a graph: direct calls on tensors that require grad record nothing
-def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
-                        layer_outs, L, bidirectional, has_bias, need_dx=True):
+def seq_backward_driver(PW: type, kind: str, grad_out: torch.Tensor, grad_hn: torch.Tensor,
+                        grad_cn: Optional[torch.Tensor], x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+                        weights: Sequence[torch.Tensor], mask: Optional[torch.Tensor], out: torch.Tensor,
+                        reserve: torch.Tensor, layer_outs: torch.Tensor, L: int, bidirectional: bool, has_bias: bool,
+                        need_dx: bool = True) -> SeqBackward:
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = weights[1].shape[1]
@@ -448,26 +476,35 @@ def seq_backward_driver(PW, kind, grad_out, grad_hn, grad_cn, x, h0, c0, weights
 # The eight ops for one set of pointwise kernels
 # --------------------------------------------------------------------------------------------------
 
-def lstm_seq(PW, x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
+def lstm_seq(PW: type, x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: Sequence[torch.Tensor],
+             mask: Optional[torch.Tensor], num_layers: int, bidirectional: bool, has_bias: bool,
+             need_reserve: bool = True) -> Tuple[torch.Tensor, ...]:
     return seq_forward_driver(PW, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional, has_bias,
                               need_reserve)
 
 
-def lstm_seq_backward(PW, grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                      num_layers, bidirectional, has_bias, need_dx):
+def lstm_seq_backward(PW: type, grad_out: torch.Tensor, grad_hn: torch.Tensor, grad_cn: Optional[torch.Tensor],
+                      x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor], weights: Sequence[torch.Tensor],
+                      mask: Optional[torch.Tensor], out: torch.Tensor, reserve: torch.Tensor, layer_outs: torch.Tensor,
+                      num_layers: int, bidirectional: bool, has_bias: bool,
+                      need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]:
     return seq_backward_driver(PW, "lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve,
                                layer_outs, num_layers, bidirectional, has_bias, need_dx)
 
 
-def gru_seq(PW, x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
+def gru_seq(PW: type, x: torch.Tensor, h0: torch.Tensor, weights: Sequence[torch.Tensor], mask: Optional[torch.Tensor],
+            num_layers: int, bidirectional: bool, has_bias: bool,
+            need_reserve: bool = True) -> Tuple[torch.Tensor, ...]:
     # the GRU has no cell state: the driver's cn slot is dropped, as the op's schema has none
     out, hn, _, reserve, layer_outs = seq_forward_driver(PW, "gru", x, h0, None, weights, mask, num_layers,
                                                          bidirectional, has_bias, need_reserve)
     return out, hn, reserve, layer_outs
 
 
-def gru_seq_backward(PW, grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                     bidirectional, has_bias, need_dx):
+def gru_seq_backward(PW: type, grad_out: torch.Tensor, grad_hn: torch.Tensor, x: torch.Tensor, h0: torch.Tensor,
+                     weights: Sequence[torch.Tensor], mask: Optional[torch.Tensor], out: torch.Tensor,
+                     reserve: torch.Tensor, layer_outs: torch.Tensor, num_layers: int, bidirectional: bool,
+                     has_bias: bool, need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
     gx, gh0, _, gw = seq_backward_driver(PW, "gru", grad_out, grad_hn, None, x, h0, None, weights, mask, out,
                                          reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
     return gx, gh0, gw
@@ -482,7 +519,7 @@ DRIVERS: dict[str, Callable] = {
 }
 
 
-def implementations(PW) -> dict[str, Callable]:
+def implementations(PW: type) -> dict[str, Callable]:
     """The eight rnn ops' implementations (op name -> callable with the op's arguments, ``backend`` aside)
     for the pointwise kernels ``PW``."""
     return {name: functools.partial(fn, PW) for name, fn in DRIVERS.items()}
