@@ -208,11 +208,7 @@ class Op:
     def _usable(self, name: str, device_type: str) -> Availability:
         if name not in self._loaders:
             return Availability(False, f"{self.name} has no {name} implementation", Reason.NO_KERNEL)
-        res = available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
-        if not isinstance(res, Availability):  # a plain (ok, why) pair says no kind: a failure worth a warning
-            ok, why = res
-            res = Availability(ok, why, Reason.OK if ok else Reason.LOAD_FAILED)
-        return res
+        return available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
 
     def resolve(self, requested: str, device_type: str) -> str:
         key = (requested, device_type)
