@@ -379,7 +379,7 @@ def lstm_cell(x: torch.Tensor, hx: Optional[torch.Tensor] = None, cx: Optional[t
     projection). Differences from torch.nn.functional: only 2-D ``x`` (the module pydl.nn.LSTMCell takes
     unbatched 1-D input, as torch's does); every tensor must share ``x``'s dtype and device (no promotion).
     Second derivatives are exact: a backward run with ``create_graph=True`` recomputes the step with
-    differentiable torch ops (see "Second derivatives" in the source), one extra forward's cost."""
+    differentiable torch ops (see pydl/ops/rnn_autograd.py), one extra forward's cost."""
     _check_public_cell("lstm_cell", x, w_ih, w_hh)
     H = w_hh.shape[1]
     hx = x.new_zeros((x.shape[0], H)) if hx is None else hx
