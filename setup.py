@@ -14,9 +14,12 @@ import os
 
 from setuptools import setup
 
-# kernels/ sits at the top level (design card) but is installed as the subpackage pydl.kernels. A wheel also
-# carries the C++/CUDA sources (for the JIT build) and the benchmark cases, as pydl/_csrc and pydl/_benchmarks;
-# a source checkout (editable install) uses csrc/ and benchmarks/ where they are.
+# kernels/ sits at the top level (one folder per kernel language: csrc/, kernels/) but is installed as the
+# subpackage pydl.kernels: package_dir copies it there in a wheel. In a checkout, pydl/kernels is a symbolic link
+# to ../kernels (committed), so running from the checkout and every editable mode (a path entry, strict links,
+# the import finder) see the same package with no code. A wheel also carries the C++/CUDA sources (for the JIT
+# build) and the benchmark cases, as pydl/_csrc and pydl/_benchmarks; a checkout uses csrc/ and benchmarks/
+# where they are.
 packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.demo", "pydl.learn", "pydl.kernels", "pydl._csrc",
             "pydl._benchmarks", "pydl.transforms"]
 package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._common import is_dense
+from .._layout import is_dense
 from ._jit import device_constants, gpu_twin, jit
 from ._moments import block_mean, merge
 

@@ -33,11 +33,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.batch_norm import channel_count, is_channels_last
+from .._layout import channel_count, is_channels_last
 from ._activation import ACT_CODES, act_backward, act_forward
 from ._jit import device_constants, gpu_twin, jit
 from ._moments import block_mean, merge
-
 
 # --------------------------------------------------------------------------------------------------
 # Kernels

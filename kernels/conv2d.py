@@ -31,9 +31,10 @@ tap index, which would cost as much integer work as the tile's multiply-adds. gr
 Layouts: every tensor is addressed through its strides, so NCHW, channels_last and even sliced inputs are read
 in place (channels_last makes the channel loads contiguous).
 
-Precision: fp32 inputs use ``input_precision="ieee"`` (exact fp32 FMA, not TF32) unless
-``pydl.ops.conv2d.ALLOW_TF32`` is set; fp16/bf16 feed tensor cores with fp32 accumulation; fp64 uses a
-broadcast-multiply-sum instead of tl.dot (portable). In the interpreter (CPU tensors) fp16/bf16 tiles are
+Precision: fp32 inputs use ``input_precision="ieee"`` (exact fp32 FMA, not TF32) unless the launcher is given
+``allow_tf32=True`` (the op passes ``pydl.ops.conv2d.ALLOW_TF32``, read per call, as it does to the CUDA glue);
+fp16/bf16 feed tensor cores with fp32 accumulation; fp64 uses a broadcast-multiply-sum instead of tl.dot
+(portable). In the interpreter (CPU tensors) fp16/bf16 tiles are
 upcast to fp32 before any arithmetic (it cannot do bf16 math).
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import triton
 import triton.language as tl
 
 from .. import _env
+from .._layout import out_memory_format
 from ._activation import ACT_CODES, act_backward, act_forward
 from ._jit import autotune, device_constants, gpu_twin, jit
 
@@ -417,22 +419,14 @@ def _dw_gpu_twin(block, device):
 # Host side
 # --------------------------------------------------------------------------------------------------
 
-def _out_format(x):
-    from ..ops.conv2d import out_memory_format
-
-    return out_memory_format(x)
-
-
-def _mode_and_precision(dtype, device):
-    from ..ops import conv2d as _op
-
+def _mode_and_precision(dtype, device, allow_tf32):
     interp = device.type == "cpu"
     if dtype == torch.float64:
         return 2, "ieee", tl.float64
     if interp:
         return 1, "ieee", tl.float32
     if dtype == torch.float32:
-        return 0, ("tf32" if _op.ALLOW_TF32 else "ieee"), tl.float32
+        return 0, ("tf32" if allow_tf32 else "ieee"), tl.float32
     return 0, "ieee", tl.float32  # fp16/bf16: tensor cores, fp32 accumulation
 
 
@@ -470,8 +464,10 @@ def _blocks(block, dtype=None, device=None):
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
 
 
-def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, block=None):
-    """Triton backend of pydl.conv2d. ``block=(BLOCK_M, BLOCK_N, BLOCK_K)`` skips autotuning (tests)."""
+def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact, block=None,
+                  allow_tf32=False):
+    """Triton backend of pydl.conv2d. ``block=(BLOCK_M, BLOCK_N, BLOCK_K)`` skips autotuning (tests);
+    ``allow_tf32``: fp32 tiles may use TF32 tensor cores on a GPU."""
     N, C, H, W = x.shape
     Co, Cg, KH, KW = w.shape
     sh, sw = stride
@@ -479,14 +475,14 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
     dh, dw = dilation
     Ho = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
     Wo = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
-    fmt = _out_format(x)
+    fmt = out_memory_format(x)
     y = torch.empty((N, Co, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     keep = act == "general_relu" and save_preact
     z = torch.empty_like(y) if keep else x.new_empty((0,))
     if y.numel() == 0:
         return y, z
     w = w.contiguous()
-    mode, prec, acc = _mode_and_precision(x.dtype, x.device)
+    mode, prec, acc = _mode_and_precision(x.dtype, x.device, allow_tf32)
     Cog, K, M = Co // groups, Cg * KH * KW, N * Ho * Wo
     params = _params(leak, sub, maxv, x.dtype, x.device)
     if Cg == 1 and Cog == 1:  # depthwise: the direct kernel
@@ -511,9 +507,9 @@ def conv2d_triton(x, w, b, stride, padding, dilation, groups, act, leak, sub, ma
 
 
 def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv, output_mask,
-                           block=None, split=None):
-    """Triton backend of pydl.conv2d_backward. ``block`` as in :func:`conv2d_triton`; ``split`` fixes the
-    number of pixel ranges grad_w is split over (tests)."""
+                           block=None, split=None, allow_tf32=False):
+    """Triton backend of pydl.conv2d_backward. ``block`` and ``allow_tf32`` as in :func:`conv2d_triton`;
+    ``split`` fixes the number of pixel ranges grad_w is split over (tests)."""
     N, C, H, W = x.shape
     Co, Cg, KH, KW = w.shape
     sh, sw = stride
@@ -526,7 +522,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
     zs = z if (act != "none" and z is not None) else dy
     if zs.stride() != dy.stride():  # the kernels address z with dy's strides
         zs = torch.empty_like(dy).copy_(zs)
-    mode, prec, acc = _mode_and_precision(x.dtype, x.device)
+    mode, prec, acc = _mode_and_precision(x.dtype, x.device, allow_tf32)
     params = _params(leak, sub, maxv, x.dtype, x.device)
     blk = _blocks(block, x.dtype, x.device)
     empty = x.new_empty((0,))
@@ -537,7 +533,7 @@ def conv2d_backward_triton(grad_y, x, w, z, stride, padding, dilation, groups, a
         return _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, output_mask, block, split)
 
     if output_mask[0]:
-        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
         M = N * H * W
         if M:
             args = (dy, zs, w, gx, params, M, H, W, Ho, Wo, Cg, Cog, sh, sw, ph, pw, dh, dw,
@@ -597,7 +593,7 @@ def _dw_backward(dy, zs, x, w, params, stride, padding, dilation, code, acc, out
     empty = x.new_empty((0,))
     gx, gw, gb = empty, empty, empty
     if output_mask[0]:
-        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
         if gx.numel():
             _dw_dgrad_kernel[(triton.cdiv(N * H * W, bp), triton.cdiv(C, bc))](
                 dy, zs, w, gx, params, N * H * W, C, H, W, Ho, Wo, sh, sw, ph, pw, dh, dw, *dy.stride(),

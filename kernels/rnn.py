@@ -3,7 +3,7 @@
 What is Triton here and what is not: the four kernels below are the whole pointwise part of a step (every
 sigmoid/tanh, the cell update, the gate gradients); the GEMMs (the input projection of all steps at once, the
 per-step ``h W_hh^T``, the weight gradients) are ``torch.mm`` / ``addmm`` calls (cuBLAS on a GPU), made from
-the Python driver loop that pydl/ops/rnn.py shares with the reference backend. So one sequence is one
+the Python driver loop (pydl/ops/rnn_driver.py) shared with the reference backend. So one sequence is one
 ``torch.ops.pydl.lstm`` call, inside which Python walks the time steps (a GEMM and one Triton launch each).
 A persistent kernel that keeps W_hh on chip for all steps is the next step for small hidden sizes; it is not
 written yet.
@@ -23,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import rnn as R
 from ._jit import gpu_twin, jit
 
 
@@ -136,7 +135,7 @@ def _gru_bwd_kernel(dho, s_dho, dhr, s_dhr, dhd, s_dhd, ws, s_ws, hp, s_hp, dGi,
 
 
 # --------------------------------------------------------------------------------------------------
-# Launchers, with the signatures of pydl.ops.rnn.RefPointwise (so the shared driver can call either)
+# Launchers, with the signatures of pydl.ops.rnn_driver.RefPointwise (so the shared driver can call either)
 # --------------------------------------------------------------------------------------------------
 
 def _rows(t):
@@ -197,49 +196,3 @@ class TritonPointwise:
         _gru_bwd_kernel[grid](dh_out, dh_out.stride(0), dh_rec, dh_rec.stride(0), dh_dir, dh_dir.stride(0), ws,
                               ws.stride(0), h_prev, h_prev.stride(0), dGi, dGi.stride(0), dGh, dGh.stride(0),
                               dh_dir_out, dh_dir_out.stride(0), B, H, ACC=cls._acc(ws), **blk)
-
-
-# --------------------------------------------------------------------------------------------------
-# The Triton backend of each op: the shared drivers with these kernels
-# --------------------------------------------------------------------------------------------------
-
-def lstm_cell_triton(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    return R.lstm_cell_driver(TritonPointwise, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-
-
-def lstm_cell_backward_triton(grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx, need_dh):
-    return R.lstm_cell_backward_driver(TritonPointwise, grad_hy, grad_cy, x, hx, cx, w_ih, w_hh, gates, cy, need_dx,
-                                       need_dh)
-
-
-def gru_cell_triton(x, hx, w_ih, w_hh, b_ih, b_hh):
-    return R.gru_cell_driver(TritonPointwise, x, hx, w_ih, w_hh, b_ih, b_hh)
-
-
-def gru_cell_backward_triton(grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh):
-    return R.gru_cell_backward_driver(TritonPointwise, grad_hy, x, hx, w_ih, w_hh, ws, need_dx, need_dh)
-
-
-def lstm_triton(x, h0, c0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
-    return R.seq_forward_driver(TritonPointwise, "lstm", x, h0, c0, weights, mask, num_layers, bidirectional,
-                                has_bias, need_reserve)
-
-
-def lstm_backward_triton(grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out, reserve, layer_outs,
-                         num_layers, bidirectional, has_bias, need_dx):
-    return R.seq_backward_driver(TritonPointwise, "lstm", grad_out, grad_hn, grad_cn, x, h0, c0, weights, mask, out,
-                                 reserve, layer_outs, num_layers, bidirectional, has_bias, need_dx)
-
-
-def gru_triton(x, h0, weights, mask, num_layers, bidirectional, has_bias, need_reserve=True):
-    out, hn, _, reserve, layer_outs = R.seq_forward_driver(TritonPointwise, "gru", x, h0, None, weights, mask,
-                                                           num_layers, bidirectional, has_bias, need_reserve)
-    return out, hn, reserve, layer_outs
-
-
-def gru_backward_triton(grad_out, grad_hn, x, h0, weights, mask, out, reserve, layer_outs, num_layers,
-                        bidirectional, has_bias, need_dx):
-    gx, gh0, _, gw = R.seq_backward_driver(TritonPointwise, "gru", grad_out, grad_hn, None, x, h0, None, weights,
-                                           mask, out, reserve, layer_outs, num_layers, bidirectional, has_bias,
-                                           need_dx)
-    return gx, gh0, gw

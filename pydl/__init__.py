@@ -10,36 +10,19 @@ Importing pydl compiles nothing and does not import Triton; compiled backends bu
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
+import importlib
 
-__version__ = "0.1.0"
-
-
-def _source_tree_kernels() -> None:
-    """kernels/ sits at the repository's top level and is installed as ``pydl.kernels``. When pydl runs
-    straight from a source checkout (no install, e.g. on a GPU machine that cannot pip install), map it."""
-    if "pydl.kernels" in sys.modules or importlib.util.find_spec(__name__ + ".kernels") is not None:
-        return
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
-    init = os.path.join(src, "__init__.py")
-    if os.path.isfile(init):
-        spec = importlib.util.spec_from_file_location(__name__ + ".kernels", init, submodule_search_locations=[src])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        # a module put into sys.modules by hand is not bound on its parent package; `pydl.kernels` must be
-        setattr(sys.modules[__name__], "kernels", mod)
-
-
-_source_tree_kernels()
-
-from .backends import BACKENDS, backend, get_backend, set_backend  # noqa: E402
-from . import ops  # noqa: E402
-from .ops import *  # noqa: E402,F401,F403 - act_stats, batch_norm, conv2d, lstm, ... (functional API)
-from . import nn  # noqa: E402
-from .nn import convert  # noqa: E402
+# kernels/ sits at the repository's top level and is installed as pydl.kernels (setup.py's package_dir). In a
+# checkout -- run from its root, or installed editable in any mode -- pydl/kernels is a symbolic link to it,
+# committed in git, so `import pydl.kernels` finds it like any subpackage: no import hook, no sys.modules edit.
+from . import nn, ops
+from ._version import __version__
+from .backends import BACKENDS, backend, get_backend, set_backend
+from .nn import convert
+from .ops import (ActStats, act_stats, act_stats_reference, batch_norm, batch_norm_apply, batch_norm_backward_elemt,
+                  batch_norm_backward_reduce, batch_norm_reference, batch_norm_stats, conv2d,
+                  conv2d_backward_reference, conv2d_output_size, conv2d_reference, gru, gru_cell, gru_reference, lstm,
+                  lstm_cell, lstm_reference)
 
 # The heavier subpackages load on first attribute access (PEP 562), so that `import pydl` stays light and yet
 # `pydl.debug.ActivationStats`, `pydl.distributed.init_from_env()` or `pydl.learn` work after a plain
@@ -57,4 +40,12 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 
-__all__ = ["__version__", "BACKENDS", "backend", "get_backend", "set_backend", "convert", "nn", "ops"] + list(ops.__all__)
+__all__ = [
+    "__version__", "BACKENDS", "backend", "get_backend", "set_backend", "convert", "nn", "ops",
+    # the functional API, as pydl.ops exports it (tests/test_imports.py checks the two lists agree)
+    "ActStats", "act_stats", "act_stats_reference",
+    "batch_norm", "batch_norm_apply", "batch_norm_backward_elemt", "batch_norm_backward_reduce",
+    "batch_norm_reference", "batch_norm_stats",
+    "conv2d", "conv2d_backward_reference", "conv2d_output_size", "conv2d_reference",
+    "gru", "gru_cell", "gru_reference", "lstm", "lstm_cell", "lstm_reference",
+]

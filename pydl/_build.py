@@ -54,17 +54,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import _env
-from .backends import Reason
+from . import _env, _paths
+from ._kinds import Reason
+from ._version import __version__
 
 DEVICES = ("cpu", "cuda", "cuda_emu")  # cuda_emu: csrc/cuda's sources, built for the CPU emulator
 DEFAULT_CUDA_ARCHS = "8.0;9.0"  # Ampere and Hopper; compiled and linked even where no GPU is present
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-_AOT_DIR = os.path.join(_PKG_DIR, "_ext")
+AOT_DIR = _paths.AOT_DIR
 
 
 class BuildError(RuntimeError):
@@ -72,7 +72,7 @@ class BuildError(RuntimeError):
     :class:`pydl.backends.Reason`) says what kind of failure it is and ``summary`` says it in one line (for a
     compile error: the compiler's first error, not the command that ran it)."""
 
-    def __init__(self, message: str, reason: Reason = Reason.BUILD_FAILED, summary: Optional[str] = None):
+    def __init__(self, message: str, reason: Reason = Reason.BUILD_FAILED, summary: Optional[str] = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.summary = summary or summarise(message)
@@ -104,9 +104,9 @@ def summarise(log: str, limit: int = 300) -> str:
 
 def csrc_dir() -> str:
     """Where the C++/CUDA sources are: the source tree (editable install) or the copy shipped in a wheel."""
-    for cand in (os.path.join(os.path.dirname(_PKG_DIR), "csrc"), os.path.join(_PKG_DIR, "_csrc")):
-        if os.path.isdir(os.path.join(cand, "cpu")):
-            return cand
+    root = _paths.find_csrc()
+    if root is not None:
+        return root
     raise BuildError("pydl's C++ sources (csrc/) were not found next to the package; reinstall pydl")
 
 
@@ -353,8 +353,6 @@ def cuda_cflags() -> List[str]:
 def cache_dir() -> str:
     import torch
 
-    from . import __version__
-
     base = _env.path("PYDL_CACHE_DIR") or os.path.join(
         _env.path("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pydl")
     cu = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
@@ -388,7 +386,7 @@ def status(op: str, device: str) -> Optional[LoadResult]:
 
 
 def _aot_path(op: str, device: str) -> Optional[str]:
-    hits = sorted(glob.glob(os.path.join(_AOT_DIR, ext_name(op, device) + "*.so")))
+    hits = sorted(glob.glob(os.path.join(AOT_DIR, ext_name(op, device) + "*.so")))
     return hits[0] if hits else None
 
 
@@ -896,12 +894,12 @@ def setuptools_kwargs() -> dict:
             _object_names_by_language(self.compiler)
             # An in-place build (`pip install -e .`) copies each library into pydl/_ext/, which is not a
             # package (no sources of its own, ignored by git) and so may not exist: the copy does not create it.
-            os.makedirs(_AOT_DIR, exist_ok=True)
+            os.makedirs(AOT_DIR, exist_ok=True)
             super().build_extensions()
 
     units = aot_units()
     exts = []
-    rel = lambda p: os.path.relpath(p, os.path.dirname(_PKG_DIR))  # noqa: E731 - setuptools wants relative paths
+    rel = lambda p: os.path.relpath(p, os.path.dirname(_paths.PKG_DIR))  # noqa: E731 - setuptools wants relative paths
     for op in [op for dev, op in units if dev == "cpu"]:
         exts.append(CppExtension(f"pydl._ext.{ext_name(op, 'cpu')}", [rel(s) for s in sources(op, "cpu")],
                                  include_dirs=[csrc_dir()],

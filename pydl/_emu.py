@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 
-from ._build import csrc_dir
+from . import _paths
 
-#: the folder of stand-in CUDA headers (cuda_runtime.h, ...): put it first on the include path (-I)
-INCLUDE_DIR = os.path.join(csrc_dir(), "emu")
+#: the folder of stand-in CUDA headers (cuda_runtime.h, ...): put it first on the include path (-I). (An install
+#: without its sources gets the wheel's path, absent: the compile that uses it then names the missing header.)
+INCLUDE_DIR = os.path.join(_paths.find_csrc() or os.path.join(_paths.PKG_DIR, "_csrc"), "emu")
 #: the emulator runtime; compile with ``-include HEADER`` so even a file that includes nothing gets it
 HEADER = os.path.join(INCLUDE_DIR, "cuda_emu.h")
 

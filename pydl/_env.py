@@ -95,7 +95,7 @@ def names(name: str, allowed: Iterable[str]) -> List[str]:
 def required_backends(name: str = "PYDL_REQUIRE_BACKENDS") -> List[str]:
     """Backends that must be usable here (tests fail instead of skipping): comma-separated ``name`` (on any
     device) or ``name@device`` items, e.g. ``cpu,triton`` or ``cpu,cuda,triton@cuda``."""
-    from .backends import BACKENDS  # here, not at the top: setup.py loads this file alone
+    from ._kinds import BACKENDS  # here, not at the top: setup.py loads this file alone
 
     return names(name, list(BACKENDS) + [f"{b}@{d}" for b in BACKENDS for d in ("cpu", "cuda")])
 

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import enum
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-from . import _env
+from . import _build, _env
+from ._kinds import BACKENDS, NAMES, Reason
 
-BACKENDS = ("reference", "cpu", "cuda", "triton", "cuda_emu")
-# cuda_emu runs the CUDA kernels, unchanged, on CPU tensors (csrc/emu/, docs/ARCHITECTURE.md "The CUDA
-# emulator"): slow by design, a checker, never chosen by ``auto``.
-NAMES = BACKENDS + ("auto",)
+# BACKENDS (the names), NAMES (those and "auto") and Reason live in the leaf pydl/_kinds.py, below the
+# builder that this module uses; they are part of this module's API.
 
 # What ``auto`` tries, fastest first, per device type. The order comes from benchmarks/ (see README).
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
@@ -89,29 +87,6 @@ def backend(name: str) -> Iterator[str]:
 # --------------------------------------------------------------------------------------------------
 # Availability
 # --------------------------------------------------------------------------------------------------
-
-class Reason(enum.Enum):
-    """Why a backend can or cannot run an op: a kind, so that decisions never parse message text.
-
-    ``auto`` skips a backend silently only for :attr:`NO_KERNEL` (nothing was ever there to use); every other
-    failure is something the user could fix -- a missing tool, a failed build, a damaged or read-only cache --
-    and is worth one warning.
-    """
-
-    OK = "ok"
-    NO_KERNEL = "no kernel"            # the op has no implementation for this backend
-    WRONG_DEVICE = "wrong device"      # the backend does not run on tensors of this device type
-    NO_DEVICE = "no device"            # e.g. no CUDA GPU here
-    MISSING_TOOL = "missing tool"      # compiler, ninja, nvcc or Triton absent or unusable
-    BUILD_FAILED = "build failed"      # the sources did not compile or link
-    CACHE_READ_ONLY = "read-only cache"  # something had to be (re)built where nothing can be written
-    LOAD_FAILED = "load failed"        # a built library would not load
-
-    @property
-    def failed(self) -> bool:
-        """A failure auto should warn about (the backend exists but something here stops it)."""
-        return self not in (Reason.OK, Reason.NO_KERNEL)
-
 
 class Availability(tuple):
     """``(ok, why)`` -- unpacks like the plain pair callers have always used -- plus ``.reason``, a
@@ -185,8 +160,6 @@ def available(name: str, device_type: str, op: Optional[str] = None) -> Availabi
         return Availability(False, "no CUDA GPU is available", Reason.NO_DEVICE)
     if op is None:
         return Availability(True, "compiled on first use", Reason.OK)
-    from . import _build
-
     if not _build.sources(op, name):
         return Availability(False, f"{op} has no {name} kernel", Reason.NO_KERNEL)
     res = _build.load(op, name)
@@ -222,7 +195,7 @@ class Op:
     several ops can share one, as the eight rnn ops share ``rnn``).
     """
 
-    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]], build_unit: Optional[str] = None):
+    def __init__(self, name: str, impls: Dict[str, Callable[[], Callable]], build_unit: Optional[str] = None) -> None:
         self.name = name
         self.build_unit = build_unit or name
         self._loaders = impls
@@ -235,11 +208,7 @@ class Op:
     def _usable(self, name: str, device_type: str) -> Availability:
         if name not in self._loaders:
             return Availability(False, f"{self.name} has no {name} implementation", Reason.NO_KERNEL)
-        res = available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
-        if not isinstance(res, Availability):  # a plain (ok, why) pair says no kind: a failure worth a warning
-            ok, why = res
-            res = Availability(ok, why, Reason.OK if ok else Reason.LOAD_FAILED)
-        return res
+        return available(name, device_type, self.build_unit if name in ("cpu", "cuda", "cuda_emu") else None)
 
     def resolve(self, requested: str, device_type: str) -> str:
         key = (requested, device_type)
@@ -276,7 +245,7 @@ class Op:
         return fn
 
     @contextlib.contextmanager
-    def override(self, backend_name: str, fn: Callable):
+    def override(self, backend_name: str, fn: Callable) -> Iterator[Op]:
         """Run ``fn`` in place of this op's ``backend_name`` implementation inside the block (same signature
         as the backend's implementation). The course uses it to plug a learner's kernel into a real model:
         ``with pydl.backends.all_ops()["act_stats"].override("triton", my_kernel): ...``"""
@@ -299,7 +268,7 @@ class Op:
             else:
                 self._loaders[backend_name] = saved_loader
 
-    def __call__(self, requested: str, device_type: str, *args):
+    def __call__(self, requested: str, device_type: str, *args) -> Any:
         return self.impl(self.resolve(requested, device_type))(*args)
 
 
@@ -320,6 +289,7 @@ def register_op(op: Op) -> Op:
 
 
 def all_ops() -> Dict[str, Op]:
-    from . import ops  # noqa: F401 - importing pydl.ops registers every op
-
+    """Every registered op by name. Importing any pydl module runs pydl/__init__.py, which imports pydl.ops and
+    so registers every op: by the time anyone can call this, the table is complete (and this module, below
+    the ops, need not import them)."""
     return dict(_ALL_OPS)

@@ -167,18 +167,19 @@ def sharded_landscape(model, loss_fn, data, ndim: int = 2, steps=21, span=(-1.0,
     Returns the complete :class:`~pydl.debug.LandscapeResult` on every rank. Cost: ``points * batches``
     forward passes in all, ``/ world`` per rank.
     """
-    from .debug.landscape import LandscapeResult, _meta, evaluate_points, make_directions
+    from .debug.landscape import LandscapeResult, evaluate_points, make_directions, result_meta
 
     if ndim not in (1, 2):
         raise ValueError(f"sharded_landscape: ndim must be 1 or 2, got {ndim}")
     rank, world = rank_and_world(group)
     d = make_directions(model, ndim, seed, include_bias_bn)
     if ndim == 1:
-        result = LandscapeResult(np.linspace(span[0], span[1], steps), meta=_meta(d, batches, data))
+        result = LandscapeResult(np.linspace(span[0], span[1], steps), meta=result_meta(d, batches, data))
     else:
         nx, ny = (steps, steps) if isinstance(steps, int) else steps
         (x0, x1), (y0, y1) = (span, span) if not isinstance(span[0], (tuple, list)) else span
-        result = LandscapeResult(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny), meta=_meta(d, batches, data))
+        result = LandscapeResult(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny),
+                                 meta=result_meta(d, batches, data))
     result = _load_partials(result, checkpoint_dir)
     if world > 1:
         dist.barrier(group)  # everyone has read the old files before anyone writes new ones

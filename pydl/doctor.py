@@ -29,7 +29,7 @@ def doctor_report(build: bool = False) -> dict:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cache_dir": _build.cache_dir(),
-        "aot_dir": _build._AOT_DIR,
+        "aot_dir": _build.AOT_DIR,
     }
     try:
         import triton

@@ -146,8 +146,8 @@ def test_conv_bn_act_train_and_eval(cpu_backend, act):
     torch.manual_seed(0)
     m = ConvBnAct(4, 6, 3, stride=1, act=act, leak=0.1, sub=0.4, maxv=2.0, dtype=torch.float64)
     m.backend = cpu_backend
-    if hasattr(pydl.nn, "BatchNorm2d"):  # pydl's BN fuses the activation in training
-        assert m._bn_fuses_act and m.bn.act == act and m.bn.backend == cpu_backend
+    # pydl's BN fuses the activation in training
+    assert isinstance(m.bn, pydl.nn.BatchNorm2d) and m.bn.act == act and m.bn.backend == cpu_backend
     conv = tnn.Conv2d(4, 6, 3, padding=1, bias=False, dtype=torch.float64)
     bn = tnn.BatchNorm2d(6, dtype=torch.float64)
     conv.load_state_dict(m.conv.state_dict())

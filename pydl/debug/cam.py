@@ -51,7 +51,9 @@ def _find_fc(model: nn.Module, k: int) -> nn.Linear:
     return fc
 
 
-def _targets(logits: torch.Tensor, target) -> torch.Tensor:
+def target_classes(logits: torch.Tensor, target) -> torch.Tensor:
+    """The class to explain per sample, (B,) long: the top class where ``target`` is None, else ``target``
+    (one class for the whole batch, or one per sample)."""
     B = logits.shape[0]
     if target is None:
         return logits.argmax(1)
@@ -113,7 +115,7 @@ def cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, method: str = "grad
             logits = model(x.detach().requires_grad_(True))
             if logits.dim() != 2:
                 raise ValueError(f"cam: model must return (B, classes) scores, got shape {tuple(logits.shape)}")
-            tgt = _targets(logits, target)
+            tgt = target_classes(logits, target)
             A = store["A"]
             if A.dim() != 4:
                 raise ValueError(f"cam: layer output must be (B, K, h, w), got shape {tuple(A.shape)}")
@@ -167,7 +169,7 @@ def layer_cam(model, x, layer, target=None, **kw):
     return cam(model, x, layer, "layercam", target, **kw)
 
 
-def _to_hwc01(image) -> np.ndarray:
+def to_hwc01(image) -> np.ndarray:
     """An image as float (H, W, 3) in [0, 1]: accepts (C, H, W) / (H, W, C) / (H, W) tensors or arrays in any
     range (scaled by its own min and max, which is what you want for a normalised network input)."""
     a = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
@@ -189,7 +191,7 @@ def overlay(image, heat, path=None, alpha: float = 0.5, cmap: str = "jet") -> np
     another size is resized (bilinear) to the image."""
     import matplotlib
 
-    img = _to_hwc01(image)
+    img = to_hwc01(image)
     h = heat.detach().cpu().float() if isinstance(heat, torch.Tensor) else torch.as_tensor(np.asarray(heat, np.float32))
     if h.dim() == 3 and h.shape[0] == 1:
         h = h[0]

@@ -52,7 +52,7 @@ def plot_grad_flow(model_or_stats, path=None, log: bool = True, skip_bias: bool 
     """Bar chart of ``max |grad|`` (light) and ``mean |grad|`` (dark) per parameter, input side on the left;
     parameters without a gradient are marked. Pass the model after ``backward()`` or a :func:`grad_stats`
     dict. Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     st = model_or_stats if isinstance(model_or_stats, dict) else grad_stats(model_or_stats, skip_bias)
     names = list(st)
@@ -212,7 +212,7 @@ def dead_units(model: nn.Module, data, modules: Optional[Iterable[nn.Module]] = 
 def plot_dead_units(report: DeadUnitReport, path=None, threshold: float = 0.99, ncols: int = 4, dpi: int = 100):
     """Per layer: every unit's share of near-zero outputs (and of saturated ones, for bounded activations),
     sorted, with the ``threshold`` line. Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     n = max(1, len(report.names))
     ncols = max(1, min(ncols, n))

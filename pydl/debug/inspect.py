@@ -51,8 +51,8 @@ def plot_feature_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, path=
     """A grid of ``layer``'s channel maps for sample ``index`` of ``x`` (the first ``max_maps`` channels,
     each on its own colour scale, titled with its mean activation), after the input image when
     ``show_input``. Returns the Figure; PNG at ``path``."""
-    from .cam import _to_hwc01
-    from .plots import new_figure, save_figure
+    from .cam import to_hwc01
+    from .figures import new_figure, save_figure
 
     fm = feature_maps(model, layer, x)
     if fm.dim() != 4:
@@ -67,7 +67,7 @@ def plot_feature_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, path=
     if show_input:
         img = x[index]
         if img.dim() == 3 and img.shape[0] in (1, 3):
-            axes[0].imshow(_to_hwc01(img))
+            axes[0].imshow(to_hwc01(img))
         axes[0].set_title("input", fontsize=7)
         k = 1
     for c, m in enumerate(maps):
@@ -97,7 +97,7 @@ def plot_filters(model_or_conv: nn.Module, path=None, max_filters: int = 64, nco
     """Images of a conv layer's filters (default: the model's first conv). With 3 input channels each
     filter is shown as an RGB image; otherwise as the mean over its input channels in ``cmap``. Each filter
     is scaled by its own min and max (only the pattern matters, not the scale). Returns the Figure."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     conv = model_or_conv if isinstance(model_or_conv, nn.modules.conv._ConvNd) else first_conv(model_or_conv)
     w = conv.weight.detach().float().cpu()

@@ -314,7 +314,9 @@ def evaluate_points(model: nn.Module, loss_fn: Callable, data, directions: Direc
 # the scans
 # --------------------------------------------------------------------------------------------------
 
-def _meta(directions: Directions, batches, data) -> dict:
+def result_meta(directions: Directions, batches, data) -> dict:
+    """What a LandscapeResult records of how it was made (the directions' kind and seed, the batches per
+    point); the sharded landscape (pydl/distributed.py) writes the same, so its files resume alike."""
     m = directions.meta()
     m.pop("names")
     nb = 1 if is_one_batch(data) else batches
@@ -346,7 +348,7 @@ def loss_landscape_1d(model: nn.Module, loss_fn: Callable, data, steps: int = 51
     if len(d) != 1:
         raise ValueError("loss_landscape_1d: needs exactly one direction")
     xs = np.linspace(span[0], span[1], steps)
-    res = _prepare(path, resume, LandscapeResult(xs, meta=_meta(d, batches, data)))
+    res = _prepare(path, resume, LandscapeResult(xs, meta=result_meta(d, batches, data)))
     return evaluate_points(model, loss_fn, data, d, res, None, batches, show_progress, path, checkpoint_every)
 
 
@@ -365,7 +367,7 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Callable, data, steps: Union[in
     nx, ny = (steps, steps) if isinstance(steps, int) else steps
     (x0, x1), (y0, y1) = (span, span) if not isinstance(span[0], (tuple, list)) else span
     res = _prepare(path, resume, LandscapeResult(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny),
-                                                 meta=_meta(d, batches, data)))
+                                                 meta=result_meta(d, batches, data)))
     return evaluate_points(model, loss_fn, data, d, res, None, batches, show_progress, path, checkpoint_every)
 
 
@@ -388,7 +390,7 @@ def _as_result(r) -> LandscapeResult:
 
 def plot_landscape_1d(result, path=None, log: bool = False, dpi: int = 100):
     """The 1D loss curve (points not computed yet are gaps). Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     r = _as_result(result)
     if r.ndim != 1:
@@ -409,7 +411,7 @@ def plot_landscape_2d(result, path=None, kind: str = "contour", levels: int = 30
                       cmap: str = "viridis", dpi: int = 100):
     """The 2D landscape as ``kind="contour"`` (filled contours + lines), ``"heatmap"`` or ``"surface"``
     (3D). Returns the Figure; PNG at ``path``."""
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     r = _as_result(result)
     if r.ndim != 2:

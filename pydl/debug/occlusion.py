@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .cam import _targets
+from .cam import target_classes
 
 __all__ = ["occlusion", "occlusion_windows", "plot_occlusion"]
 
@@ -109,7 +109,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Union[None, int, Sequen
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"occlusion: model must return (B, classes) scores, got {got}")
             try:
-                tgt = _targets(logits, target)
+                tgt = target_classes(logits, target)
             except ValueError as e:   # the shared check names CAM; say which function was called
                 raise ValueError(str(e).replace("cam:", "occlusion:", 1)) from None
             base = logits.gather(1, tgt[:, None])[:, 0]                                  # (B,)
@@ -138,7 +138,7 @@ def plot_occlusion(model: nn.Module, x: torch.Tensor, path=None, target=None, ti
     cold. Inputs with other than 1 or 3 channels are shown as their channel mean. ``kw`` goes to
     :func:`occlusion` (``patch``, ``stride``, ``fill``, ...). Returns the Figure; PNG at ``path``."""
     from .cam import overlay
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     maps, logits, tgt = occlusion(model, x, target=target, return_logits=True, **kw)
     top = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny)[:, None, None]

@@ -349,15 +349,15 @@ class StatsData:
 
     # ---- plots (pydl.debug.plots; matplotlib imported only when called)
     def plot_colorful_dimension(self, path=None, **kw):
-        from .plots import plot_colorful_dimension
+        from .figures import plot_colorful_dimension
         return plot_colorful_dimension(self, path=path, **kw)
 
     def plot_layer_stats(self, path=None, **kw):
-        from .plots import plot_layer_stats
+        from .figures import plot_layer_stats
         return plot_layer_stats(self, path=path, **kw)
 
     def plot_dead_chart(self, path=None, **kw):
-        from .plots import plot_dead_chart
+        from .figures import plot_dead_chart
         return plot_dead_chart(self, path=path, **kw)
 
 

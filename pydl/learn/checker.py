@@ -128,19 +128,6 @@ class Result:
             lv["status"] == "pass" for lv in cpu)
 
 
-def gpu_only_note(ex: course.Exercise) -> str:
-    """What the CPU levels of this exercise cannot show, in plain words."""
-    if ex.track == "triton":
-        base = ("Triton's interpreter runs the programs of a launch one after another, so races between programs "
-                "cannot show on a CPU; masked-off lanes of a load without other= are NaN here, garbage on a GPU")
-    else:
-        base = ("the emulator's racecheck reports races, but it runs one thread at a time: timing between blocks "
-                "in flight, speed and the hardware's own numerics show only on a GPU")
-    if ex.gpu_only_bugs:
-        return f"Only a GPU can reveal: {ex.gpu_only_bugs} ({base})."
-    return f"Nothing in this exercise depends on that, but note: {base}."
-
-
 def _run_triton(ex: course.Exercise, path: Path, device: str, timeout: float) -> List[dict]:
     env = dict(os.environ)
     if device == "cpu":
@@ -221,7 +208,7 @@ def check(ex: course.Exercise, path: Path, gpu: Optional[bool] = None, timeout: 
         gpu_name = "correct on GPU (compiled Triton)"
         if not have_gpu:
             res.levels.append({"name": gpu_name, "status": "skip",
-                               "detail": "no CUDA GPU here: not run, so NOT passed. " + gpu_only_note(ex)})
+                               "detail": "no CUDA GPU here: not run, so NOT passed. " + ex.gpu_only_note()})
         elif not cpu_ok:
             res.levels.append({"name": gpu_name, "status": "skip", "detail": "fix the CPU level first"})
         else:
@@ -250,7 +237,7 @@ def print_result(ex: course.Exercise, res: Result, out=None) -> None:
     if res.passed:
         w(f"\nPASSED: {ex.name}.\nWhat you learned: {ex.learned}\n")
         if any(lv["status"] == "skip" and "GPU" in lv["name"] for lv in res.levels):
-            w(f"Not checked here: the GPU level was skipped. {gpu_only_note(ex)}\n")
+            w(f"Not checked here: the GPU level was skipped. {ex.gpu_only_note()}\n")
         nxt = course.next_of(ex)
         if nxt:
             w(f"Next: {nxt.name} -- {nxt.title}.  Run `pydl learn start {nxt.name}`.\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -132,6 +131,18 @@ class Exercise:
     @property
     def gpu_only_bugs(self) -> Optional[str]:
         return getattr(self.module, "GPU_ONLY_BUGS", None)
+
+    def gpu_only_note(self) -> str:
+        """What the CPU levels of this exercise cannot show, in plain words."""
+        if self.track == "triton":
+            base = ("Triton's interpreter runs the programs of a launch one after another, so races between programs "
+                    "cannot show on a CPU; masked-off lanes of a load without other= are NaN here, garbage on a GPU")
+        else:
+            base = ("the emulator's racecheck reports races, but it runs one thread at a time: timing between blocks "
+                    "in flight, speed and the hardware's own numerics show only on a GPU")
+        if self.gpu_only_bugs:
+            return f"Only a GPU can reveal: {self.gpu_only_bugs} ({base})."
+        return f"Nothing in this exercise depends on that, but note: {base}."
 
     @property
     def mutants(self) -> Dict[str, list]:

@@ -289,10 +289,8 @@ def check(ex: course.Exercise, learner: Path, use_gpu: Optional[bool] = None, ti
             levels.append(_level("correct on a GPU", n, failed, gcases))
         else:
             why = ("no CUDA GPU here" if not gpu else "the GPU build (nvcc) was skipped or is unavailable")
-            from .checker import gpu_only_note
-
             levels.append({"name": "correct on a GPU", "status": "skip",
-                           "detail": why + ": not run, so NOT passed. " + gpu_only_note(ex)})
+                           "detail": why + ": not run, so NOT passed. " + ex.gpu_only_note()})
     return levels
 
 

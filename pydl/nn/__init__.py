@@ -1,19 +1,20 @@
 """Drop-in modules: same constructor, parameters, buffers and state_dict keys as their torch.nn twins.
 
 ``pydl.convert(model)`` swaps them in (and ``convert(model, to="torch")`` back). Every module has a
-``backend`` attribute (None = the current default) choosing which kernels its forward runs.
+``backend`` attribute (None = the current default) choosing which kernels its forward runs. Each module file
+registers its classes with convert() when it is imported, which these imports do.
 """
 from .activation import GeneralRelu
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .conv import Conv2d, ConvBnAct, fold_conv_bn, fuse_conv_bn_act, fuse_model
 from .convert import convert, register
+from .rnn import GRU, LSTM, GRUCell, LSTMCell
+from .syncbatchnorm import SyncBatchNorm
 
-__all__ = ["GeneralRelu", "convert", "register"]
-
-# Each op's modules register themselves with convert() on import. Import errors are real errors.
-from .batchnorm import *  # noqa: E402,F401,F403
-from .conv import *  # noqa: E402,F401,F403
-from .rnn import *  # noqa: E402,F401,F403
-from .syncbatchnorm import SyncBatchNorm  # noqa: E402
-from . import batchnorm as _bn, conv as _conv, rnn as _rnn  # noqa: E402
-
-__all__ += list(getattr(_bn, "__all__", [])) + list(getattr(_conv, "__all__", [])) + list(getattr(_rnn, "__all__", []))
-__all__ += ["SyncBatchNorm"]
+__all__ = [
+    "GeneralRelu", "convert", "register",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+    "Conv2d", "ConvBnAct", "fold_conv_bn", "fuse_conv_bn_act", "fuse_model",
+    "GRU", "LSTM", "GRUCell", "LSTMCell",
+    "SyncBatchNorm",
+]

@@ -24,7 +24,7 @@ from .convert import register
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _PydlBatchNorm:
+class PydlBatchNorm:
     """The forward and the conversion helpers shared by the three classes (mixed in before torch's class)."""
 
     _torch_cls = None
@@ -93,7 +93,7 @@ class _PydlBatchNorm:
 
 
 def _make(torch_cls):
-    class Cls(_PydlBatchNorm, torch_cls):
+    class Cls(PydlBatchNorm, torch_cls):
         def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                      affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                      act: str = "none", leak: Optional[float] = None, sub: Optional[float] = None,

@@ -26,6 +26,7 @@ import torch.nn as tnn
 from ..ops import _activation
 from ..ops.conv2d import conv2d as _conv2d
 from .activation import GeneralRelu
+from .batchnorm import BatchNorm2d
 from .convert import register
 
 __all__ = ["Conv2d", "ConvBnAct", "fold_conv_bn", "fuse_conv_bn_act", "fuse_model"]
@@ -110,13 +111,6 @@ class Conv2d(tnn.Conv2d):
 
 
 register(tnn.Conv2d, Conv2d)
-
-
-def _batchnorm_cls():
-    """pydl.nn.BatchNorm2d once it exists (another issue), else torch's."""
-    from . import batchnorm
-
-    return getattr(batchnorm, "BatchNorm2d", tnn.BatchNorm2d)
 
 
 def fold_conv_bn(conv: tnn.Conv2d, bn: tnn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -211,15 +205,10 @@ class ConvBnAct(tnn.Module):
             _activation.check_act(act, *(_activation.params(act, leak, sub, maxv) if act != "none"
                                          else (0.0, 0.0, math.inf)), "ConvBnAct")
             self.act = (act,) + (_activation.params(act, leak, sub, maxv) if act != "none" else (0.0, 0.0, math.inf))
-        bn_cls = _batchnorm_cls()
         a, lk, sb, mx = self.act
-        try:  # pydl's BatchNorm2d fuses the activation into its own kernel (training: conv, then BN+act)
-            self.bn = bn_cls(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype, act=a,
-                             leak=lk, sub=sb, maxv=None if mx == math.inf else mx)
-            self._bn_fuses_act = True
-        except TypeError:  # torch's BatchNorm2d: the activation runs after it
-            self.bn = bn_cls(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype)
-            self._bn_fuses_act = False
+        # pydl's BatchNorm2d fuses the activation into its own kernel (training: conv, then BN+act)
+        self.bn = BatchNorm2d(out_channels, eps=eps, momentum=momentum, device=device, dtype=dtype, act=a,
+                              leak=lk, sub=sb, maxv=None if mx == math.inf else mx)
 
     @property
     def backend(self) -> Optional[str]:
@@ -234,8 +223,7 @@ class ConvBnAct(tnn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act, leak, sub, maxv = self.act
         if self.training or not self.bn.track_running_stats:
-            z = self.bn(self.conv(x))
-            return z if self._bn_fuses_act else _activation.apply(z, act, leak, sub, maxv)
+            return self.bn(self.conv(x))
         w, b = fold_conv_bn(self.conv, self.bn)
         c = self.conv
         return _conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups, c.padding_mode, act=act, leak=leak,

@@ -20,7 +20,13 @@ def register(torch_cls: Type[tnn.Module], pydl_cls: type) -> None:
 
 
 def registered() -> Dict[Type[tnn.Module], type]:
+    """torch class -> the pydl class ``convert`` swaps it for."""
     return dict(_TO_PYDL)
+
+
+def torch_twins() -> Dict[type, Type[tnn.Module]]:
+    """pydl class -> the torch class ``convert(..., to="torch")`` swaps it back to."""
+    return dict(_TO_TORCH)
 
 
 def convert(model: tnn.Module, to: str = "pydl", include: Optional[Iterable[type]] = None,

@@ -28,7 +28,7 @@ import torch.nn as tnn
 from ..ops import _activation
 from ..ops.batch_norm import (batch_norm_apply, batch_norm_backward_elemt, batch_norm_backward_reduce,
                               batch_norm_stats, channel_count)
-from .batchnorm import _PydlBatchNorm
+from .batchnorm import PydlBatchNorm
 from .convert import register
 
 __all__ = ["SyncBatchNorm", "merge_moments"]
@@ -112,7 +112,7 @@ class _SyncBN(torch.autograd.Function):
         return (dx, dweight, dbias) + (None,) * 11
 
 
-class SyncBatchNorm(_PydlBatchNorm, tnn.modules.batchnorm._BatchNorm):
+class SyncBatchNorm(PydlBatchNorm, tnn.modules.batchnorm._BatchNorm):
     """Drop-in for torch.nn.SyncBatchNorm running pydl's batch_norm kernels (same constructor, parameters,
     buffers and state_dict), plus an optional fused activation. Runs on CPU (gloo) as well as GPU (NCCL).
 
@@ -142,7 +142,7 @@ class SyncBatchNorm(_PydlBatchNorm, tnn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._synced():
-            return _PydlBatchNorm.forward(self, input)
+            return PydlBatchNorm.forward(self, input)
         self._check_input_dim(input)
         from .. import backends
 

@@ -13,6 +13,7 @@ The same formulas live in csrc/activation.h (C++/CUDA) and kernels/_activation.p
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ def check_act(act: str, leak: float, sub: float, maxv: float, op: str) -> None:
                          f"got leak={leak}, sub={sub}, maxv={maxv}")
 
 
-def params(act: str, leak=None, sub=None, maxv=None):
+def params(act: str, leak: Optional[float] = None, sub: Optional[float] = None,
+           maxv: Optional[float] = None) -> Tuple[float, float, float]:
     """Normalise GeneralRelu-style arguments (None = off) to the (leak, sub, maxv) floats of the schemas."""
     if act == "relu":
         return 0.0, 0.0, math.inf

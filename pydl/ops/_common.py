@@ -12,6 +12,7 @@ Each op lives in its own module (pydl/ops/<op>.py) with the same shape:
 from __future__ import annotations
 
 import numbers
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,19 +22,14 @@ LIB = torch.library.Library("pydl", "FRAGMENT")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_floating(t, op: str, arg: str) -> None:
+def check_floating(t: object, op: str, arg: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"pydl.{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"pydl.{op}: {arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The accumulation dtype: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def compiled(namespace: str, op: str):
+def compiled(namespace: str, op: str) -> Callable[[], Callable]:
     """Loader for a compiled backend's kernel: ``torch.ops.<namespace>.<op>`` once its library is loaded.
     (The build itself happens in pydl.backends.available(), which runs first and records failures.)"""
 
@@ -43,21 +39,6 @@ def compiled(namespace: str, op: str):
     return load
 
 
-def is_dense(t: torch.Tensor) -> bool:
-    """True if ``t``'s elements fill one contiguous block of memory with no overlap, in any dimension order
-    (contiguous, channels_last, transposed...). Whole-tensor reductions can then read that block as flat."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
 # Scalar argument checks for the public functions. The dispatcher would refuse a wrong type too, but with
 # its schema dump ("Expected a value of type 'int' for argument 'bins'... Declaration: ..."), and Python's
@@ -65,7 +46,7 @@ def is_dense(t: torch.Tensor) -> bool:
 # it accepts, in the caller's terms, and return the value as the plain Python type the schema wants.
 # --------------------------------------------------------------------------------------------------
 
-def check_int(v, op: str, arg: str, lo: int = None, hi: int = None) -> int:
+def check_int(v: object, op: str, arg: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     """An int (a bool or a whole float is not one: ``bins=3.0`` is as likely a mistake as ``3.7``) in
     ``[lo, hi]``."""
     accepted = "an int" + (f" in [{lo}, {hi}]" if lo is not None and hi is not None else
@@ -77,7 +58,7 @@ def check_int(v, op: str, arg: str, lo: int = None, hi: int = None) -> int:
     return int(v)
 
 
-def check_real(v, op: str, arg: str, accepted: str) -> float:
+def check_real(v: object, op: str, arg: str, accepted: str) -> float:
     """A real number (int or float, numpy scalars included; not a bool, a string or a tensor); ``accepted``
     says which values the caller may pass, for the message. Range checks are the caller's."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -85,13 +66,13 @@ def check_real(v, op: str, arg: str, accepted: str) -> float:
     return float(v)
 
 
-def check_bool(v, op: str, arg: str) -> bool:
+def check_bool(v: object, op: str, arg: str) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise TypeError(f"pydl.{op}: {arg} must be True or False, got {v!r} ({type(v).__name__})")
     return bool(v)
 
 
-def check_backend_name(backend, op: str) -> str:
+def check_backend_name(backend: Optional[str], op: str) -> str:
     """``backend=`` of a public function: None (the current default) or a backend name (checked later, when
     it is resolved, against the names pydl knows)."""
     from .. import backends

@@ -46,14 +46,14 @@ below, above; ``hist`` ``(G, bins)`` int64. :func:`act_stats` wraps them in an :
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import backends
-from ._common import (LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real,
-                      compiled)
+from .._layout import acc_dtype
+from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real, compiled
 
 __all__ = ["act_stats", "ActStats", "act_stats_reference"]
 
@@ -121,7 +121,8 @@ def check_range(bins: int, lo: float, hi: float, dtype: torch.dtype) -> None:
 # reference: plain PyTorch, written to be read
 # --------------------------------------------------------------------------------------------------
 
-def act_stats_reference(x, bins, lo, hi, eps, per_channel):
+def act_stats_reference(x: torch.Tensor, bins: int, lo: float, hi: float, eps: float,
+                        per_channel: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     G = x.shape[1] if per_channel else 1
     # (G, M): one row of values per group
@@ -211,7 +212,8 @@ class ActStats:
 
     __slots__ = ("fstats", "counts", "hist_all", "bins", "lo", "hi", "eps", "per_channel")
 
-    def __init__(self, fstats, counts, hist, bins, lo, hi, eps, per_channel):
+    def __init__(self, fstats: torch.Tensor, counts: torch.Tensor, hist: torch.Tensor, bins: int, lo: float,
+                 hi: float, eps: float, per_channel: bool) -> None:
         self.fstats, self.counts, self.hist_all = fstats, counts, hist
         self.bins, self.lo, self.hi, self.eps, self.per_channel = bins, lo, hi, eps, per_channel
 
@@ -220,84 +222,84 @@ class ActStats:
 
     # counts
     @property
-    def count(self):
+    def count(self) -> torch.Tensor:
         return self._pick(self.counts[:, 0])
 
     @property
-    def near_zero(self):
+    def near_zero(self) -> torch.Tensor:
         return self._pick(self.counts[:, 1])
 
     @property
-    def nan(self):
+    def nan(self) -> torch.Tensor:
         return self._pick(self.counts[:, 2])
 
     @property
-    def posinf(self):
+    def posinf(self) -> torch.Tensor:
         return self._pick(self.counts[:, 3])
 
     @property
-    def neginf(self):
+    def neginf(self) -> torch.Tensor:
         return self._pick(self.counts[:, 4])
 
     @property
-    def below(self):
+    def below(self) -> torch.Tensor:
         return self._pick(self.counts[:, 5])
 
     @property
-    def above(self):
+    def above(self) -> torch.Tensor:
         return self._pick(self.counts[:, 6])
 
     @property
-    def finite(self):
+    def finite(self) -> torch.Tensor:
         c = self.counts
         return self._pick(c[:, 0] - c[:, 2] - c[:, 3] - c[:, 4])
 
     @property
-    def hist(self):
+    def hist(self) -> torch.Tensor:
         return self._pick(self.hist_all)
 
     @property
-    def edges(self):
+    def edges(self) -> torch.Tensor:
         """The ``bins + 1`` bin edges (as torch.linspace(lo, hi, bins + 1))."""
         return torch.linspace(self.lo, self.hi, self.bins + 1, dtype=self.fstats.dtype, device=self.fstats.device)
 
     # statistics of the finite values
     @property
-    def mean(self):
+    def mean(self) -> torch.Tensor:
         return self._pick(self.fstats[:, 0])
 
     @property
-    def m2(self):
+    def m2(self) -> torch.Tensor:
         return self._pick(self.fstats[:, 1])
 
     @property
-    def min(self):
+    def min(self) -> torch.Tensor:
         return self._pick(self.fstats[:, 2])
 
     @property
-    def max(self):
+    def max(self) -> torch.Tensor:
         return self._pick(self.fstats[:, 3])
 
     @property
-    def var(self):
+    def var(self) -> torch.Tensor:
         """Population variance (divide by n), as ``torch.var(x, correction=0)``."""
         return self.m2 / self.finite.to(self.m2.dtype)
 
     @property
-    def var_unbiased(self):
+    def var_unbiased(self) -> torch.Tensor:
         """Sample variance (divide by n - 1), as ``torch.var(x)``."""
         return self.m2 / (self.finite.to(self.m2.dtype) - 1)
 
     @property
-    def std(self):
+    def std(self) -> torch.Tensor:
         return self.var.sqrt()
 
     @property
-    def std_unbiased(self):
+    def std_unbiased(self) -> torch.Tensor:
         return self.var_unbiased.sqrt()
 
     @property
-    def near_zero_frac(self):
+    def near_zero_frac(self) -> torch.Tensor:
         return self.near_zero.to(self.fstats.dtype) / self.count.to(self.fstats.dtype)
 
     def to_dict(self) -> dict:

@@ -83,13 +83,14 @@ dx come back with x's (dense) strides, as torch's BatchNorm does for channels_la
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from .. import backends
+from .._layout import acc_dtype, channel_count, dense_layout
 from . import _activation
-from ._common import LIB, acc_dtype, check_backend_name, check_bool, check_floating, check_int, check_real
+from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real
 
 __all__ = ["batch_norm", "batch_norm_reference", "batch_norm_stats", "batch_norm_apply",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
@@ -114,28 +115,6 @@ LIB.define(f"batch_norm_backward_elemt(Tensor dy, Tensor x, Tensor mean, Tensor 
 # --------------------------------------------------------------------------------------------------
 # Layout and argument checks (shared by the real kernels and the fake ones, so both agree on strides)
 # --------------------------------------------------------------------------------------------------
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True if x is a dense (N, spatial..., C) array: channel fastest. 2-D (N, C) counts (rows of channels)."""
-    if x.dim() == 2:
-        return x.is_contiguous()
-    if x.dim() < 3 or x.is_contiguous():
-        return False  # when both layouts fit (C == 1, or spatial all 1) the contiguous reading wins
-    return x.permute(0, *range(2, x.dim()), 1).is_contiguous()
-
-
-def dense_layout(x: torch.Tensor) -> torch.Tensor:
-    """x itself if it is contiguous or channels-last dense; a contiguous copy otherwise."""
-    return x if (x.is_contiguous() or is_channels_last(x)) else x.contiguous()
-
-
-def channel_count(x: torch.Tensor) -> int:
-    """Values per channel: N * prod(spatial)."""
-    n = x.shape[0]
-    for d in x.shape[2:]:
-        n = n * d
-    return n
-
 
 def _check_param(t, name: str, x: torch.Tensor, op: str) -> None:
     if t is None:
@@ -230,7 +209,8 @@ def check_num_batches_tracked(nbt, momentum, op: str, read_value: bool = True) -
                          f"average 1 / num_batches_tracked of each batch), got {int(nbt.reshape(()))}")
 
 
-def act_params(act, leak, sub, maxv, op: str):
+def act_params(act: str, leak: Optional[float], sub: Optional[float], maxv: Optional[float],
+               op: str) -> Tuple[float, float, float]:
     """_activation.params with the types checked first: float('fast') would fail without naming the argument."""
     if not isinstance(act, str):
         raise TypeError(f"pydl.{op}: act must be one of {_activation.ACTIVATIONS}, got {act!r}")
@@ -355,9 +335,12 @@ REFERENCE = Kernels(_ref_forward, _ref_update_running, _ref_backward, _ref_stats
                     _ref_backward_reduce, _ref_backward_elemt)
 
 
-def batch_norm_reference(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-                         momentum=0.1, eps=1e-5, act="none", leak=None, sub=None, maxv=None,
-                         num_batches_tracked=None):
+def batch_norm_reference(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
+                         running_var: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None,
+                         bias: Optional[torch.Tensor] = None, training: bool = False, momentum: Optional[float] = 0.1,
+                         eps: float = 1e-5, act: str = "none", leak: Optional[float] = None,
+                         sub: Optional[float] = None, maxv: Optional[float] = None,
+                         num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ground truth as one readable function (plain torch ops, no autograd of its own: autograd
     differentiates it through torch's ops). Same contract as :func:`batch_norm`."""
     leak_, sub_, maxv_ = _activation.params(act, leak, sub, maxv)
@@ -684,14 +667,16 @@ def _check_tensors(op, **tensors):
             raise TypeError(f"pydl.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
-def batch_norm_stats(x, backend=None):
+def batch_norm_stats(x: torch.Tensor, backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (mean, M2) of x in the accumulation dtype; the count is N * prod(spatial)."""
     _check_x(x, "batch_norm_stats")  # before the schema: a list would get its dump, not pydl's TypeError
     return torch.ops.pydl.batch_norm_stats(x, check_backend_name(backend, "batch_norm_stats"))
 
 
-def batch_norm_apply(x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None, maxv=None,
-                     backend=None):
+def batch_norm_apply(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     bias: Optional[torch.Tensor] = None, act: str = "none", leak: Optional[float] = None,
+                     sub: Optional[float] = None, maxv: Optional[float] = None,
+                     backend: Optional[str] = None) -> torch.Tensor:
     """y = act((x - mean) * invstd * weight + bias), per channel (no autograd: a building block)."""
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_apply")
     _check_tensors("batch_norm_apply", x=x, mean=mean, invstd=invstd)
@@ -699,8 +684,11 @@ def batch_norm_apply(x, mean, invstd, weight=None, bias=None, act="none", leak=N
                                            check_backend_name(backend, "batch_norm_apply"))
 
 
-def batch_norm_backward_reduce(dy, x, mean, invstd, weight=None, bias=None, act="none", leak=None, sub=None,
-                               maxv=None, backend=None):
+def batch_norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                               act: str = "none", leak: Optional[float] = None, sub: Optional[float] = None,
+                               maxv: Optional[float] = None,
+                               backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(sum(dz), sum(dz * (x - mean))) per channel, dz = act'(z) * dy: one pass over dy and x."""
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, "batch_norm_backward_reduce")
     _check_tensors("batch_norm_backward_reduce", dy=dy, x=x, mean=mean, invstd=invstd)
@@ -708,8 +696,11 @@ def batch_norm_backward_reduce(dy, x, mean, invstd, weight=None, bias=None, act=
                                                      check_backend_name(backend, "batch_norm_backward_reduce"))
 
 
-def batch_norm_backward_elemt(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, count, act="none",
-                              leak=None, sub=None, maxv=None, backend=None):
+def batch_norm_backward_elemt(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], sum_dz: torch.Tensor,
+                              sum_dz_xmu: torch.Tensor, count: int, act: str = "none", leak: Optional[float] = None,
+                              sub: Optional[float] = None, maxv: Optional[float] = None,
+                              backend: Optional[str] = None) -> torch.Tensor:
     """dx from the two (possibly all-reduced) sums and the total per-channel count."""
     op = "batch_norm_backward_elemt"
     leak_, sub_, maxv_ = act_params(act, leak, sub, maxv, op)

@@ -90,8 +90,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _env, backends
+from .._layout import acc_dtype, out_memory_format
 from . import _activation
-from ._common import LIB, acc_dtype, check_floating, compiled
+from ._common import LIB, check_floating, compiled
 
 __all__ = ["conv2d", "conv2d_reference", "conv2d_backward_reference", "conv2d_output_size", "conv2d_algo",
            "set_conv2d_algo", "get_conv2d_algo"]
@@ -110,19 +111,12 @@ LIB.define("conv2d_backward(Tensor grad_y, Tensor x, Tensor w, Tensor? z, int[2]
 # Argument checks (shared by the op, its fake and its backward)
 # --------------------------------------------------------------------------------------------------
 
-def conv2d_output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> Tuple[int, int]:
+def conv2d_output_size(h: int, w: int, kh: int, kw: int, stride: Sequence[int], padding: Sequence[int],
+                       dilation: Sequence[int]) -> Tuple[int, int]:
     """(Ho, Wo) = floor((H + 2p - d*(k-1) - 1) / s) + 1 per dimension (may be <= 0: the caller checks)."""
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return ho, wo
-
-
-def out_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last output for a channels_last input (one that is not also plainly contiguous), else NCHW.
-    Every backend and the fake use this one rule, so the output strides agree everywhere."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _int(v, name: str, accepted: str) -> int:
@@ -214,7 +208,9 @@ def _im2col(x, kh, kw, stride, padding, dilation, groups):
     return cols.view(N, groups, (C // groups) * kh * kw, cols.shape[-1])
 
 
-def conv2d_reference(x, w, b, stride, padding, dilation, groups, act, leak, sub, maxv, save_preact):
+def conv2d_reference(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], groups: int, act: str, leak: float, sub: float,
+                     maxv: float, save_preact: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     Co, Cg, kh, kw = w.shape
@@ -232,8 +228,10 @@ def conv2d_reference(x, w, b, stride, padding, dilation, groups, act, leak, sub,
     return y, z_out
 
 
-def conv2d_backward_reference(grad_y, x, w, z, stride, padding, dilation, groups, act, leak, sub, maxv,
-                              output_mask):
+def conv2d_backward_reference(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, z: Optional[torch.Tensor],
+                              stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                              act: str, leak: float, sub: float, maxv: float,
+                              output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = acc_dtype(x.dtype)
     N, C, H, W = x.shape
     Co, Cg, kh, kw = w.shape
@@ -261,16 +259,16 @@ def conv2d_backward_reference(grad_y, x, w, z, stride, padding, dilation, groups
 # Backend tables, dispatcher kernels, fakes, autograd
 # --------------------------------------------------------------------------------------------------
 
-def _triton_fwd():
-    from ..kernels.conv2d import conv2d_triton
+def _triton(name: str):
+    """The Triton launcher takes the TF32 switch as a keyword, read per call (the kernels sit below this
+    module and never read its globals)."""
+    def loader():
+        from ..kernels import conv2d as k
 
-    return conv2d_triton
+        fn = getattr(k, f"{name}_triton")
+        return lambda *args: fn(*args, allow_tf32=ALLOW_TF32)
 
-
-def _triton_bwd():
-    from ..kernels.conv2d import conv2d_backward_triton
-
-    return conv2d_backward_triton
+    return loader
 
 
 def _cuda(name: str, namespace: str = "pydl_cuda"):
@@ -344,7 +342,7 @@ OP = backends.register_op(backends.Op("conv2d", {
     "reference": lambda: conv2d_reference,
     "cpu": _cpu("conv2d"),
     "cuda": _cuda("conv2d"),
-    "triton": _triton_fwd,
+    "triton": _triton("conv2d"),
     "cuda_emu": _cuda("conv2d", "pydl_cuda_emu"),
 }))
 
@@ -355,7 +353,7 @@ OP_BWD = backends.register_op(backends.Op("conv2d_backward", {
     "reference": lambda: conv2d_backward_reference,
     "cpu": _cpu("conv2d_backward"),
     "cuda": _cuda("conv2d_backward"),
-    "triton": _triton_bwd,
+    "triton": _triton("conv2d_backward"),
     "cuda_emu": _cuda("conv2d_backward", "pydl_cuda_emu"),
 }, build_unit="conv2d"))
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from .paa import _check_size, paa_matrix
+from .paa import check_size, paa_matrix
 
 __all__ = ["STRATEGIES", "markov_transition_field", "bin_series"]
 
@@ -60,7 +60,7 @@ def markov_transition_field(x: torch.Tensor, n_bins: int = 8, size: Optional[int
     if T < 2:
         raise ValueError(f"markov_transition_field: a series needs at least 2 points to have a transition, "
                          f"got T = {T}")
-    S = T if size is None else _check_size(T, size, "markov_transition_field")
+    S = T if size is None else check_size(T, size, "markov_transition_field")
     x = x.detach()
     q = bin_series(x, n_bins, strategy)
     onehot = torch.nn.functional.one_hot(q, n_bins).to(x.dtype)             # (..., T, Q)

@@ -15,7 +15,7 @@ import torch
 __all__ = ["segments", "paa_matrix", "paa"]
 
 
-def _check_size(length: int, size, who: str) -> int:
+def check_size(length: int, size, who: str) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"{who}: size must be an int, got {type(size).__name__}")
     if not 1 <= size <= length:
@@ -25,7 +25,7 @@ def _check_size(length: int, size, who: str) -> int:
 
 def segments(length: int, size: int):
     """The ``size`` segments of a series of ``length`` points as (start, end) index arrays, end exclusive."""
-    size = _check_size(length, size, "segments")
+    size = check_size(length, size, "segments")
     bounds = np.linspace(0, length, size + 1).astype(np.int64)
     return bounds[:-1], bounds[1:]
 
@@ -44,7 +44,7 @@ def paa(x: torch.Tensor, size: int) -> torch.Tensor:
         raise TypeError(f"paa: x must be a floating tensor (..., T), got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
     T = x.shape[-1]
-    size = _check_size(T, size, "paa")
+    size = check_size(T, size, "paa")
     if size == T:
         return x
     return x @ paa_matrix(T, size, x.dtype, x.device)
