@@ -382,7 +382,7 @@ def plot_top_patches(res: TopPatchesResult, path=None, max_channels: int = 16, c
     patch: a 16 x 9 grid of axes takes seconds to lay out). Returns the Figure; PNG at ``path``."""
     import matplotlib
 
-    from .plots import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     rows = min(len(res.channels), max_channels)
     k = res.values.shape[1]
