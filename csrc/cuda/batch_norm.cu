@@ -26,15 +26,15 @@
 // predictable, uniform jump -- not worth 3x the kernel instantiations. Math is fp32 (fp64 for fp64 input);
 // fp16/bf16 only load and store. Index math is 64-bit.
 #include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
 #include <cmath>
 
+#include "acc.h"
 #include "activation.h"
 #include "batch_norm.h"
+#include "warp_moments.h"
 
 namespace pydl {
 namespace cuda {
@@ -44,77 +44,23 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kColX = 32, kColY = 8;  // NLC reduction block: 32 channels x 8 rows
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T> __device__ __forceinline__ T from_acc(double v);
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-
 // weight / bias / running stats: x's dtype or fp32; read one per channel, so a runtime switch is fine
-__device__ __forceinline__ double load_param(const void* p, BnDType dt, int64_t c) {
+__device__ __forceinline__ double load_param(const void* p, DType dt, int64_t c) {
   switch (dt) {
-    case BnDType::kFloat: return static_cast<const float*>(p)[c];
-    case BnDType::kHalf: return __half2float(static_cast<const __half*>(p)[c]);
-    case BnDType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[c]);
+    case DType::kFloat: return static_cast<const float*>(p)[c];
+    case DType::kHalf: return __half2float(static_cast<const __half*>(p)[c]);
+    case DType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[c]);
     default: return static_cast<const double*>(p)[c];
   }
 }
 
-__device__ __forceinline__ void store_param(void* p, BnDType dt, int64_t c, double v) {
+__device__ __forceinline__ void store_param(void* p, DType dt, int64_t c, double v) {
   switch (dt) {
-    case BnDType::kFloat: static_cast<float*>(p)[c] = float(v); break;
-    case BnDType::kHalf: static_cast<__half*>(p)[c] = __float2half_rn(float(v)); break;
-    case BnDType::kBFloat16: static_cast<__nv_bfloat16*>(p)[c] = __float2bfloat16_rn(float(v)); break;
+    case DType::kFloat: static_cast<float*>(p)[c] = float(v); break;
+    case DType::kHalf: static_cast<__half*>(p)[c] = __float2half_rn(float(v)); break;
+    case DType::kBFloat16: static_cast<__nv_bfloat16*>(p)[c] = __float2bfloat16_rn(float(v)); break;
     default: static_cast<double*>(p)[c] = v; break;
   }
-}
-
-template <typename acc_t>
-struct Moments {
-  long long n;
-  acc_t mean, m2;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b) {
-  if (b.n == 0) return a;
-  if (a.n == 0) return b;
-  Moments<acc_t> r;
-  r.n = a.n + b.n;
-  const acc_t delta = b.mean - a.mean;
-  const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
-  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
-  r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
-  return r;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> shfl_down(const Moments<acc_t>& m, int d) {
-  Moments<acc_t> o;
-  o.n = __shfl_down_sync(0xffffffffu, m.n, d);
-  o.mean = __shfl_down_sync(0xffffffffu, m.mean, d);
-  o.m2 = __shfl_down_sync(0xffffffffu, m.m2, d);
-  return o;
-}
-
-// One thread's shifted sums -> (n, mean, M2)
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> from_shifted(long long n, acc_t K, acc_t s1, acc_t s2) {
-  Moments<acc_t> m;
-  m.n = n;
-  m.mean = n ? K + s1 / acc_t(n) : acc_t(0);
-  m.m2 = n ? fmax(s2 - s1 * (s1 / acc_t(n)), acc_t(0)) : acc_t(0);
-  return m;
 }
 
 // Merge a 1-D block's moments (warp shuffles, then warp 0 over the per-warp results); valid in thread 0.
@@ -122,14 +68,14 @@ template <typename acc_t>
 __device__ Moments<acc_t> block_merge(Moments<acc_t> m) {
   __shared__ Moments<acc_t> sh[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
+  m = warp_merge(m);
   if (lane == 0) sh[warp] = m;
   __syncthreads();
   if (warp == 0) {
     Moments<acc_t> w;
     w.n = 0; w.mean = 0; w.m2 = 0;
     if (lane < kWarps) w = sh[lane];
-    for (int d = 16; d > 0; d >>= 1) w = merge(w, shfl_down(w, d));
+    w = warp_merge(w);
     m = w;
   }
   return m;
@@ -173,7 +119,7 @@ struct Ws {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) stats_ncl_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t o0 = s * per, o1 = o0 + per < a.N ? o0 + per : a.N;
   const T* __restrict__ x = static_cast<const T*>(a.x);
@@ -202,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) stats_ncl_partial(BnArgs a, int64_t 
 
 template <typename T>
 __global__ void __launch_bounds__(kColX * kColY) stats_nlc_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   __shared__ Moments<acc_t> sh[kColY][kColX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kColX + tx, s = blockIdx.y;
@@ -364,7 +310,7 @@ __global__ void __launch_bounds__(kThreads) elementwise_nlc(F f, int64_t C, int6
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_ncl_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t o0 = s * per, o1 = o0 + per < a.N ? o0 + per : a.N;
   Ws<acc_t> ws(a);
@@ -394,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) reduce_ncl_partial(BnArgs a, int64_t
 
 template <typename T>
 __global__ void __launch_bounds__(kColX * kColY) reduce_nlc_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   __shared__ acc_t shp[kColY][kColX], shq[kColY][kColX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t C = a.C, c = int64_t(blockIdx.x) * kColX + tx, s = blockIdx.y;
@@ -442,12 +388,12 @@ __global__ void reduce_finalize(BnArgs a) {
   static_cast<acc_t*>(a.dweight)[c] = q * static_cast<const acc_t*>(a.invstd)[c];
 }
 
-__global__ void update_running(void* rm, void* rv, BnDType rdt, const void* mean, const void* var, bool acc_double,
+__global__ void update_running(void* rm, void* rv, DType rdt, const void* mean, const void* var, bool acc_double,
                                const int64_t* nbt, double momentum, double bessel, int64_t C) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const double f = nbt ? 1.0 / double(*nbt) : momentum;  // momentum=None: cumulative average, no host sync
-  const BnDType adt = acc_double ? BnDType::kDouble : BnDType::kFloat;
+  const DType adt = acc_double ? DType::kDouble : DType::kFloat;
   const double m = load_param(mean, adt, c), v = load_param(var, adt, c);
   store_param(rm, rdt, c, (1 - f) * load_param(rm, rdt, c) + f * m);
   store_param(rv, rdt, c, (1 - f) * load_param(rv, rdt, c) + f * v * bessel);
@@ -475,7 +421,7 @@ __device__ __forceinline__ acc_t warp_sum_all(acc_t v) {  // every lane gets the
 
 template <typename T>
 __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a, int64_t planes_per_block) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sx = reinterpret_cast<T*>(smem_raw);
   const int64_t C = a.C, L = a.L, P = a.N * a.C;
@@ -539,7 +485,7 @@ __global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a,
       b.n = L; b.mean = ws.plane_mean[n * C + c]; b.m2 = ws.plane_m2[n * C + c];
       m = merge(m, b);
     }
-    for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
+    m = warp_merge(m);
     const acc_t mean = __shfl_sync(0xffffffffu, m.mean, 0);
     const acc_t var = __shfl_sync(0xffffffffu, m.m2, 0) / acc_t(a.N * L);
     const acc_t invstd = acc_t(1) / sqrt(var + acc_t(a.eps));
@@ -603,7 +549,7 @@ cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
 template <typename T>
 __global__ void __launch_bounds__(kOnePassThreads) backward_onepass_ncl(BnArgs a, int64_t planes_per_block,
                                                                        bool dy_in_smem) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t C = a.C, L = a.L, P = a.N * a.C;
   const int64_t p0 = int64_t(blockIdx.x) * planes_per_block;
@@ -721,7 +667,7 @@ unsigned small_grid(int64_t C, int threads) { return unsigned((C + threads - 1) 
 
 template <typename T>
 cudaError_t stats_impl(const BnArgs& a, bool forward, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   if (a.cl) {
     const int64_t rows = a.N * a.L, per = (rows + a.splits - 1) / a.splits;
@@ -740,7 +686,7 @@ cudaError_t stats_impl(const BnArgs& a, bool forward, cudaStream_t st) {
 
 template <typename T>
 cudaError_t consts_impl(const BnArgs& a, bool grad, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   channel_consts<acc_t><<<small_grid(a.C, 128), 128, 0, st>>>(a, grad);
   return cudaGetLastError();
 }
@@ -765,7 +711,7 @@ cudaError_t elementwise(const BnArgs& a, const F& f, cudaStream_t st) {
 
 template <typename T>
 cudaError_t apply_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, false, st);
   if (err != cudaSuccess) return err;
@@ -777,7 +723,7 @@ cudaError_t apply_impl(const BnArgs& a, cudaStream_t st) {
 
 template <typename T>
 cudaError_t reduce_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, false, st);
   if (err != cudaSuccess) return err;
@@ -798,7 +744,7 @@ cudaError_t reduce_impl(const BnArgs& a, cudaStream_t st) {
 
 template <typename T>
 cudaError_t elemt_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, true, st);
   if (err != cudaSuccess) return err;
@@ -808,28 +754,22 @@ cudaError_t elemt_impl(const BnArgs& a, cudaStream_t st) {
   return elementwise(a, f, st);
 }
 
-#define PYDL_BN_DISPATCH(DT, FN, ...)                              \
-  switch (DT) {                                                     \
-    case BnDType::kFloat: return FN<float>(__VA_ARGS__);            \
-    case BnDType::kHalf: return FN<__half>(__VA_ARGS__);            \
-    case BnDType::kBFloat16: return FN<__nv_bfloat16>(__VA_ARGS__); \
-    case BnDType::kDouble: return FN<double>(__VA_ARGS__);          \
-  }                                                                 \
-  return cudaErrorInvalidValue;
-
 }  // namespace
 
 cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t st) {
   if (a.N * a.L == 0) return cudaErrorInvalidValue;
-  PYDL_BN_DISPATCH(a.dtype, stats_impl, a, forward, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return stats_impl<T>(a, forward, st))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t st) {
-  PYDL_BN_DISPATCH(a.dtype, onepass_impl, a, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return onepass_impl<T>(a, st))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t bn_backward_onepass_launch(const BnArgs& a, cudaStream_t st) {
-  PYDL_BN_DISPATCH(a.dtype, backward_onepass_impl, a, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return backward_onepass_impl<T>(a, st))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {
@@ -842,16 +782,23 @@ cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {
   return cudaGetLastError();
 }
 
-cudaError_t bn_apply_launch(const BnArgs& a, cudaStream_t st) { PYDL_BN_DISPATCH(a.dtype, apply_impl, a, st) }
+cudaError_t bn_apply_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_DTYPE_SWITCH(a.dtype, T, return apply_impl<T>(a, st))
+  return cudaErrorInvalidValue;
+}
 
 cudaError_t bn_reduce_launch(const BnArgs& a, cudaStream_t st) {
   if (a.N * a.L == 0) return cudaErrorInvalidValue;
-  PYDL_BN_DISPATCH(a.dtype, reduce_impl, a, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return reduce_impl<T>(a, st))
+  return cudaErrorInvalidValue;
 }
 
-cudaError_t bn_elemt_launch(const BnArgs& a, cudaStream_t st) { PYDL_BN_DISPATCH(a.dtype, elemt_impl, a, st) }
+cudaError_t bn_elemt_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_DTYPE_SWITCH(a.dtype, T, return elemt_impl<T>(a, st))
+  return cudaErrorInvalidValue;
+}
 
-cudaError_t bn_update_running_launch(void* running_mean, void* running_var, BnDType running_dtype, const void* mean,
+cudaError_t bn_update_running_launch(void* running_mean, void* running_var, DType running_dtype, const void* mean,
                                      const void* var, bool acc_double, const int64_t* nbt, double momentum,
                                      double bessel, int64_t C, cudaStream_t st) {
   if (C == 0) return cudaSuccess;
