@@ -6,8 +6,9 @@ ahead of time, into pydl/_ext/ (needs torch importable at build time: use --no-b
 
     PYDL_BUILD_EXT=1 pip install --no-build-isolation -e .
 
-One shared object per op and device (csrc/cpu/<op>.cpp -> pydl_cpu_<op>, csrc/cuda/<op>.{cu,cpp} ->
-pydl_cuda_<op>), exactly the units the JIT path builds, so a broken op never takes the others down.
+One shared object per op and device (csrc/cpu/<op>.cpp and its parts csrc/cpu/<op>/*.cpp -> pydl_cpu_<op>,
+csrc/cuda/<op>.{cu,cpp} and csrc/cuda/<op>/*.cu -> pydl_cuda_<op>), exactly the units the JIT path builds, so a
+broken op never takes the others down.
 """
 import os
 
@@ -19,7 +20,7 @@ from setuptools import setup
 packages = ["pydl", "pydl.ops", "pydl.nn", "pydl.debug", "pydl.learn", "pydl.kernels", "pydl._csrc",
             "pydl._benchmarks", "pydl.transforms"]
 package_dir = {"pydl.kernels": "kernels", "pydl._csrc": "csrc", "pydl._benchmarks": "benchmarks"}
-package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["*.h", "cpu/*", "cuda/*", "emu/*"],
+package_data = {"pydl.learn": ["exercises/**/*", "*.h", "*.hpp"], "pydl._csrc": ["**/*"],
                 "pydl._benchmarks": ["*.py", "results/**/*"]}
 
 

@@ -27,7 +27,6 @@ arithmetic, and fp32 is what the accuracy needs anyway).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -36,7 +35,7 @@ import triton.language as tl
 
 from ..ops.batch_norm import channel_count, is_channels_last
 from ._activation import ACT_CODES, act_backward, act_forward
-from ._jit import jit
+from ._jit import device_constants, gpu_twin, jit
 from ._moments import block_mean, merge
 
 
@@ -304,22 +303,32 @@ class _Geo:
         self.L = channel_count(x) // self.N if self.N else 0
         self.cl = is_channels_last(x)
         self.interp = x.device.type == "cpu"
-        block = block or (256 if self.interp else 2048)
         C = self.C
         if self.cl:
             self.O, self.I, self.sO, self.sI, self.sC = 1, self.N * self.L, 0, C, 1
-            self.BLOCK_C = min(triton.next_power_of_2(max(C, 1)), 64, block)
-            self.BLOCK_I = max(1, block // self.BLOCK_C)
         else:
             self.O, self.I, self.sO, self.sI, self.sC = self.N, self.L, C * self.L, 1, self.L
-            self.BLOCK_I = min(block, triton.next_power_of_2(max(self.L, 1)))
-            self.BLOCK_C = max(1, min(triton.next_power_of_2(max(C, 1)), block // self.BLOCK_I))
+        self.BLOCK_I, self.BLOCK_C = self._tile(block or (256 if self.interp else 2048))
+        # The interpreter runs small tiles (each program is Python); the compile test must see the GPU's
+        # 2048-element tile, which is what sets a GPU launch's registers and shared memory.
+        gpu_i, gpu_c = self._tile(2048)
+        self.gpu = gpu_twin(x.device, BLOCK_I=gpu_i, BLOCK_C=gpu_c) if block is None else {}
         self.n_cb = triton.cdiv(C, self.BLOCK_C) if C else 0
         self.ib_count = triton.cdiv(self.I, self.BLOCK_I) if self.I else 0
         self.acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.tl_acc = tl.float64 if x.dtype == torch.float64 else tl.float32
         self.count = self.N * self.L
         self.empty = self.count == 0 or C == 0
+
+    def _tile(self, block):
+        """(BLOCK_I, BLOCK_C) for a tile of about ``block`` elements: NLC tiles are rows of up to 64 channels
+        (contiguous in C); NCL tiles run along the contiguous L of one channel, more channels when L is short."""
+        C = self.C
+        if self.cl:
+            bc = min(triton.next_power_of_2(max(C, 1)), 64, block)
+            return max(1, block // bc), bc
+        bi = min(block, triton.next_power_of_2(max(self.L, 1)))
+        return bi, max(1, min(triton.next_power_of_2(max(C, 1)), block // bi))
 
     def split(self, x, splits=None):
         """(splits, per, split_outer) for the two-stage reductions: enough programs to fill the GPU."""
@@ -339,18 +348,10 @@ class _Geo:
         return (self.O * self.ib_count * self.n_cb,)
 
 
-@functools.lru_cache(maxsize=256)
-def _device_constants(values, dtype, device):
-    # torch.tensor(..., device="cuda") copies from pageable host memory and waits for it: a host-GPU sync per
-    # launch would throttle the whole training step. The values are a layer's constants (eps, the
-    # activation's parameters, momentum), so each distinct tuple is uploaded once and reused.
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
 def _params(x, eps=0.0, leak=0.0, sub=0.0, maxv=math.inf):
     """[eps, leak, sub, maxv] as a tensor in the accumulation dtype (see _act_params for why not floats)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _device_constants((float(eps), float(leak), float(sub), float(maxv)), acc, x.device)
+    return device_constants((float(eps), float(leak), float(sub), float(maxv)), acc, x.device)
 
 
 def _act_args(x, act, leak, sub, maxv):
@@ -363,7 +364,7 @@ def _stats_into(x, g: _Geo, outs, forward, eps, splits=None):
     ns, per, outer = g.split(x, splits)
     ws = torch.empty((3, ns, g.C), dtype=g.acc, device=x.device)
     _stats_partial[(ns * g.n_cb,)](x, ws[0], ws[1], ws[2], g.O, g.I, g.sO, g.sI, g.sC, g.C, per, g.n_cb,
-                                   SPLIT_OUTER=outer, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C)
+                                   SPLIT_OUTER=outer, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C, **g.gpu)
     bc = min(triton.next_power_of_2(g.C), 1024)
     _stats_finalize[(triton.cdiv(g.C, bc),)](ws[0], ws[1], ws[2], mean, out2, invstd, g.C, ns, g.count,
                                              _params(x, eps), FORWARD=forward, ACC=g.tl_acc, BLOCK_C=bc)
@@ -395,7 +396,7 @@ def _apply_into(x, y, g, mean, invstd, weight, bias, act, leak, sub, maxv):
     _apply_kernel[g.grid_elem()](x, y, mean, invstd, weight if weight is not None else mean,
                                  bias if bias is not None else mean, g.O, g.I, g.sO, g.sI, g.sC, g.C, g.ib_count,
                                  g.n_cb, HAS_W=weight is not None, HAS_B=bias is not None, ACC=g.tl_acc,
-                                 BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C, **_act_args(x, act, leak, sub, maxv))
+                                 BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C, **g.gpu, **_act_args(x, act, leak, sub, maxv))
 
 
 def _reduce(dy, x, g, mean, invstd, weight, bias, act, leak, sub, maxv, splits=None):
@@ -412,7 +413,7 @@ def _reduce(dy, x, g, mean, invstd, weight, bias, act, leak, sub, maxv, splits=N
                                     bias if bias is not None else mean, ws[0], ws[1], g.O, g.I, g.sO, g.sI, g.sC, C,
                                     per, g.n_cb, SPLIT_OUTER=outer, HAS_W=weight is not None,
                                     HAS_B=bias is not None, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C,
-                                    **_act_args(x, act, leak, sub, maxv))
+                                    **g.gpu, **_act_args(x, act, leak, sub, maxv))
     bc = min(triton.next_power_of_2(C), 1024)
     _reduce_finalize[(triton.cdiv(C, bc),)](ws[0], ws[1], invstd, s1, s2, dw, C, ns, ACC=g.tl_acc, BLOCK_C=bc)
     return s1, s2, dw
@@ -425,7 +426,7 @@ def _elemt_into(dy, x, dx, g, mean, invstd, weight, bias, s1, s2, count, use_sta
                                  bias if bias is not None else mean, s1, s2, count, g.O, g.I, g.sO, g.sI, g.sC, g.C,
                                  g.ib_count, g.n_cb, USE_STATS=use_stats, HAS_W=weight is not None,
                                  HAS_B=bias is not None, ACC=g.tl_acc, BLOCK_I=g.BLOCK_I, BLOCK_C=g.BLOCK_C,
-                                 **_act_args(x, act, leak, sub, maxv))
+                                 **g.gpu, **_act_args(x, act, leak, sub, maxv))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +474,7 @@ def update_running(running_mean, running_var, mean, var, count, momentum, num_ba
     # strided (C,) running stats (rare) go through a contiguous copy, written back
     rm = running_mean if running_mean.is_contiguous() else running_mean.contiguous()
     rv = running_var if running_var.is_contiguous() else running_var.contiguous()
-    params = _device_constants((0.0 if momentum is None else float(momentum),
+    params = device_constants((0.0 if momentum is None else float(momentum),
                                 count / (count - 1) if count > 1 else 1.0), torch.float64, mean.device)
     _update_running_kernel[(triton.cdiv(C, bc),)](rm, rv, mean, var, nbt, params, C, HAS_NBT=momentum is None,
                                                   BLOCK_C=bc)

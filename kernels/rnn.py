@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..ops import rnn as R
-from ._jit import jit
+from ._jit import gpu_twin, jit
 
 
 @jit
@@ -150,10 +150,15 @@ class TritonPointwise:
 
     @classmethod
     def _grid(cls, B, H, dev):
+        """The grid and tile keywords. The interpreter runs 4x32 tiles (each program is Python); a GPU runs
+        up to 16x128 -- which the compile test is told about (gpu_twin), since that tile is what a GPU
+        compiles. A tile a test forces is used as is."""
+        bb_gpu, bh_gpu = min(16, triton.next_power_of_2(B)), min(128, triton.next_power_of_2(H))
         interp = dev.type == "cpu"
-        bb = cls.block_b or (4 if interp else min(16, triton.next_power_of_2(B)))
-        bh = cls.block_h or (32 if interp else min(128, triton.next_power_of_2(H)))
-        return (triton.cdiv(B, bb), triton.cdiv(H, bh)), dict(BLOCK_B=bb, BLOCK_H=bh)
+        bb = cls.block_b or (4 if interp else bb_gpu)
+        bh = cls.block_h or (32 if interp else bh_gpu)
+        twin = {} if cls.block_b or cls.block_h else gpu_twin(dev, BLOCK_B=bb_gpu, BLOCK_H=bh_gpu)
+        return (triton.cdiv(B, bb), triton.cdiv(H, bh)), dict(BLOCK_B=bb, BLOCK_H=bh, **twin)
 
     @staticmethod
     def _acc(t):

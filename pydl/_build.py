@@ -2,10 +2,10 @@
 
 Every op that has compiled kernels is built into its own shared object per device:
 
-    csrc/cpu/<op>.cpp                      -> pydl_cpu_<op>       (ops in the torch namespace `pydl_cpu`)
-    csrc/cuda/<op>.cu + csrc/cuda/<op>.cpp -> pydl_cuda_<op>      (ops in the torch namespace `pydl_cuda`)
-    the same two files, host C++ compiler  -> pydl_cuda_emu_<op>  (`pydl_cuda_emu`: the CUDA kernels run on CPU
-                                                                   tensors by the emulator, see _emu_build)
+    csrc/cpu/<op>.cpp [+ csrc/cpu/<op>/*.cpp]                       -> pydl_cpu_<op>   (torch namespace `pydl_cpu`)
+    csrc/cuda/<op>.cu + csrc/cuda/<op>.cpp [+ csrc/cuda/<op>/*.cu]  -> pydl_cuda_<op>  (torch namespace `pydl_cuda`)
+    the same CUDA files, host C++ compiler                          -> pydl_cuda_emu_<op>  (`pydl_cuda_emu`: the
+                                                   CUDA kernels run on CPU tensors by the emulator, see _emu_build)
 
 One object per op (rather than one big extension) keeps the failure of one op's build from taking every other
 op down, keeps incremental rebuilds small, and is the same unit in both build paths:
@@ -111,18 +111,34 @@ def csrc_dir() -> str:
 
 
 def sources(op: str, device: str) -> List[str]:
-    """The source files of one op's extension for one device (empty list: the op has none)."""
+    """The source files of one op's extension for one device (empty list: the op has none).
+
+    An op is its main file -- ``csrc/cpu/<op>.cpp``, or ``csrc/cuda/<op>.cu`` with its ATen glue
+    ``csrc/cuda/<op>.cpp`` -- plus, when one idea per file wants more room, the parts in a folder named after
+    it: ``csrc/cpu/<op>/*.cpp``, ``csrc/cuda/<op>/*.cu`` (declarations they share live in a header there).
+    The main file registers the op; the parts hold kernels. A part's stem names its object file, so it must
+    differ from the op's and from the other parts' (checked here: two sources with one object name would
+    overwrite each other in the build directory)."""
     try:
         root = csrc_dir()
     except BuildError:
         return []
     if device == "cpu":
-        files = [os.path.join(root, "cpu", f"{op}.cpp")]
+        folder, main, part_ext = "cpu", [f"{op}.cpp"], "cpp"
     elif device in ("cuda", "cuda_emu"):
-        files = [os.path.join(root, "cuda", f"{op}.cu"), os.path.join(root, "cuda", f"{op}.cpp")]
+        folder, main, part_ext = "cuda", [f"{op}.cu", f"{op}.cpp"], "cu"
     else:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return files if all(os.path.isfile(f) for f in files) else []
+    files = [os.path.join(root, folder, f) for f in main]
+    if not all(os.path.isfile(f) for f in files):
+        return []
+    parts = sorted(glob.glob(os.path.join(root, folder, op, f"*.{part_ext}")))
+    stems = [op] + [os.path.splitext(os.path.basename(p))[0] for p in parts]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise BuildError(f"{folder}/{op}/: a part may not be named like the op or another part ({', '.join(clash)})",
+                         Reason.BUILD_FAILED)
+    return files + parts
 
 
 def compiled_ops(device: str) -> List[str]:
@@ -133,7 +149,14 @@ def compiled_ops(device: str) -> List[str]:
         return []
     folder, pattern = ("cpu", "*.cpp") if device == "cpu" else ("cuda", "*.cu")
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(root, folder, pattern)))
-    return [n for n in names if sources(n, device)]
+    return [n for n in names if _has_main_files(n, device)]
+
+
+def _has_main_files(op: str, device: str) -> bool:
+    try:
+        return bool(sources(op, device))
+    except BuildError:  # parts misnamed: still an op (its build will say what is wrong)
+        return True
 
 
 def ext_name(op: str, device: str) -> str:
@@ -688,15 +711,17 @@ def _cxx() -> str:
     return cxx
 
 
-def _emu_kernel_object(op: str, build_dir: str, verbose: bool) -> str:
+def _emu_kernel_object(op: str, cu: str, build_dir: str, verbose: bool) -> str:
+    """Compile one .cu of ``op`` (its main file or a part) for the emulator; the object's path."""
     from . import _emu
 
     root, emu, _ = _emu_paths()
-    cu = os.path.join(root, "cuda", f"{op}.cu")
+    part = os.path.splitext(os.path.basename(cu))[0]
+    stem = op if part == op else f"{op}__{part}"  # a part's object: conv2d__winograd_kernels-<hash>.o
     with open(cu) as f:
         body = _emu.rewrite(f.read(), cu)
     text = '#include "cuda_emu.h"\n#include "launch_log.h"\n' + body
-    src = os.path.join(build_dir, f"{op}_kernels.cpp")
+    src = os.path.join(build_dir, f"{stem}_kernels.cpp")
     _write_if_changed(src, text)
     cxx = _cxx()
     flags = emu_kernel_cflags()
@@ -707,13 +732,13 @@ def _emu_kernel_object(op: str, build_dir: str, verbose: bool) -> str:
         h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.encode())
     except (OSError, subprocess.SubprocessError):
         pass
-    for path in sorted(glob.glob(os.path.join(root, "**", "*.h"), recursive=True)):
+    for path in _headers(root):
         with open(path, "rb") as f:
             h.update(path.encode() + b"\0" + f.read())
-    obj = os.path.join(build_dir, f"{op}_kernels-{h.hexdigest()[:12]}.o")
+    obj = os.path.join(build_dir, f"{stem}_kernels-{h.hexdigest()[:12]}.o")
     if os.path.isfile(obj):
         return obj
-    for old in glob.glob(os.path.join(build_dir, f"{op}_kernels-*.o")):
+    for old in glob.glob(os.path.join(build_dir, f"{stem}_kernels-*.o")):
         os.remove(old)
     cmd = [cxx] + flags + ["-c", src, "-o", obj + ".tmp"]
     if verbose:
@@ -743,14 +768,17 @@ def _emu_build(op: str, verbose: bool) -> str:
             stale = os.path.join(build_dir, "lock")
             if os.path.exists(stale):
                 os.remove(stale)
-            obj = _emu_kernel_object(op, build_dir, verbose)
+            # one object per .cu (the main file and each part), compiled by the emulator's rules; the glue
+            # (.cpp) is the one source torch.utils.cpp_extension compiles and links them with
+            objs = [_emu_kernel_object(op, cu, build_dir, verbose)
+                    for cu in sources(op, "cuda_emu") if cu.endswith(".cu")]
             glue_src = os.path.join(build_dir, f"{op}_glue.cpp")
             _write_if_changed(glue_src, f'#include "cuda_glue.h"\n#include "cuda/{op}.cpp"\n')
             return cpp_extension.load(
                 name=name,
                 sources=[glue_src, os.path.join(emu, "cuda_emu_hooks.cpp")],
                 extra_cflags=["-O1", "-DPYDL_EXTENSION", "-DPYDL_CUDA_EMU"],
-                extra_ldflags=[obj],
+                extra_ldflags=objs,
                 extra_include_paths=[glue, emu, root],  # glue/ first: its c10/cuda/*.h stand in for torch's
                 build_directory=build_dir,
                 with_cuda=False,

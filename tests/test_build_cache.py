@@ -186,6 +186,53 @@ def test_build_key_follows_sources_headers_and_flags(monkeypatch, tmp_path):
     assert len({k0, k1, k2, k3}) == 4
 
 
+def test_an_op_may_have_parts_in_a_folder_of_its_name(monkeypatch, tmp_path):
+    """csrc/cpu/<op>.cpp + csrc/cpu/<op>/*.cpp (sorted), csrc/cuda/<op>.{cu,cpp} + csrc/cuda/<op>/*.cu; a part
+    file elsewhere, or a folder without its main file, is not a unit; parts change the build key."""
+    (tmp_path / "cpu" / "tiny").mkdir(parents=True)
+    (tmp_path / "cuda" / "tiny").mkdir(parents=True)
+    (tmp_path / "cpu" / "tiny.cpp").write_text("int f();\n")
+    for f in ("cpu/tiny/b.cpp", "cpu/tiny/a.cpp", "cpu/tiny/notes.txt", "cuda/tiny.cu", "cuda/tiny.cpp",
+              "cuda/tiny/coop.cu", "cuda/tiny/host.cpp", "cpu/orphan/x.cpp"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("// " + f + "\n")
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(tmp_path))
+    rel = lambda files: [os.path.relpath(f, tmp_path) for f in files]  # noqa: E731
+    assert rel(_build.sources("tiny", "cpu")) == ["cpu/tiny.cpp", "cpu/tiny/a.cpp", "cpu/tiny/b.cpp"]
+    want_cuda = ["cuda/tiny.cu", "cuda/tiny.cpp", "cuda/tiny/coop.cu"]
+    assert rel(_build.sources("tiny", "cuda")) == rel(_build.sources("tiny", "cuda_emu")) == want_cuda
+    assert _build.compiled_ops("cpu") == ["tiny"] and _build.sources("orphan", "cpu") == []
+    k0 = _build.build_key("tiny", "cpu")
+    (tmp_path / "cpu" / "tiny" / "b.cpp").write_text("// changed\n")
+    assert _build.build_key("tiny", "cpu") != k0
+    # a part named like the op (or two parts with one stem) would give two sources one object file
+    (tmp_path / "cpu" / "tiny" / "tiny.cpp").write_text("\n")
+    with pytest.raises(_build.BuildError, match="tiny"):
+        _build.sources("tiny", "cpu")
+    assert _build.compiled_ops("cpu") == ["tiny"]  # still listed: its build says what is wrong
+
+
+def test_a_unit_with_parts_builds_and_links_them(tmp_path, monkeypatch):
+    """The main file calls a function defined only in a part: the library loads only if the part was
+    compiled and linked into it."""
+    csrc = tmp_path / "csrc"
+    (csrc / "cpu" / "tiny").mkdir(parents=True)
+    (csrc / "cpu" / "tiny.cpp").write_text("int pydl_tiny_part();\nextern \"C\" int pydl_tiny_answer() "
+                                           "{ return pydl_tiny_part() + 1; }\n")
+    (csrc / "cpu" / "tiny" / "part.cpp").write_text("int pydl_tiny_part() { return 41; }\n")
+    monkeypatch.setenv("PYDL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_build, "csrc_dir", lambda: str(csrc))
+    monkeypatch.delitem(_build._results, ("tiny", "cpu"), raising=False)
+    res = _build.load("tiny", "cpu")
+    assert res.ok, res.error
+    import ctypes
+
+    assert ctypes.CDLL(res.path).pydl_tiny_answer() == 42
+    build_dir = os.path.join(_build.cache_dir(), _build.ext_name("tiny", "cpu"))
+    assert os.path.isfile(os.path.join(build_dir, "part.o"))
+    _build._results.pop(("tiny", "cpu"), None)
+
+
 # --------------------------------------------------------------------------------------------------
 # a damaged library: rebuilt, reported, never loaded
 # --------------------------------------------------------------------------------------------------
