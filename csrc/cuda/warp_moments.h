@@ -1,7 +1,7 @@
 // (count, mean, M2) on a GPU: a thread's shifted sums turned into moments, the moments shuffled down a warp
-// and merged (csrc/moments.h's formula). act_stats and batch_norm reduce through these; a block's merge across
-// warps stays in each kernel file, because it declares __shared__ scratch (which the emulated build rewrites
-// in a .cu only).
+// and merged (csrc/moments.h's formula), and a warp's plain sum. act_stats and batch_norm reduce through
+// these; a block's merge across warps stays in each kernel file, because it declares __shared__ scratch
+// (which the emulated build rewrites in a .cu only).
 #pragma once
 
 #include "moments.h"
@@ -47,6 +47,13 @@ template <typename M>
 __device__ __forceinline__ M warp_merge(M m) {
   for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
   return m;
+}
+
+// A full warp's sum, in every lane (a butterfly: each step adds the lane `d` away).
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum_all(acc_t v) {
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+  return v;
 }
 
 }  // namespace cuda
