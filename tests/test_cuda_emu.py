@@ -279,7 +279,7 @@ def _global_functions() -> dict:
             if not path.endswith(".cu"):
                 continue
             with open(path) as f:
-                src = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.S)
+                src = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.DOTALL)
             names.update(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", src))
         out[unit] = sorted(names)
     return out
