@@ -2,11 +2,7 @@
 // contract). act: 0 = none, 1 = relu, 2 = general_relu (leaky_relu(z, leak) - sub, clamped above at maxv).
 #pragma once
 
-#ifdef __CUDACC__
-#define PYDL_HD __host__ __device__ __forceinline__
-#else
-#define PYDL_HD inline
-#endif
+#include "host_device.h"
 
 namespace pydl {
 

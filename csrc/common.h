@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 
+#include "act_stats_slots.h"
+
 namespace pydl {
 
 // TORCH_CHECK raises c10::Error, which Python sees as RuntimeError. For argument errors we prefer the
@@ -25,11 +27,6 @@ inline void check_device(const at::Tensor& t, c10::DeviceType want, const char* 
   PYDL_CHECK_VALUE(t.device().type() == want, op, ": ", arg, " must be a ", c10::DeviceTypeName(want),
                    " tensor, got one on ", t.device());
 }
-
-// Slots of one group's counter row, after the `bins` histogram bins. The same order in every backend, and
-// the order of columns 2..6 of the `counts` output: [numel, near_zero, nan, posinf, neginf, below, above].
-enum ActStatsExtra : int { kNaN = 0, kPosInf = 1, kNegInf = 2, kBelow = 3, kAbove = 4, kNumExtra = 5 };
-constexpr int kCountCols = 7;
 
 // act_stats' histogram arguments, for a compiled op called directly (pydl/ops/act_stats.py checks them
 // first, with the same words). The bin rule t = ((x - lo) * bins) / (hi - lo) runs in the accumulator type:

@@ -429,3 +429,22 @@ def test_argument_types_are_named(kw, exc, arg):
         pydl.act_stats(torch.randn(4, 3), **args)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         pydl.act_stats([1, 2, 3])
+
+
+def test_count_columns_match_the_kernels_header():
+    """COUNT_COLS (Python) and csrc/act_stats_slots.h (every compiled kernel) name the counts columns in one
+    order: a column added or swapped on one side only would mislabel counts without any kernel failing."""
+    import pathlib
+    import re
+
+    from pydl._build import csrc_dir
+    from pydl.ops.act_stats import COUNT_COLS
+
+    text = (pathlib.Path(csrc_dir()) / "act_stats_slots.h").read_text()
+    body = re.search(r"enum ActStatsCol : int \{(.*?)\};", text, re.DOTALL).group(1)
+    cols = {name: int(v) for name, v in re.findall(r"\bkCol(\w+) = (\d+)", body)}
+    ncols = int(re.search(r"\bkCountCols = (\d+)", body).group(1))
+    assert ncols == len(COUNT_COLS)
+    assert sorted(cols.values()) == list(range(ncols))
+    by_index = {v: k.lower() for k, v in cols.items()}
+    assert [by_index[i] for i in range(ncols)] == [c.replace("_", "") for c in COUNT_COLS]

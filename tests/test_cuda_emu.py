@@ -266,16 +266,22 @@ def test_case_on_cuda_emu(name, fn):
 
 
 def _global_functions() -> dict:
-    """{unit: [kernel names]}: every __global__ function defined in csrc/cuda/<unit>.cu."""
+    """{unit: [kernel names]}: every __global__ function defined in csrc/cuda/<unit>.cu and its parts
+    (csrc/cuda/<unit>/*.cu)."""
     import re
 
     from pydl import _build
 
     out = {}
     for unit in _build.compiled_ops("cuda"):
-        with open(os.path.join(_build.csrc_dir(), "cuda", f"{unit}.cu")) as f:
-            src = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.S)
-        out[unit] = sorted(set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", src)))
+        names = set()
+        for path in _build.sources(unit, "cuda"):
+            if not path.endswith(".cu"):
+                continue
+            with open(path) as f:
+                src = re.sub(r"//[^\n]*|/\*.*?\*/", "", f.read(), flags=re.DOTALL)
+            names.update(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", src))
+        out[unit] = sorted(names)
     return out
 
 

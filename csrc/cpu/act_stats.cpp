@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common.h"
+#include "moments.h"
 #include "schemas.h"
 
 namespace pydl {
@@ -53,17 +54,7 @@ struct Moments {
 
   void merge(int64_t nb, double mean_b, double m2_b, double mn_b, double mx_b) {
     if (nb == 0) return;
-    if (n == 0) {
-      n = nb; mean = mean_b; m2 = m2_b; mn = mn_b; mx = mx_b;
-      return;
-    }
-    const int64_t nn = n + nb;
-    const double delta = mean_b - mean, w = double(nb) / double(nn);
-    // delta of two finite float64 means can overflow (1e308 - -1e308); the convex combination cannot, and
-    // an overflowing delta means M2 is inf anyway (the last term is >= delta^2 / 2).
-    mean = std::isfinite(delta) ? mean + delta * w : mean * (1.0 - w) + mean_b * w;
-    m2 += m2_b + delta * delta * (double(n) * w);
-    n = nn;
+    chan_merge(n, mean, m2, nb, mean_b, m2_b);
     mn = std::min(mn, mn_b);
     mx = std::max(mx, mx_b);
   }
@@ -345,9 +336,9 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
   for (int64_t t = 0; t < T; ++t) {
     const int64_t g = tasks[t].g;
     gm[g].merge(mom[t]);
-    cnt_out[g * kCountCols + 1] += nz[t];
+    cnt_out[g * kCountCols + kColNearZero] += nz[t];
     for (int64_t s = 0; s < b.bins; ++s) hist_out[g * b.bins + s] += hist[t * NB + s];
-    for (int e = 0; e < kNumExtra; ++e) cnt_out[g * kCountCols + 2 + e] += hist[t * NB + b.bins + e];
+    for (int e = 0; e < kNumExtra; ++e) cnt_out[g * kCountCols + kColNaN + e] += hist[t * NB + b.bins + e];
   }
   for (int64_t g = 0; g < G; ++g) {
     const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -409,11 +400,11 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
     Moments m;
     for (int64_t t = 0; t < T; ++t) {
       m.merge(mom[t][c]);
-      cnt_out[c * kCountCols + 1] += nz[t][c];
+      cnt_out[c * kCountCols + kColNearZero] += nz[t][c];
       for (int64_t k = 0; k < copies; ++k) {
         const int32_t* hc = hist[t].data() + (c * copies + k) * NB;
         for (int64_t s = 0; s < b.bins; ++s) hist_out[c * b.bins + s] += hc[s];
-        for (int e = 0; e < kNumExtra; ++e) cnt_out[c * kCountCols + 2 + e] += hc[b.bins + e];
+        for (int e = 0; e < kNumExtra; ++e) cnt_out[c * kCountCols + kColNaN + e] += hc[b.bins + e];
       }
     }
     const bool any = m.n > 0;

@@ -33,6 +33,7 @@
 
 #include "activation.h"
 #include "common.h"
+#include "moments.h"
 #include "schemas.h"
 
 namespace pydl {
@@ -139,18 +140,7 @@ std::vector<acc_t> per_channel(const std::optional<at::Tensor>& t, int64_t C, ac
 // Running (count, mean, M2) of one channel; merge() is Chan, Golub & LeVeque's pairwise formula.
 struct Moments {
   double n = 0, mean = 0, m2 = 0;
-  void merge(double nb, double mb, double m2b) {
-    if (nb == 0) return;
-    if (n == 0) {  // not through the formula: delta^2 * 0 is NaN when delta^2 overflowed
-      n = nb; mean = mb; m2 = m2b;
-      return;
-    }
-    const double nn = n + nb, delta = mb - mean, w = nb / nn;
-    // delta of two finite float64 means can overflow; their convex combination cannot (and M2 is inf then)
-    mean = std::isfinite(delta) ? mean + delta * w : mean * (1.0 - w) + mb * w;
-    m2 += m2b + delta * delta * (n * w);
-    n = nn;
-  }
+  void merge(double nb, double mb, double m2b) { chan_merge(n, mean, m2, nb, mb, m2b); }
 };
 
 // fp32/fp64 chunks are read in place; fp16/bf16 chunks are converted once into an L1 buffer.

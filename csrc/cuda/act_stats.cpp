@@ -12,15 +12,6 @@
 namespace pydl {
 namespace {
 
-cuda::DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::kFloat;
-    case at::kHalf: return cuda::DType::kHalf;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    default: return cuda::DType::kDouble;
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cuda(const at::Tensor& x_in, int64_t bins, double lo,
                                                               double hi, double eps, bool per_channel) {
   check_device(x_in, c10::DeviceType::CUDA, "act_stats", "x");
@@ -57,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cuda(const at::Tensor& 
 
   cuda::ActStatsArgs a;
   a.x = x.data_ptr();
-  a.dtype = to_dtype(x.scalar_type());
+  a.dtype = to_dtype(x.scalar_type(), "act_stats");
   a.outer = outer; a.groups = groups; a.inner = inner; a.so = so; a.sg = sg; a.si = si;
   a.bins = int32_t(bins); a.lo = lo; a.hi = hi; a.eps = eps;
   a.fstats = fstats.data_ptr();
@@ -66,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cuda(const at::Tensor& 
   a.workspace = workspace.data_ptr();
   a.splits = splits;
   const cudaError_t err = cuda::act_stats_launch(a, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "pydl: act_stats CUDA launch failed: ", cudaGetErrorString(err));
+  check_launch("act_stats", err, "launch");
   return {fstats, counts, hist};
 }
 

@@ -20,15 +20,16 @@
 //
 // The counts are integers added atomically: exact and deterministic. The float statistics are deterministic
 // for a given grid (fixed merge order).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
 #include <climits>
 #include <cmath>
 
+#include "acc.h"
 #include "act_stats.h"
+#include "act_stats_slots.h"
+#include "warp_moments.h"
 
 namespace pydl {
 namespace cuda {
@@ -38,51 +39,33 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSharedSlots = 8 * 1024;  // 32 KB of int32 (static + dynamic shared must stay under the
                                            // 48 KB a block gets without opt-in); beyond it, count in global memory
-// extra slots after the bins, in the order of counts' columns 2..6
-constexpr int kNaN = 0, kPosInf = 1, kNegInf = 2, kBelow = 3, kAbove = 4, kNumExtra = 5;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename acc_t> __device__ __forceinline__ acc_t inf_of();
 template <> __device__ __forceinline__ float inf_of<float>() { return __int_as_float(0x7f800000); }
 template <> __device__ __forceinline__ double inf_of<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
 
+// The moments of a group and its range: merged and shuffled as Moments, plus min and max.
 template <typename acc_t>
-struct Moments {
-  long long n;
-  acc_t mean, m2, mn, mx;
+struct Stats : Moments<acc_t> {
+  acc_t mn, mx;
 };
 
 template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b) {
-  if (b.n == 0) return a;
-  if (a.n == 0) return b;
-  Moments<acc_t> r;
-  r.n = a.n + b.n;
-  const acc_t delta = b.mean - a.mean;
-  const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
-  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
-  r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
+__device__ __forceinline__ Stats<acc_t> merge(const Stats<acc_t>& a, const Stats<acc_t>& b) {
+  Stats<acc_t> r;
+  using M = Moments<acc_t>;
+  static_cast<M&>(r) = merge(static_cast<const M&>(a), static_cast<const M&>(b));
   r.mn = fmin(a.mn, b.mn);
   r.mx = fmax(a.mx, b.mx);
   return r;
 }
 
 template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> shfl_down(const Moments<acc_t>& m, int delta) {
-  Moments<acc_t> o;
-  o.n = __shfl_down_sync(0xffffffffu, m.n, delta);
-  o.mean = __shfl_down_sync(0xffffffffu, m.mean, delta);
-  o.m2 = __shfl_down_sync(0xffffffffu, m.m2, delta);
-  o.mn = __shfl_down_sync(0xffffffffu, m.mn, delta);
-  o.mx = __shfl_down_sync(0xffffffffu, m.mx, delta);
+__device__ __forceinline__ Stats<acc_t> shfl_down(const Stats<acc_t>& m, int d) {
+  Stats<acc_t> o;
+  static_cast<Moments<acc_t>&>(o) = shfl_down(static_cast<const Moments<acc_t>&>(m), d);
+  o.mn = __shfl_down_sync(0xffffffffu, m.mn, d);
+  o.mx = __shfl_down_sync(0xffffffffu, m.mx, d);
   return o;
 }
 
@@ -100,11 +83,18 @@ __device__ __forceinline__ int slot_of(acc_t v, acc_t lo, acc_t hi, acc_t width,
   return s < bins ? s : bins - 1;
 }
 
+// The global counter of group g's slot s: a histogram bin, or past the bins its column of counts. int64
+// counters, added to as unsigned long long (the atomicAdd there is; the counts never reach 2^63).
+__device__ __forceinline__ unsigned long long* counter(const ActStatsArgs& a, int64_t g, int bins, int s) {
+  int64_t* p = s < bins ? a.hist + g * bins + s : a.counts + g * kCountCols + kColNaN + (s - bins);
+  return reinterpret_cast<unsigned long long*>(p);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) act_stats_partial(ActStatsArgs a) {
   using acc_t = typename Acc<T>::type;
   extern __shared__ int sh_hist[];
-  __shared__ Moments<acc_t> sh_mom[kWarps];
+  __shared__ Stats<acc_t> sh_mom[kWarps];
   __shared__ unsigned long long sh_nz;
 
   const int bins = a.bins;
@@ -160,22 +150,17 @@ __global__ void __launch_bounds__(kThreads) act_stats_partial(ActStatsArgs a) {
       if (shared_hist) {
         atomicAdd(&sh_hist[slot], __popc(peers));
       } else {
-        unsigned long long* dst = slot < bins
-            ? reinterpret_cast<unsigned long long*>(a.hist + g * bins + slot)
-            : reinterpret_cast<unsigned long long*>(a.counts + g * 7 + 2 + (slot - bins));
-        atomicAdd(dst, (unsigned long long)__popc(peers));
+        atomicAdd(counter(a, g, bins, slot), (unsigned long long)__popc(peers));
       }
     }
   }
 
   // this thread's shifted sums -> (n, mean, M2)
-  Moments<acc_t> m;
-  m.n = n;
-  m.mean = n ? K + s1 / acc_t(n) : acc_t(0);
-  m.m2 = n ? fmax(s2 - s1 * (s1 / acc_t(n)), acc_t(0)) : acc_t(0);
+  Stats<acc_t> m;
+  static_cast<Moments<acc_t>&>(m) = from_shifted(n, K, s1, s2);
   m.mn = mn;
   m.mx = mx;
-  for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
+  m = warp_merge(m);
   for (int d = 16; d > 0; d >>= 1) nz += __shfl_down_sync(0xffffffffu, nz, d);
   if (lane == 0) {
     sh_mom[warp] = m;
@@ -183,13 +168,13 @@ __global__ void __launch_bounds__(kThreads) act_stats_partial(ActStatsArgs a) {
   }
   __syncthreads();
   if (warp == 0) {
-    Moments<acc_t> w;
+    Stats<acc_t> w;
     if (lane < kWarps) {
       w = sh_mom[lane];
     } else {
       w.n = 0; w.mean = 0; w.m2 = 0; w.mn = inf_of<acc_t>(); w.mx = -inf_of<acc_t>();
     }
-    for (int d = 16; d > 0; d >>= 1) w = merge(w, shfl_down(w, d));
+    w = warp_merge(w);
     if (lane == 0) {
       const int64_t p = g * a.splits + split;
       long long* ns = static_cast<long long*>(a.workspace);
@@ -199,16 +184,14 @@ __global__ void __launch_bounds__(kThreads) act_stats_partial(ActStatsArgs a) {
       fs[p * 4 + 1] = w.m2;
       fs[p * 4 + 2] = w.mn;
       fs[p * 4 + 3] = w.mx;
-      if (sh_nz) atomicAdd(reinterpret_cast<unsigned long long*>(a.counts + g * 7 + 1), sh_nz);
+      if (sh_nz) atomicAdd(reinterpret_cast<unsigned long long*>(a.counts + g * kCountCols + kColNearZero), sh_nz);
     }
   }
   if (shared_hist) {
     for (int s = threadIdx.x; s < nslots; s += kThreads) {
       const int c = sh_hist[s];
       if (c == 0) continue;
-      unsigned long long* dst = s < bins ? reinterpret_cast<unsigned long long*>(a.hist + g * bins + s)
-                                         : reinterpret_cast<unsigned long long*>(a.counts + g * 7 + 2 + (s - bins));
-      atomicAdd(dst, (unsigned long long)c);
+      atomicAdd(counter(a, g, bins, s), (unsigned long long)c);
     }
   }
 }
@@ -219,11 +202,11 @@ __global__ void act_stats_finalize(ActStatsArgs a) {
   if (g >= a.groups) return;
   const long long* ns = static_cast<const long long*>(a.workspace);
   const acc_t* fs = reinterpret_cast<const acc_t*>(ns + a.groups * a.splits);
-  Moments<acc_t> m;
+  Stats<acc_t> m;
   m.n = 0; m.mean = 0; m.m2 = 0; m.mn = inf_of<acc_t>(); m.mx = -inf_of<acc_t>();
   for (int64_t s = 0; s < a.splits; ++s) {
     const int64_t p = g * a.splits + s;
-    Moments<acc_t> b;
+    Stats<acc_t> b;
     b.n = ns[p]; b.mean = fs[p * 4]; b.m2 = fs[p * 4 + 1]; b.mn = fs[p * 4 + 2]; b.mx = fs[p * 4 + 3];
     m = merge(m, b);
   }
@@ -233,7 +216,7 @@ __global__ void act_stats_finalize(ActStatsArgs a) {
   out[1] = m.n ? m.m2 : acc_t(0);
   out[2] = m.n ? m.mn : nan;
   out[3] = m.n ? m.mx : nan;
-  a.counts[g * 7 + 0] = a.outer * a.inner;
+  a.counts[g * kCountCols + kColCount] = a.outer * a.inner;
 }
 
 template <typename T>
@@ -261,12 +244,7 @@ cudaError_t launch(const ActStatsArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t act_stats_launch(const ActStatsArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case DType::kFloat: return launch<float>(a, stream);
-    case DType::kHalf: return launch<__half>(a, stream);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(a, stream);
-    case DType::kDouble: return launch<double>(a, stream);
-  }
+  PYDL_DTYPE_SWITCH(a.dtype, T, return launch<T>(a, stream))
   return cudaErrorInvalidValue;
 }
 

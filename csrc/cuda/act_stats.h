@@ -6,10 +6,10 @@
 
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace pydl {
 namespace cuda {
-
-enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
 
 // Group g's elements are x[o*so + g*sg + i*si] for o < outer, i < inner (element strides). The whole tensor is
 // G = 1 with one span; per channel is (N, C, rest) with its strides, so channels_last needs no copy.

@@ -22,16 +22,6 @@ namespace {
 
 constexpr const char* kOp = "batch_norm";
 using cuda::BnArgs;
-using cuda::BnDType;
-
-BnDType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return BnDType::kFloat;
-    case at::kHalf: return BnDType::kHalf;
-    case at::kBFloat16: return BnDType::kBFloat16;
-    default: return BnDType::kDouble;
-  }
-}
 
 at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -97,18 +87,18 @@ Prep prepare(const at::Tensor& x_in, const std::optional<at::Tensor>& weight, co
   p.a.L = 1;
   for (int64_t d = 2; d < p.x.dim(); ++d) p.a.L *= p.x.size(d);
   p.a.cl = is_channels_last(p.x);
-  p.a.dtype = to_dtype(p.x.scalar_type());
+  p.a.dtype = to_dtype(p.x.scalar_type(), kOp);
   p.a.param_dtype = p.a.dtype;
   p.a.x = p.x.data_ptr();
   if (weight.has_value() && weight->defined()) {
     p.weight = weight->contiguous();
     p.a.weight = p.weight.data_ptr();
-    p.a.param_dtype = to_dtype(p.weight.scalar_type());
+    p.a.param_dtype = to_dtype(p.weight.scalar_type(), kOp);
   }
   if (bias.has_value() && bias->defined()) {
     p.bias = bias->to(p.weight.defined() ? p.weight.scalar_type() : bias->scalar_type()).contiguous();
     p.a.bias = p.bias.data_ptr();
-    p.a.param_dtype = to_dtype(p.bias.scalar_type());
+    p.a.param_dtype = to_dtype(p.bias.scalar_type(), kOp);
   }
   return p;
 }
@@ -118,10 +108,6 @@ at::Tensor workspace(BnArgs& a, const at::Tensor& x) {
   auto ws = at::empty({cuda::bn_workspace_bytes(a)}, x.options().dtype(at::kByte));
   a.workspace = ws.data_ptr();
   return ws;
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "pydl: batch_norm CUDA ", what, " failed: ", cudaGetErrorString(err));
 }
 
 // The one-read forward/backward (x kept in shared memory across a grid barrier) unless PYDL_BN_ONEPASS=0.
@@ -145,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x_in) {
     auto ws = workspace(p.a, p.x);
     p.a.mean = mean.data_ptr();
     p.a.var = m2.data_ptr();
-    check_launch(cuda::bn_stats_launch(p.a, false, c10::cuda::getCurrentCUDAStream()), "stats");
+    check_launch(kOp, cuda::bn_stats_launch(p.a, false, c10::cuda::getCurrentCUDAStream()), "stats");
   }
   return {mean, m2};
 }
@@ -163,7 +149,7 @@ at::Tensor bn_apply(const at::Tensor& x_in, const at::Tensor& mean, const at::Te
   p.a.mean = const_cast<void*>(m.data_ptr());
   p.a.invstd = const_cast<void*>(s.data_ptr());
   p.a.out = y.data_ptr();
-  check_launch(cuda::bn_apply_launch(p.a, c10::cuda::getCurrentCUDAStream()), "apply");
+  check_launch(kOp, cuda::bn_apply_launch(p.a, c10::cuda::getCurrentCUDAStream()), "apply");
   return y;
 }
 
@@ -204,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
     BnArgs e = p.a;
     e.running_mean = rm.data_ptr();
     e.running_var = rv.data_ptr();
-    e.param_dtype = to_dtype(rm.scalar_type());
-    check_launch(cuda::bn_eval_stats_launch(e, stream), "eval stats");
+    e.param_dtype = to_dtype(rm.scalar_type(), kOp);
+    check_launch(kOp, cuda::bn_eval_stats_launch(e, stream), "eval stats");
   } else if (p.a.N * p.a.L > 0) {
     // One read of x when it fits in shared memory (see bn_forward_onepass_launch); PYDL_BN_ONEPASS=0 turns it
     // off (the GPU tests run both paths). Any refusal falls back to the two-kernel forward.
@@ -214,13 +200,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_forward(
       if (err == cudaSuccess) return {y, mean, invstd, var};
       (void)cudaGetLastError();  // a refused launch is not a sticky error: clear it, take two passes
     }
-    check_launch(cuda::bn_stats_launch(p.a, true, stream), "stats");
+    check_launch(kOp, cuda::bn_stats_launch(p.a, true, stream), "stats");
   } else {  // empty batch: nothing to normalise; the same placeholders as the other backends
     mean.zero_();
     var.zero_();
     invstd.fill_(eps > 0 ? 1.0 / std::sqrt(eps) : INFINITY);
   }
-  check_launch(cuda::bn_apply_launch(p.a, stream), "apply");
+  check_launch(kOp, cuda::bn_apply_launch(p.a, stream), "apply");
   return {y, mean, invstd, var};
 }
 
@@ -269,8 +255,9 @@ void bn_update_running(at::Tensor& running_mean, at::Tensor& running_var, const 
   at::Tensor rv = running_var.is_contiguous() ? running_var : running_var.contiguous();
   const at::Tensor m = mean.contiguous(), v = var.contiguous();
   const double bessel = count > 1 ? double(count) / double(count - 1) : 1.0;
-  check_launch(cuda::bn_update_running_launch(rm.data_ptr(), rv.data_ptr(), to_dtype(rm.scalar_type()), m.data_ptr(),
-                                              v.data_ptr(), m.scalar_type() == at::kDouble,
+  check_launch(kOp,
+               cuda::bn_update_running_launch(rm.data_ptr(), rv.data_ptr(), to_dtype(rm.scalar_type(), kOp),
+                                              m.data_ptr(), v.data_ptr(), m.scalar_type() == at::kDouble,
                                               nbt.defined() ? nbt.data_ptr<int64_t>() : nullptr,
                                               momentum.value_or(0.0), bessel, C, c10::cuda::getCurrentCUDAStream()),
                "running update");
@@ -316,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor> bn_backward_reduce(const at::Tensor& dy_in, c
     p.a.sum_dz = s1.data_ptr();
     p.a.sum_dz_xmu = s2.data_ptr();
     p.a.dweight = dw.data_ptr();
-    check_launch(cuda::bn_reduce_launch(p.a, c10::cuda::getCurrentCUDAStream()), "backward reduce");
+    check_launch(kOp, cuda::bn_reduce_launch(p.a, c10::cuda::getCurrentCUDAStream()), "backward reduce");
   }
   return {s1, s2};
 }
@@ -340,7 +327,7 @@ at::Tensor bn_backward_elemt(const at::Tensor& dy_in, const at::Tensor& x_in, co
   p.a.count = count;
   p.a.use_batch_stats = true;
   p.a.out = dx.data_ptr();
-  check_launch(cuda::bn_elemt_launch(p.a, c10::cuda::getCurrentCUDAStream()), "backward elemt");
+  check_launch(kOp, cuda::bn_elemt_launch(p.a, c10::cuda::getCurrentCUDAStream()), "backward elemt");
   return dx;
 }
 
@@ -370,8 +357,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_backward(
     if (err == cudaSuccess) return {dx, dw, s1};
     (void)cudaGetLastError();  // refused (does not fit, no cooperative launch): two passes
   }
-  if (n > 0 && p.a.C > 0) check_launch(cuda::bn_reduce_launch(p.a, stream), "backward reduce");
-  if (input_grad) check_launch(cuda::bn_elemt_launch(p.a, stream), "backward elemt");
+  if (n > 0 && p.a.C > 0) check_launch(kOp, cuda::bn_reduce_launch(p.a, stream), "backward reduce");
+  if (input_grad) check_launch(kOp, cuda::bn_elemt_launch(p.a, stream), "backward elemt");
   return {dx, dw, s1};
 }
 

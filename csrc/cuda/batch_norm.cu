@@ -19,117 +19,48 @@
 //
 // When x (for the backward: x, and dy if it fits too) fits in the GPU's shared memory, the training forward
 // and backward run instead as ONE cooperative kernel each that reads the tensor once and keeps it on chip
-// across a grid-wide barrier (forward_onepass_ncl / backward_onepass_ncl below); the two-stage kernels are
-// the general path and the fallback.
+// across a grid-wide barrier (batch_norm/coop.cu); the two-stage kernels here are the general path and the
+// fallback.
 //
 // The activation kind is a runtime argument: it is the same for every thread, so its branches cost a
 // predictable, uniform jump -- not worth 3x the kernel instantiations. Math is fp32 (fp64 for fp64 input);
 // fp16/bf16 only load and store. Index math is 64-bit.
-#include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
 #include <cmath>
 
+#include "acc.h"
 #include "activation.h"
 #include "batch_norm.h"
+#include "cuda/batch_norm/batch_norm_internal.h"
+#include "warp_moments.h"
 
 namespace pydl {
 namespace cuda {
 namespace {
 
+using bn::load_param;
+using bn::store_param;
+using bn::Ws;
+
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kColX = 32, kColY = 8;  // NLC reduction block: 32 channels x 8 rows
-
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T> __device__ __forceinline__ T from_acc(double v);
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-
-// weight / bias / running stats: x's dtype or fp32; read one per channel, so a runtime switch is fine
-__device__ __forceinline__ double load_param(const void* p, BnDType dt, int64_t c) {
-  switch (dt) {
-    case BnDType::kFloat: return static_cast<const float*>(p)[c];
-    case BnDType::kHalf: return __half2float(static_cast<const __half*>(p)[c]);
-    case BnDType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[c]);
-    default: return static_cast<const double*>(p)[c];
-  }
-}
-
-__device__ __forceinline__ void store_param(void* p, BnDType dt, int64_t c, double v) {
-  switch (dt) {
-    case BnDType::kFloat: static_cast<float*>(p)[c] = float(v); break;
-    case BnDType::kHalf: static_cast<__half*>(p)[c] = __float2half_rn(float(v)); break;
-    case BnDType::kBFloat16: static_cast<__nv_bfloat16*>(p)[c] = __float2bfloat16_rn(float(v)); break;
-    default: static_cast<double*>(p)[c] = v; break;
-  }
-}
-
-template <typename acc_t>
-struct Moments {
-  long long n;
-  acc_t mean, m2;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a, const Moments<acc_t>& b) {
-  if (b.n == 0) return a;
-  if (a.n == 0) return b;
-  Moments<acc_t> r;
-  r.n = a.n + b.n;
-  const acc_t delta = b.mean - a.mean;
-  const acc_t wb = acc_t(b.n) / acc_t(r.n);
-  // two finite means far apart (3e38 and -3e38) overflow delta; their convex combination cannot
-  r.mean = isfinite(delta) ? a.mean + delta * wb : a.mean * (acc_t(1) - wb) + b.mean * wb;
-  r.m2 = a.m2 + b.m2 + delta * delta * acc_t(a.n) * wb;
-  return r;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> shfl_down(const Moments<acc_t>& m, int d) {
-  Moments<acc_t> o;
-  o.n = __shfl_down_sync(0xffffffffu, m.n, d);
-  o.mean = __shfl_down_sync(0xffffffffu, m.mean, d);
-  o.m2 = __shfl_down_sync(0xffffffffu, m.m2, d);
-  return o;
-}
-
-// One thread's shifted sums -> (n, mean, M2)
-template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> from_shifted(long long n, acc_t K, acc_t s1, acc_t s2) {
-  Moments<acc_t> m;
-  m.n = n;
-  m.mean = n ? K + s1 / acc_t(n) : acc_t(0);
-  m.m2 = n ? fmax(s2 - s1 * (s1 / acc_t(n)), acc_t(0)) : acc_t(0);
-  return m;
-}
 
 // Merge a 1-D block's moments (warp shuffles, then warp 0 over the per-warp results); valid in thread 0.
 template <typename acc_t>
 __device__ Moments<acc_t> block_merge(Moments<acc_t> m) {
   __shared__ Moments<acc_t> sh[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
+  m = warp_merge(m);
   if (lane == 0) sh[warp] = m;
   __syncthreads();
   if (warp == 0) {
     Moments<acc_t> w;
     w.n = 0; w.mean = 0; w.m2 = 0;
     if (lane < kWarps) w = sh[lane];
-    for (int d = 16; d > 0; d >>= 1) w = merge(w, shfl_down(w, d));
+    w = warp_merge(w);
     m = w;
   }
   return m;
@@ -150,30 +81,13 @@ __device__ acc_t block_sum(acc_t v) {  // valid in thread 0
   return v;
 }
 
-// Workspace views: partial counts (int64), two accumulator planes (splits x C each), then 6 x C constants:
-// mean, scale, shift, k, mean_dz, proj.
-template <typename acc_t>
-struct Ws {
-  long long* n;
-  acc_t *a, *b, *consts;
-  __host__ __device__ Ws(const BnArgs& args) {
-    n = static_cast<long long*>(args.workspace);
-    a = reinterpret_cast<acc_t*>(n + args.splits * args.C);
-    b = a + args.splits * args.C;
-    consts = b + args.splits * args.C;
-    plane_mean = consts + 6 * args.C;
-    plane_m2 = plane_mean + args.N * args.C;
-  }
-  acc_t *plane_mean, *plane_m2;
-};
-
 // ---------------------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------------------
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) stats_ncl_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t o0 = s * per, o1 = o0 + per < a.N ? o0 + per : a.N;
   const T* __restrict__ x = static_cast<const T*>(a.x);
@@ -202,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) stats_ncl_partial(BnArgs a, int64_t 
 
 template <typename T>
 __global__ void __launch_bounds__(kColX * kColY) stats_nlc_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   __shared__ Moments<acc_t> sh[kColY][kColX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kColX + tx, s = blockIdx.y;
@@ -364,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) elementwise_nlc(F f, int64_t C, int6
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_ncl_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t o0 = s * per, o1 = o0 + per < a.N ? o0 + per : a.N;
   Ws<acc_t> ws(a);
@@ -394,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) reduce_ncl_partial(BnArgs a, int64_t
 
 template <typename T>
 __global__ void __launch_bounds__(kColX * kColY) reduce_nlc_partial(BnArgs a, int64_t per) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   __shared__ acc_t shp[kColY][kColX], shq[kColY][kColX];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t C = a.C, c = int64_t(blockIdx.x) * kColX + tx, s = blockIdx.y;
@@ -442,275 +356,15 @@ __global__ void reduce_finalize(BnArgs a) {
   static_cast<acc_t*>(a.dweight)[c] = q * static_cast<const acc_t*>(a.invstd)[c];
 }
 
-__global__ void update_running(void* rm, void* rv, BnDType rdt, const void* mean, const void* var, bool acc_double,
+__global__ void update_running(void* rm, void* rv, DType rdt, const void* mean, const void* var, bool acc_double,
                                const int64_t* nbt, double momentum, double bessel, int64_t C) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const double f = nbt ? 1.0 / double(*nbt) : momentum;  // momentum=None: cumulative average, no host sync
-  const BnDType adt = acc_double ? BnDType::kDouble : BnDType::kFloat;
+  const DType adt = acc_double ? DType::kDouble : DType::kFloat;
   const double m = load_param(mean, adt, c), v = load_param(var, adt, c);
   store_param(rm, rdt, c, (1 - f) * load_param(rm, rdt, c) + f * m);
   store_param(rv, rdt, c, (1 - f) * load_param(rv, rdt, c) + f * v * bessel);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// The one-read training forward (NCL): x lives in shared memory across a grid-wide barrier
-// ---------------------------------------------------------------------------------------------------
-//
-// The two-kernel forward reads x twice (statistics, then normalise). The second read is avoidable when the
-// whole tensor fits in the GPU's shared memory -- 228 KB x 132 SMs is ~30 MB on an H100, e.g. 64x64x32x32
-// fp32. One block per SM (launched cooperatively, so all are resident at once) copies its range of planes
-// into shared memory, computes each plane's exact two-pass (mean, M2) from there and publishes it; after
-// grid.sync() every plane's moments are visible, each warp merges its channel's N plane moments (in the same
-// order in every block, so every block derives the same mean and invstd), and normalises its plane from
-// shared memory. HBM traffic: x read once, y written once -- a copy's.
-
-constexpr int kOnePassThreads = 1024;
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum_all(acc_t v) {  // every lane gets the sum
-  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
-  return v;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kOnePassThreads) forward_onepass_ncl(BnArgs a, int64_t planes_per_block) {
-  using acc_t = typename AccOf<T>::type;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sx = reinterpret_cast<T*>(smem_raw);
-  const int64_t C = a.C, L = a.L, P = a.N * a.C;
-  const int64_t p0 = int64_t(blockIdx.x) * planes_per_block;
-  const int64_t p1 = p0 + planes_per_block < P ? p0 + planes_per_block : P;
-  const int64_t len = p1 > p0 ? (p1 - p0) * L : 0;
-  const T* __restrict__ x = static_cast<const T*>(a.x) + p0 * L;
-
-  // 1. this block's planes -> shared memory: one contiguous span, 16-byte loads when it is aligned
-  constexpr int kVec = 16 / sizeof(T);
-  if (len % kVec == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
-    const uint4* src = reinterpret_cast<const uint4*>(x);
-    uint4* dst = reinterpret_cast<uint4*>(sx);
-    // unrolled: several independent 16-byte loads in flight per thread, to cover HBM latency
-#pragma unroll 4
-    for (int64_t i = threadIdx.x; i < len / kVec; i += kOnePassThreads) dst[i] = src[i];
-  } else {
-    for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) sx[i] = x[i];
-  }
-  __syncthreads();
-
-  // 2. per plane (one warp each): exact two-pass mean and M2 from shared memory, published to the workspace
-  Ws<acc_t> ws(a);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = kOnePassThreads / 32;
-  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
-    const T* v = sx + (p - p0) * L;
-    acc_t s = 0;
-    for (int64_t i = lane; i < L; i += 32) s += to_acc(v[i]);
-    acc_t mean = warp_sum_all(s) / acc_t(L);
-    if (!isfinite(mean)) {
-      // the plane's sum overflowed where its mean need not (values near the dtype's max): sum pre-scaled
-      // values instead, one rounding more per value and only here. `mean` is the same in every lane (a
-      // warp-wide sum), so the whole warp takes this branch together and the shuffles inside stay legal.
-      acc_t t = 0;
-      const acc_t inv_l = acc_t(1) / acc_t(L);
-      for (int64_t i = lane; i < L; i += 32) t += to_acc(v[i]) * inv_l;
-      mean = warp_sum_all(t);
-    }
-    acc_t q = 0;
-    for (int64_t i = lane; i < L; i += 32) {
-      const acc_t d = to_acc(v[i]) - mean;
-      q += d * d;
-    }
-    q = warp_sum_all(q);
-    if (lane == 0) {
-      ws.plane_mean[p] = mean;
-      ws.plane_m2[p] = q;
-    }
-  }
-  cooperative_groups::this_grid().sync();  // every plane's moments are now in global memory
-
-  // 3. per plane: its channel's statistics (merge the N planes of channel c, lanes then a shuffle tree: the
-  //    same order in every block), then normalise the plane from shared memory
-  const Act<acc_t> act{a.act, acc_t(a.leak), acc_t(a.sub), acc_t(a.maxv)};
-  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
-    const int64_t c = p % C;
-    Moments<acc_t> m;
-    m.n = 0; m.mean = 0; m.m2 = 0;
-    for (int64_t n = lane; n < a.N; n += 32) {
-      Moments<acc_t> b;
-      b.n = L; b.mean = ws.plane_mean[n * C + c]; b.m2 = ws.plane_m2[n * C + c];
-      m = merge(m, b);
-    }
-    for (int d = 16; d > 0; d >>= 1) m = merge(m, shfl_down(m, d));
-    const acc_t mean = __shfl_sync(0xffffffffu, m.mean, 0);
-    const acc_t var = __shfl_sync(0xffffffffu, m.m2, 0) / acc_t(a.N * L);
-    const acc_t invstd = acc_t(1) / sqrt(var + acc_t(a.eps));
-    if (p < C && lane == 0) {  // plane (0, c) reports the channel's statistics
-      static_cast<acc_t*>(a.mean)[c] = mean;
-      static_cast<acc_t*>(a.var)[c] = var;
-      static_cast<acc_t*>(a.invstd)[c] = invstd;
-    }
-    const acc_t w = a.weight ? acc_t(load_param(a.weight, a.param_dtype, c)) : acc_t(1);
-    const acc_t scale = invstd * w;
-    const acc_t shift = (a.bias ? acc_t(load_param(a.bias, a.param_dtype, c)) : acc_t(0)) - mean * scale;
-    const T* v = sx + (p - p0) * L;
-    T* __restrict__ y = static_cast<T*>(a.out) + p * L;
-    for (int64_t i = lane; i < L; i += 32) y[i] = from_acc<T>(act.forward(to_acc(v[i]) * scale + shift));
-  }
-}
-
-// Bytes of dynamic shared memory a one-pass kernel may ask for: the opt-in per-block limit counts the kernel's
-// static __shared__ arrays too (its reduction scratch), so a request of the whole limit would fail to launch.
-int64_t onepass_dynamic_room(const void* kernel, int smem_optin, cudaError_t* err) {
-  cudaFuncAttributes attr{};
-  *err = cudaFuncGetAttributes(&attr, kernel);
-  return int64_t(smem_optin) - int64_t(attr.sharedSizeBytes);
-}
-
-template <typename T>
-cudaError_t onepass_impl(const BnArgs& a, cudaStream_t st) {
-  if (a.cl || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
-  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-  if (!coop || sms <= 0) return cudaErrorNotSupported;
-  auto kernel = forward_onepass_ncl<T>;
-  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
-  if (err != cudaSuccess) return err;
-  const int64_t P = a.N * a.C;
-  const int64_t ppb = (P + sms - 1) / sms;  // planes per block, one block per SM
-  const int64_t bytes = ppb * a.L * int64_t(sizeof(T));
-  if (bytes > room) return cudaErrorNotSupported;  // does not fit: two passes it is
-  const int64_t blocks = (P + ppb - 1) / ppb;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (err != cudaSuccess) return err;
-  int per_sm = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kOnePassThreads, size_t(bytes));
-  if (err != cudaSuccess) return err;
-  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return cudaErrorNotSupported;  // all blocks must co-reside
-  BnArgs args = a;
-  int64_t planes = ppb;
-  void* params[] = {&args, &planes};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
-                                     dim3(kOnePassThreads), params, size_t(bytes), st);
-}
-
-// The backward's counterpart: x (and dy, when both fit) stay in shared memory between the two sums and dx.
-// Per plane (one warp): sum(dz) and sum(dz * (x - mean)) -> workspace; grid.sync(); the channel's sums over
-// its N planes (same order in every block); dx from shared memory. HBM traffic: dy, x read once, dx written
-// once (dy read twice when only x fits).
-template <typename T>
-__global__ void __launch_bounds__(kOnePassThreads) backward_onepass_ncl(BnArgs a, int64_t planes_per_block,
-                                                                       bool dy_in_smem) {
-  using acc_t = typename AccOf<T>::type;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int64_t C = a.C, L = a.L, P = a.N * a.C;
-  const int64_t p0 = int64_t(blockIdx.x) * planes_per_block;
-  const int64_t p1 = p0 + planes_per_block < P ? p0 + planes_per_block : P;
-  const int64_t len = p1 > p0 ? (p1 - p0) * L : 0;
-  T* sx = reinterpret_cast<T*>(smem_raw);
-  T* sdy = sx + planes_per_block * L;  // only when dy_in_smem (the launcher sized the buffer for it)
-  const T* __restrict__ gx = static_cast<const T*>(a.x) + p0 * L;
-  const T* __restrict__ gdy = static_cast<const T*>(a.dy) + p0 * L;
-#pragma unroll 4
-  for (int64_t i = threadIdx.x; i < len; i += kOnePassThreads) {
-    sx[i] = gx[i];
-    if (dy_in_smem) sdy[i] = gdy[i];
-  }
-  __syncthreads();
-  const T* dyp = dy_in_smem ? sdy : gdy;  // this block's dy, wherever it lives
-
-  Ws<acc_t> ws(a);
-  const Act<acc_t> act{a.act, acc_t(a.leak), acc_t(a.sub), acc_t(a.maxv)};
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = kOnePassThreads / 32;
-  auto consts = [&](int64_t c, acc_t& mean, acc_t& invstd, acc_t& w, acc_t& scale, acc_t& shift) {
-    mean = static_cast<const acc_t*>(a.mean)[c];
-    invstd = static_cast<const acc_t*>(a.invstd)[c];
-    w = a.weight ? acc_t(load_param(a.weight, a.param_dtype, c)) : acc_t(1);
-    scale = invstd * w;
-    shift = (a.bias ? acc_t(load_param(a.bias, a.param_dtype, c)) : acc_t(0)) - mean * scale;
-  };
-  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
-    acc_t mean, invstd, w, scale, shift;
-    consts(p % C, mean, invstd, w, scale, shift);
-    const T* xv = sx + (p - p0) * L;
-    const T* dv = dyp + (p - p0) * L;
-    acc_t s1 = 0, s2 = 0;
-    for (int64_t i = lane; i < L; i += 32) {
-      const acc_t xi = to_acc(xv[i]);
-      const acc_t dz = act.backward(to_acc(dv[i]), xi * scale + shift);
-      s1 += dz;
-      s2 += dz * (xi - mean);
-    }
-    s1 = warp_sum_all(s1);
-    s2 = warp_sum_all(s2);
-    if (lane == 0) {
-      ws.plane_mean[p] = s1;  // the plane arrays hold the two sums here
-      ws.plane_m2[p] = s2;
-    }
-  }
-  cooperative_groups::this_grid().sync();
-
-  const acc_t inv_n = acc_t(1) / acc_t(a.N * L);
-  for (int64_t p = p0 + warp; p < p1; p += nwarps) {
-    const int64_t c = p % C;
-    acc_t mean, invstd, w, scale, shift;
-    consts(c, mean, invstd, w, scale, shift);
-    acc_t s1 = 0, s2 = 0;
-    for (int64_t n = lane; n < a.N; n += 32) {
-      s1 += ws.plane_mean[n * C + c];
-      s2 += ws.plane_m2[n * C + c];
-    }
-    s1 = warp_sum_all(s1);
-    s2 = warp_sum_all(s2);
-    if (p < C && lane == 0) {  // plane (0, c) reports the channel's sums
-      static_cast<acc_t*>(a.sum_dz)[c] = s1;
-      static_cast<acc_t*>(a.sum_dz_xmu)[c] = s2;
-      static_cast<acc_t*>(a.dweight)[c] = s2 * invstd;
-    }
-    const acc_t k = scale, mean_dz = s1 * inv_n, proj = s2 * invstd * invstd * inv_n;
-    const T* xv = sx + (p - p0) * L;
-    const T* dv = dyp + (p - p0) * L;
-    T* __restrict__ dx = static_cast<T*>(a.out) + p * L;
-    for (int64_t i = lane; i < L; i += 32) {
-      const acc_t xi = to_acc(xv[i]);
-      const acc_t dz = act.backward(to_acc(dv[i]), xi * scale + shift);
-      dx[i] = from_acc<T>(k * (dz - mean_dz - (xi - mean) * proj));
-    }
-  }
-}
-
-template <typename T>
-cudaError_t backward_onepass_impl(const BnArgs& a, cudaStream_t st) {
-  if (a.cl || !a.use_batch_stats || a.N * a.L < 2 || a.C == 0) return cudaErrorNotSupported;
-  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-  if (!coop || sms <= 0) return cudaErrorNotSupported;
-  auto kernel = backward_onepass_ncl<T>;
-  const int64_t room = onepass_dynamic_room(reinterpret_cast<const void*>(kernel), smem_optin, &err);
-  if (err != cudaSuccess) return err;
-  const int64_t P = a.N * a.C, ppb = (P + sms - 1) / sms;
-  const int64_t slice = ppb * a.L * int64_t(sizeof(T));
-  bool dy_in_smem = 2 * slice <= room;  // both, else x alone (dy is then read twice)
-  const int64_t bytes = dy_in_smem ? 2 * slice : slice;
-  if (bytes > room) return cudaErrorNotSupported;
-  const int64_t blocks = (P + ppb - 1) / ppb;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (err != cudaSuccess) return err;
-  int per_sm = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kOnePassThreads, size_t(bytes));
-  if (err != cudaSuccess) return err;
-  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return cudaErrorNotSupported;
-  BnArgs args = a;
-  int64_t planes = ppb;
-  void* params[] = {&args, &planes, &dy_in_smem};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(blocks)),
-                                     dim3(kOnePassThreads), params, size_t(bytes), st);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -721,7 +375,7 @@ unsigned small_grid(int64_t C, int threads) { return unsigned((C + threads - 1) 
 
 template <typename T>
 cudaError_t stats_impl(const BnArgs& a, bool forward, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   if (a.cl) {
     const int64_t rows = a.N * a.L, per = (rows + a.splits - 1) / a.splits;
@@ -740,7 +394,7 @@ cudaError_t stats_impl(const BnArgs& a, bool forward, cudaStream_t st) {
 
 template <typename T>
 cudaError_t consts_impl(const BnArgs& a, bool grad, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   channel_consts<acc_t><<<small_grid(a.C, 128), 128, 0, st>>>(a, grad);
   return cudaGetLastError();
 }
@@ -765,7 +419,7 @@ cudaError_t elementwise(const BnArgs& a, const F& f, cudaStream_t st) {
 
 template <typename T>
 cudaError_t apply_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, false, st);
   if (err != cudaSuccess) return err;
@@ -777,7 +431,7 @@ cudaError_t apply_impl(const BnArgs& a, cudaStream_t st) {
 
 template <typename T>
 cudaError_t reduce_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, false, st);
   if (err != cudaSuccess) return err;
@@ -798,7 +452,7 @@ cudaError_t reduce_impl(const BnArgs& a, cudaStream_t st) {
 
 template <typename T>
 cudaError_t elemt_impl(const BnArgs& a, cudaStream_t st) {
-  using acc_t = typename AccOf<T>::type;
+  using acc_t = typename Acc<T>::type;
   if (a.C == 0) return cudaSuccess;
   cudaError_t err = consts_impl<T>(a, true, st);
   if (err != cudaSuccess) return err;
@@ -808,28 +462,12 @@ cudaError_t elemt_impl(const BnArgs& a, cudaStream_t st) {
   return elementwise(a, f, st);
 }
 
-#define PYDL_BN_DISPATCH(DT, FN, ...)                              \
-  switch (DT) {                                                     \
-    case BnDType::kFloat: return FN<float>(__VA_ARGS__);            \
-    case BnDType::kHalf: return FN<__half>(__VA_ARGS__);            \
-    case BnDType::kBFloat16: return FN<__nv_bfloat16>(__VA_ARGS__); \
-    case BnDType::kDouble: return FN<double>(__VA_ARGS__);          \
-  }                                                                 \
-  return cudaErrorInvalidValue;
-
 }  // namespace
 
 cudaError_t bn_stats_launch(const BnArgs& a, bool forward, cudaStream_t st) {
   if (a.N * a.L == 0) return cudaErrorInvalidValue;
-  PYDL_BN_DISPATCH(a.dtype, stats_impl, a, forward, st)
-}
-
-cudaError_t bn_forward_onepass_launch(const BnArgs& a, cudaStream_t st) {
-  PYDL_BN_DISPATCH(a.dtype, onepass_impl, a, st)
-}
-
-cudaError_t bn_backward_onepass_launch(const BnArgs& a, cudaStream_t st) {
-  PYDL_BN_DISPATCH(a.dtype, backward_onepass_impl, a, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return stats_impl<T>(a, forward, st))
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {
@@ -842,16 +480,23 @@ cudaError_t bn_eval_stats_launch(const BnArgs& a, cudaStream_t st) {
   return cudaGetLastError();
 }
 
-cudaError_t bn_apply_launch(const BnArgs& a, cudaStream_t st) { PYDL_BN_DISPATCH(a.dtype, apply_impl, a, st) }
+cudaError_t bn_apply_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_DTYPE_SWITCH(a.dtype, T, return apply_impl<T>(a, st))
+  return cudaErrorInvalidValue;
+}
 
 cudaError_t bn_reduce_launch(const BnArgs& a, cudaStream_t st) {
   if (a.N * a.L == 0) return cudaErrorInvalidValue;
-  PYDL_BN_DISPATCH(a.dtype, reduce_impl, a, st)
+  PYDL_DTYPE_SWITCH(a.dtype, T, return reduce_impl<T>(a, st))
+  return cudaErrorInvalidValue;
 }
 
-cudaError_t bn_elemt_launch(const BnArgs& a, cudaStream_t st) { PYDL_BN_DISPATCH(a.dtype, elemt_impl, a, st) }
+cudaError_t bn_elemt_launch(const BnArgs& a, cudaStream_t st) {
+  PYDL_DTYPE_SWITCH(a.dtype, T, return elemt_impl<T>(a, st))
+  return cudaErrorInvalidValue;
+}
 
-cudaError_t bn_update_running_launch(void* running_mean, void* running_var, BnDType running_dtype, const void* mean,
+cudaError_t bn_update_running_launch(void* running_mean, void* running_var, DType running_dtype, const void* mean,
                                      const void* var, bool acc_double, const int64_t* nbt, double momentum,
                                      double bessel, int64_t C, cudaStream_t st) {
   if (C == 0) return cudaSuccess;

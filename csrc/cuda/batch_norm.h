@@ -6,10 +6,10 @@
 
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace pydl {
 namespace cuda {
-
-enum class BnDType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
 
 // One struct for every batch_norm launcher; each reads the fields it needs (documented per launcher).
 // x is dense, viewed as (N, C, L): contiguous NCL (plane (n, c) = L contiguous values), or channels last
@@ -17,8 +17,8 @@ enum class BnDType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
 struct BnArgs {
   int64_t N = 0, C = 0, L = 1;
   bool cl = false;
-  BnDType dtype = BnDType::kFloat;        // x, dy, out
-  BnDType param_dtype = BnDType::kFloat;  // weight, bias, running stats: x's dtype, or float for half/bf16 x
+  DType dtype = DType::kFloat;        // x, dy, out
+  DType param_dtype = DType::kFloat;  // weight, bias, running stats: x's dtype, or float for half/bf16 x
   const void* x = nullptr;
   const void* dy = nullptr;
   void* out = nullptr;                    // y (apply) or dx (elemt)
@@ -41,7 +41,7 @@ struct BnArgs {
   int64_t splits = 1;                     // bn_splits(...)
 };
 
-inline bool bn_is_double(const BnArgs& a) { return a.dtype == BnDType::kDouble; }
+inline bool bn_is_double(const BnArgs& a) { return a.dtype == DType::kDouble; }
 
 // How many programs share one channel's reduction: enough blocks to fill the GPU a few times over, but never
 // so many that a block has (almost) nothing to do.
@@ -91,7 +91,7 @@ cudaError_t bn_reduce_launch(const BnArgs& a, cudaStream_t stream);
 // out = dx from the sums (use_batch_stats) or without them (eval).
 cudaError_t bn_elemt_launch(const BnArgs& a, cudaStream_t stream);
 // running = (1 - f) * running + f * batch, f = momentum (nbt == nullptr) or 1 / *nbt; var times `bessel`.
-cudaError_t bn_update_running_launch(void* running_mean, void* running_var, BnDType running_dtype,
+cudaError_t bn_update_running_launch(void* running_mean, void* running_var, DType running_dtype,
                                      const void* mean, const void* var, bool acc_double, const int64_t* nbt,
                                      double momentum, double bessel, int64_t C, cudaStream_t stream);
 

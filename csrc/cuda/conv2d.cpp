@@ -15,15 +15,6 @@
 namespace pydl {
 namespace {
 
-cuda::ConvDType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::ConvDType::kFloat;
-    case at::kHalf: return cuda::ConvDType::kHalf;
-    case at::kBFloat16: return cuda::ConvDType::kBFloat16;
-    default: return cuda::ConvDType::kDouble;
-  }
-}
-
 int act_code(c10::string_view act) {
   if (act == "none") return kActNone;
   if (act == "relu") return kActRelu;
@@ -42,7 +33,7 @@ cuda::ConvArgs make_args(const at::Tensor& x, const at::Tensor& w, at::IntArrayR
                          at::IntArrayRef dilation, int64_t groups, int act, double leak, double sub, double maxv,
                          bool allow_tf32) {
   cuda::ConvArgs a{};
-  a.dtype = to_dtype(x.scalar_type());
+  a.dtype = to_dtype(x.scalar_type(), "conv2d");
   a.N = x.size(0); a.C = x.size(1); a.H = x.size(2); a.W = x.size(3);
   a.Co = w.size(0); a.Cg = w.size(1); a.KH = w.size(2); a.KW = w.size(3);
   a.G = groups; a.Cog = a.Co / groups;
@@ -84,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cuda(const at::Tensor& x, const at::Te
   a.z = keep_z ? z.data_ptr() : nullptr;
   a.save_z = keep_z;
   const cudaError_t err = cuda::conv2d_forward_launch(a, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "pydl: conv2d CUDA launch failed: ", cudaGetErrorString(err));
+  check_launch("conv2d", err, "launch");
   return {y, z};
 }
 
@@ -121,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     a.dx = gx.data_ptr();
     if (gx.numel() > 0) {
       const cudaError_t err = cuda::conv2d_dgrad_launch(a, stream);
-      TORCH_CHECK(err == cudaSuccess, "pydl: conv2d grad_x CUDA launch failed: ", cudaGetErrorString(err));
+      check_launch("conv2d", err, "grad_x launch");
     }
   }
   if (mask[1]) {
@@ -134,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     a.ws = ws.data_ptr();
     if (P > 0) {
       const cudaError_t err = cuda::conv2d_wgrad_launch(a, stream);
-      TORCH_CHECK(err == cudaSuccess, "pydl: conv2d grad_w CUDA launch failed: ", cudaGetErrorString(err));
+      check_launch("conv2d", err, "grad_w launch");
     }
     // the split partials, added in a fixed order (split x the weight's size: tiny next to the GEMMs)
     gw = ws.sum(0).view(w.sizes()).to(x.scalar_type());
@@ -143,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     gb = at::empty({a.Co}, x.options());
     a.gb = gb.data_ptr();
     const cudaError_t err = cuda::conv2d_bgrad_launch(a, stream);
-    TORCH_CHECK(err == cudaSuccess, "pydl: conv2d grad_b CUDA launch failed: ", cudaGetErrorString(err));
+    check_launch("conv2d", err, "grad_b launch");
   }
   return {gx, gw, gb};
 }

@@ -36,13 +36,12 @@
 // ~90% of cuDNN; the structure above is the part to understand first.
 //
 // Index math is int64 for anything that addresses a tensor (N*C*H*W can pass 2^31); tap indices are int.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <cstdint>
 
+#include "acc.h"
 #include "activation.h"
 #include "conv2d.h"
 
@@ -63,20 +62,6 @@ PYDL_CONV_HD int64_t qdiv(int64_t a, int64_t b) {
 }
 
 enum Mode : int { kFwd = 0, kDgrad = 1, kWgrad = 2 };
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-PYDL_CONV_HD float to_acc(float v) { return v; }
-PYDL_CONV_HD double to_acc(double v) { return v; }
-PYDL_CONV_HD float to_acc(__half v) { return __half2float(v); }
-PYDL_CONV_HD float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> PYDL_CONV_HD T from_acc(typename Acc<T>::type v);
-template <> PYDL_CONV_HD float from_acc<float>(float v) { return v; }
-template <> PYDL_CONV_HD double from_acc<double>(double v) { return v; }
-template <> PYDL_CONV_HD __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> PYDL_CONV_HD __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // ---- problem sizes per mode ------------------------------------------------------------------------------
 template <int MODE> PYDL_CONV_HD int64_t size_m(const ConvArgs& a) {
@@ -531,12 +516,7 @@ cudaError_t launch_mode(const ConvArgs& a, cudaStream_t stream) {
 
 template <int MODE>
 cudaError_t dispatch(const ConvArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case ConvDType::kFloat: return launch_mode<float, MODE>(a, stream);
-    case ConvDType::kHalf: return launch_mode<__half, MODE>(a, stream);
-    case ConvDType::kBFloat16: return launch_mode<__nv_bfloat16, MODE>(a, stream);
-    case ConvDType::kDouble: return launch_mode<double, MODE>(a, stream);
-  }
+  PYDL_DTYPE_SWITCH(a.dtype, T, return launch_mode<T, MODE>(a, stream))
   return cudaErrorInvalidValue;
 }
 
@@ -599,12 +579,7 @@ cudaError_t launch_dw(const ConvArgs& a, int mode, cudaStream_t stream) {
 }
 
 cudaError_t dispatch_dw(const ConvArgs& a, int mode, cudaStream_t stream) {
-  switch (a.dtype) {
-    case ConvDType::kFloat: return launch_dw<float>(a, mode, stream);
-    case ConvDType::kHalf: return launch_dw<__half>(a, mode, stream);
-    case ConvDType::kBFloat16: return launch_dw<__nv_bfloat16>(a, mode, stream);
-    case ConvDType::kDouble: return launch_dw<double>(a, mode, stream);
-  }
+  PYDL_DTYPE_SWITCH(a.dtype, T, return launch_dw<T>(a, mode, stream))
   return cudaErrorInvalidValue;
 }
 
@@ -623,12 +598,7 @@ cudaError_t conv2d_wgrad_launch(const ConvArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t conv2d_bgrad_launch(const ConvArgs& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case ConvDType::kFloat: return launch_bgrad<float>(a, stream);
-    case ConvDType::kHalf: return launch_bgrad<__half>(a, stream);
-    case ConvDType::kBFloat16: return launch_bgrad<__nv_bfloat16>(a, stream);
-    case ConvDType::kDouble: return launch_bgrad<double>(a, stream);
-  }
+  PYDL_DTYPE_SWITCH(a.dtype, T, return launch_bgrad<T>(a, stream))
   return cudaErrorInvalidValue;
 }
 

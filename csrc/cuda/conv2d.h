@@ -5,16 +5,16 @@
 
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace pydl {
 namespace cuda {
-
-enum class ConvDType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
 
 // Everything a conv2d kernel needs: sizes, element strides, pointers, the epilogue. One struct for the forward
 // and the backward launchers (each reads the fields it needs). Tensors are addressed through their strides,
 // so NCHW, channels_last and sliced inputs need no copy.
 struct ConvArgs {
-  ConvDType dtype;
+  DType dtype;
   int64_t N, C, H, W;          // input
   int64_t Co, Cg, Cog, G;      // out channels, in/out channels per group, groups
   int64_t KH, KW;              // kernel

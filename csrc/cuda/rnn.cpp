@@ -17,41 +17,26 @@ namespace {
 
 using at::Tensor;
 
-cuda::RnnDType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::RnnDType::kFloat;
-    case at::kHalf: return cuda::RnnDType::kHalf;
-    case at::kBFloat16: return cuda::RnnDType::kBFloat16;
-    case at::kDouble: return cuda::RnnDType::kDouble;
-    default: PYDL_CHECK_TYPE(false, "rnn: unsupported dtype ", t);
-  }
-  return cuda::RnnDType::kFloat;
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "pydl: ", what, " CUDA launch failed: ", cudaGetErrorString(err));
-}
-
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 // The pointwise kernels of one step, with the signatures csrc/rnn_driver.h expects.
 struct CudaPW {
   static void lstm_fwd(const Tensor& pre, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {
     cuda::LstmFwdArgs a;
-    a.dtype = to_dtype(h.scalar_type());
+    a.dtype = to_dtype(h.scalar_type(), "rnn");
     a.B = h.size(0); a.H = h.size(1);
     a.pre = pre.data_ptr(); a.s_pre = pre.stride(0);
     a.c_prev = c_prev.data_ptr(); a.s_cp = c_prev.stride(0);
     a.gates = gates.data_ptr(); a.s_g = gates.stride(0);
     a.c = c.data_ptr(); a.s_c = c.stride(0);
     a.h = h.data_ptr(); a.s_h = h.stride(0);
-    check_launch(cuda::lstm_fwd_launch(a, stream()), "lstm forward");
+    check_launch("rnn", cuda::lstm_fwd_launch(a, stream()), "lstm forward");
   }
 
   static void lstm_bwd(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dc, const Tensor& gates,
                        const Tensor& c, const Tensor& c_prev, Tensor& dG, Tensor& dc_prev) {
     cuda::LstmBwdArgs a;
-    a.dtype = to_dtype(dG.scalar_type());
+    a.dtype = to_dtype(dG.scalar_type(), "rnn");
     a.B = c.size(0); a.H = c.size(1);
     a.dh_out = dh_out.data_ptr(); a.s_dho = dh_out.stride(0);
     a.dh_rec = dh_rec.data_ptr(); a.s_dhr = dh_rec.stride(0);
@@ -61,25 +46,25 @@ struct CudaPW {
     a.c_prev = c_prev.data_ptr(); a.s_cp = c_prev.stride(0);
     a.dG = dG.data_ptr(); a.s_dG = dG.stride(0);
     a.dc_prev = dc_prev.data_ptr(); a.s_dcp = dc_prev.stride(0);
-    check_launch(cuda::lstm_bwd_launch(a, stream()), "lstm backward");
+    check_launch("rnn", cuda::lstm_bwd_launch(a, stream()), "lstm backward");
   }
 
   static void gru_fwd(const Tensor& xg, const Tensor& hg, const Tensor& h_prev, Tensor& ws, Tensor& h) {
     cuda::GruFwdArgs a;
-    a.dtype = to_dtype(h.scalar_type());
+    a.dtype = to_dtype(h.scalar_type(), "rnn");
     a.B = h.size(0); a.H = h.size(1);
     a.xg = xg.data_ptr(); a.s_xg = xg.stride(0);
     a.hg = hg.data_ptr(); a.s_hg = hg.stride(0);
     a.h_prev = h_prev.data_ptr(); a.s_hp = h_prev.stride(0);
     a.ws = ws.data_ptr(); a.s_ws = ws.stride(0);
     a.h = h.data_ptr(); a.s_h = h.stride(0);
-    check_launch(cuda::gru_fwd_launch(a, stream()), "gru forward");
+    check_launch("rnn", cuda::gru_fwd_launch(a, stream()), "gru forward");
   }
 
   static void gru_bwd(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_dir, const Tensor& ws,
                       const Tensor& h_prev, Tensor& dGi, Tensor& dGh, Tensor& dh_dir_out) {
     cuda::GruBwdArgs a;
-    a.dtype = to_dtype(dGi.scalar_type());
+    a.dtype = to_dtype(dGi.scalar_type(), "rnn");
     a.B = h_prev.size(0); a.H = h_prev.size(1);
     a.dh_out = dh_out.data_ptr(); a.s_dho = dh_out.stride(0);
     a.dh_rec = dh_rec.data_ptr(); a.s_dhr = dh_rec.stride(0);
@@ -89,7 +74,7 @@ struct CudaPW {
     a.dGi = dGi.data_ptr(); a.s_dgi = dGi.stride(0);
     a.dGh = dGh.data_ptr(); a.s_dgh = dGh.stride(0);
     a.dh_dir_out = dh_dir_out.data_ptr(); a.s_dhdo = dh_dir_out.stride(0);
-    check_launch(cuda::gru_bwd_launch(a, stream()), "gru backward");
+    check_launch("rnn", cuda::gru_bwd_launch(a, stream()), "gru backward");
   }
 };
 

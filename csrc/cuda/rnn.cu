@@ -10,10 +10,9 @@
 // The math is in float (double for double input) whatever the storage dtype: fp16/bf16 are converted on load
 // and store. sigmoid(x) = 1 / (1 + exp(-x)) and tanhf are the IEEE-accurate versions (pydl builds without
 // --use_fast_math); they are not the bottleneck of a memory-bound kernel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "acc.h"
 #include "rnn.h"
 
 namespace pydl {
@@ -22,18 +21,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ double ld(const double* p) { return *p; }
-__device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(double* p, double v) { *p = v; }
-__device__ __forceinline__ void st(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+template <typename T> __device__ __forceinline__ typename Acc<T>::type ld(const T* p) { return to_acc(*p); }
+template <typename T> __device__ __forceinline__ void st(T* p, typename Acc<T>::type v) { *p = from_acc<T>(v); }
 
 __device__ __forceinline__ float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -148,14 +137,9 @@ inline unsigned blocks_for(int64_t B, int64_t H) { return unsigned((B * H + kThr
     if ((ARGS).B * (ARGS).H == 0) return cudaSuccess;                                               \
     if ((ARGS).B * (ARGS).H / kThreads >= (int64_t(1) << 31)) return cudaErrorInvalidConfiguration; \
     const unsigned nb = blocks_for((ARGS).B, (ARGS).H);                                             \
-    switch ((ARGS).dtype) {                                                                         \
-      case RnnDType::kFloat: KERNEL<float><<<nb, kThreads, 0, STREAM>>>(ARGS); break;               \
-      case RnnDType::kHalf: KERNEL<__half><<<nb, kThreads, 0, STREAM>>>(ARGS); break;               \
-      case RnnDType::kBFloat16: KERNEL<__nv_bfloat16><<<nb, kThreads, 0, STREAM>>>(ARGS); break;    \
-      case RnnDType::kDouble: KERNEL<double><<<nb, kThreads, 0, STREAM>>>(ARGS); break;             \
-      default: return cudaErrorInvalidValue;                                                        \
-    }                                                                                               \
-    return cudaGetLastError();                                                                      \
+    PYDL_DTYPE_SWITCH((ARGS).dtype, T, KERNEL<T><<<nb, kThreads, 0, STREAM>>>(ARGS);              \
+                      return cudaGetLastError())                                                    \
+    return cudaErrorInvalidValue;                                                                   \
   } while (0)
 
 }  // namespace

@@ -10,13 +10,13 @@
 
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace pydl {
 namespace cuda {
 
-enum class RnnDType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
-
 struct LstmFwdArgs {
-  RnnDType dtype;
+  DType dtype;
   int64_t B, H;
   const void* pre; int64_t s_pre;     // (B, 4H) gate pre-activations (all GEMMs and biases summed)
   const void* c_prev; int64_t s_cp;   // (B, H) acc
@@ -26,7 +26,7 @@ struct LstmFwdArgs {
 };
 
 struct LstmBwdArgs {
-  RnnDType dtype;
+  DType dtype;
   int64_t B, H;
   const void* dh_out; int64_t s_dho;  // (B, H) dL/dh_t from above
   const void* dh_rec; int64_t s_dhr;  // (B, H) dL/dh_t through W_hh of step t+1
@@ -39,7 +39,7 @@ struct LstmBwdArgs {
 };
 
 struct GruFwdArgs {
-  RnnDType dtype;
+  DType dtype;
   int64_t B, H;
   const void* xg; int64_t s_xg;       // (B, 3H) x W_ih^T + b_ih
   const void* hg; int64_t s_hg;       // (B, 3H) h W_hh^T + b_hh
@@ -49,7 +49,7 @@ struct GruFwdArgs {
 };
 
 struct GruBwdArgs {
-  RnnDType dtype;
+  DType dtype;
   int64_t B, H;
   const void* dh_out; int64_t s_dho;
   const void* dh_rec; int64_t s_dhr;

@@ -33,33 +33,14 @@ typedef __nv_bfloat16 nv_bfloat16;
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16_raw{u}; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
 
-inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-  return __nv_bfloat16_raw{pydl_emu::fp::narrow<8, 7>(f, pydl_emu::fp::kNearestEven, 0x7fff)};
-}
-inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
-inline __nv_bfloat16 __float2bfloat16_rz(float f) {
-  return __nv_bfloat16_raw{pydl_emu::fp::narrow<8, 7>(f, pydl_emu::fp::kTowardZero, 0x7fff)};
-}
-inline __nv_bfloat16 __float2bfloat16_rd(float f) {
-  return __nv_bfloat16_raw{pydl_emu::fp::narrow<8, 7>(f, pydl_emu::fp::kDown, 0x7fff)};
-}
-inline __nv_bfloat16 __float2bfloat16_ru(float f) {
-  return __nv_bfloat16_raw{pydl_emu::fp::narrow<8, 7>(f, pydl_emu::fp::kUp, 0x7fff)};
-}
+PYDL_EMU_16BIT_FROM_FLOAT(__nv_bfloat16, bfloat16, 8, 7)
 // widening is the 16-bit shift, NaN payloads and all (as CUDA's own header does it)
 inline float __bfloat162float(__nv_bfloat16 h) { return pydl_emu::fp::f32_from(uint32_t(h.__x) << 16); }
 inline float __low2float(__nv_bfloat16 h) { return __bfloat162float(h); }
 
-inline __nv_bfloat16::__nv_bfloat16(double d) {
-  // as __half(double): round to fp32 to odd (16 bits to spare below bf16's last one)
-  float f = static_cast<float>(d);
-  if (d == d && static_cast<double>(f) != d && f == f) {
-    if ((f > 0 && static_cast<double>(f) > d) || (f < 0 && static_cast<double>(f) < d))
-      f = pydl_emu::fp::f32_from(pydl_emu::fp::f32_bits(f) - 1);
-    f = pydl_emu::fp::f32_from(pydl_emu::fp::f32_bits(f) | 1u);
-  }
-  __x = pydl_emu::fp::narrow<8, 7>(f, pydl_emu::fp::kNearestEven, 0x7fff);
-}
+// as __half(double): fp32 rounded to odd has 16 bits to spare below bf16's last one
+inline __nv_bfloat16::__nv_bfloat16(double d)
+    : __x(pydl_emu::fp::narrow<8, 7>(pydl_emu::fp::f32_round_to_odd(d), pydl_emu::fp::kNearestEven, 0x7fff)) {}
 inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16(d); }
 
 PYDL_EMU_16BIT_MATH(__nv_bfloat16, __bfloat162float, __float2bfloat16_rn, 0x7f80u)

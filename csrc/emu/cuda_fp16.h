@@ -104,6 +104,20 @@ inline double sum_round_to_odd(double a, double b) {
   return s;
 }
 
+// d rounded to fp32 *to odd*: toward zero, then the last bit set if anything was dropped (a sticky bit). fp32
+// keeps at least 13 bits below a 16-bit format's last one, so that bit decides ties exactly as the unrounded
+// double would, and a round-to-nearest narrowing of the result is correct for d itself (no double rounding).
+// The double -> __half / __nv_bfloat16 conversions go through it.
+inline float f32_round_to_odd(double d) {
+  float f = static_cast<float>(d);
+  if (d == d && static_cast<double>(f) != d && f == f) {
+    // the cast rounded to nearest: step toward zero if it went outward, then mark inexactness
+    if ((f > 0 && static_cast<double>(f) > d) || (f < 0 && static_cast<double>(f) < d)) f = f32_from(f32_bits(f) - 1);
+    f = f32_from(f32_bits(f) | 1u);
+  }
+  return f;
+}
+
 // A float format of 16 bits -> fp32: exact (every fp16 and bf16 value is an fp32 value).
 template <int EXP, int MAN>
 inline float widen(uint16_t h) {
@@ -155,29 +169,30 @@ inline unsigned short __half_as_ushort(__half h) { return h.__x; }
 inline __half __short_as_half(short s) { return __half_raw{static_cast<unsigned short>(s)}; }
 inline short __half_as_short(__half h) { return static_cast<short>(h.__x); }
 
-inline __half __float2half_rn(float f) { return __half_raw{pydl_emu::fp::narrow<5, 10>(f, pydl_emu::fp::kNearestEven, 0x7fff)}; }
-inline __half __float2half(float f) { return __float2half_rn(f); }
-inline __half __float2half_rz(float f) { return __half_raw{pydl_emu::fp::narrow<5, 10>(f, pydl_emu::fp::kTowardZero, 0x7fff)}; }
-inline __half __float2half_rd(float f) { return __half_raw{pydl_emu::fp::narrow<5, 10>(f, pydl_emu::fp::kDown, 0x7fff)}; }
-inline __half __float2half_ru(float f) { return __half_raw{pydl_emu::fp::narrow<5, 10>(f, pydl_emu::fp::kUp, 0x7fff)}; }
+// fp32 -> T in each of the device's rounding modes (the suffix), for __half and __nv_bfloat16 (cuda_bf16.h):
+// __float2<NAME>_rn / _rz / _rd / _ru, and __float2<NAME> (to nearest). EXP, MAN: T's exponent and mantissa bits.
+#define PYDL_EMU_16BIT_FROM_FLOAT(T, NAME, EXP, MAN)                                                              \
+  inline T __float2##NAME##_rn(float f) {                                                                         \
+    return T::raw_type{pydl_emu::fp::narrow<EXP, MAN>(f, pydl_emu::fp::kNearestEven, 0x7fff)};                    \
+  }                                                                                                               \
+  inline T __float2##NAME(float f) { return __float2##NAME##_rn(f); }                                             \
+  inline T __float2##NAME##_rz(float f) {                                                                         \
+    return T::raw_type{pydl_emu::fp::narrow<EXP, MAN>(f, pydl_emu::fp::kTowardZero, 0x7fff)};                     \
+  }                                                                                                               \
+  inline T __float2##NAME##_rd(float f) {                                                                         \
+    return T::raw_type{pydl_emu::fp::narrow<EXP, MAN>(f, pydl_emu::fp::kDown, 0x7fff)};                           \
+  }                                                                                                               \
+  inline T __float2##NAME##_ru(float f) {                                                                         \
+    return T::raw_type{pydl_emu::fp::narrow<EXP, MAN>(f, pydl_emu::fp::kUp, 0x7fff)};                             \
+  }
+
+PYDL_EMU_16BIT_FROM_FLOAT(__half, half, 5, 10)
 inline float __half2float(__half h) { return pydl_emu::fp::widen<5, 10>(h.__x); }
 inline float __low2float(__half h) { return __half2float(h); }
 
-inline __half::__half(double d) {
-  // Round the double to fp32 *to odd*: toward zero, then set the last bit if anything was dropped (a sticky
-  // bit). fp32 keeps 13 bits below fp16's last one, so that bit decides ties exactly as the unrounded double
-  // would, and the fp32 -> fp16 rounding below is correct for d itself (no double rounding).
-  float f = static_cast<float>(d);
-  if (d == d && static_cast<double>(f) != d && f == f) {
-    // the cast rounded to nearest: step toward zero if it went outward, then mark inexactness
-    if ((f > 0 && static_cast<double>(f) > d) || (f < 0 && static_cast<double>(f) < d)) {
-      uint32_t u = pydl_emu::fp::f32_bits(f);
-      f = pydl_emu::fp::f32_from(u - 1);
-    }
-    f = pydl_emu::fp::f32_from(pydl_emu::fp::f32_bits(f) | 1u);
-  }
-  __x = pydl_emu::fp::narrow<5, 10>(f, pydl_emu::fp::kNearestEven, 0x7fff);
-}
+// double -> fp16 through fp32 rounded to odd (f32_round_to_odd): one correct rounding of d
+inline __half::__half(double d)
+    : __x(pydl_emu::fp::narrow<5, 10>(pydl_emu::fp::f32_round_to_odd(d), pydl_emu::fp::kNearestEven, 0x7fff)) {}
 inline __half __double2half(double d) { return __half(d); }
 
 inline __half __int2half_rn(int i) { return __half(i); }

@@ -38,8 +38,10 @@ inline InstallLaunchLog install_launch_log;
 }  // namespace pydl_emu
 
 // "library path \t offset of the key in it \t the launch's name \t launches" per line, for every launch in this
-// process (offsets, not addresses: `nm` lists symbols by their offset in the file).
-extern "C" __attribute__((visibility("default"))) const char* pydl_emu_launch_log() {
+// process (offsets, not addresses: `nm` lists symbols by their offset in the file). The two exported functions
+// are inline and `used`: every kernel unit of an op (an op may have several .cu parts) emits them, and the
+// linker keeps one, which dlsym then finds.
+extern "C" __attribute__((visibility("default"), used)) inline const char* pydl_emu_launch_log() {
   static std::string out;
   out.clear();
   for (const auto& kv : pydl_emu::launch_log()) {
@@ -58,6 +60,6 @@ extern "C" __attribute__((visibility("default"))) const char* pydl_emu_launch_lo
 
 // Whether the kernels' loads and stores reached the emulator (the translation unit was instrumented): without
 // that, memcheck, racecheck and initcheck would pass everything unseen, and a test must not believe them.
-extern "C" __attribute__((visibility("default"))) int pydl_emu_memory_checks_active() {
+extern "C" __attribute__((visibility("default"), used)) inline int pydl_emu_memory_checks_active() {
   return pydl_emu::memory_checks_active() ? 1 : 0;
 }
