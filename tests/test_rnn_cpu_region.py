@@ -76,3 +76,24 @@ def test_region_inference_matches_training_forward(threads, kind, batch_first):
         want = m(x)
     for a, b in zip(flat(lean), flat(want)):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_reads_strided_weights(threads, kind):
+    """The region packs W_hh and reads b_hh through raw pointers: weights in another memory layout (a
+    transposed copy, every other element of a wider tensor) must give the same numbers as dense ones."""
+    require_backend("cpu", "cpu", OP)
+    threads(2)
+    torch.manual_seed(11)
+    T, B, I, H = 3, 4, 3, 5
+    m = make_torch(kind, I, H, 1, True, True)
+    dense = [w.detach() for w in m._flat_weights]
+    strided = [w.t().contiguous().t() if w.dim() == 2 else torch.stack([w, w], 1)[:, 0] for w in dense]
+    assert not any(w.is_contiguous() for w in strided)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    fn = pydl.lstm if kind == "lstm" else pydl.gru
+    want = fn(x, dense, bidirectional=True, backend="cpu")[0]
+    got = fn(x, strided, bidirectional=True, backend="cpu")[0]
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert torch.allclose(got, m(x)[0], atol=1e-12)

@@ -537,6 +537,10 @@ struct CpuPW {
   // GEMMs want the library's reduced-precision kernels, and the accumulation dtype differs from x's).
   static bool seq_fwd(rnn::FwdRec& r) {
     const auto t = r.xg.scalar_type();
+    // the region reads the weights through raw pointers: any strided view (a user's transposed weight)
+    // becomes a dense copy first; a dense tensor passes as it is
+    r.w_hh = r.w_hh.contiguous();
+    if (r.b_hh.defined()) r.b_hh = r.b_hh.contiguous();
     if (t == at::kFloat) seq_fwd_region<float>(r);
     else if (t == at::kDouble) seq_fwd_region<double>(r);
     return t == at::kFloat || t == at::kDouble;
@@ -544,6 +548,7 @@ struct CpuPW {
 
   static bool seq_bwd(rnn::BwdRec& r) {
     const auto t = r.dGi.scalar_type();
+    r.w_hh = r.w_hh.contiguous();
     if (t == at::kFloat) seq_bwd_region<float>(r);
     else if (t == at::kDouble) seq_bwd_region<double>(r);
     return t == at::kFloat || t == at::kDouble;
