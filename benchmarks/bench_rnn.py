@@ -18,13 +18,20 @@ shared machine far better (see benchmarks.common.run_interleaved).
 Targets (issue #5): on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
 for hidden <= 512.
 
-What limits the CPU LSTM forward (measured on the 2-core CI box): pydl's forward costs what its GEMMs cost
-(the fused pointwise step is ~13 us per 8k elements, a few % of the whole); torch's oneDNN RNN primitive runs
-the same GEMM work ~10% faster on one thread and scales better to two (one parallel region for the whole
-recurrence, where each MKL call forks and joins). The backward is at par or ahead, so forward+backward lands
-near 1.0x. The next step is the same structure: one OpenMP region per sequence, each thread owning a slice of
-the hidden units (its gate columns of W_hh packed contiguously), a GEMM slice plus its pointwise part per
-step, and a barrier between steps.
+How the CPU sequence ops run (csrc/cpu/rnn.cpp, "a whole sequence in one parallel region"): fp32/fp64 start
+one OpenMP team per direction of a layer; each thread owns a slice of the hidden units with its gate columns
+of W_hh packed once into register-block panels, and per step computes its GEMM slice (a hand-written 6x4-vector
+micro-kernel, ~190 GFLOP/s on one core for the 32x256x512 step slice where MKL's sgemm gives ~175) and its
+pointwise part, then one barrier. The input projection stays one big MKL GEMM up front; the backward runs the
+same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]) and keeps the weight gradients as big GEMMs.
+fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per step).
+
+Measured on the 2-core box while it was shared (load average 4.5-4.7, threads=2, time_pair medians, spreads
+wide): LSTM T50 B32 256->256 forward 1.43x torch, forward+backward 1.41x; GRU 2.1x / 1.6x; the interleaved
+minima of the same run read 0.89x / 1.43x (LSTM), 0.70x / 1.48x (GRU). Re-measure on a quiet machine:
+`python benchmarks/bench_rnn.py --quick --threads 2 --interleaved` (or `pydl bench rnn --quick --threads 2`).
+Open lead: on one thread the region's per-step GEMM measured ~125 us against ~45 us for the same micro-kernel
+run alone (a loaded machine; L2 shared over time slices?) -- profile on a quiet machine before tuning further.
 """
 import torch
 

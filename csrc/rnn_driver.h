@@ -8,6 +8,11 @@
 //   PW::gru_fwd(xg, hg, h_prev, ws, h)                   ws (B,4H) acc = r, z, n, (W_hn h + b_hn)
 //   PW::gru_bwd(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out)
 //
+// A PW may also run a whole direction of a layer -- the time loop itself -- in one call: if it defines
+// `static bool seq_fwd(FwdRec&)` / `seq_bwd(BwdRec&)` (the CPU backend does: one parallel region per
+// sequence, csrc/cpu/rnn.cpp), the drivers below hand it each direction first, and run their own loop of
+// per-step GEMMs and PW kernels only when it returns false (a dtype it does not take).
+//
 // All tensors given to PW are 2-D with unit column stride and any row stride (h of direction d is a strided
 // slice of the (T, B, D*H) output); `acc` tensors are fp32 (fp64 for fp64 input). The math and the layout of
 // `reserve` are documented in pydl/ops/rnn.py, whose Python driver (reference and Triton backends) this
@@ -21,6 +26,7 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -271,6 +277,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(con
 
 // ---- whole sequences -------------------------------------------------------------------------------------
 
+// One direction of one layer, forward: everything its time loop reads and writes.
+struct FwdRec {
+  bool is_lstm = true, reverse = false;
+  Tensor xg;            // (T, B, G*H): the input projections (+ both biases for the LSTM, + b_ih for the GRU)
+  Tensor w_hh, b_hh;    // (G*H, H); b_hh: GRU only, undefined without bias
+  Tensor h0, c0;        // (B, H), unit column stride; c0 (LSTM) in the accumulation dtype
+  Tensor hcols;         // (T, B, H) view of the output, where h of every step goes
+  Tensor saved, cs;     // need_reserve: LSTM gates / GRU ws (T, B, 4H), LSTM c (T, B, H); else undefined
+  Tensor c_last;        // set by seq_fwd (LSTM): the last step's c, (B, H) in the accumulation dtype
+};
+
+// One direction of one layer, backward (the reverse time loop; the weight GEMMs stay in the driver).
+struct BwdRec {
+  bool is_lstm = true, reverse = false;
+  Tensor w_hh;
+  Tensor dcols;         // (T, B, H) view of dL/d(output)
+  Tensor dh_last;       // (B, H): dL/dh of the last step processed (grad_hn)
+  Tensor dc;            // LSTM: (B, H) acc, dL/dc_T in, dL/dc_0 out (updated in place)
+  Tensor saved, cs, c0; // LSTM gates (T, B, 4H), c (T, B, H), c0 (B, H) acc; GRU: saved = ws
+  Tensor hcols, h0;     // GRU: h_{t-1} of every step
+  Tensor dGi, dGh;      // (T, B, G*H) outputs (the same tensor for the LSTM)
+  Tensor dh_dir;        // GRU: (B, H) acc, the gradient through z * h_{t-1}, updated in place
+};
+
+template <class PW, class = void>
+struct has_seq_region : std::false_type {};
+template <class PW>
+struct has_seq_region<PW, std::void_t<decltype(&PW::seq_fwd), decltype(&PW::seq_bwd)>> : std::true_type {};
+
 // Step s of direction d runs time t = s (forward) or T-1-s (reverse).
 inline int64_t step_time(int64_t s, int64_t d, int64_t T) { return d == 0 ? s : T - 1 - s; }
 
@@ -306,11 +341,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
       const Tensor inp2 = inp.reshape({T * B, -1});
       const Tensor xg = (is_lstm ? lstm_input_gemm(inp2, W.w_ih, W.b_ih, W.b_hh) : linear(inp2, W.w_ih, W.b_ih))
                             .view({T, B, G * H});
-      // W_hh^T made contiguous once: MKL's small per-step GEMM runs ~20% faster on it than on a transposed view
-      const Tensor w_hh_t = W.w_hh.t().contiguous();
       const Tensor hcols = out.narrow(2, d * H, H);
       Tensor h_prev = h0[k];
       const Tensor res = reserve[k];
+      if constexpr (has_seq_region<PW>::value) {
+        FwdRec r;
+        r.is_lstm = is_lstm;
+        r.reverse = d == 1;
+        r.xg = xg;
+        r.w_hh = W.w_hh;
+        r.b_hh = is_lstm ? Tensor() : W.b_hh;
+        r.h0 = rows(h0[k]);
+        r.hcols = hcols;
+        if (is_lstm) r.c0 = c0[k].to(acc).contiguous();
+        if (need_reserve) {
+          r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+          if (is_lstm) r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+        }
+        if (PW::seq_fwd(r)) {
+          hn[k].copy_(hcols[step_time(T - 1, d, T)]);
+          if (is_lstm) cn[k].copy_(r.c_last);
+          continue;
+        }
+      }
+      // W_hh^T made contiguous once: MKL's small per-step GEMM runs ~20% faster on it than on a transposed view
+      const Tensor w_hh_t = W.w_hh.t().contiguous();
       if (is_lstm) {
         Tensor gates, cs;
         if (need_reserve) {
@@ -379,7 +434,42 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
       const Tensor res = reserve[k];
       Tensor dh_rec = rows(grad_hn[k]);  // the seed: dL/dh of the last step processed
       Tensor dGi, dGh;
-      if (is_lstm) {
+      bool region = false;
+      if constexpr (has_seq_region<PW>::value) {
+        BwdRec r;
+        r.is_lstm = is_lstm;
+        r.reverse = d == 1;
+        r.w_hh = W.w_hh;
+        r.dcols = dcols;
+        r.dh_last = dh_rec;
+        if (is_lstm) {
+          r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+          r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+          r.c0 = c0[k].to(acc).contiguous();
+          r.dc = grad_cn[k].to(acc, false, /*copy=*/true).contiguous();
+          r.dGi = r.dGh = at::empty({T, B, 4 * H}, x.options());
+        } else {
+          r.saved = res.view({T, B, 4 * H});
+          r.hcols = hcols;
+          r.h0 = rows(h0[k]);
+          r.dh_dir = at::zeros({B, H}, x.options().dtype(acc));
+          r.dGi = at::empty({T, B, 3 * H}, x.options());
+          r.dGh = at::empty({T, B, 3 * H}, x.options());
+        }
+        region = PW::seq_bwd(r);
+        if (region) {  // the step before the first: dL/dh0 through W_hh
+          dGi = r.dGi;
+          dGh = r.dGh;
+          at::mm_out(dh_buf, dGh[step_time(0, d, T)], W.w_hh);
+          if (is_lstm) {
+            g_h0[k].copy_(dh_buf);
+            g_c0[k].copy_(r.dc);
+          } else {
+            g_h0[k].copy_(dh_buf.to(acc) + r.dh_dir);
+          }
+        }
+      }
+      if (!region && is_lstm) {
         const Tensor gates = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
         const Tensor cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
         const Tensor c0k = c0[k].to(acc).contiguous();
@@ -395,7 +485,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
         }
         g_h0[k].copy_(dh_rec);
         g_c0[k].copy_(dc);
-      } else {
+      } else if (!region) {
         const Tensor ws = res.view({T, B, 4 * H});
         auto dh_dir = at::zeros({B, H}, x.options().dtype(acc));
         dGi = at::empty({T, B, 3 * H}, x.options());

@@ -1,0 +1,99 @@
+"""The C++ CPU backend's one-parallel-region recurrence (csrc/cpu/rnn.cpp, "a whole sequence in one parallel
+region"): fp32/fp64 sequences split the hidden units over the threads, pack each thread's gate columns of
+W_hh into register-block panels and run a hand-written GEMM micro-kernel per step.
+
+What can go wrong there and not in the per-step path: a split of H that leaves a thread fewer units than a
+panel is wide (padding columns), more threads than hidden units, a batch that is not a multiple of the
+micro-kernel's row block, the first and last step of each direction (h0/c0 and the seeds grad_hn/grad_cn), and
+the scratch buffers of inference. Each is checked against torch.nn.LSTM/GRU in float64 (1e-10, as in
+tests/test_rnn.py) at several thread counts -- more threads than this machine has cores is fine: the region
+just runs a larger team.
+"""
+import pytest
+import torch
+from conftest import require_backend
+from test_rnn import OP, assert_close, make_torch, seq_case
+
+import pydl
+
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count for one test, restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+# (T, B, I, H): H odd / not divisible by the thread count / below it, B not a multiple of the 6-row block,
+# T = 1, B = 1, and an H whose per-thread gate columns span several panels with a partial last one.
+SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 2), (3, 7, 4, 7), (2, 13, 5, 3), (3, 6, 3, 37), (2, 2, 70, 70)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_parity_fp64_thread_counts(threads, kind, nthreads):
+    require_backend("cpu", "cpu", OP)
+    threads(nthreads)
+    for i, (T, B, I, H) in enumerate(SHAPES):
+        for L, bidir, bias in ((1, False, True), (2, True, False)):
+            got, want = seq_case(kind, "cpu", T=T, B=B, I=I, H=H, L=L, bidir=bidir, bias=bias, seed=i)
+            assert_close(got, want, 1e-10, f"{kind} threads={nthreads} T{T} B{B} I{I} H{H} L{L} {bidir} {bias}")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_fp32_larger(threads, kind):
+    """fp32 at a size where every thread has several full panels and row blocks, plus a ragged split."""
+    require_backend("cpu", "cpu", OP)
+    for nthreads, H in ((2, 96), (3, 61)):
+        threads(nthreads)
+        got, want = seq_case(kind, "cpu", T=5, B=17, I=11, H=H, L=1, bidir=True, bias=True, dtype=torch.float32)
+        assert_close(got, want, 2e-5, f"{kind} threads={nthreads} H={H}")
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_inference_matches_training_forward(threads, kind, batch_first):
+    """Under no_grad the region keeps gates and c in per-thread scratch (c ping-pongs between two rows): the
+    outputs and final states must be bit-identical to a forward that saves the reserve."""
+    require_backend("cpu", "cpu", OP)
+    threads(3)
+    torch.manual_seed(5)
+    T, B, I, H, L = 5, 7, 4, 11, 2
+    m = make_torch(kind, I, H, L, True, True)
+    ws = list(m._flat_weights)
+    x = torch.randn(B, T, I, dtype=torch.float64) if batch_first else torch.randn(T, B, I, dtype=torch.float64)
+    fn = pydl.lstm if kind == "lstm" else pydl.gru
+    with torch.no_grad():
+        lean = fn(x, ws, num_layers=L, bidirectional=True, batch_first=batch_first, backend="cpu")
+    full = fn(x, [w.detach().requires_grad_() for w in ws], num_layers=L, bidirectional=True,
+              batch_first=batch_first, backend="cpu")
+    flat = lambda r: [r[0], *(r[1] if kind == "lstm" else (r[1],))]
+    for a, b in zip(flat(lean), flat(full)):
+        assert torch.equal(a, b.detach())
+    m.batch_first = batch_first
+    with torch.no_grad():
+        want = m(x)
+    for a, b in zip(flat(lean), flat(want)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_reads_strided_weights(threads, kind):
+    """The region packs W_hh and reads b_hh through raw pointers: weights in another memory layout (a
+    transposed copy, every other element of a wider tensor) must give the same numbers as dense ones."""
+    require_backend("cpu", "cpu", OP)
+    threads(2)
+    torch.manual_seed(11)
+    T, B, I, H = 3, 4, 3, 5
+    m = make_torch(kind, I, H, 1, True, True)
+    dense = [w.detach() for w in m._flat_weights]
+    strided = [w.t().contiguous().t() if w.dim() == 2 else torch.stack([w, w], 1)[:, 0] for w in dense]
+    assert not any(w.is_contiguous() for w in strided)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    fn = pydl.lstm if kind == "lstm" else pydl.gru
+    want = fn(x, dense, bidirectional=True, backend="cpu")[0]
+    got = fn(x, strided, bidirectional=True, backend="cpu")[0]
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert torch.allclose(got, m(x)[0], atol=1e-12)
