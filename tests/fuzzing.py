@@ -149,9 +149,9 @@ def run_cpu_backends(tally: Tally, op: str, plan, valid_case: Callable, invalid_
     """For each (backend, n) of ``plan`` that can run on CPU tensors here: ``n`` calls of
     ``valid_case(backend)``, then every ``(case, call, argument)`` of ``invalid_cases(backend)`` through
     :func:`check`. A backend that cannot run is left out -- unless PYDL_REQUIRE_BACKENDS names it, which fails
-    the test (tests/conftest.py's require_backend). Returns the backends that ran."""
+    the test (tests/helpers.py's require_backend). Returns the backends that ran."""
     import pytest
-    from conftest import require_backend
+    from helpers import require_backend
 
     ran = []
     for backend, n in plan:

@@ -26,7 +26,7 @@ import pydl
 from pydl.ops import _activation
 from pydl.ops.batch_norm import batch_norm_reference, kernels
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "batch_norm"
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

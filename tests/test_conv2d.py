@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import pydl
 from pydl.ops.conv2d import conv2d_backward_reference, conv2d_reference
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "conv2d"
 

@@ -252,7 +252,7 @@ def test_16bit_fma_rounds_once(fp_shim, dtype):
 # The emulated backend: every case of tests/cuda_emu_cases.py, then the coverage of csrc/cuda's kernels
 # --------------------------------------------------------------------------------------------------
 
-from conftest import require_backend  # noqa: E402
+from helpers import require_backend  # noqa: E402
 from cuda_emu_cases import cases  # noqa: E402
 
 _CASES = cases()

@@ -25,7 +25,7 @@ import torch
 import pydl
 from pydl import backends
 
-from conftest import require_backend
+from helpers import require_backend
 from fuzzing import Tally, check, run_isolated
 from test_rnn import BACKWARD_HARNESS
 

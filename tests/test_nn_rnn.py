@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import pydl
 from pydl import backends
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "rnn"
 PAIRS = [(tnn.LSTM, pydl.nn.LSTM), (tnn.GRU, pydl.nn.GRU)]

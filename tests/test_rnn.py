@@ -18,7 +18,7 @@ import pydl
 from pydl import backends
 from pydl.ops import rnn as R
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "rnn"  # the build unit of all the rnn ops
 
