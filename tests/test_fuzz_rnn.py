@@ -19,7 +19,6 @@ library and 4e-39 in another, Inf * that differs) and only the forward, with flo
 """
 import random
 
-import pytest
 import torch
 
 import pydl
