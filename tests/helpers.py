@@ -4,6 +4,7 @@
   -- or fail it where ``PYDL_REQUIRE_BACKENDS`` says that backend must run (CI: every CPU backend).
 * ``slow(backend)``: whether a backend runs program instances / threads one by one on the CPU, so a test
   gives it its tiny shapes and fast-mode gradchecks.
+* ``per_backend(full, tiny)``: parameters for a test whose cases are too many for the slow backends.
 * ``small_cnn()``: the debuggers' test model.
 """
 import pytest
@@ -41,3 +42,11 @@ def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout(0.5),
                          nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 4 * 4, 2))
+
+
+def per_backend(full, tiny, ids=str):
+    """``pytest.mark.parametrize`` values ``(backend, *case)``: every case of ``full`` on the fast CPU backends,
+    only ``tiny``'s on the slow ones (a cover of the branches where the whole cross product would take
+    minutes). Each (backend, case) is its own test, so one failing case does not hide the others; the id
+    starts with the backend's name, so ``-k cuda_emu`` selects these as it selects ``cpu_backend`` tests."""
+    return [pytest.param(b, *case, id=f"{b}-{ids(case)}") for b in CPU_BACKENDS for case in (tiny if slow(b) else full)]
