@@ -24,7 +24,7 @@ def syncbn_one(rank, world, x_global, dy_global, act, backend, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     outs = []
-    for step in range(2):  # two steps: running stats and num_batches_tracked move twice
+    for _step in range(2):  # two steps: running stats and num_batches_tracked move twice
         y = bn(x)
         y.backward(dy_global[rank * n:(rank + 1) * n])
         outs.append(y.detach())

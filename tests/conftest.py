@@ -13,18 +13,10 @@
 import pytest
 import torch
 
-import pydl
-from pydl import _env, backends
+from pydl import _env
 
-CPU_BACKENDS = ("reference", "cpu", "triton", "cuda_emu")
-# Backends that run a kernel's program instances / threads one by one on the CPU: tests give them their tiny
-# shapes and fast-mode gradchecks (tests/cuda_emu_cases.py chooses the emulator's shapes by the branches of
-# each launcher instead).
-SLOW_BACKENDS = ("triton", "cuda_emu")
+from helpers import CPU_BACKENDS
 
-
-def slow(backend: str) -> bool:
-    return backend in SLOW_BACKENDS
 SENTINEL = -123456789
 
 
@@ -42,18 +34,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def require_backend(name: str, device_type: str, op: str):
-    ok, why = backends.available(name, device_type, op if name in ("cpu", "cuda", "cuda_emu") else None)
-    if not ok:
-        # PYDL_REQUIRE_BACKENDS: comma-separated "name" (on any device) or "name@device" entries that must be
-        # usable here -- CI requires "cpu,triton"; the GPU check "cpu,cuda,triton@cuda" (a GPU machine's older
-        # Triton may not pair with its numpy in the interpreter, which is not what a GPU check is about).
-        required = _env.required_backends()  # a misspelt entry is an error, not a requirement quietly dropped
-        if name in required or f"{name}@{device_type}" in required:
-            pytest.fail(f"backend {name} is required here but unusable on {device_type}: {why}")
-        pytest.skip(f"backend {name} unusable on {device_type}: {why}")
 
 
 @pytest.fixture(params=CPU_BACKENDS)
@@ -106,7 +86,7 @@ def pytest_sessionstart(session):
     try:
         _env.required_backends()
     except ValueError as e:  # say it once, before any test runs, rather than in every test that skips
-        raise pytest.UsageError(str(e))
+        raise pytest.UsageError(str(e)) from None
     if _env.raw("PYDL_TRITON_MEMCHECK"):
         # every interpreted Triton load/store of the session checked against its launch's tensors
         # (kernels/_memcheck.py); CI turns it on
@@ -115,4 +95,4 @@ def pytest_sessionstart(session):
         try:
             _memcheck.enable_from_env()
         except ValueError as e:
-            raise pytest.UsageError(str(e))
+            raise pytest.UsageError(str(e)) from None

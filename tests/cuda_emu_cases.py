@@ -198,7 +198,8 @@ def _conv(x_shape, w_shape, dtype, stride=1, padding=0, dilation=1, groups=1, ac
                            backend=backend, **kw)
 
     def fn(device, backend):
-        ins = [_randn(*x_shape, seed=seed), _randn(*w_shape, seed=seed + 1, scale=0.5), _randn(w_shape[0], seed=seed + 2)]
+        ins = [_randn(*x_shape, seed=seed), _randn(*w_shape, seed=seed + 1, scale=0.5),
+               _randn(w_shape[0], seed=seed + 2)]
         tol = TF32_TOL if tf32 else TOL[dtype]
         with _tf32(tf32):
             _compare(f"conv2d{x_shape}x{w_shape}", f, ins, [True, True, True], device, backend, dtype, tol,
@@ -216,8 +217,9 @@ def _rnn_weights(kind, I, H, L, bidir, seed):
     for layer in range(L):
         for _ in range(2 if bidir else 1):
             inp = I if layer == 0 else H * (2 if bidir else 1)
-            ws += [_randn(G * H, inp, seed=seed + len(ws), scale=0.4), _randn(G * H, H, seed=seed + len(ws) + 1, scale=0.4),
-                   _randn(G * H, seed=seed + len(ws) + 2, scale=0.2), _randn(G * H, seed=seed + len(ws) + 3, scale=0.2)]
+            s = seed + len(ws)
+            ws += [_randn(G * H, inp, seed=s, scale=0.4), _randn(G * H, H, seed=s + 1, scale=0.4),
+                   _randn(G * H, seed=s + 2, scale=0.2), _randn(G * H, seed=s + 3, scale=0.2)]
     return ws
 
 

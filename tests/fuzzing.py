@@ -111,10 +111,10 @@ def check(tally: Tally, case: str, run: Callable, expect: Optional[Callable] = N
         if expect is not None:
             try:
                 expect()
-            except Exception:  # torch refuses too: an agreeing refusal
+            except Exception:  # noqa: BLE001 - torch refuses too, whatever it raises: an agreeing refusal
                 return tally.add(ERROR, case)
         return tally.add(WRONG, case, f"raised where torch does not: {type(e).__name__}: {msg[:200]}")
-    except Exception as e:  # an unexpected exception type is an unclear error
+    except Exception as e:  # noqa: BLE001 - an unexpected exception type is an unclear error
         return tally.add(WRONG, case, f"unclear error {type(e).__name__}: {str(e)[:200]}")
     if invalid_arg is not None:
         return tally.add(WRONG, case, f"accepted invalid {invalid_arg!r}")
@@ -122,7 +122,7 @@ def check(tally: Tally, case: str, run: Callable, expect: Optional[Callable] = N
         return tally.add(OK, case)
     try:
         want = expect()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever torch raises, pydl should have refused too
         return tally.add(WRONG, case, f"pydl accepted what torch refuses ({type(e).__name__}: {str(e)[:120]})")
     why = _same(got, want, rtol, atol)
     return tally.add(WRONG if why else OK, case, why or "")
@@ -149,9 +149,9 @@ def run_cpu_backends(tally: Tally, op: str, plan, valid_case: Callable, invalid_
     """For each (backend, n) of ``plan`` that can run on CPU tensors here: ``n`` calls of
     ``valid_case(backend)``, then every ``(case, call, argument)`` of ``invalid_cases(backend)`` through
     :func:`check`. A backend that cannot run is left out -- unless PYDL_REQUIRE_BACKENDS names it, which fails
-    the test (tests/conftest.py's require_backend). Returns the backends that ran."""
+    the test (tests/helpers.py's require_backend). Returns the backends that ran."""
     import pytest
-    from conftest import require_backend
+    from helpers import require_backend
 
     ran = []
     for backend, n in plan:

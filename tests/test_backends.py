@@ -10,6 +10,7 @@ import torch
 
 import pydl
 from pydl import backends
+from pydl.ops.act_stats import act_stats_reference
 
 
 def run(x, backend, **kw):
@@ -67,6 +68,22 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
         backends.reset_caches()
 
 
+def test_backend_override_plugs_in_a_kernel():
+    """Op.override swaps one backend's implementation inside a block (the course plugs learners' kernels in)."""
+    op = backends.all_ops()["act_stats"]
+    calls = []
+
+    def mine(x, bins, lo, hi, eps, per_channel):
+        calls.append(x.shape)
+        return act_stats_reference(x, bins, lo, hi, eps, per_channel)
+
+    with op.override("reference", mine):
+        s = run(torch.randn(3, 4), "reference")
+    assert calls == [torch.Size([3, 4])] and int(s.count) == 12
+    run(torch.randn(3, 4), "reference")
+    assert len(calls) == 1  # restored
+
+
 # --------------------------------------------------------------------------------------------------
 # environment variables
 # --------------------------------------------------------------------------------------------------
@@ -104,38 +121,6 @@ def test_a_bad_pydl_backend_does_not_stop_import_but_the_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     lines = out.stdout.splitlines()
     assert lines[:1] == ["imported"] and "PYDL_BACKEND='fastest'" in lines[1], out.stdout + out.stderr[-1000:]
-
-
-def test_env_parsers(monkeypatch):
-    from pydl import _env
-
-    for value, want in [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("", None),
-                        (None, None)]:
-        if value is None:
-            monkeypatch.delenv("PYDL_X", raising=False)
-        else:
-            monkeypatch.setenv("PYDL_X", value)
-        assert _env.flag("PYDL_X", default=True) is (True if want is None else want)
-    monkeypatch.setenv("PYDL_X", "2")
-    with pytest.raises(ValueError, match=r"PYDL_X='2' is not a yes/no switch: use one of 1, true"):
-        _env.flag("PYDL_X")
-    with pytest.warns(RuntimeWarning, match=r"PYDL_X='2' is not a yes/no switch.*using the default"):
-        assert _env.flag("PYDL_X", default=True, strict=False) is True
-    monkeypatch.setenv("PYDL_X", "8.0 9.0+PTX;10.0a")
-    assert _env.cuda_archs("PYDL_X") == "8.0;9.0+PTX;10.0a"
-    monkeypatch.setenv("PYDL_X", "8.0;sm_90")
-    with pytest.raises(ValueError, match=r"PYDL_X='8.0;sm_90': 'sm_90' is not a CUDA architecture"):
-        _env.cuda_archs("PYDL_X")
-    monkeypatch.setenv("PYDL_X", "cpu, triton@cuda,")
-    assert _env.required_backends("PYDL_X") == ["cpu", "triton@cuda"]
-    monkeypatch.setenv("PYDL_X", "cpu,trition")
-    with pytest.raises(ValueError, match=r"'trition' not understood; each comma-separated item must be one of"):
-        _env.required_backends("PYDL_X")
-    monkeypatch.setenv("PYDL_X", "0")
-    with pytest.raises(ValueError, match=r"PYDL_X='0' must be a whole number >= 1"):
-        _env.positive_int("PYDL_X", 4)
-    monkeypatch.setenv("PYDL_X", "~/c")
-    assert _env.path("PYDL_X") == os.path.expanduser("~/c")
 
 
 def test_build_env_variables_are_checked(monkeypatch):

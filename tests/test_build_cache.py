@@ -17,14 +17,14 @@ import pytest
 
 from pydl import _build, backends, cli
 
-from fuzzing import CRASH, OK, Tally, run_isolated
+from fuzzing import OK, Tally, run_isolated
 
 UNIT = "act_stats"
 NAME = _build.ext_name(UNIT, "cpu")
 
 # Written into a subprocess before it imports pydl: any attempt to write under the cache (open for writing,
-# create, delete, rename, make a directory) raises EROFS, and no compiler or ninja may be started. A real read-only mount does the first; root ignores permission bits, so the test cannot rely on
-# chmod alone.
+# create, delete, rename, make a directory) raises EROFS, and no compiler or ninja may be started. A real
+# read-only mount does the first; root ignores permission bits, so the test cannot rely on chmod alone.
 READ_ONLY_GUARD = '''
 import builtins, errno, os, subprocess
 CACHE = os.path.realpath(os.environ["PYDL_CACHE_DIR"])
@@ -98,7 +98,7 @@ def cache(pristine, tmp_path, monkeypatch):
     shutil.copytree(pristine, root)
     monkeypatch.setenv("PYDL_CACHE_DIR", str(root))
     yield os.path.join(_build.cache_dir(), NAME)
-    for dirpath, dirnames, filenames in os.walk(root):  # undo a test's chmod so tmp_path can be removed
+    for dirpath, _dirnames, _filenames in os.walk(root):  # undo a test's chmod so tmp_path can be removed
         os.chmod(dirpath, 0o755)
 
 
@@ -132,7 +132,7 @@ def _make_read_only(build_dir, keep_locks=False):
     for p in (os.path.join(build_dir, "pydl.flock"), os.path.join(build_dir, "lock")):
         if os.path.exists(p) and not keep_locks:
             os.remove(p)  # a cache shipped read-only need not hold lock files: none may be created either
-    for dirpath, dirnames, filenames in os.walk(os.path.dirname(os.path.dirname(build_dir))):
+    for dirpath, _dirnames, filenames in os.walk(os.path.dirname(os.path.dirname(build_dir))):
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o444)
         os.chmod(dirpath, 0o555)

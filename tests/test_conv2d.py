@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import pydl
 from pydl.ops.conv2d import conv2d_backward_reference, conv2d_reference
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "conv2d"
 
@@ -157,39 +157,39 @@ def test_dtypes(cpu_backend, dtype):
         check_case(c, cpu_backend, act="relu" if c["N"] == 1 else "none", dtype=dtype)
 
 
-def test_named_shapes(cpu_backend):
+@pytest.mark.parametrize("variant", [
+    pytest.param(dict(kh=1, kw=1, padding=(0, 0)), id="1x1"),  # no im2col at all on the CPU
+    pytest.param(dict(kh=1, kw=1, padding=(0, 0), cl=True), id="1x1-channels_last"),
+    pytest.param(dict(C=4, Co=4, groups=4), id="depthwise"),
+    pytest.param(dict(C=4, Co=4, groups=4, cl=True, stride=(2, 2)), id="depthwise-channels_last-strided"),
+    pytest.param(dict(C=4, Co=8, groups=4), id="depthwise-multiplier2"),
+    pytest.param(dict(N=1, H=1, W=1, padding=(1, 1)), id="batch1-1x1image-all_padding"),
+    pytest.param(dict(H=9, W=8, dilation=(2, 3), padding=(2, 3)), id="dilation"),
+    pytest.param(dict(stride=(2, 3), cl=True, groups=2), id="strided-groups-channels_last"),
+    pytest.param(dict(kh=3, kw=3, padding=(0, 0), H=3, W=3), id="kernel_is_input"),
+])
+def test_named_shapes(cpu_backend, variant):
     """The shapes the issue names, explicitly: 1x1, depthwise, odd sizes, batch 1, channels_last, dilation."""
     require_backend(cpu_backend, "cpu", OP)
     base = dict(N=2, C=4, H=5, W=7, Co=6, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
                 cl=False)
-    variants = [
-        dict(kh=1, kw=1, padding=(0, 0)),                        # 1x1 (no im2col at all on the CPU)
-        dict(kh=1, kw=1, padding=(0, 0), cl=True),               # 1x1 channels_last
-        dict(C=4, Co=4, groups=4),                               # depthwise
-        dict(C=4, Co=4, groups=4, cl=True, stride=(2, 2)),       # depthwise channels_last, strided
-        dict(C=4, Co=8, groups=4),                               # depthwise with multiplier 2
-        dict(N=1, H=1, W=1, padding=(1, 1)),                     # batch 1, a 1x1 image, all padding
-        dict(H=9, W=8, dilation=(2, 3), padding=(2, 3)),         # dilation
-        dict(stride=(2, 3), cl=True, groups=2),                  # strided, groups, channels_last
-        dict(kh=3, kw=3, padding=(0, 0), H=3, W=3),              # kernel == input
-    ]
-    for v in variants:
-        check_case(dict(base, **v), cpu_backend, act="general_relu")
+    check_case(dict(base, **variant), cpu_backend, act="general_relu")
 
 
-def test_cpu_resnet_layers_fp32():
+@pytest.mark.parametrize("c", [
+    pytest.param(dict(N=2, C=32, H=30, W=36, Co=24, kh=3, kw=3, stride=(1, 1), padding=(1, 1)), id="wide-nchw"),
+    pytest.param(dict(N=3, C=32, H=14, W=14, Co=40, kh=3, kw=3, stride=(1, 1), padding=(1, 1)), id="small-nhwc"),
+    pytest.param(dict(N=2, C=32, H=15, W=15, Co=16, kh=3, kw=3, stride=(2, 2), padding=(1, 1), cl=True),
+                 id="strided-channels_last"),
+    pytest.param(dict(N=2, C=48, H=9, W=9, Co=48, kh=1, kw=1, stride=(1, 1), padding=(0, 0)), id="1x1"),
+    pytest.param(dict(N=2, C=32, H=20, W=20, Co=32, kh=3, kw=3, stride=(1, 1), padding=(1, 1), groups=32),
+                 id="depthwise"),
+])
+def test_cpu_resnet_layers_fp32(c):
     """ResNet-like sizes: many parallel tasks, both CPU im2col paths (NCHW rows for wide images, the
     channels_last transpose for small ones), fp32 vs torch in fp64."""
     require_backend("cpu", "cpu", OP)
-    cases = [dict(N=2, C=32, H=30, W=36, Co=24, kh=3, kw=3, stride=(1, 1), padding=(1, 1)),   # wide: NCHW im2col
-             dict(N=3, C=32, H=14, W=14, Co=40, kh=3, kw=3, stride=(1, 1), padding=(1, 1)),   # small: NHWC im2col
-             dict(N=2, C=32, H=15, W=15, Co=16, kh=3, kw=3, stride=(2, 2), padding=(1, 1), cl=True),
-             dict(N=2, C=48, H=9, W=9, Co=48, kh=1, kw=1, stride=(1, 1), padding=(0, 0)),
-             dict(N=2, C=32, H=20, W=20, Co=32, kh=3, kw=3, stride=(1, 1), padding=(1, 1), groups=32)]
-    for c in cases:
-        c.setdefault("dilation", (1, 1))
-        c.setdefault("groups", 1)
-        check_case(c, "cpu", act="relu", dtype=torch.float32)
+    check_case(dict(dict(dilation=(1, 1), groups=1), **c), "cpu", act="relu", dtype=torch.float32)
 
 
 @pytest.mark.parametrize("im2col", ["nchw", "nhwc"])
@@ -322,7 +322,7 @@ def test_gradient_penalty_matches_torch(cpu_backend, act):
     want = torch.autograd.grad(penalty(lambda x, w, b: torch_act(F.conv2d(x, w, b, **conv_kw(c)), act)), (x, w, b))
     for name, g, e in zip(("x", "weight", "bias"), got, want):
         # fp64 sums of ~50 products each, in different orders: ~1e-14 relative; 1e-10 leaves room
-        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"d penalty / d {name}: {m}")
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d penalty / d {name}: {m}")
     assert all(g.abs().max() > 0 for g in got), "a zero second derivative would make this test blind"
 
 
@@ -418,27 +418,28 @@ def test_torch_compile_fullgraph():
 # the Python-side conveniences: padding strings and modes, unbatched input, empty batch, layouts
 # --------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("pad, mode", [(p, m) for p in ("same", "valid", 1, (2, 1))
+                                        for m in ("zeros", "reflect", "replicate", "circular")
+                                        if p != "valid" or m == "zeros"])  # valid: no padding to mode
+@pytest.mark.parametrize("k, d", [(3, 1), (4, 1), (2, 3), (5, 2)])  # even kernels give asymmetric "same"
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_padding_strings_and_modes(backend):
+def test_padding_strings_and_modes(backend, k, d, pad, mode):
     require_backend(backend, "cpu", OP)
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
-    for k, d in [(3, 1), (4, 1), (2, 3), (5, 2)]:  # even kernels give asymmetric "same"
-        w = torch.randn(6, 2, k, k, dtype=torch.float64)
-        for pad in ("same", "valid", 1, (2, 1)):
-            for mode in ("zeros", "reflect", "replicate", "circular"):
-                if pad == "valid" and mode != "zeros":
-                    continue
-                m = torch.nn.Conv2d(4, 6, k, padding=pad, dilation=d, groups=2, padding_mode=mode, bias=False,
-                                    dtype=torch.float64)
-                if isinstance(pad, str) or 7 + 2 * (pad if isinstance(pad, int) else pad[0]) > d * (k - 1):
-                    try:
-                        want = m._conv_forward(x, w, None)
-                    except RuntimeError:
-                        continue  # torch itself refuses (e.g. reflect padding wider than the input)
-                    got = pydl.conv2d(x, w, None, padding=pad, dilation=d, groups=2, padding_mode=mode,
-                                      backend=backend)
-                    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10,
-                                               msg=lambda s: f"k={k} d={d} pad={pad} mode={mode}: {s}")
+    w = torch.randn(6, 2, k, k, dtype=torch.float64)
+    m = torch.nn.Conv2d(4, 6, k, padding=pad, dilation=d, groups=2, padding_mode=mode, bias=False,
+                        dtype=torch.float64)
+
+    def conv():
+        return pydl.conv2d(x, w, None, padding=pad, dilation=d, groups=2, padding_mode=mode, backend=backend)
+
+    try:
+        want = m._conv_forward(x, w, None)
+    except RuntimeError:  # torch itself refuses (a dilated kernel wider than the padded input): pydl too
+        with pytest.raises(ValueError, match="larger than the padded"):
+            conv()
+        return
+    torch.testing.assert_close(conv(), want, rtol=1e-10, atol=1e-10)
 
 
 def test_unbatched_empty_and_noncontiguous(cpu_backend):
@@ -716,7 +717,8 @@ def _emulator(tmp_path_factory):
     I64 = ctypes.c_int64
 
     class ConvArgs(ctypes.Structure):  # mirrors csrc/cuda/conv2d.h (the size check below catches drift)
-        _fields_ = ([("dtype", ctypes.c_int)] + [(n, I64) for n in "N C H W Co Cg Cog G KH KW Ho Wo sh sw ph pw dh dw".split()]
+        _fields_ = ([("dtype", ctypes.c_int)]
+                    + [(n, I64) for n in "N C H W Co Cg Cog G KH KW Ho Wo sh sw ph pw dh dw".split()]
                     + [("sx", I64 * 4), ("sy", I64 * 4), ("sdx", I64 * 4)]
                     + [(n, ctypes.c_void_p) for n in "x w b y z dy zs dx ws gb".split()]
                     + [("split", I64), ("per_split", I64), ("act", ctypes.c_int), ("leak", ctypes.c_double),
@@ -822,42 +824,41 @@ def no_autotune(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("cl", [False, True])
-def test_gpu_parity(gpu_backend, dtype, cl, no_autotune):
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_gpu_parity(gpu_backend, dtype, cl, act, no_autotune):
     require_backend(gpu_backend, "cuda", OP)
     for c in GPU_CASES:
         c = dict(c, cl=cl)
-        for act in ("none", "relu", "general_relu"):
-            x, w, b = _to_cuda(c, dtype)
-            x.requires_grad_(True)
-            w.requires_grad_(True)
-            b.requires_grad_(True)
-            y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=gpu_backend, **conv_kw(c))
-            z64 = F.conv2d(x.detach().double(), w.detach().double(), b.detach().double(), **conv_kw(c))
-            k = w.shape[1] * w.shape[2] * w.shape[3]
-            close(y, torch_act(z64, act), dtype, k, f"gpu forward {c} {act}")
-            gy = torch.randn_like(z64)
-            gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy.to(dtype))
-            zz = z64.clone().requires_grad_(True)
-            (dz,) = torch.autograd.grad(torch_act(zz, act), zz, gy)
-            # fp16/bf16: dz is rounded to the input dtype before its GEMMs (as cuDNN does): compare loosely
-            close(gx, torch.nn.grad.conv2d_input(x.shape, w.detach().double(), dz, **conv_kw(c)), dtype,
-                  4 * c["Co"] // c["groups"] * c["kh"] * c["kw"], f"gpu grad_x {c} {act}")
-            close(gw, torch.nn.grad.conv2d_weight(x.detach().double(), w.shape, dz, **conv_kw(c)), dtype,
-                  4 * dz.numel() // dz.shape[1], f"gpu grad_w {c} {act}")
-            close(gb, dz.sum((0, 2, 3)), dtype, 4 * dz.numel() // dz.shape[1], f"gpu grad_b {c} {act}")
+        x, w, b = _to_cuda(c, dtype)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        b.requires_grad_(True)
+        y = pydl.conv2d(x, w, b, act=act, leak=0.1, sub=0.4, maxv=1.5, backend=gpu_backend, **conv_kw(c))
+        z64 = F.conv2d(x.detach().double(), w.detach().double(), b.detach().double(), **conv_kw(c))
+        k = w.shape[1] * w.shape[2] * w.shape[3]
+        close(y, torch_act(z64, act), dtype, k, f"gpu forward {c} {act}")
+        gy = torch.randn_like(z64)
+        gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy.to(dtype))
+        zz = z64.clone().requires_grad_(True)
+        (dz,) = torch.autograd.grad(torch_act(zz, act), zz, gy)
+        # fp16/bf16: dz is rounded to the input dtype before its GEMMs (as cuDNN does): compare loosely
+        close(gx, torch.nn.grad.conv2d_input(x.shape, w.detach().double(), dz, **conv_kw(c)), dtype,
+              4 * c["Co"] // c["groups"] * c["kh"] * c["kw"], f"gpu grad_x {c} {act}")
+        close(gw, torch.nn.grad.conv2d_weight(x.detach().double(), w.shape, dz, **conv_kw(c)), dtype,
+              4 * dz.numel() // dz.shape[1], f"gpu grad_w {c} {act}")
+        close(gb, dz.sum((0, 2, 3)), dtype, 4 * dz.numel() // dz.shape[1], f"gpu grad_b {c} {act}")
 
 
 @pytest.mark.gpu
-def test_gpu_big_index_math():
+def test_gpu_big_index_math(gpu_backend):
     """An activation past 2**31 elements: int64 index math (forward only, fp16, one output channel)."""
-    require_backend("cuda", "cuda", OP)
+    require_backend(gpu_backend, "cuda", OP)
     if torch.cuda.get_device_properties(0).total_memory < 24 * 2 ** 30:
         pytest.skip("needs 24 GB")
     x = torch.randn(1, 1, 2 ** 16, 2 ** 15 + 8, device="cuda", dtype=torch.float16)
     w = torch.randn(1, 1, 1, 1, device="cuda", dtype=torch.float16)
-    for backend in ("cuda", "triton"):
-        y = pydl.conv2d(x, w, backend=backend)
-        assert torch.equal(y[0, 0, -1, -5:], (x[0, 0, -1, -5:].float() * w.float().view(())).half())
+    y = pydl.conv2d(x, w, backend=gpu_backend)
+    assert torch.equal(y[0, 0, -1, -5:], (x[0, 0, -1, -5:].float() * w.float().view(())).half())
 
 
 @pytest.mark.gpu

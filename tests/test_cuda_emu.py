@@ -38,8 +38,9 @@ _SHIM = r"""
   }
 CONVERT(f2h, float, 0, __half_as_ushort(mode == 0 ? __float2half_rn(x[i]) : mode == 1 ? __float2half_rz(x[i])
                        : mode == 2 ? __float2half_rd(x[i]) : __float2half_ru(x[i])))
-CONVERT(f2b, float, 0, __bfloat16_as_ushort(mode == 0 ? __float2bfloat16_rn(x[i]) : mode == 1 ? __float2bfloat16_rz(x[i])
-                       : mode == 2 ? __float2bfloat16_rd(x[i]) : __float2bfloat16_ru(x[i])))
+CONVERT(f2b, float, 0, __bfloat16_as_ushort(mode == 0 ? __float2bfloat16_rn(x[i])
+                                            : mode == 1 ? __float2bfloat16_rz(x[i])
+                                            : mode == 2 ? __float2bfloat16_rd(x[i]) : __float2bfloat16_ru(x[i])))
 CONVERT(d2h, double, 0, __half(x[i]).__x)
 CONVERT(d2b, double, 0, __nv_bfloat16(x[i]).__x)
 extern "C" void h2f(const unsigned short* x, float* out, long n) {
@@ -53,10 +54,12 @@ extern "C" void hop(const unsigned short* a, const unsigned short* b, unsigned s
   for (long i = 0; i < n; ++i) {
     if (bf) {
       __nv_bfloat16 x = __ushort_as_bfloat16(a[i]), y = __ushort_as_bfloat16(b[i]);
-      out[i] = __bfloat16_as_ushort(op == 0 ? x + y : op == 1 ? x - y : op == 2 ? x * y : op == 3 ? x / y : __hfma(x, y, x));
+      out[i] = __bfloat16_as_ushort(op == 0 ? x + y : op == 1 ? x - y : op == 2 ? x * y : op == 3 ? x / y
+                                                                                          : __hfma(x, y, x));
     } else {
       __half x = __ushort_as_half(a[i]), y = __ushort_as_half(b[i]);
-      out[i] = __half_as_ushort(op == 0 ? x + y : op == 1 ? x - y : op == 2 ? x * y : op == 3 ? x / y : __hfma(x, y, x));
+      out[i] = __half_as_ushort(op == 0 ? x + y : op == 1 ? x - y : op == 2 ? x * y : op == 3 ? x / y
+                                                                                      : __hfma(x, y, x));
     }
   }
 }
@@ -118,7 +121,8 @@ def test_float_to_16bit_round_to_nearest_even_is_torchs(fp_shim, dtype, fn):
     # NaN: the device gives the canonical NaN 0x7fff (torch keeps a quiet NaN of its own making): NaN either way
     assert np.all(got[nan] == 0x7FFF)
     bad = np.nonzero((got != want) & ~nan)[0]
-    assert bad.size == 0, f"{bad.size} of {x.size} differ, e.g. x={x[bad[:4]]} torch={want[bad[:4]]} ours={got[bad[:4]]}"
+    few = bad[:4]
+    assert bad.size == 0, f"{bad.size} of {x.size} differ, e.g. x={x[few]} torch={want[few]} ours={got[few]}"
 
 
 @pytest.mark.parametrize("mode", [1, 2, 3], ids=["rz", "rd", "ru"])
@@ -165,8 +169,8 @@ def test_double_to_half_rounds_once(fp_shim):
     v = v[np.isfinite(v)]
     mids = (v[1:] + v[:-1]) / 2
     rng = np.random.default_rng(1)
-    d = np.concatenate([mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
-                        mids + np.abs(mids) * 2.0 ** -40, rng.standard_normal(50_000) * 10.0 ** rng.integers(-9, 6, 50_000)])
+    d = np.concatenate([mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), mids + np.abs(mids) * 2.0 ** -40,
+                        rng.standard_normal(50_000) * 10.0 ** rng.integers(-9, 6, 50_000)])
     got = _call(fp_shim, "d2h", d, np.uint16)
     with np.errstate(over="ignore"):
         want = d.astype(np.float16).view(np.uint16)
@@ -252,7 +256,7 @@ def test_16bit_fma_rounds_once(fp_shim, dtype):
 # The emulated backend: every case of tests/cuda_emu_cases.py, then the coverage of csrc/cuda's kernels
 # --------------------------------------------------------------------------------------------------
 
-from conftest import require_backend  # noqa: E402
+from helpers import require_backend  # noqa: E402
 from cuda_emu_cases import cases  # noqa: E402
 
 _CASES = cases()
@@ -286,10 +290,10 @@ def _global_functions() -> dict:
 
 
 def _launched() -> tuple:
-    """([(what ran, launches)], [every function symbol of the libraries]) from the launch logs of the loaded emulated libraries. `what ran` is the demangled
-    symbol at the launch's key (the kernel itself) or, for a kernel template launched with deduced arguments
-    (key = the launch site), "<name> in <the launching function>": the latter's template arguments say which
-    instantiation ran."""
+    """([(what ran, launches)], [every function symbol of the libraries]) from the launch logs of the loaded
+    emulated libraries. `what ran` is the demangled symbol at the launch's key (the kernel itself) or, for a
+    kernel template launched with deduced arguments (key = the launch site), "<name> in <the launching
+    function>": the latter's template arguments say which instantiation ran."""
     import bisect
     import glob
 

@@ -354,7 +354,9 @@ int run(const std::string& name) {
     const int n = 70;
     float* dy = dev(std::vector<float>(n, 1.5f));
     static int seen = 0;  // the launch observer (a coverage log's hook) sees this launch too
-    pydl_emu::g_launch_observer = [](const void*, const char* k, cudaError_t e) { seen += std::strcmp(k, "apply") == 0 && e == cudaSuccess; };
+    pydl_emu::g_launch_observer = [](const void*, const char* k, cudaError_t e) {
+      seen += std::strcmp(k, "apply") == 0 && e == cudaSuccess;
+    };
     apply<<<(n + 63) / 64, 64>>>(Twice{}, dy, n);
     return finish(seen == 1 && host(dy, n)[n - 1] == 3.0f && host(dy, n)[0] == 3.0f, "applied");
   }
@@ -522,7 +524,7 @@ def test_kernel_template_with_deduced_arguments(emu_bin):
 def test_deadlock_says_where_each_thread_waits(emu_bin):
     rc, out = run(emu_bin, "deadlock", "broken")
     assert rc == 1 and "emulation: synccheck in kernel `stuck" in out and "DEADLOCK" in out, out
-    assert f"threads 0 wait at __syncthreads() " in out and f"checks.cu:{line_of('MARK:deadlock_bar')}" in out, out
+    assert "threads 0 wait at __syncthreads() " in out and f"checks.cu:{line_of('MARK:deadlock_bar')}" in out, out
     assert "threads 1-31 wait at a warp primitive" in out and f"checks.cu:{line_of('MARK:deadlock_shfl')}" in out, out
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pydl
-from conftest import require_backend
+from helpers import require_backend
 from fuzzing import Tally, check, run_isolated
 
 OP = "conv2d"

@@ -19,13 +19,12 @@ library and 4e-39 in another, Inf * that differs) and only the forward, with flo
 """
 import random
 
-import pytest
 import torch
 
 import pydl
 from pydl import backends
 
-from conftest import require_backend
+from helpers import require_backend
 from fuzzing import Tally, check, run_isolated
 from test_rnn import BACKWARD_HARNESS
 

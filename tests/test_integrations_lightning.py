@@ -140,7 +140,7 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="prefix"):
         ActivationStatsCallback(prefix="")
     with pytest.raises(RuntimeError, match="trainer.fit"):
-        ActivationStatsCallback().data
+        ActivationStatsCallback().data  # noqa: B018 - reading the property is what raises
 
     class NoForward(Tiny):
         forward = pl.LightningModule.forward

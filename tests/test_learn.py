@@ -103,7 +103,8 @@ def test_starter_is_solution_minus_regions(ex):
             above = "\n".join(lines[max(0, i - 6):i])
             assert "TODO" in above, f"{ex.name}: region at line {i + 1} has no TODO above it"
     # no solution line leaks into the starter (lines that also occur outside regions excepted)
-    body = {ln.strip() for _, it in items if _ == "region" for ln in it[1:-1] if ln.strip() and not placeholder.match(ln)}
+    body = {ln.strip() for _, it in items if _ == "region" for ln in it[1:-1]
+            if ln.strip() and not placeholder.match(ln)}
     leaked = body & {ln.strip() for ln in starter.splitlines()} - {ln.strip() for ln in outside}
     assert not leaked
 
@@ -210,13 +211,17 @@ def test_triton_starter_fails_helpfully(ex, triton_results):
     assert "case:" in detail and ("expected" in detail or "raised" in detail), detail
 
 
+def _mutants(exercises):
+    """(exercise, mutant kind) pairs as pytest parameters named "<exercise>-<kind>"."""
+    return [pytest.param(ex, kind, id=f"{ex.name}-{kind}") for ex in exercises for kind in ex.mutants]
+
+
 @needs_interpreter
-@pytest.mark.parametrize("ex", TRITON, ids=lambda e: e.name)
-def test_triton_mutants_fail(ex, triton_results):
-    for kind in ex.mutants:
-        levels = triton_results[(ex.name, f"mutant:{kind}")]
-        assert not cpu_levels_passed(levels), f"{ex.name}: the bug {kind!r} passed the checker"
-        assert any(lv["status"] == "fail" for lv in levels)
+@pytest.mark.parametrize("ex, kind", _mutants(TRITON))
+def test_triton_mutants_fail(ex, kind, triton_results):
+    levels = triton_results[(ex.name, f"mutant:{kind}")]
+    assert not cpu_levels_passed(levels), f"{ex.name}: the bug {kind!r} passed the checker"
+    assert any(lv["status"] == "fail" for lv in levels)
 
 
 @needs_interpreter
@@ -334,7 +339,8 @@ def test_full_check_levels_and_time_limit(tmp_path):
     gpu = [lv for lv in res.levels if "GPU" in lv["name"]]
     assert gpu and gpu[0]["status"] == "skip"  # skipped is reported as such, never as passed
     # an endless loop is stopped by the time limit and reported
-    f.write_text(ex.solution().replace("def vector_add(", "def vector_add(*a, **k):\n    while True:\n        pass\n\n\ndef _old("))
+    endless = "def vector_add(*a, **k):\n    while True:\n        pass\n\n\ndef _old("
+    f.write_text(ex.solution().replace("def vector_add(", endless))
     res = checker.check(ex, f, gpu=False, timeout=6)
     assert not res.passed and "did not finish" in failure_text(res.levels)
 
@@ -355,26 +361,32 @@ def test_cuda_solution_passes(ex, tmp_path):
     levels = _cuda_check(ex, tmp_path, ex.solution(), nvcc=HAVE_NVCC)
     assert cpu_levels_passed(levels), failure_text(levels)
     if HAVE_NVCC:
-        assert levels[0]["name"].startswith("compiles for the GPU") and levels[0]["status"] == "pass", failure_text(levels)
+        assert levels[0]["name"].startswith("compiles for the GPU"), failure_text(levels)
+        assert levels[0]["status"] == "pass", failure_text(levels)
     assert levels[-1]["name"] == "correct on a GPU" and levels[-1]["status"] == "skip"  # use_gpu=False: never "pass"
 
 
 @needs_cxx
 @pytest.mark.parametrize("ex", CUDA, ids=lambda e: e.name)
-def test_cuda_starter_and_mutants_fail(ex, tmp_path):
+def test_cuda_starter_fails(ex, tmp_path):
     levels = _cuda_check(ex, tmp_path, ex.starter())
     assert not cpu_levels_passed(levels)
     detail = [lv for lv in levels if lv["status"] == "fail"][0]["detail"]
     assert "case:" in detail or "error" in detail, detail
-    for kind in ex.mutants:
-        levels = _cuda_check(ex, tmp_path, ex.mutant(kind))
-        assert any(lv["status"] == "fail" for lv in levels), f"{ex.name}: the bug {kind!r} passed the checker"
+
+
+@needs_cxx
+@pytest.mark.parametrize("ex, kind", _mutants(CUDA))
+def test_cuda_mutants_fail(ex, kind, tmp_path):
+    levels = _cuda_check(ex, tmp_path, ex.mutant(kind))
+    assert any(lv["status"] == "fail" for lv in levels), f"{ex.name}: the bug {kind!r} passed the checker"
 
 
 @needs_cxx
 def test_emulation_reports_deadlock_and_bad_launch(tmp_path):
     ex = course.get("cuda_reduce")
-    src = ex.solution().replace("warp_sums[warp] = v;\n  __syncthreads();", "{ warp_sums[warp] = v;\n  __syncthreads(); }")
+    src = ex.solution().replace("warp_sums[warp] = v;\n  __syncthreads();",
+                                "{ warp_sums[warp] = v;\n  __syncthreads(); }")
     assert src != ex.solution()
     text = failure_text(_cuda_check(ex, tmp_path, src))
     assert "DEADLOCK" in text and "__syncthreads" in text
@@ -405,7 +417,8 @@ def test_emulation_checks_name_the_bug(tmp_path, name, kind, check):
 
 @needs_cxx
 def test_emulation_rewrite_keeps_lines_and_skips_comments():
-    src = "// launch with kernel<<<blocks, threads>>>(x)\n__global__ void k(float* p) {\n  __shared__ float a[4][8];\n" \
+    src = "// launch with kernel<<<blocks, threads>>>(x)\n__global__ void k(float* p) {\n" \
+          "  __shared__ float a[4][8];\n" \
           "  extern __shared__ int d[];\n}\nvoid f(){ k<<<dim3(1, 2), 32, 16>>>(p); }\n"
     out = _emu.rewrite(src, "x.cu")
     assert out.count("\n") == src.count("\n") + 1  # + the #line directive
@@ -576,7 +589,10 @@ int main() {
     const int t = i % 64, lane = t % 32; const int* o = h + i * 8;
     if ((lane == 0 && o[0] != 496) || o[1] != (lane ^ 1) || o[2] != (lane ? lane - 1 : 0) || o[3] != 30 ||
         unsigned(o[4]) != 0xAAAAAAAAu || unsigned(o[5]) != (0xFFu << (8 * (lane / 8))) || o[6] != 3 * (63 - t) ||
-        o[7] != i) { std::printf("thread %d wrong: %d %d %d %d %x %x %d %d\n", i, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]); return 2; }
+        o[7] != i) {
+      std::printf("thread %d wrong: %d %d %d %d %x %x %d %d\n", i, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]);
+      return 2;
+    }
   }
   std::printf("ok\n");
   return 0;

@@ -14,7 +14,7 @@ import torch.nn as nn
 import pydl
 from pydl.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "batch_norm"
 PAIRS = [(BatchNorm1d, nn.BatchNorm1d, (4, 5, 7)), (BatchNorm1d, nn.BatchNorm1d, (6, 5)),

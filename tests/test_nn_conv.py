@@ -10,7 +10,7 @@ import torch.nn as tnn
 import pydl
 from pydl.nn import Conv2d, ConvBnAct, GeneralRelu, fold_conv_bn, fuse_conv_bn_act, fuse_model
 
-from conftest import require_backend
+from helpers import require_backend
 
 OP = "conv2d"
 

@@ -11,32 +11,33 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import pydl
 from pydl import backends
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "rnn"
 PAIRS = [(tnn.LSTM, pydl.nn.LSTM), (tnn.GRU, pydl.nn.GRU)]
 CELLS = [(tnn.LSTMCell, pydl.nn.LSTMCell), (tnn.GRUCell, pydl.nn.GRUCell)]
 
 
+@pytest.mark.parametrize("defaults", [True, False])
 @pytest.mark.parametrize("tcls, pcls", PAIRS + CELLS)
-def test_same_parameters_and_state_dict(tcls, pcls):
+def test_same_parameters_and_state_dict(tcls, pcls, defaults):
     kw = dict(num_layers=3, bidirectional=True, bias=False) if tcls in (tnn.LSTM, tnn.GRU) else dict(bias=False)
-    for args in ((5, 7), ):
-        for extra in ({}, kw):
-            t, p = tcls(*args, **extra), pcls(*args, **extra)
-            assert [n for n, _ in t.named_parameters()] == [n for n, _ in p.named_parameters()]
-            assert [v.shape for v in t.state_dict().values()] == [v.shape for v in p.state_dict().values()]
-            p.load_state_dict(t.state_dict())  # strict: same keys
-            assert all(torch.equal(a, b) for a, b in zip(t.state_dict().values(), p.state_dict().values()))
-            assert repr(t) == repr(p)
-            assert p.backend is None
+    extra = {} if defaults else kw
+    t, p = tcls(5, 7, **extra), pcls(5, 7, **extra)
+    assert [n for n, _ in t.named_parameters()] == [n for n, _ in p.named_parameters()]
+    assert [v.shape for v in t.state_dict().values()] == [v.shape for v in p.state_dict().values()]
+    p.load_state_dict(t.state_dict())  # strict: same keys
+    assert all(torch.equal(a, b) for a, b in zip(t.state_dict().values(), p.state_dict().values()))
+    assert repr(t) == repr(p)
+    assert p.backend is None
 
 
+@pytest.mark.parametrize("given_state", [False, True])
 @pytest.mark.parametrize("tcls, pcls", PAIRS)
 @pytest.mark.parametrize("config", [
     dict(num_layers=1), dict(num_layers=2, bidirectional=True, batch_first=True),
     dict(num_layers=3, bias=False), dict(num_layers=2, bidirectional=True, dropout=0.3)])
-def test_sequence_modules_match_torch(cpu_backend, tcls, pcls, config):
+def test_sequence_modules_match_torch(cpu_backend, tcls, pcls, config, given_state):
     require_backend(cpu_backend, "cpu", OP)
     torch.manual_seed(0)
     I, H, T, B = (3, 4, 3, 2) if slow(cpu_backend) else (5, 16, 6, 3)
@@ -48,19 +49,19 @@ def test_sequence_modules_match_torch(cpu_backend, tcls, pcls, config):
     D = 2 if config.get("bidirectional") else 1
     h0 = torch.randn(config["num_layers"] * D, B, H)
     state = (h0, torch.randn_like(h0)) if tcls is tnn.LSTM else h0
-    for hx in (None, state):
-        xt, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ot, st = t(xt, hx)
-        op, sp = p(xp, hx)
-        assert op.shape == ot.shape and torch.allclose(op, ot, atol=1e-5)
-        flat_t = st if isinstance(st, tuple) else (st,)
-        flat_p = sp if isinstance(sp, tuple) else (sp,)
-        for a, b in zip(flat_p, flat_t):
-            assert torch.allclose(a, b, atol=1e-5)
-        (ot.sum() + sum(s.sum() for s in flat_t)).backward()
-        (op.sum() + sum(s.sum() for s in flat_p)).backward()
-        assert torch.allclose(xp.grad, xt.grad, atol=1e-4)
-    for (n, a), (_, b) in zip(t.named_parameters(), p.named_parameters()):
+    hx = state if given_state else None
+    xt, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ot, st = t(xt, hx)
+    op, sp = p(xp, hx)
+    assert op.shape == ot.shape and torch.allclose(op, ot, atol=1e-5)
+    flat_t = st if isinstance(st, tuple) else (st,)
+    flat_p = sp if isinstance(sp, tuple) else (sp,)
+    for a, b in zip(flat_p, flat_t):
+        assert torch.allclose(a, b, atol=1e-5)
+    (ot.sum() + sum(s.sum() for s in flat_t)).backward()
+    (op.sum() + sum(s.sum() for s in flat_p)).backward()
+    assert torch.allclose(xp.grad, xt.grad, atol=1e-4)
+    for (_, a), (_, b) in zip(t.named_parameters(), p.named_parameters()):
         assert a is b  # from_torch shares the tensors: torch's grads were accumulated twice, once by each
         assert a.grad is not None
 
@@ -83,28 +84,29 @@ def test_unbatched_input(tcls, pcls):
     assert torch.allclose(p(x, h)[0], t(x, h)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("given_state", [False, True])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("tcls, pcls", CELLS)
-def test_cells_match_torch(cpu_backend, tcls, pcls):
+def test_cells_match_torch(cpu_backend, tcls, pcls, bias, batched, given_state):
     require_backend(cpu_backend, "cpu", OP)
     torch.manual_seed(2)
-    for bias in (True, False):
-        t = tcls(6, 9, bias=bias)
-        p = pcls.from_torch(t)
-        p.backend = cpu_backend
-        for batched in (True, False):
-            x = torch.randn(4, 6) if batched else torch.randn(6)
-            for hx in (None, "given"):
-                if hx == "given":
-                    h = torch.randn(4, 9) if batched else torch.randn(9)
-                    hx = (h, torch.randn_like(h)) if tcls is tnn.LSTMCell else h
-                xt, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
-                a, b = t(xt, hx), p(xp, hx)
-                a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
-                for u, v in zip(a, b):
-                    assert u.shape == v.shape and torch.allclose(u, v, atol=1e-5)
-                sum(u.sum() for u in a).backward()
-                sum(v.sum() for v in b).backward()
-                assert torch.allclose(xp.grad, xt.grad, atol=1e-5)
+    t = tcls(6, 9, bias=bias)
+    p = pcls.from_torch(t)
+    p.backend = cpu_backend
+    x = torch.randn(4, 6) if batched else torch.randn(6)
+    hx = None
+    if given_state:
+        h = torch.randn(4, 9) if batched else torch.randn(9)
+        hx = (h, torch.randn_like(h)) if tcls is tnn.LSTMCell else h
+    xt, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b = t(xt, hx), p(xp, hx)
+    a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    for u, v in zip(a, b):
+        assert u.shape == v.shape and torch.allclose(u, v, atol=1e-5)
+    sum(u.sum() for u in a).backward()
+    sum(v.sum() for v in b).backward()
+    assert torch.allclose(xp.grad, xt.grad, atol=1e-5)
 
 
 def test_convert_swaps_and_shares_parameters():

@@ -18,7 +18,7 @@ import pydl
 from pydl import backends
 from pydl.ops import rnn as R
 
-from conftest import require_backend, slow
+from helpers import require_backend, slow
 
 OP = "rnn"  # the build unit of all the rnn ops
 
@@ -430,7 +430,8 @@ def test_inference_without_reserve(cpu_backend, kind):
         out.sum().backward()
 
 
-def test_triton_tilings_and_poison(poison):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_triton_tilings_and_poison(poison, kind):
     """Two tilings of the Triton kernels give the same numbers; `poison` NaN-fills every torch.empty first,
     so an element a kernel forgot to write (a masked-off edge) shows up as NaN."""
     require_backend("triton", "cpu", OP)
@@ -439,50 +440,48 @@ def test_triton_tilings_and_poison(poison):
     try:
         for bb, bh in ((1, 2), (4, 8)):
             TritonPointwise.block_b, TritonPointwise.block_h = bb, bh
-            for kind in ("lstm", "gru"):
-                got, want = seq_case(kind, "triton", T=2, B=3, I=2, H=5, L=2, bidir=True, bias=True)
-                assert_close(got, want, 1e-10, f"triton {kind} block {(bb, bh)}")
+            got, want = seq_case(kind, "triton", T=2, B=3, I=2, H=5, L=2, bidir=True, bias=True)
+            assert_close(got, want, 1e-10, f"triton {kind} block {(bb, bh)}")
     finally:
         TritonPointwise.block_b = TritonPointwise.block_h = None
 
 
-def test_cpu_poison_and_multithreaded_rows(poison):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cpu_poison_and_multithreaded_rows(poison, kind):
     """Sizes where the C++ pointwise loops split rows across threads (B*H >> 4k), with poisoned buffers."""
     require_backend("cpu", "cpu", OP)
-    for kind in ("lstm", "gru"):
-        got, want = seq_case(kind, "cpu", T=2, B=70, I=5, H=300, L=1, bidir=True, bias=True, dtype=torch.float32)
-        assert_close(got, want, 2e-5, f"cpu {kind} large")
+    got, want = seq_case(kind, "cpu", T=2, B=70, I=5, H=300, L=1, bidir=True, bias=True, dtype=torch.float32)
+    assert_close(got, want, 2e-5, f"cpu {kind} large")
 
 
-def test_opcheck(cpu_backend):
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_opcheck(cpu_backend, kind):
     require_backend(cpu_backend, "cpu", OP)
     torch.manual_seed(3)
     T, B, I, H, L = 2, 2, 3, 2, 2
-    for kind in ("lstm", "gru"):
-        m = make_torch(kind, I, H, L, True, True, torch.float32)
-        ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
-        x = torch.randn(T, B, I, requires_grad=True)
-        h0 = torch.randn(L * 2, B, H, requires_grad=True)
-        mask = torch.ones(L - 1, T, B, 2 * H)
-        if kind == "lstm":
-            args = (x, h0, torch.randn(L * 2, B, H, requires_grad=True), ws, mask, L, True, True, cpu_backend)
-        else:
-            args = (x, h0, ws, mask, L, True, True, cpu_backend)
-        torch.library.opcheck(getattr(torch.ops.pydl, kind).default, args)
-    G = {"lstm": 4, "gru": 3}
-    for kind in ("lstm", "gru"):
-        cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H)
-        ps = [p.detach().clone().requires_grad_() for p in cell.parameters()]
-        x, hx = torch.randn(B, I, requires_grad=True), torch.randn(B, H, requires_grad=True)
-        assert ps[0].shape == (G[kind] * H, I)
-        if kind == "lstm":
-            args = (x, hx, torch.randn(B, H, requires_grad=True), *ps, cpu_backend)
-        else:
-            args = (x, hx, *ps, cpu_backend)
-        torch.library.opcheck(getattr(torch.ops.pydl, f"{kind}_cell").default, args)
-        # and without biases (Tensor? arguments as None)
-        nb = args[:-3] + (None, None, cpu_backend)
-        torch.library.opcheck(getattr(torch.ops.pydl, f"{kind}_cell").default, nb)
+    m = make_torch(kind, I, H, L, True, True, torch.float32)
+    ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
+    x = torch.randn(T, B, I, requires_grad=True)
+    h0 = torch.randn(L * 2, B, H, requires_grad=True)
+    mask = torch.ones(L - 1, T, B, 2 * H)
+    if kind == "lstm":
+        args = (x, h0, torch.randn(L * 2, B, H, requires_grad=True), ws, mask, L, True, True, cpu_backend)
+    else:
+        args = (x, h0, ws, mask, L, True, True, cpu_backend)
+    torch.library.opcheck(getattr(torch.ops.pydl, kind).default, args)
+    # the cell op
+    cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H)
+    ps = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x, hx = torch.randn(B, I, requires_grad=True), torch.randn(B, H, requires_grad=True)
+    assert ps[0].shape == ({"lstm": 4, "gru": 3}[kind] * H, I)
+    if kind == "lstm":
+        args = (x, hx, torch.randn(B, H, requires_grad=True), *ps, cpu_backend)
+    else:
+        args = (x, hx, *ps, cpu_backend)
+    torch.library.opcheck(getattr(torch.ops.pydl, f"{kind}_cell").default, args)
+    # and without biases (Tensor? arguments as None)
+    nb = args[:-3] + (None, None, cpu_backend)
+    torch.library.opcheck(getattr(torch.ops.pydl, f"{kind}_cell").default, nb)
 
 
 def test_torch_compile_fullgraph_functional():
@@ -794,8 +793,9 @@ def test_backend_selection_runs_the_chosen_kernel():
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-4), (torch.bfloat16, 1e-1)])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_gpu_sequence_parity(gpu_backend, kind):
+def test_gpu_sequence_parity(gpu_backend, kind, dtype, atol):
     require_backend(gpu_backend, "cuda", OP)
     for cfg in random_configs(4, seed=7, tiny=False) + [dict(T=20, B=16, I=64, H=128, L=2, bidir=True, bias=True)]:
         torch.manual_seed(0)
@@ -805,43 +805,46 @@ def test_gpu_sequence_parity(gpu_backend, kind):
         h0 = torch.randn(cfg["L"] * D, cfg["B"], cfg["H"], dtype=torch.float64)
         c0 = torch.randn_like(h0)
         want = run_seq(kind, "reference", x, list(m._flat_weights), h0, c0, cfg["L"], cfg["bidir"], cfg["bias"])
-        for dtype, atol in ((torch.float32, 2e-4), (torch.bfloat16, 1e-1)):
-            ws = [w.detach().to("cuda", dtype).requires_grad_() for w in m._flat_weights]
-            xc = x.to("cuda", dtype).requires_grad_()
-            got = run_seq(kind, gpu_backend, xc, ws, h0.to("cuda", dtype), c0.to("cuda", dtype), cfg["L"],
-                          cfg["bidir"], cfg["bias"])
-            for a, b in zip(got, want):
-                if a is not None:
-                    assert (a.double().cpu() - b).abs().max().item() < atol, (kind, cfg, dtype)
-            got[0].float().sum().backward()
-            assert xc.grad is not None and torch.isfinite(xc.grad.float()).all()
-            # fp32 gradients against the float64 reference backward
-            if dtype == torch.float32:
-                xr = x.clone().requires_grad_()
-                wr = [w.detach().clone().requires_grad_() for w in m._flat_weights]
-                o = run_seq(kind, "reference", xr, wr, h0, c0, cfg["L"], cfg["bidir"], cfg["bias"])[0]
-                gr = torch.autograd.grad(o.sum(), [xr] + wr)
-                for a, b in zip([xc.grad] + [w.grad for w in ws], gr):
-                    assert (a.double().cpu() - b).abs().max().item() < 1e-3
+        ws = [w.detach().to("cuda", dtype).requires_grad_() for w in m._flat_weights]
+        xc = x.to("cuda", dtype).requires_grad_()
+        got = run_seq(kind, gpu_backend, xc, ws, h0.to("cuda", dtype), c0.to("cuda", dtype), cfg["L"],
+                      cfg["bidir"], cfg["bias"])
+        for a, b in zip(got, want):
+            if a is not None:
+                assert (a.double().cpu() - b).abs().max().item() < atol, (kind, cfg, dtype)
+        got[0].float().sum().backward()
+        assert xc.grad is not None and torch.isfinite(xc.grad.float()).all()
+        # fp32 gradients against the float64 reference backward
+        if dtype == torch.float32:
+            xr = x.clone().requires_grad_()
+            wr = [w.detach().clone().requires_grad_() for w in m._flat_weights]
+            o = run_seq(kind, "reference", xr, wr, h0, c0, cfg["L"], cfg["bidir"], cfg["bias"])[0]
+            gr = torch.autograd.grad(o.sum(), [xr] + wr)
+            for a, b in zip([xc.grad] + [w.grad for w in ws], gr):
+                assert (a.double().cpu() - b).abs().max().item() < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gpu_cells(gpu_backend, kind, dtype, atol):
+    require_backend(gpu_backend, "cuda", OP)
+    cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(17, 33).cuda().to(dtype)
+    x, h = torch.randn(5, 17, device="cuda", dtype=dtype), torch.randn(5, 33, device="cuda", dtype=dtype)
+    c = torch.randn_like(h)
+    if kind == "lstm":
+        want = cell(x, (h, c))[0]
+        got = pydl.lstm_cell(x, h, c, *cell.parameters(), backend=gpu_backend)[0]
+    else:
+        want = cell(x, h)
+        got = pydl.gru_cell(x, h, *cell.parameters(), backend=gpu_backend)
+    assert (got.float() - want.float()).abs().max().item() < atol
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_gpu_cells_opcheck_and_compile(gpu_backend, kind):
+def test_gpu_opcheck_and_compile(gpu_backend, kind):
     require_backend(gpu_backend, "cuda", OP)
-    got, want = None, None
-    for dtype, atol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
-        torch.manual_seed(0)
-        cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(17, 33).cuda().to(dtype)
-        x, h = torch.randn(5, 17, device="cuda", dtype=dtype), torch.randn(5, 33, device="cuda", dtype=dtype)
-        c = torch.randn_like(h)
-        if kind == "lstm":
-            want = cell(x, (h, c))[0]
-            got = pydl.lstm_cell(x, h, c, *cell.parameters(), backend=gpu_backend)[0]
-        else:
-            want = cell(x, h)
-            got = pydl.gru_cell(x, h, *cell.parameters(), backend=gpu_backend)
-        assert (got.float() - want.float()).abs().max().item() < atol
     m = make_torch(kind, 3, 4, 2, True, True, torch.float32).cuda()
     ws = [w.detach().clone().requires_grad_() for w in m._flat_weights]
     x = torch.randn(2, 2, 3, device="cuda", requires_grad=True)

@@ -1,5 +1,6 @@
 """The tooling around the kernels: build, doctor, bench runner, GPU check, README/CI consistency."""
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -8,8 +9,7 @@ import sys
 import pytest
 import torch
 
-import pydl
-from pydl import _build, backends
+from pydl import _build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -242,3 +242,24 @@ def test_readme_names_the_quick_flag_and_ci_runs_everything():
     assert {"test_demo.py", "test_aot_build.py"} <= set(marked), marked
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert "not slow" not in ci
+
+
+def test_lint_is_configured_and_ci_runs_it_first():
+    """ruff's rules live in pyproject.toml and CI runs `ruff check .` before the build and the tests; every path
+    the lint and type-check configuration names exists (a file moved without its exemption fails here)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        cfg = tomllib.load(f)
+    dev = cfg["project"]["optional-dependencies"]["dev"]
+    assert {"ruff", "mypy", "pre-commit"} <= {d.split("=")[0].split(">")[0] for d in dev}, dev
+    assert cfg["tool"]["ruff"]["line-length"] == 120
+    for pattern in cfg["tool"]["ruff"]["lint"]["per-file-ignores"]:
+        assert glob.glob(os.path.join(ROOT, pattern)), f"[tool.ruff.lint.per-file-ignores] {pattern!r} matches nothing"
+    for path in cfg["tool"]["mypy"]["files"]:
+        assert os.path.exists(os.path.join(ROOT, path)), f"[tool.mypy] files: {path!r} does not exist"
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    steps = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lint = steps.index("ruff check .")
+    assert lint < min(i for i, s in enumerate(steps) if s.startswith("pydl build")), steps
+    assert lint < min(i for i, s in enumerate(steps) if "pytest" in s), steps

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import pydl
-from conftest import require_backend
+from helpers import require_backend
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
