@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import require_backend
+from helpers import require_backend
 from winograd_ref import unit_roundoff, winograd_bound, winograd_conv
 
 import pydl

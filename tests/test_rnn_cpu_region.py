@@ -11,7 +11,7 @@ just runs a larger team.
 """
 import pytest
 import torch
-from conftest import require_backend
+from helpers import require_backend
 from test_rnn import OP, assert_close, make_torch, seq_case
 
 import pydl
