@@ -29,7 +29,8 @@ thread (``time.thread_time``, one torch thread, DataLoader without workers), whi
 inflate; only the training epoch is timed (from the first to the last training batch event), not the
 framework's set-up. Information, no target.
 
-``--breakdown [--rounds R]`` (where the overhead goes): the verdict's configuration taken apart, in CPU time of one thread. Interleaved steps of
+``--breakdown [--rounds R]`` (where the overhead goes): the verdict's configuration taken apart,
+in CPU time of one thread. Interleaved steps of
 the plain model and of recorders that leave out one part each (the kernel; the direct kernel call, i.e.
 the recorder as it was when every hooked layer went through the public ``pydl.act_stats``); the kernel
 alone on the step's own activations next to one ``x.sum()`` of each; fastai's ``x <= eps`` count (torch's and
@@ -532,7 +533,7 @@ def main(argv=None) -> int:
               f"({r.median_ms:.2f} ms vs {r.torch_ms:.2f} ms)")
     pairs = 20 if args.quick else args.pairs
     print(f"\npaired wall time at {threads} thread(s) (plain/recorded steps back to back, {pairs} pairs):")
-    for model_name, preset, incl, every, gated in (VARIANTS[:1] if args.quick else VARIANTS):
+    for model_name, preset, incl, every, _gated in (VARIANTS[:1] if args.quick else VARIANTS):
         med, best, tp, th, total = paired_overhead(model_name, preset, incl, pairs, every=every)
         print(f"  {MODELS[model_name][2]}, {_label(preset)}, {_what(model_name, incl)}, {_every(every)}: "
               f"median step plain {tp:.2f} ms, recorded {th:.2f} ms; overhead median {100 * med:+.1f}%, "

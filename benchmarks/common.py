@@ -126,7 +126,9 @@ def time_pair(torch_fn: Callable, pydl_fn: Callable, device: str, quick: bool = 
         sync = torch.cuda.synchronize
         rounds, block_s, budget_s = (5, 0.01, 0.5) if quick else (9, 0.02, 1.5)
     else:
-        sync = (lambda: None)
+        def sync():
+            return None
+
         rounds, block_s, budget_s = (7, 0.01, 0.4) if quick else (15, 0.02, 1.0)
     for fn in (torch_fn, pydl_fn):  # warm-up: first-call costs (a JIT build, allocator growth) stay out
         fn()

@@ -555,7 +555,8 @@ def _jit_build(op: str, device: str, verbose: bool, force: bool = False) -> Tupl
         msg = (f"the extension cache {build_dir} cannot be written ({e.strerror}), and its {name} library "
                f"must be (re)built: {state}, {detail}. Make the cache writable, point PYDL_CACHE_DIR at a "
                "writable directory, or run `pydl build` where it is writable.")
-        raise BuildError(msg, Reason.CACHE_READ_ONLY, f"read-only extension cache and {name} is {state} ({detail})")
+        raise BuildError(msg, Reason.CACHE_READ_ONLY,
+                         f"read-only extension cache and {name} is {state} ({detail})") from None
     try:
         if device == "cuda":
             ok, why = cuda_toolchain()

@@ -50,7 +50,8 @@ def rewrite(source: str, filename: str) -> str:
     Three CUDA-only syntaxes change; everything else is left as written, so compiler messages and the checks'
     source lines point at the author's file (a ``#line`` directive names ``filename``)::
 
-        kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  pydl_emu::Launcher(grid, block, ...).bind(kernel, "kernel")(args)
+        kernel<<<grid, block[, smem[, stream]]>>>(args)
+            ->  pydl_emu::Launcher(grid, block, ...).bind(kernel, "kernel")(args)
             (a kernel template launched without template arguments: .bind_deduced(<generic lambda>, "kernel"))
         __shared__ T name[N]...;                          ->  auto& name = pydl_emu::shared<T[N]...>(key, "name");
         extern __shared__ T name[];                       ->  T* name = pydl_emu::dynamic_shared<T>("name");

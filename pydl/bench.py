@@ -132,7 +132,8 @@ def markdown(env: dict, ceilings: dict, recs: list) -> str:
     cm = common()
     table = markdown_table(cm.COLUMNS, [
         (r["op"], r["variant"], r["backend"], r["shape"], r["dtype"], f"{r['median_ms']:.3f} ± {r['iqr_ms']:.3f}",
-         f"{r['torch_ms']:.3f}", ratio_text(r["ratio"], r.get("ratio_q1"), r.get("ratio_q3")), blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
+         f"{r['torch_ms']:.3f}", ratio_text(r["ratio"], r.get("ratio_q1"), r.get("ratio_q3")),
+         blank_or(r.get("gbps"), ".1f"), blank_or(r.get("tflops"), ".3f"),
          blank_or(r.get("pct_of_ceiling"), ".0f", "%")) for r in recs], cm.ALIGN)
     warning = env.get("warning")
     return head + (f"**{warning}**\n\n" if warning else "") + table + "\n"

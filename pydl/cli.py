@@ -74,7 +74,8 @@ def _build_cmd(args) -> int:
                 print(f"  {dev:<5} {op:<14} ok    {dt:6.1f} s  {res.how}")
             else:
                 failed += 1
-                print(f"  {dev:<5} {op:<14} FAILED {dt:5.1f} s  {(res.reason or backends.Reason.BUILD_FAILED).value}: {res.summary}\n{res.error}")
+                why = (res.reason or backends.Reason.BUILD_FAILED).value
+                print(f"  {dev:<5} {op:<14} FAILED {dt:5.1f} s  {why}: {res.summary}\n{res.error}")
     print(f"extension cache: {_build.cache_dir()}")
     return 1 if failed else 0
 

@@ -136,7 +136,8 @@ def write_report(out: str, info: dict, results: List[dict]) -> str:
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"info": info, "steps": results}, f, indent=1)
     lines = [f"# pydl GPU check - {info.get('date')}", "",
-             f"GPU: {info.get('gpu')}; torch {info.get('torch')} (CUDA {info.get('cuda')}), triton {info.get('triton')}, "
+             f"GPU: {info.get('gpu')}; torch {info.get('torch')} (CUDA {info.get('cuda')}), "
+             f"triton {info.get('triton')}, "
              f"pydl {info.get('pydl')}@{info.get('git')}", "",
              markdown_table(("step", "result", "seconds", "log"),
                             [(r["name"], verdict(r), r["seconds"], r["log"]) for r in results], "llrl")]

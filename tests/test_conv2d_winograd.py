@@ -175,7 +175,8 @@ def test_backward_runs_with_the_forwards_algo():
 
 
 @pytest.mark.parametrize("case", [
-    {"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2}, {"groups": 2, "padding": 1}, {"kernel": 5, "padding": 2},
+    {"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2}, {"groups": 2, "padding": 1},
+    {"kernel": 5, "padding": 2},
     {"dtype": torch.bfloat16, "padding": 1}, {"dtype": torch.float16, "padding": 1}, {"kernel": 1, "padding": 0},
 ])
 def test_unsupported_shapes_run_direct(case):

@@ -68,7 +68,9 @@ def test_region_inference_matches_training_forward(threads, kind, batch_first):
         lean = fn(x, ws, num_layers=L, bidirectional=True, batch_first=batch_first, backend="cpu")
     full = fn(x, [w.detach().requires_grad_() for w in ws], num_layers=L, bidirectional=True,
               batch_first=batch_first, backend="cpu")
-    flat = lambda r: [r[0], *(r[1] if kind == "lstm" else (r[1],))]
+    def flat(r):
+        return [r[0], *(r[1] if kind == "lstm" else (r[1],))]
+
     for a, b in zip(flat(lean), flat(full)):
         assert torch.equal(a, b.detach())
     m.batch_first = batch_first

@@ -357,8 +357,8 @@ def top_patches(model: nn.Module, layer: nn.Module, data, channels: Optional[Seq
                 max_batches: Optional[int] = None, device=None, eval_mode: bool = True) -> TopPatchesResult:
     """Run ``model`` over ``data`` (a batch tensor, an ``(x, y)`` tuple, or an iterable of batches or of
     ``(x, y)`` pairs such as a DataLoader; ``max_batches`` to stop early; ``device`` to move each batch) and
-    return the top-``k`` patches of ``layer``'s ``channels`` (see :class:`TopPatches`). Eval mode by default, under no_grad;
-    every module's ``training`` flag is restored and every hook removed."""
+    return the top-``k`` patches of ``layer``'s ``channels`` (see :class:`TopPatches`). Eval mode by default, under
+    no_grad; every module's ``training`` flag is restored and every hook removed."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         if eval_mode:

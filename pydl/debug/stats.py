@@ -417,7 +417,8 @@ class ActivationStats:
                  every: int = 1, train_only: bool = True, chunk: int = 32, max_records: int = 10_000,
                  on_full: str = "decimate", steps_per_epoch: Optional[int] = None, backend: Optional[str] = None,
                  bins: Optional[int] = None, lo: Optional[float] = None, hi: Optional[float] = None,
-                 abs: Optional[bool] = None, eps: Optional[float] = None, dead_bins: Optional[tuple] = None):
+                 abs: Optional[bool] = None,  # noqa: A002 - the preset field's name; a public keyword since 0.1
+                 eps: Optional[float] = None, dead_bins: Optional[tuple] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"ActivationStats: model must be an nn.Module, got {type(model).__name__}")
         if not (isinstance(every, int) and every >= 1):

@@ -84,7 +84,8 @@ def debug_figures(model, stats, xtr, ytr, xva, yva, classes, out, quick, say=lam
     idx = torch.cat([right, wrong])
     if len(idx):
         maps = debug.grad_cam(model, xva[idx], convs[-1])
-        titles = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: {classes[yva[i]]}->{classes[pred[i]]}" for i in idx.tolist()]
+        titles = [f"{'ok' if pred[i] == yva[i] else 'WRONG'}: {classes[yva[i]]}->{classes[pred[i]]}"
+                  for i in idx.tolist()]
         files["gradcam"] = _cam_grid([debug.overlay(xva[i], maps[k]) for k, i in enumerate(idx.tolist())], titles,
                                      p("grad_cam.png"))
         say("report: occlusion maps")

@@ -67,7 +67,8 @@ def environment() -> List[dict]:
         from ..backends import triton_status
 
         ok, why = triton_status("cpu")
-        rows.append({"what": "triton interpreter", "ok": ok, "detail": f"triton {triton.__version__}, numpy {npv}: {why}",
+        rows.append({"what": "triton interpreter", "ok": ok,
+                     "detail": f"triton {triton.__version__}, numpy {npv}: {why}",
                      "fix": "pip install 'triton>=3.7.1' (works with numpy 2.4), or keep triton and "
                             "pip install 'numpy<2.4'"})
     except Exception as e:  # noqa: BLE001
@@ -169,7 +170,8 @@ def check_many_triton(jobs: List[tuple], device: str = "cpu", timeout: float = 6
         with tempfile.TemporaryDirectory(prefix="pydl-learn-") as tmp:
             spec, out = Path(tmp) / "jobs.json", Path(tmp) / "results.jsonl"
             spec.write_text(json.dumps([[e, str(p)] for e, p in jobs[start:]]))
-            cmd = [sys.executable, "-m", "pydl.learn.runner", "--batch", str(spec), "--device", device, "--out", str(out)]
+            cmd = [sys.executable, "-m", "pydl.learn.runner", "--batch", str(spec), "--device", device,
+                   "--out", str(out)]
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
                 why = f"the process ended with code {r.returncode}: {(r.stderr or '')[-1500:]}"

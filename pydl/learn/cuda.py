@@ -79,7 +79,7 @@ def harness_source(ex: course.Exercise, learner_path: str) -> str:
              '  if (argc < 2) pydl_io::die("usage: harness CASE_DIR");',
              "  pydl_io::Case c(argv[1]);"]
     call = []
-    for name, base, ptr, const in _parse_signature(ex.module.SIGNATURE):
+    for name, base, ptr, _const in _parse_signature(ex.module.SIGNATURE):
         if ptr:
             lines.append(f'  auto arg_{name} = c.array<{base}>("{name}");')
             call.append(f"arg_{name}.ptr()")
@@ -89,7 +89,7 @@ def harness_source(ex: course.Exercise, learner_path: str) -> str:
     lines.append(f"  {ex.entry}({', '.join(call)});")
     lines.append('  pydl_io::check(cudaGetLastError(), "the launch");')
     lines.append('  pydl_io::check(cudaDeviceSynchronize(), "the kernel (cudaDeviceSynchronize)");')
-    for name, base, ptr, const in _parse_signature(ex.module.SIGNATURE):
+    for name, _base, ptr, const in _parse_signature(ex.module.SIGNATURE):
         if ptr and not const:
             lines.append(f"  arg_{name}.write_back();")
     lines += ["  return 0;", "}", ""]
@@ -106,7 +106,8 @@ def _compile_errors(text: str, limit: int = 20) -> str:
     return out + ("\n..." if len(lines) > limit else "")
 
 
-def build(ex: course.Exercise, learner: Path, work: Path, mode: str, timeout: float = 120) -> Tuple[bool, str, Optional[Path]]:
+def build(ex: course.Exercise, learner: Path, work: Path, mode: str,
+          timeout: float = 120) -> Tuple[bool, str, Optional[Path]]:
     """Compile the harness + learner file. mode 'emu' (g++) or 'gpu' (nvcc). Returns (ok, message, exe)."""
     work.mkdir(parents=True, exist_ok=True)
     if mode == "emu":

@@ -190,7 +190,8 @@ def compare(name: str, got: torch.Tensor, exp: torch.Tensor, atol: float = 1e-5,
         with np.errstate(invalid="ignore"):
             err = np.abs(g64 - e64).reshape(-1)[bad]
         if np.isfinite(err).any():
-            lines.append(f"  largest error {np.nanmax(err):.3g} (tolerance: atol {atol:g} + rtol {rtol:g} * |expected|)")
+            lines.append(f"  largest error {np.nanmax(err):.3g} "
+                         f"(tolerance: atol {atol:g} + rtol {rtol:g} * |expected|)")
     return Mismatch(name, "\n".join(lines))
 
 

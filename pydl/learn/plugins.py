@@ -224,7 +224,8 @@ def _guarded(fn, op_name, *args):
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001
-        return "skip", (f"pydl's {op_name} did not accept the plug-in ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        return "skip", (f"pydl's {op_name} did not accept the plug-in ({type(e).__name__}: {first}); "
                         "not run, so not passed")
 
 

@@ -6,7 +6,6 @@ pydl.nn.ConvBnAct and the demo's model use.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

@@ -6,7 +6,8 @@
   (``"none"`` for a plain conv; :func:`fuse_conv_bn_act` sets it).
 * :class:`ConvBnAct`: conv (no bias) -> BatchNorm2d -> activation, the block of a ResNet/fastai model. In
   training the conv runs, then BN with the activation fused into pydl's batch_norm kernel (BN needs the
-  batch's statistics, which only exist after the conv, so BN cannot go into the conv's epilogue). In eval mode BN is an affine map per channel, so it is *folded* into the conv's weight and bias and
+  batch's statistics, which only exist after the conv, so BN cannot go into the conv's epilogue). In eval
+  mode BN is an affine map per channel, so it is *folded* into the conv's weight and bias and
   the whole block is ONE conv with the bias + activation fused into its epilogue.
 * :func:`fold_conv_bn` / :func:`fuse_conv_bn_act` / :func:`fuse_model`: the same fold as standalone modules
   (for deployment): weights are copied, the source modules are left untouched.

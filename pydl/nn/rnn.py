@@ -14,9 +14,10 @@ call, and its backward as one ``*_backward`` call. Note: ``isinstance(m, torch.n
 ``backend``: None (the current default: ``pydl.backend(...)`` context or process default) or a backend name.
 
 Not supported (a clear error, never a silently different result): ``proj_size > 0`` and PackedSequence
-input. A wrong input or state size is reported in torch's words; batch 0 gives torch's empty outputs. Dropout between layers uses torch's RNG but in its own order, so with ``dropout > 0`` in training
-the numbers differ from torch's (the distribution is the same). The other deliberate differences are listed
-in pydl.ops.rnn.lstm's docstring.
+input. A wrong input or state size is reported in torch's words; batch 0 gives torch's empty outputs.
+Dropout between layers uses torch's RNG but in its own order, so with ``dropout > 0`` in training the numbers
+differ from torch's (the distribution is the same). The other deliberate differences are listed in
+pydl.ops.rnn.lstm's docstring.
 """
 from __future__ import annotations
 

@@ -82,7 +82,6 @@ import contextlib
 import contextvars
 import math
 import numbers
-import os
 from collections.abc import Iterator, Sequence
 from typing import Optional, Tuple, Union
 
