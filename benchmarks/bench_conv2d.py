@@ -10,8 +10,8 @@ TFLOP/s count the multiply-adds of the convolution only (2*N*Cout*Ho*Wo*Cin/g*kh
 forward+backward). Layers: 3x3 stride 1 at 56/28/14 px, 3x3 stride 2, 1x1 (bottleneck), a depthwise 3x3,
 NCHW and one channels_last.
 
-Targets (issue #4): CPU ``cpu`` backend >= 0.8x torch forward on the 3x3 layers, fused >= 1.0x torch's
-unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x. Issue #17 (Winograd on the CPU): the ResNet 3x3 stages
+Targets: CPU ``cpu`` backend >= 0.8x torch forward on the 3x3 layers, fused >= 1.0x torch's
+unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x. Winograd on the CPU: the ResNet 3x3 stages
 >= 1.3x forward, >= 1.1x forward+backward, at N=2 and at a training batch (N=32, the "ResNet stage" cases of
 the full set).
 

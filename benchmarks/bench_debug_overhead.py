@@ -1,4 +1,4 @@
-"""What ActivationStats costs a training step (issue #6 target: <= 10% of step time on CPU).
+"""What ActivationStats costs a training step (target: <= 10% of step time on CPU).
 
 The small CNN of the fastai 2022 course (five stride-2 3x3 convs with batch norm and ReLU; batch 512 of
 1x28x28, MNIST-sized) trained with SGD: forward, cross-entropy, backward, step, zero_grad. "torch" is the

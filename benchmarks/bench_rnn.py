@@ -15,7 +15,7 @@ Two timing methods: the default one is benchmarks/common.py's (blocked medians, 
 ``--interleaved`` alternates torch and pydl and keeps each side's best run, which survives other jobs on a
 shared machine far better (see benchmarks.common.run_interleaved).
 
-Targets (issue #5): on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
+Targets: on a CPU >= 1.0x nn.LSTMCell and nn.LSTM for forward+backward; on a GPU >= 1.0x cuDNN
 for hidden <= 512.
 
 How the CPU sequence ops run (csrc/cpu/rnn.cpp, "a whole sequence in one parallel region"): fp32/fp64 start
