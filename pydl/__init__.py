@@ -20,9 +20,9 @@ from ._version import __version__
 from .backends import BACKENDS, backend, get_backend, set_backend
 from .nn import convert
 from .ops import (ActStats, act_stats, act_stats_reference, batch_norm, batch_norm_apply, batch_norm_backward_elemt,
-                  batch_norm_backward_reduce, batch_norm_reference, batch_norm_stats, conv2d,
-                  conv2d_backward_reference, conv2d_output_size, conv2d_reference, gru, gru_cell, gru_reference, lstm,
-                  lstm_cell, lstm_reference)
+                  batch_norm_backward_reduce, batch_norm_reference, batch_norm_stats, conv2d, conv2d_algo,
+                  conv2d_backward_reference, conv2d_output_size, conv2d_reference, get_conv2d_algo, gru, gru_cell,
+                  gru_reference, lstm, lstm_cell, lstm_reference, set_conv2d_algo)
 
 # The heavier subpackages load on first attribute access (PEP 562), so that `import pydl` stays light and yet
 # `pydl.debug.ActivationStats`, `pydl.distributed.init_from_env()` or `pydl.learn` work after a plain
@@ -46,6 +46,7 @@ __all__ = [
     "ActStats", "act_stats", "act_stats_reference",
     "batch_norm", "batch_norm_apply", "batch_norm_backward_elemt", "batch_norm_backward_reduce",
     "batch_norm_reference", "batch_norm_stats",
-    "conv2d", "conv2d_backward_reference", "conv2d_output_size", "conv2d_reference",
+    "conv2d", "conv2d_algo", "conv2d_backward_reference", "conv2d_output_size", "conv2d_reference",
+    "get_conv2d_algo", "set_conv2d_algo",
     "gru", "gru_cell", "gru_reference", "lstm", "lstm_cell", "lstm_reference",
 ]
