@@ -1,5 +1,8 @@
 """What ActivationStats costs a training step (target: <= 10% of step time on CPU).
 
+(Why one long file: the verdict, the per-framework runs and the --breakdown are three views of one
+measurement -- the same models, recorders and paired timing -- and read best side by side.)
+
 The small CNN of the fastai 2022 course (five stride-2 3x3 convs with batch norm and ReLU; batch 512 of
 1x28x28, MNIST-sized) trained with SGD: forward, cross-entropy, backward, step, zero_grad. "torch" is the
 plain step; "pydl" is the same step on an identical copy of the model with an ActivationStats recording

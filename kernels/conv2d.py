@@ -1,5 +1,8 @@
 """conv2d in Triton: three implicit-GEMM kernels (forward, grad input, grad weight + grad bias).
 
+(Why one long file: the three kernels share the implicit-GEMM addressing helpers and the launch logic;
+split apart, each would need the others' helpers back. The depthwise kernels at the end share them too.)
+
 "Implicit GEMM" (see pydl/ops/conv2d.py for the math): a convolution is a matrix product whose left operand,
 the im2col matrix A[m, k] (output pixel m, tap k), is never built. Each program computes a BLOCK_M x BLOCK_N
 tile of the product and, for every BLOCK_K slice of the reduction, *computes the addresses* of the A tile

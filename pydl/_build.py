@@ -1,5 +1,9 @@
 """Building and loading pydl's compiled backends.
 
+(Why one long file: the JIT build, the ahead-of-time build and the emulated build must name, key, verify
+and lock the same units the same way; the sections below are marked. Next split if it grows: the emulated
+build's section to a module of its own.)
+
 Every op that has compiled kernels is built into its own shared object per device:
 
     csrc/cpu/<op>.cpp [+ csrc/cpu/<op>/*.cpp]                       -> pydl_cpu_<op>   (torch namespace `pydl_cpu`)

@@ -1,5 +1,8 @@
 """ActivationStats: per-layer, per-batch statistics of a model's activations, computed on the device.
 
+(Why one long file: the recorder, its presets, the per-chunk device buffers and the merge of a module
+called twice are one state machine; the figures live in figures.py, the file formats in StatsData.)
+
     stats = ActivationStats(model)                 # hooks every leaf module that has parameters
     with stats:                                    # plain context manager: any training loop works
         for xb, yb in loader:

@@ -1,5 +1,9 @@
 """``batch_norm``: batch normalisation (training and eval), with an optional fused activation, in every backend.
 
+(Why one long file: seven ops -- the functional op, the running-stat update, the backward and the four
+separable steps SyncBatchNorm all-reduces between -- share one contract, one argument check and one
+backend table; they are one vertical slice.)
+
 The math, per channel ``c`` of ``x`` of shape ``(N, C, *spatial)`` (``n = N * prod(spatial)`` values a channel):
 
     training (batch stats):  mean = sum(x) / n,  var = sum((x - mean)^2) / n     (biased, for normalising)

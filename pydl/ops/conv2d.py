@@ -1,5 +1,8 @@
 """``conv2d``: 2-D convolution, forward and backward, with an optional fused bias + activation epilogue.
 
+(Why one long file: the op's contract, its reference, its backends, its autograd and its algorithm switch
+are one vertical slice, as for every op; most of the length is the math written out for the course.)
+
 The op (``torch.ops.pydl.conv2d``) computes, for every group g, output channel o of that group and output
 pixel (ho, wo)::
 

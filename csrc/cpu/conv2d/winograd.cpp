@@ -362,27 +362,30 @@ void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph,
 }
 
 // ---- the crossover table ------------------------------------------------------------------------------
-// Where "auto" takes Winograd. Measured with `python benchmarks/bench_conv2d.py --crossover --quick
-// --threads 2` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs; Xeon with AVX-512, 2 threads,
-// 2026-12-02 on a shared machine: load average ~15, so single ratios are +-20%; the pattern is what counts).
-// Forward speed-up of Winograd over direct (fwd+bwd in brackets: grad-weight stays direct in both):
+// Where "auto" takes Winograd. Measured with `python -m benchmarks.bench_conv2d --crossover --quick
+// --threads 2` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs; 2-core Xeon with AVX-512,
+// 2 threads, quiet machine, 2026-12-02; quartiles within +-5%; the table in
+// benchmarks/results/cpu-winograd-crossover). Forward speed-up of Winograd over direct, fwd+bwd in brackets
+// (grad-input follows the same choice; grad-weight stays direct in both):
 //
-//   tiles = N * ceil(Ho/4) * ceil(Wo/4)        N=32                                N=2
-//   channels \ size      7            14           28           56         28           56
-//   16                 0.51 (0.67)  0.73 (0.75)  0.71 (0.74)  0.94 (1.03)  0.55 (0.62)  1.08 (0.69)
-//   32                 0.67 (0.76)  0.71 (0.88)  0.78 (0.82)  1.17 (1.06)  0.62 (0.81)  0.55 (0.75)
-//   64                 0.95 (0.84)  1.03 (0.82)  1.29 (1.02)  1.68 (1.17)  1.00 (0.82)  see below
-//   128                1.05 (0.92)  1.21 (0.94)  1.73 (1.25)      -        1.00 (0.83)  1.09 (0.89)
-//   256                1.02 (1.02)  1.34 (1.11)  1.64 (1.30)      -        1.21 (1.03)  1.36 (1.19)
-//   512                0.86 (0.96)  0.95 (0.96)      -            -        0.93 (0.90)  1.18 (1.15)
+//   tiles = N * ceil(Ho/4) * ceil(Wo/4)
+//   N=2: size (tiles)   7 (8)        14 (32)      28 (98)      56 (392)
+//   16                 1.06 (0.97)  1.21 (1.06)  1.72 (1.17)  1.20 (1.17)
+//   32                 1.08 (0.96)  1.25 (1.05)  1.61 (1.19)  1.45 (1.21)
+//   64                 0.98 (0.78)  1.18 (0.95)  1.40 (1.16)  1.57 (1.29)
+//   128                0.45 (0.62)  0.74 (0.80)  1.48 (1.15)  1.69 (1.26)
+//   256                0.47 (0.55)  0.69 (0.75)  1.59 (1.25)  2.11 (1.56)
+//   512                0.29 (0.33)  0.50 (0.62)  1.17 (1.03)  1.93 (1.49)
+//   N=32: every measured shape wins (16..512 channels at 7..56 px, fewest tiles 128): 1.15-2.04 (1.09-1.53).
 //
-// So: the transforms cost ~(C + K) per tile against C*K multiply-adds saved, which few channels cannot
-// repay; and U (36 x C x K) is transformed and streamed per call, which needs enough tiles to amortise.
+// So: the filter's transform U (36 x C x K values) is made and streamed on every call, and only enough tiles
+// repay it -- at 64 tiles or more Winograd won everywhere measured; below, only few channels (C*K small, U
+// cheap) still win. Below 16 channels nothing was measured: direct.
 bool wins(int64_t N, int64_t C, int64_t K, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ((Ho + 3) / 4) * ((Wo + 3) / 4), ch = std::min(C, K);
-  if (ch >= 64) return tiles >= 256;
-  if (ch >= 32) return tiles >= 4096;
-  return false;
+  if (ch < 16) return false;
+  if (tiles >= 64) return true;
+  return ch <= 32 && tiles >= 16;
 }
 
 }  // namespace
