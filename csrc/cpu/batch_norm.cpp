@@ -21,6 +21,9 @@
 // Vectorisation without -ffast-math: `#pragma omp simd reduction(+: ...)` allows reordering exactly those
 // float sums (each SIMD lane keeps a partial sum). The activation's branches are selects on a compile-time
 // activation kind (template parameter), so the loops stay branch-free.
+//
+// Why one long file: seven ops share the per-channel statistics, the layout walks and the gradient
+// constants; next split if it grows: the separable SyncBatchNorm steps to csrc/cpu/batch_norm/.
 #include <torch/library.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

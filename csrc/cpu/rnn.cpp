@@ -13,6 +13,9 @@
 // AVX-512/AVX2 code (checked with -fopt-info-vec for the fp32 loops; the fp16/bf16 conversions keep those
 // loops scalar). Relative error ~2 ulp, far inside the parity tolerances. float64 uses std::exp/std::tanh
 // (tests and gradcheck, not speed).
+//
+// Why one long file: the LSTM and GRU gate math is written once and used by both the per-step kernels
+// and the one-region sequence loop, forward and backward; next split: the region loop to csrc/cpu/rnn/.
 #include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>

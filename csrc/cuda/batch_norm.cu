@@ -25,6 +25,9 @@
 // The activation kind is a runtime argument: it is the same for every thread, so its branches cost a
 // predictable, uniform jump -- not worth 3x the kernel instantiations. Math is fp32 (fp64 for fp64 input);
 // fp16/bf16 only load and store. Index math is 64-bit.
+//
+// Why one long file: the statistics, apply and backward kernels share the tile walk and the moment
+// merges; the cooperative one-read path is already its own part, batch_norm/coop.cu.
 #include <cuda_runtime.h>
 
 #include <climits>

@@ -36,6 +36,9 @@
 // ~90% of cuDNN; the structure above is the part to understand first.
 //
 // Index math is int64 for anything that addresses a tensor (N*C*H*W can pass 2^31); tap indices are int.
+//
+// Why one long file: the three implicit-GEMM kernels share the tile loaders and the index math that the
+// tests run on the host; the depthwise kernels at the end share the epilogue.
 #include <cuda_runtime.h>
 #include <mma.h>
 

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common.h"
+#include "conv2d_internal.h"
 #include "winograd.h"
 
 // MKL's (or OpenBLAS's) Fortran GEMMs, exported by libtorch_cpu in the usual builds. Weak, so the library
@@ -303,15 +304,6 @@ int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
   return std::max<int64_t>(1, (tiles + blocks - 1) / blocks);
 }
 
-template <typename F>
-void with_kind(int kind, F&& f) {
-  switch (kind) {
-    case kActRelu: f(std::integral_constant<int, kActRelu>()); break;
-    case kActGeneralRelu: f(std::integral_constant<int, kActGeneralRelu>()); break;
-    default: f(std::integral_constant<int, kActNone>()); break;
-  }
-}
-
 // The convolution itself: x (N, C, H, W) any layout, w (K, C, 3, 3), bias nullptr or K values; writes y, z
 // (z may be nullptr) of shape (N, K, Ho, Wo) in NCHW or channels_last.
 template <typename T>
@@ -335,7 +327,7 @@ void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph,
   const int64_t TB = pick_block(tiles, C, K, sizeof(T));
   const int64_t blocks = (tiles + TB - 1) / TB;
   const int64_t sk = out_cl ? 1 : Ho * Wo, sh = out_cl ? Wo * K : Wo, sw = out_cl ? K : 1;
-  with_kind(act.kind, [&](auto kind_c) {
+  conv_cpu::with_act(act.kind, [&](auto kind_c) {  // one template per activation, as the direct path
     constexpr int KIND = decltype(kind_c)::value;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
