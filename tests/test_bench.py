@@ -93,16 +93,21 @@ def test_chart_is_drawn_without_pyplot(tmp_path):
 
 
 def test_benchmarks_are_one_package_imported_one_way():
-    """The cases import as `benchmarks.bench_<op>` (a wheel: `pydl._benchmarks.bench_<op>`), and loading them
+    """The cases import as `pydl._benchmarks.bench_<op>` where the install maps that package (a wheel, and a
+    strict editable install, as CI's `pip install -e .` is: importable from any directory), else as the
+    checkout's `benchmarks.bench_<op>`; either way one package, the checkout's files here, and loading them
     neither edits sys.path nor leaves a top-level module named `common` behind."""
-    code = ("import sys; before = list(sys.path); from pydl import bench\n"
+    code = ("import importlib.util, sys; before = list(sys.path); from pydl import bench\n"
             "bench.collect_cases(['act_stats'], quick=True, device='cpu')\n"
             "assert sys.path == before, 'sys.path was edited'\n"
             "assert 'common' not in sys.modules, 'a top-level module named common'\n"
-            "print(bench.bench_module('act_stats').__name__, bench.common().__name__)")
+            "want = 'pydl._benchmarks' if importlib.util.find_spec('pydl._benchmarks') else 'benchmarks'\n"
+            "print(want, bench.bench_module('act_stats').__name__, bench.common().__name__, bench.common().__file__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["benchmarks.bench_act_stats", "benchmarks.common"]
+    want, mod, common, path = r.stdout.split()
+    assert [mod, common] == [f"{want}.bench_act_stats", f"{want}.common"]
+    assert os.path.samefile(path, os.path.join(ROOT, "benchmarks", "common.py"))
     # and one file runs on its own, as a module of the package
     r = subprocess.run([sys.executable, "-m", "benchmarks.bench_act_stats", "--help"], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)
