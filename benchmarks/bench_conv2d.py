@@ -15,7 +15,7 @@ unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x. Winograd on the CPU: the Re
 >= 1.3x forward, >= 1.1x forward+backward, at N=2 and at a training batch (N=32, the "ResNet stage" cases of
 the full set).
 
-``python benchmarks/bench_conv2d.py --crossover [--threads 2]`` times pydl's Winograd against pydl's direct
+``python -m benchmarks.bench_conv2d --crossover [--threads 2]`` times pydl's Winograd against pydl's direct
 path (the "torch" column is the direct path there) over a grid of channels, sizes and batches: the source of
 the crossover table in csrc/cpu/conv2d/winograd.cpp (``wins``).
 """

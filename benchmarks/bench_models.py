@@ -8,7 +8,7 @@ Both sides run the same weights and inputs in one process; ``pydl`` is a deep co
 its Conv2d/BatchNorm2d/... swapped by ``pydl.convert`` (so every conv goes through pydl's CPU kernels, and
 the 3x3 stride-1 ones through Winograd where the crossover table picks it).
 
-Run: ``pydl bench models`` or ``python benchmarks/bench_models.py [--threads 2]``.
+Run: ``pydl bench models`` or ``python -m benchmarks.bench_models [--threads 2]``.
 """
 import copy
 

@@ -29,7 +29,7 @@ fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per 
 Measured on the 2-core box while it was shared (load average 4.5-4.7, threads=2, time_pair medians, spreads
 wide): LSTM T50 B32 256->256 forward 1.43x torch, forward+backward 1.41x; GRU 2.1x / 1.6x; the interleaved
 minima of the same run read 0.89x / 1.43x (LSTM), 0.70x / 1.48x (GRU). Re-measure on a quiet machine:
-`python benchmarks/bench_rnn.py --quick --threads 2 --interleaved` (or `pydl bench rnn --quick --threads 2`).
+`python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or `pydl bench rnn --quick --threads 2`).
 Open lead: on one thread the region's per-step GEMM measured ~125 us against ~45 us for the same micro-kernel
 run alone (a loaded machine; L2 shared over time slices?) -- profile on a quiet machine before tuning further.
 """

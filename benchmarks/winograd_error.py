@@ -9,18 +9,29 @@ Data as a ResNet layer sees it: inputs post-BN-ReLU (unit normal, then ReLU), He
 * bound use: max |y - truth| / winograd_bound (tests/winograd_ref.py) -- how much of the rigorous bound the
   observed error uses (the tests compare with the bound itself).
 
-Run: ``python benchmarks/winograd_error.py`` (from the repository root).
+Run: ``python -m benchmarks.winograd_error`` (from the repository root).
 """
+import importlib.util
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from winograd_ref import unit_roundoff, winograd_bound
-
 import pydl
+
+
+def _oracle():
+    """tests/winograd_ref.py, the tests' fp64 prototype and bound, loaded from its file: the tests own it and
+    tests/ is not a package (no sys.path edit, no second copy)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "winograd_ref.py")
+    spec = importlib.util.spec_from_file_location("pydl_tests_winograd_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_ref = _oracle()
+unit_roundoff, winograd_bound = _ref.unit_roundoff, _ref.winograd_bound
 
 LAYERS = [(2, 16, 56), (2, 64, 56), (2, 128, 28), (2, 256, 14), (2, 512, 7)]
 
