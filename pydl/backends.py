@@ -26,12 +26,12 @@ a failed build or a missing tool rather than a kernel that does not exist, warns
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, Optional, Tuple
 
 from . import _build, _env
 from ._kinds import BACKENDS, NAMES, Reason
+from ._setting import ScopedSetting
 
 # BACKENDS (the names), NAMES (those and "auto") and Reason live in the leaf pydl/_kinds.py, below the
 # builder that this module uses; they are part of this module's API.
@@ -42,46 +42,34 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
 }
 
-# None: not chosen in code yet, so PYDL_BACKEND decides. It is parsed on first use rather than at import, so a
-# bad value surfaces as a clear error from the first op (and `pydl doctor` can still start and report it).
-_process_default: Optional[str] = None
-_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pydl_backend", default=None)
-
-
 def _check_name(name: str) -> str:
     if name not in NAMES:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
     return name
 
 
+# Until set_backend is called, PYDL_BACKEND decides. It is parsed on first use rather than at import, so a bad
+# value surfaces as a clear error from the first op (and `pydl doctor` can still start and report it); not
+# cached when it raises: every call names the variable until it is fixed or set_backend is used.
+BACKEND_SETTING: ScopedSetting[str] = ScopedSetting("pydl_backend", _check_name,
+                                                     lambda: _env.choice("PYDL_BACKEND", NAMES, "auto"))
+
+
 def set_backend(name: str) -> None:
     """Set the process-wide default backend."""
-    global _process_default
-    _process_default = _check_name(name)
+    BACKEND_SETTING.set(name)
 
 
 def get_backend() -> str:
     """The backend a call without ``backend=`` uses here: the innermost ``with backend(...)``, else the
     process default (``set_backend``, else ``PYDL_BACKEND``, else ``auto``)."""
-    global _process_default
-    ctx = _context.get()
-    if ctx is not None:
-        return ctx
-    if _process_default is None:
-        # Not cached when it raises: every call names the variable until it is fixed or set_backend is used.
-        _process_default = _env.choice("PYDL_BACKEND", NAMES, "auto")
-    return _process_default
+    return BACKEND_SETTING.get()
 
 
-@contextlib.contextmanager
-def backend(name: str) -> Iterator[str]:
+def backend(name: str) -> ContextManager[str]:
     """``with pydl.backend("triton"): ...`` runs every pydl op inside on that backend (thread- and
     asyncio-safe: it is a context variable)."""
-    token = _context.set(_check_name(name))
-    try:
-        yield name
-    finally:
-        _context.reset(token)
+    return BACKEND_SETTING.scope(name)
 
 
 # --------------------------------------------------------------------------------------------------

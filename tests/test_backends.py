@@ -91,8 +91,10 @@ def test_backend_override_plugs_in_a_kernel():
 @pytest.fixture
 def env_default(monkeypatch):
     """Let PYDL_BACKEND be read afresh, and put the process default back afterwards."""
-    monkeypatch.setattr(backends, "_process_default", None)
+    before = backends.BACKEND_SETTING.get()
+    backends.BACKEND_SETTING.forget()
     yield
+    backends.BACKEND_SETTING.set(before)
     backends.reset_caches()
 
 

@@ -240,7 +240,7 @@ def test_packages_export_what_their_modules_export():
 # The layers of docs/ARCHITECTURE.md ("Layers and imports"), lowest first: a module may import from its own
 # layer or a lower one. The package pydl itself sits above the modules it re-exports (ops, nn).
 LAYERS = (
-    ("pydl._env", "pydl._kinds", "pydl._paths", "pydl._version", "pydl._layout"),
+    ("pydl._env", "pydl._kinds", "pydl._paths", "pydl._version", "pydl._layout", "pydl._setting"),
     ("pydl._emu",),
     ("pydl._build",),
     ("pydl.backends",),

@@ -81,18 +81,17 @@ clamp into maxv); at a NaN pre-activation relu's gradient passes and a clamp's s
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import numbers
-from collections.abc import Iterator, Sequence
-from typing import Optional, Tuple, Union
+from collections.abc import Sequence
+from typing import ContextManager, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .. import _env, backends
 from .._layout import acc_dtype, out_memory_format
+from .._setting import ScopedSetting
 from . import _activation
 from ._common import LIB, check_floating, compiled
 
@@ -290,8 +289,6 @@ def _cuda(name: str, namespace: str = "pydl_cuda"):
 # --------------------------------------------------------------------------------------------------
 
 ALGOS = ("auto", "direct", "winograd")  # the codes the C++ side takes: their index
-_algo_default = "auto"
-_algo_context: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pydl_conv2d_algo", default=None)
 
 
 def _check_algo(algo) -> str:
@@ -300,28 +297,24 @@ def _check_algo(algo) -> str:
     return algo
 
 
+ALGO_SETTING: ScopedSetting[str] = ScopedSetting("pydl_conv2d_algo", _check_algo, "auto")
+
+
 def set_conv2d_algo(algo: str) -> None:
     """Set the process-wide default CPU conv2d algorithm: "auto", "direct" or "winograd"."""
-    global _algo_default
-    _algo_default = _check_algo(algo)
+    ALGO_SETTING.set(algo)
 
 
 def get_conv2d_algo() -> str:
     """The algorithm a CPU conv2d uses here: the innermost ``with conv2d_algo(...)``, else the process default."""
-    ctx = _algo_context.get()
-    return _algo_default if ctx is None else ctx
+    return ALGO_SETTING.get()
 
 
-@contextlib.contextmanager
-def conv2d_algo(algo: str) -> Iterator[str]:
+def conv2d_algo(algo: str) -> ContextManager[str]:
     """``with pydl.conv2d_algo("direct"): ...``: CPU convolutions inside use that algorithm (thread- and
     asyncio-safe: a context variable). ``"winograd"`` applies to 3x3 stride-1 convs (one group, dilation 1,
     fp32/fp64) and leaves the rest on the direct path; ``"auto"`` picks per shape."""
-    token = _algo_context.set(_check_algo(algo))
-    try:
-        yield algo
-    finally:
-        _algo_context.reset(token)
+    return ALGO_SETTING.scope(algo)
 
 
 def _cpu(name: str):
