@@ -129,6 +129,21 @@ def test_gradcheck_fp64(cl, padding, act):
     assert torch.autograd.gradcheck(f, (x, w, b), atol=1e-8)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "general_relu"])
+def test_gradgradcheck_fp64(cl, act):
+    # second derivatives (a gradient penalty): the backward's own autograd is made of conv2d and
+    # conv2d_backward, so inside the block every one of those calls takes the Winograd path too
+    x, w, b = make(1, 2, 5, 6, 3, torch.float64, cl=cl)
+    x, w, b = (t.clone().requires_grad_(True) for t in (x, w, b))
+
+    def f(x, w, b):
+        return pydl.conv2d(x, w, b, padding=1, backend="cpu", **act_kwargs(act))
+
+    with pydl.conv2d_algo("winograd"):
+        assert torch.autograd.gradgradcheck(f, (x, w, b), atol=1e-8)
+
+
 def _fwd_bwd(x, w, b, algo, **kw):
     x = x.detach().clone().requires_grad_(True)
     y = pydl.conv2d(x, w, b, backend="cpu", algo=algo, **kw)
