@@ -13,9 +13,17 @@ the CPU backend's channel blocking makes the second read an L2 hit for contiguou
 backend's one-pass kernels keep x (and dy) in shared memory across a grid barrier when they fit (set
 PYDL_BN_ONEPASS=0 to time its two-kernel path instead).
 
+``--overhead``: the per-call cost of tiny inputs (2x64x2x2 fp32, 1 thread), where the kernel's work is
+negligible and what is measured is everything around it (argument checks, dispatch, autograd bookkeeping).
+Thread CPU time (time.thread_time: other processes on a shared machine do not count), torch and pydl
+alternated in blocks, the minimum block kept, for eval / train / forward+backward in both layouts.
+
 Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
 forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
 """
+import sys
+import time
+
 import torch
 
 import pydl
@@ -105,5 +113,50 @@ def cases(quick: bool, device: str):
     return out
 
 
+def _overhead_pairs(shape=(2, 64, 2, 2)):
+    """(name, torch_fn, pydl_fn) for the per-call overhead table: the same module calls as cases() above."""
+    C = shape[1]
+    out = []
+    for layout in ("contiguous", "channels_last"):
+        x = _make(shape, torch.float32, "cpu", layout)
+        xg = x.detach().clone().requires_grad_()
+        dy = _make(shape, torch.float32, "cpu", layout)
+        tag = "" if layout == "contiguous" else " CL"
+        for mode in ("eval", "train", "f+b"):
+            ref = torch.nn.BatchNorm2d(C).train(mode != "eval")
+            ours = pydl.nn.BatchNorm2d(C, backend="cpu").train(mode != "eval")
+            if mode == "f+b":
+                def fn(m):
+                    return lambda: torch.autograd.grad(m(xg), (xg, m.weight, m.bias), dy)
+            else:
+                def fn(m):
+                    return lambda: m(x)
+            out.append((mode + tag, fn(ref), fn(ours)))
+    return out
+
+
+def overhead(rounds: int = 15, calls: int = 200) -> None:
+    """Per-call thread CPU time, us (min over rounds of a block of `calls` calls), torch vs pydl, 1 thread."""
+    torch.set_num_threads(1)
+    print("| case (2x64x2x2 fp32, 1 thread) | pydl us/call | torch us/call | torch/pydl |")
+    print("|---|---|---|---|")
+    for name, theirs, mine in _overhead_pairs():
+        best = {}
+        for fn in (theirs, mine):
+            for _ in range(20):  # warm-up (first-call costs, allocator)
+                fn()
+        for _ in range(rounds):
+            for key, fn in (("torch", theirs), ("pydl", mine)):
+                t0 = time.thread_time()
+                for _ in range(calls):
+                    fn()
+                best[key] = min(best.get(key, float("inf")), (time.thread_time() - t0) / calls)
+        print(f"| {name} | {best['pydl'] * 1e6:.1f} | {best['torch'] * 1e6:.1f} | "
+              f"{best['torch'] / best['pydl']:.2f}x |", flush=True)
+
+
 if __name__ == "__main__":
-    main_for(cases)  # --interleaved: benchmarks.common.run_interleaved, for a busy machine
+    if "--overhead" in sys.argv[1:]:
+        overhead()
+    else:
+        main_for(cases)  # --interleaved: benchmarks.common.run_interleaved, for a busy machine
