@@ -126,10 +126,10 @@ def _overhead_pairs(shape=(2, 64, 2, 2)):
             ref = torch.nn.BatchNorm2d(C).train(mode != "eval")
             ours = pydl.nn.BatchNorm2d(C, backend="cpu").train(mode != "eval")
             if mode == "f+b":
-                def fn(m):
+                def fn(m, xg=xg, dy=dy):
                     return lambda: torch.autograd.grad(m(xg), (xg, m.weight, m.bias), dy)
             else:
-                def fn(m):
+                def fn(m, x=x):
                     return lambda: m(x)
             out.append((mode + tag, fn(ref), fn(ours)))
     return out

@@ -17,6 +17,7 @@ keep the random shapes away from that corner rather than loosening every toleran
 """
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -634,3 +635,109 @@ def test_ops_check_count_and_num_batches_tracked(cpu_backend):
             torch.ops.pydl_cpu.batch_norm_forward(x, None, None, None, None, True, 0.0, "none", 0, 0, math.inf)
         with pytest.raises(ValueError, match="momentum must be a finite float"):
             torch.ops.pydl_cpu.batch_norm_update_running(z.clone(), o.clone(), z, o, 8, math.inf, None)
+
+
+def _op_path(monkeypatch):
+    """Send pydl.batch_norm through the registered op (torch.ops.pydl.batch_norm), as under torch.compile,
+    instead of its eager door."""
+    # the module by its sys.modules name: pydl.ops.batch_norm the attribute is the function
+    monkeypatch.setattr(sys.modules["pydl.ops.batch_norm"], "plain_eager", lambda *tensors: False)
+
+
+def _bn_run(x, training, affine, running, act, backend):
+    """One batch_norm call with fresh parameters and its three gradients; everything it produced."""
+    C = x.shape[1]
+    g = torch.Generator().manual_seed(3)
+    w = (torch.rand(C, generator=g) + 0.5).requires_grad_() if affine else None
+    b = torch.randn(C, generator=g).requires_grad_() if affine else None
+    rm, rv = (torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5) if running else (None, None)
+    xg = x.detach().clone().requires_grad_()
+    y = pydl.batch_norm(xg, rm, rv, w, b, training, 0.1, 1e-5, *act, backend=backend)
+    dy = torch.randn(x.shape, generator=g).to(x.dtype)
+    ins = [xg] + ([w, b] if affine else [])
+    return y, torch.autograd.grad(y, ins, dy), rm, rv
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("training, running", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eager_door_and_the_op_agree(cpu_backend, kind, training, running, affine, monkeypatch):
+    """A plain eager call takes the eager door (an autograd.Function calling the kernels directly); the
+    registered op is what torch.compile and opcheck see. The same kernels run on both paths: y, the
+    running stats and every gradient must be bit-identical, with y's strides the same."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = layout(torch.randn(3, 4, 2, 3), kind)
+    act = ACTS[2] if affine else ACTS[1]
+    door = _bn_run(x, training, affine, running, act, cpu_backend)
+    assert type(door[0].grad_fn).__name__ == "_EagerBatchNormBackward", "a plain eager call takes the door"
+    with monkeypatch.context() as m:
+        _op_path(m)
+        op = _bn_run(x, training, affine, running, act, cpu_backend)
+    assert type(op[0].grad_fn).__name__ != "_EagerBatchNormBackward"
+    assert door[0].stride() == op[0].stride() == x.stride()
+    assert torch.equal(door[0], op[0]), "y"
+    for g_door, g_op, name in zip(door[1], op[1], ("dx", "dweight", "dbias")):
+        assert torch.equal(g_door, g_op), name
+    if running:
+        assert torch.equal(door[2], op[2]) and torch.equal(door[3], op[3]), "running stats"
+
+
+def test_eager_door_is_only_for_plain_eager_calls():
+    """No door under a TorchFunctionMode, for a tensor subclass or inside vmap: those must see the registered
+    op (what they know how to handle). Without a gradient to track there is no autograd node at all."""
+    from torch.overrides import TorchFunctionMode
+
+    from pydl.ops._common import plain_eager
+
+    x, w = torch.randn(2, 3, 4), torch.ones(3, requires_grad=True)
+    assert plain_eager(x, w, None)
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Sub(torch.Tensor):
+        pass
+
+    with Mode():
+        assert not plain_eager(x)
+        y = pydl.batch_norm(x, weight=w, training=True, backend="reference")
+    assert type(y.grad_fn).__name__ != "_EagerBatchNormBackward"
+    assert not plain_eager(x.as_subclass(Sub))
+    seen = []
+    torch.vmap(lambda t: seen.append(plain_eager(t)) or t)(x)
+    assert seen == [False]
+    with torch.no_grad():
+        assert pydl.batch_norm(x, weight=w, training=True, backend="reference").grad_fn is None
+
+
+def test_gradgradcheck_float64_through_the_op(monkeypatch):
+    """The double backward of the registered op path (test_gradgradcheck_float64 takes the eager door)."""
+    _op_path(monkeypatch)
+    f, x, w, b = _bn_float64("reference", True, ACTS[2])
+    assert torch.autograd.gradgradcheck(f, (x.requires_grad_(), w, b))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 4, 1), (2, 3, 1, 4), (1, 3, 2, 1), (3, 1, 2, 2)])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("training", [True, False])
+def test_cpu_layout_with_size_one_dims(cpu_backend, shape, kind, training):
+    """Size-1 dims make a tensor's layout ambiguous (their strides are arbitrary, and (N, C, 1, 1) is both
+    contiguous and channels_last): the kernels must classify it by the strides that matter, and give y
+    x's strides."""
+    require_backend(cpu_backend, "cpu", OP)
+    x = layout(torch.randn(shape), kind)
+    if training and channel_count_of(shape) == 1:
+        return
+    check_case(cpu_backend, x, training)
+    rm, rv = torch.zeros(shape[1]), torch.ones(shape[1])
+    y = pydl.batch_norm(x, rm, rv, training=training, backend=cpu_backend)
+    assert y.stride() == x.stride()
+    # the same memory with arbitrary strides on the size-1 dims: the same answer
+    odd = x.as_strided(x.shape, [st if n != 1 else 1000 + d for d, (n, st) in enumerate(zip(x.shape, x.stride()))])
+    y_odd = pydl.batch_norm(odd, rm, rv, training=training, backend=cpu_backend)
+    close(y_odd, y, TOL[torch.float32], "odd strides")
+
+
+def channel_count_of(shape):
+    return math.prod(shape) // shape[1]

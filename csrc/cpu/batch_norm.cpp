@@ -56,24 +56,37 @@ struct Geometry {
   int64_t count() const { return N * L; }
 };
 
-// (N, spatial..., C) dense, with the channel fastest; 2-D (N, C) is rows of channels already.
+// (N, spatial..., C) dense, with the channel fastest; 2-D (N, C) is rows of channels already. Read from the
+// strides, in the order C, last spatial, ..., first spatial, N, without building a permuted view. A size-1
+// dim's stride says nothing (torch gives such dims whatever stride), so it is skipped, as is_contiguous
+// does: a (N, C, H, 1) or (N, C, 1, W) tensor is classified by the order of its other strides alone.
 bool is_channels_last(const at::Tensor& x) {
   if (x.dim() == 2) return x.is_contiguous();
   if (x.dim() < 3 || x.is_contiguous()) return false;  // both layouts fit: read it as contiguous
-  std::vector<int64_t> perm{0};
-  for (int64_t d = 2; d < x.dim(); ++d) perm.push_back(d);
-  perm.push_back(1);
-  return x.permute(perm).is_contiguous();
+  const auto sizes = x.sizes();
+  const auto strides = x.strides();
+  int64_t expected = 1;
+  auto fits = [&](int64_t d) {
+    if (sizes[d] == 1) return true;
+    if (strides[d] != expected) return false;
+    expected *= sizes[d];
+    return true;
+  };
+  if (!fits(1)) return false;
+  for (int64_t d = x.dim() - 1; d >= 2; --d)
+    if (!fits(d)) return false;
+  return fits(0);
 }
 
 // x itself if contiguous or channels last, else a contiguous copy; the geometry to index it with.
 at::Tensor dense(const at::Tensor& x, Geometry& g) {
-  at::Tensor d = (x.is_contiguous() || is_channels_last(x)) ? x : x.contiguous();
+  const bool cl = is_channels_last(x);
+  at::Tensor d = (cl || x.is_contiguous()) ? x : x.contiguous();
   g.N = d.size(0);
   g.C = d.size(1);
   g.L = 1;
   for (int64_t i = 2; i < d.dim(); ++i) g.L *= d.size(i);
-  g.cl = is_channels_last(d);
+  g.cl = cl;
   return d;
 }
 
@@ -124,15 +137,25 @@ void dispatch_act(int kind, F&& f) {
   }
 }
 
-// A per-channel tensor (optional) as a vector in the accumulation type; `dflt` where absent.
+// A per-channel tensor (optional) as a vector in the accumulation type; `dflt` where absent. Already in the
+// accumulation type (the common case: fp32 parameters of fp32/fp16/bf16 x), it is read in place, at its
+// stride: a to()/contiguous() is a dispatcher round trip each, which on a small input costs more than the
+// normalisation itself.
 template <typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<at::Tensor>& t, int64_t C, acc_t dflt) {
   std::vector<acc_t> out(C, dflt);
-  if (t.has_value() && t->defined()) {
-    const at::Tensor a = t->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* p = a.data_ptr<acc_t>();
-    std::copy(p, p + C, out.begin());
+  if (!t.has_value() || !t->defined()) return out;
+  if (t->scalar_type() == c10::CppTypeToScalarType<acc_t>::value) {
+    const acc_t* p = t->const_data_ptr<acc_t>();
+    const int64_t s = t->stride(0);
+    for (int64_t c = 0; c < C; ++c) out[c] = p[c * s];
+    return out;
   }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t->scalar_type(), "pydl_bn_per_channel", [&] {
+    const scalar_t* p = t->const_data_ptr<scalar_t>();
+    const int64_t s = t->stride(0);
+    for (int64_t c = 0; c < C; ++c) out[c] = acc_t(p[c * s]);
+  });
   return out;
 }
 
@@ -734,9 +757,10 @@ void bn_update_running(at::Tensor& running_mean, at::Tensor& running_var, const 
   if (count == 0) return;  // an empty batch leaves the running stats alone (as torch does)
   const double f = momentum.has_value() ? *momentum : 1.0 / double(nbt);
   const double bessel = count > 1 ? double(count) / double(count - 1) : 1.0;  // n / (n - 1): unbiased variance
-  const at::Tensor m = mean.to(at::kDouble).contiguous(), v = var.to(at::kDouble).contiguous();
-  const double* mp = m.data_ptr<double>();
-  const double* vp = v.data_ptr<double>();
+  // mean and var read in place in double (per_channel: no to(kDouble) copies to allocate)
+  const std::vector<double> mv = per_channel<double>(mean, C, 0.0), vv = per_channel<double>(var, C, 0.0);
+  const double* mp = mv.data();
+  const double* vp = vv.data();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "pydl_bn_rm", [&] {
     scalar_t* r = running_mean.data_ptr<scalar_t>();  // (C,) tensors: stride 1 unless someone sliced them
     const int64_t s = running_mean.stride(0);

@@ -22,6 +22,34 @@ LIB = torch.library.Library("pydl", "FRAGMENT")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+# --------------------------------------------------------------------------------------------------
+# "Is this a plain eager call?" An op may take a fast path that skips its registered torch.library op (whose
+# generated autograd wrapper costs tens of microseconds a call) only when nothing could tell the
+# difference: no tracer, compiler, mode or transform is watching, and every tensor is a plain torch.Tensor
+# (a subclass may override __torch_function__/__torch_dispatch__). Anything else takes the registered op,
+# which is what torch.compile, opcheck, FakeTensor, vmap and friends understand.
+# --------------------------------------------------------------------------------------------------
+
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_peek_interpreter_stack = torch._C._functorch.peek_interpreter_stack
+_len_torch_dispatch_stack = torch._C._len_torch_dispatch_stack
+_is_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_get_tracing_state = torch._C._get_tracing_state
+
+
+def plain_eager(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when the call is plain eager PyTorch: no torch.compile / dynamo tracing, no torch.jit tracing, no
+    TorchFunctionMode or TorchDispatchMode (FakeTensorMode, FunctionalTensorMode, proxy tracing...), no
+    functorch transform (vmap/grad/jvp wrap tensors that still look like torch.Tensor), and every tensor
+    given (None allowed) is exactly a torch.Tensor or nn.Parameter. Costs well under a microsecond."""
+    for t in tensors:
+        if t is not None and type(t) not in PLAIN_TENSOR_TYPES:
+            return False
+    return not (torch.compiler.is_compiling() or _get_tracing_state() is not None
+                or _is_torch_function_mode_enabled() or _len_torch_dispatch_stack() > 0
+                or _peek_interpreter_stack() is not None)
+
+
 def check_floating(t: object, op: str, arg: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"pydl.{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")

@@ -94,7 +94,7 @@ import torch
 from .. import backends
 from .._layout import acc_dtype, channel_count, dense_layout
 from . import _activation
-from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real
+from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real, plain_eager
 
 __all__ = ["batch_norm", "batch_norm_reference", "batch_norm_stats", "batch_norm_apply",
            "batch_norm_backward_reduce", "batch_norm_backward_elemt"]
@@ -159,16 +159,26 @@ def _check_stat(t, name: str, x, op: str) -> None:
 def check_forward_args(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
                        op="batch_norm") -> None:
     _check_x(x, op)
+    _check_params(x, weight, bias, running_mean, running_var, op)
+    check_mode(x, running_mean, running_var, use_batch_stats, op)
+    check_eps(eps, use_batch_stats, op)
+    _activation.check_act(act, leak, sub, maxv, op)
+
+
+def _check_params(x, weight, bias, running_mean, running_var, op: str) -> None:
     for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
                     (running_var, "running_var")):
         _check_param(t, name, x, op)
+
+
+def check_mode(x, running_mean, running_var, use_batch_stats: bool, op: str) -> None:
+    """What training and eval each need: more than one value per channel to take statistics of; running
+    stats to normalise with."""
     if use_batch_stats:
         if channel_count(x) == 1:  # torch's exact words: code that catches them keeps working
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
     elif running_mean is None or running_var is None:
         raise ValueError(f"pydl.{op}: eval mode (use_batch_stats=False) needs running_mean and running_var")
-    check_eps(eps, use_batch_stats, op)
-    _activation.check_act(act, leak, sub, maxv, op)
 
 
 def check_eps(eps, use_batch_stats: bool, op: str) -> None:
@@ -399,6 +409,14 @@ def _out_dtype(t, fallback):
 
 def _forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv, backend):
     check_forward_args(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv)
+    return _run_forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
+                        backend)
+
+
+# _run_forward / _run_backward: the work after the checks, shared by the dispatcher kernels and the eager
+# door (below), so the two paths cannot drift apart.
+
+def _run_forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv, backend):
     if use_batch_stats:
         running_mean = running_var = None  # not read: the kernels need not see them
     return kernels(backend, x.device.type).forward(dense_layout(x), weight, bias, running_mean, running_var,
@@ -425,6 +443,11 @@ def _like(dy, x):
 
 def _backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad, backend):
     _check_backward_args(dy, x, mean, invstd, weight, bias, act, leak, sub, maxv, "batch_norm_backward")
+    return _run_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad,
+                         backend)
+
+
+def _run_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv, input_grad, backend):
     x = dense_layout(x)
     dx, dw, db = kernels(backend, x.device.type).backward(_like(dy, x), x, mean, invstd, weight, bias,
                                                           use_batch_stats, act, leak, sub, maxv, input_grad)
@@ -624,6 +647,58 @@ torch.library.register_autograd("pydl::batch_norm_backward", _double_backward,
 
 
 # --------------------------------------------------------------------------------------------------
+# The eager door: plain eager calls skip the registered op
+# --------------------------------------------------------------------------------------------------
+# torch.ops.pydl.batch_norm goes through the dispatcher twice (Autograd, then CPU/CUDA) and through the
+# Python autograd wrapper torch.library generates from register_autograd (argument normalisation with
+# fill_defaults, pytree flattening, a fresh autograd.Function per call...): ~40 us a call, several times
+# torch's whole eager batch_norm on a small input. For a plain eager call (pydl.ops._common.plain_eager:
+# no compiler, tracer, mode or transform watching, plain tensors), batch_norm runs the same checks and the
+# same kernels (_run_forward/_run_backward) through this small autograd.Function instead. Everything else
+# (torch.compile, opcheck, FakeTensor, vmap, subclasses) still sees the registered op, the one they can
+# trace. (Not a C++ autograd kernel: it would need a build per backend, and the Triton and reference
+# backends are Python.)
+
+class _EagerBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
+                backend):
+        y, mean, invstd, var = _run_forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps,
+                                            act, leak, sub, maxv, backend)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.args = (use_batch_stats, act, leak, sub, maxv, backend)
+        ctx.mark_non_differentiable(mean, invstd, var)
+        return y, mean, invstd, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dinvstd, _dvar):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        use_batch_stats, act, leak, sub, maxv, backend = ctx.args
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty): the registered backward op, whose own autograd is the
+            # double backward -- exactly what the registered forward's backward does
+            dx, dw, db = torch.ops.pydl.batch_norm_backward(dy, x, mean, invstd, weight, bias, use_batch_stats,
+                                                            act, leak, sub, maxv, need_x, backend)
+        else:
+            dx, dw, db = _run_backward(dy, x, mean, invstd, weight, bias, use_batch_stats, act, leak, sub, maxv,
+                                       need_x, backend)
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None) + (None,) * 9
+
+
+def _forward_eager(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
+                   backend):
+    """The forward of a plain eager call (arguments already checked): no autograd node when no gradient
+    can flow (eval under no_grad, inputs without requires_grad)."""
+    if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                    or (bias is not None and bias.requires_grad)):
+        return _EagerBatchNorm.apply(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak,
+                                     sub, maxv, backend)
+    return _run_forward(x, weight, bias, running_mean, running_var, use_batch_stats, eps, act, leak, sub, maxv,
+                        backend)
+
+
+# --------------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------------
 
@@ -652,13 +727,25 @@ def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor] = None,
     if (running_mean is None) != (running_var is None):
         raise ValueError("pydl.batch_norm: pass both running_mean and running_var, or neither")
     check_eps(eps, training, op)
-    if training and running_mean is not None:
+    eager = plain_eager(x, weight, bias, running_mean, running_var, num_batches_tracked)
+    update = training and running_mean is not None
+    if update:
         momentum = check_momentum(momentum, op)
-        check_num_batches_tracked(num_batches_tracked, momentum, op, read_value=False)
-    y, mean, _invstd, var = torch.ops.pydl.batch_norm(
-        x, weight, bias, None if training else running_mean, None if training else running_var, training,
-        float(eps), act, leak_, sub_, maxv_, name)
-    if training and running_mean is not None:
+        # the eager door calls the update kernel directly, so the value check is here; otherwise the op does it
+        check_num_batches_tracked(num_batches_tracked, momentum, op, read_value=eager)
+    rm, rv = (None, None) if training else (running_mean, running_var)
+    if eager:  # the rest of the op's checks (check_forward_args), which the door skips
+        check_mode(x, running_mean, running_var, training, op)
+        _activation.check_act(act, leak_, sub_, maxv_, op)
+        y, mean, _invstd, var = _forward_eager(x, weight, bias, rm, rv, training, float(eps), act, leak_, sub_,
+                                               maxv_, name)
+        if update:
+            kernels(name, x.device.type).update_running(running_mean, running_var, mean, var, channel_count(x),
+                                                        momentum, num_batches_tracked)
+        return y
+    y, mean, _invstd, var = torch.ops.pydl.batch_norm(x, weight, bias, rm, rv, training, float(eps), act, leak_,
+                                                      sub_, maxv_, name)
+    if update:
         torch.ops.pydl.batch_norm_update_running(running_mean, running_var, mean, var, channel_count(x), momentum,
                                                  num_batches_tracked, name)
     return y
