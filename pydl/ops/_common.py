@@ -89,6 +89,8 @@ def check_int(v: object, op: str, arg: str, lo: Optional[int] = None, hi: Option
 def check_real(v: object, op: str, arg: str, accepted: str) -> float:
     """A real number (int or float, numpy scalars included; not a bool, a string or a tensor); ``accepted``
     says which values the caller may pass, for the message. Range checks are the caller's."""
+    if type(v) is float:  # the common case, without the slower isinstance against the numbers ABC
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"pydl.{op}: {arg} must be {accepted}, got {v!r} ({type(v).__name__})")
     return float(v)
@@ -100,11 +102,26 @@ def check_bool(v: object, op: str, arg: str) -> bool:
     return bool(v)
 
 
+def _backends():
+    """pydl.backends, imported on first use (it imports the op modules, which import this one); then from
+    the module global, since an import statement on every call costs more than the check itself."""
+    global _BACKENDS
+    if _BACKENDS is None:
+        from .. import backends
+
+        _BACKENDS = backends
+    return _BACKENDS
+
+
+_BACKENDS = None
+
+
 def check_backend_name(backend: Optional[str], op: str) -> str:
     """``backend=`` of a public function: None (the current default) or a backend name (checked later, when
     it is resolved, against the names pydl knows)."""
-    from .. import backends
-
+    if type(backend) is str:  # the common case first
+        return backend
+    backends = _backends()
     if backend is None:
         return backends.get_backend()
     if not isinstance(backend, str):
