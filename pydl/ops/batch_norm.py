@@ -79,6 +79,13 @@ large for the accumulation dtype is inf (invstd 0, y = bias, running_var inf), a
   inf on its contiguous path, kept in float64 on its strided one); pydl follows the contiguous path in
   every layout.
 
+**Two paths to the same kernels**: a plain eager call of :func:`batch_norm` (no compiler, tracer, mode,
+transform or tensor subclass involved) goes through the *eager door*, a small autograd.Function that calls
+the backend's kernels directly; anything else goes through the registered ops above, which torch.compile,
+opcheck and friends can trace. Both run the same checks and the same ``_run_forward``/``_run_backward``
+(see "The eager door" below, and docs/ARCHITECTURE.md, for why: the registered op's autograd wrapper costs
+~40 us a call).
+
 **Layouts**: every backend sees a *dense* x in one of two layouts, chosen once here (:func:`dense_layout`):
 "NCL" (contiguous: each (n, c) plane of L = prod(spatial) values is contiguous) or "NLC" (channels last, and
 2-D (N, C): rows of C channels). Anything else (sliced, oddly permuted) is copied to contiguous first. y and
