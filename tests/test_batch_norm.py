@@ -704,6 +704,10 @@ def test_eager_door_is_only_for_plain_eager_calls():
         y = pydl.batch_norm(x, weight=w, training=True, backend="reference")
     assert type(y.grad_fn).__name__ != "_EagerBatchNormBackward"
     assert not plain_eager(x.as_subclass(Sub))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # a TorchDispatchMode, as functionalization and proxy tracing are
+        assert not plain_eager()
     seen = []
     torch.vmap(lambda t: seen.append(plain_eager(t)) or t)(x)
     assert seen == [False]
