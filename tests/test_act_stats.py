@@ -213,6 +213,24 @@ def test_cpu_large_tensor_multithreaded():
     assert_same(s, pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, True), torch.float32)
 
 
+@pytest.mark.parametrize("C", [3, 16, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cpu_channels_last_channel_blocks(C, dtype):
+    """Per-channel channels_last (and (N, C) rows) transposes a tile 16 channels at a time: a channel count
+    below one block, exactly one, and 2.5 blocks (a partial last block); several tiles and tasks per channel,
+    NaN/Inf in some channels. Counts exact, statistics to the reference's tolerance."""
+    require_backend("cpu", "cpu", OP)
+    gen = torch.Generator().manual_seed(C)
+    x = (torch.randn(6, C, 19, 23, generator=gen) * 3 + 1)
+    x[1, C // 2, 3, 4:9] = float("nan")
+    x[4, C - 1, 7, 2] = float("-inf")
+    x = x.to(dtype)
+    for y in (x.contiguous(memory_format=torch.channels_last), x.permute(0, 2, 3, 1).reshape(-1, C)):
+        got = run(y, "cpu", per_channel=True, lo=-2.0, hi=6.0)
+        want = pydl.ActStats(*act_stats_reference(y, 40, -2.0, 6.0, 0.05, True), 40, -2.0, 6.0, 0.05, True)
+        assert_same(got, want, dtype)
+
+
 CPU_CHUNK = 2048  # csrc/cpu/act_stats.cpp's kChunk: the unit its fast pass may hand to the careful one
 
 

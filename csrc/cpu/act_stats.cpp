@@ -352,8 +352,9 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
 
 // ---- Layout B: channels last, a (rows, C) matrix with the channel fastest --------------------------
 // Reading channel by channel would stride through memory C times. Instead each task walks a band of rows
-// once, a tile of R rows at a time: the tile is transposed into an L1/L2-resident (C, R) buffer, and then
-// each channel's R values are one contiguous chunk for the same chunk_stats as layout A.
+// once, a tile of R rows at a time: the tile is transposed, 16 channels at a time, into an L1-resident
+// (16, R) buffer, and then each channel's R values are one contiguous chunk for the same chunk_stats as
+// layout A.
 template <typename scalar_t>
 void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opmath_type<scalar_t>>& b,
               double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
@@ -371,8 +372,17 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
   const int64_t copies = per >= 4 * kSub * NB ? kSub : 1;
   std::vector<std::vector<int32_t>> hist(T, std::vector<int32_t>(C * copies * NB, 0));  // a task: < 2^31 rows
 
+  // The transpose, one block of kCB channels at a time: a row's kCB channels are one 64-byte line of fp32
+  // input, and the block's (kCB, nr) buffer (33 KB at R = 512) stays in L1 for chunk_stats to read. Its rows
+  // are ld = R + 16 values apart, not R: at R = 512 a 2 KB stride maps every buffer row onto the same two L1
+  // sets, and the old whole-tile transpose (C rows of 2 KB stride, 64 KB) spent more time evicting its own
+  // lines than binning -- 2.7 ns/value against 0.5 for NCHW (16x32x32x32 fp32, one thread, kernel only);
+  // blocked and padded, 0.9. The channel order inside a tile does not matter: each channel's moments and counts are
+  // its own, and its chunks are still the same R rows in the same order, so the results are bit-identical.
+  constexpr int64_t kCB = 16;
+  const int64_t ld = R + 16;
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<acc_t> tile(R * C);
+    std::vector<acc_t> tile(kCB * ld);
     std::vector<int32_t> slots(R);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r_begin = t * per, r_end = std::min(rows, r_begin + per);
@@ -380,15 +390,24 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
       for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
         const int64_t nr = std::min(R, r_end - r0);
         const scalar_t* p = x + r0 * C;
-        for (int64_t r = 0; r < nr; ++r)  // transpose (rows, C) -> (C, rows), converting to acc_t
-          for (int64_t c = 0; c < C; ++c) tile[c * nr + r] = acc_t(p[r * C + c]);
-        for (int64_t c = 0; c < C; ++c) {
-          chunk_stats(tile.data() + c * nr, nr, b, slots.data(), mom[t][c], nz[t][c]);
-          int32_t* hc = h + c * copies * NB;
-          if (copies == kSub) {
-            scatter_singles(slots.data(), nr, hc, NB);
+        for (int64_t c0 = 0; c0 < C; c0 += kCB) {
+          const int64_t cb = std::min(kCB, C - c0);
+          acc_t* __restrict__ tl = tile.data();
+          if (cb == kCB) {  // a constant trip count, for the compiler to unroll
+            for (int64_t r = 0; r < nr; ++r)
+              for (int64_t c = 0; c < kCB; ++c) tl[c * ld + r] = acc_t(p[r * C + c0 + c]);
           } else {
-            for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
+            for (int64_t r = 0; r < nr; ++r)
+              for (int64_t c = 0; c < cb; ++c) tl[c * ld + r] = acc_t(p[r * C + c0 + c]);
+          }
+          for (int64_t c = c0; c < c0 + cb; ++c) {
+            chunk_stats(tl + (c - c0) * ld, nr, b, slots.data(), mom[t][c], nz[t][c]);
+            int32_t* hc = h + c * copies * NB;
+            if (copies == kSub) {
+              scatter_singles(slots.data(), nr, hc, NB);
+            } else {
+              for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
+            }
           }
         }
       }
