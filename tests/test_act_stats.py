@@ -7,6 +7,7 @@ float64 to 1e-10.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -449,3 +450,35 @@ def test_count_columns_match_the_kernels_header():
     assert sorted(cols.values()) == list(range(ncols))
     by_index = {v: k.lower() for k, v in cols.items()}
     assert [by_index[i] for i in range(ncols)] == [c.replace("_", "") for c in COUNT_COLS]
+
+
+def test_argument_checks_fast_path_and_cache():
+    """The common call's exact types take a fast path, and a (bins, lo, hi, eps, dtype) that passed its value
+    checks is remembered: neither may let a bad argument through. Every bad value still raises, also right
+    after the same values passed with another dtype and when asked twice; other accepted types (ints,
+    numpy scalars) take the general path and give the same result."""
+    x = torch.randn(4, 3)
+    good = pydl.act_stats(x, bins=10, lo=0.0, hi=1.0, eps=0.0, backend="reference")
+    for bins in (0, (1 << 24) + 1, -3):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="bins"):
+                pydl.act_stats(x, bins=bins, lo=0.0, hi=1.0, eps=0.0, backend="reference")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="lo < hi"):
+            pydl.act_stats(x, bins=10, lo=1.0, hi=0.0, backend="reference")
+        with pytest.raises(ValueError, match="eps"):
+            pydl.act_stats(x, bins=10, lo=0.0, hi=1.0, eps=-0.5, backend="reference")
+        with pytest.raises(ValueError, match="rank >= 2"):
+            pydl.act_stats(torch.randn(5), bins=10, lo=0.0, hi=1.0, eps=0.0, per_channel=True, backend="reference")
+    # a range that fits float64 but not float32: accepted for float64 input, then refused for float32
+    lo, hi = 1.0, 1.0 + 1e-12
+    pydl.act_stats(x.double(), bins=10, lo=lo, hi=hi, backend="reference")
+    with pytest.raises(ValueError, match="float32"):
+        pydl.act_stats(x, bins=10, lo=lo, hi=hi, backend="reference")
+    with pytest.raises(TypeError, match="x must be"):
+        pydl.act_stats(x.long(), bins=10, lo=0.0, hi=1.0, backend="reference")
+    for kw in (dict(lo=0, hi=1), dict(lo=np.float32(0.0), hi=np.float64(1.0)), dict(bins=np.int64(10))):
+        args = dict(bins=10, lo=0.0, hi=1.0, eps=0.0)
+        args.update(kw)
+        s = pydl.act_stats(x, backend="reference", **args)
+        assert torch.equal(s.hist, good.hist) and torch.equal(s.counts, good.counts)

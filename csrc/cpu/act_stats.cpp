@@ -28,6 +28,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -239,21 +240,34 @@ inline void scatter_pairs(const int32_t* __restrict__ slots, int64_t len, int32_
   if (len % 2) ++sub[slots[len - 1]];
 }
 
-// Adds the pair tables' counts to the histogram h (NB slots) and clears the tables.
-inline void drain_pairs(uint16_t* __restrict__ tab, int64_t NB, int64_t* __restrict__ h) {
+// The pair tables drain in two steps. After each task (its pairs may fill a uint16 counter): the kPairCopies
+// uint16 tables are added, element by element, into one uint32 table of the thread -- one vectorised pass,
+// ~0.2 us at NB = 45. Only when the thread moves to another group, might overflow uint32, or ends: that
+// table's row and column sums go to the int64 histogram (drain_pairs32, the 1.7 us part, once per thread
+// instead of once per task). Counts are integers: where and when they are added changes no result.
+inline void fold_pairs(uint16_t* __restrict__ tab, int64_t NB, uint32_t* __restrict__ tab32) {
   const int64_t P = NB * NB;
+#pragma omp simd
+  for (int64_t i = 0; i < P; ++i) {
+    uint32_t acc = tab32[i];
+    for (int k = 0; k < kPairCopies; ++k) acc += tab[k * P + i];
+    tab32[i] = acc;
+  }
+  std::fill(tab, tab + kPairCopies * P, uint16_t(0));
+}
+
+// Adds the uint32 pair table's counts to the histogram h (NB slots) and clears the table.
+inline void drain_pairs32(uint32_t* __restrict__ tab32, int64_t NB, int64_t* __restrict__ h) {
   for (int64_t a = 0; a < NB; ++a) {
+    const uint32_t* r = tab32 + a * NB;
     int64_t row = 0;
-    for (int k = 0; k < kPairCopies; ++k) {
-      const uint16_t* r = tab + k * P + a * NB;
-      for (int64_t b = 0; b < NB; ++b) {
-        row += r[b];
-        h[b] += r[b];
-      }
+    for (int64_t b = 0; b < NB; ++b) {
+      row += r[b];
+      h[b] += r[b];
     }
     h[a] += row;
   }
-  std::fill(tab, tab + kPairCopies * P, uint16_t(0));
+  std::fill(tab32, tab32 + NB * NB, uint32_t(0));
 }
 
 // ---- Layout A: groups of contiguous-or-strided spans -------------------------------------------------
@@ -292,10 +306,14 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
     std::vector<int32_t> slots(kChunk);
     std::vector<int32_t> sub(kSub * NB);  // kSub interleaved sub-histograms (see scatter_singles)
     std::vector<int32_t> pidx(pairs ? kChunk / 2 : 0);
-    std::vector<uint16_t> tab(pairs ? kPairCopies * NB * NB : 0);  // zero; drain_pairs leaves it so
+    std::vector<uint16_t> tab(pairs ? kPairCopies * NB * NB : 0);  // zero; fold_pairs leaves it so
+    std::vector<uint32_t> tab32(pairs ? NB * NB : 0);                // zero; drain_pairs32 leaves it so
+    int64_t tab32_task = -1;   // the task whose histogram tab32's counts go to (one of its group); -1: empty
+    uint64_t tab32_pairs = 0;  // pairs counted in tab32: a bound on any one counter
     for (int64_t t = t0; t < t1; ++t) {
       const Task& tk = tasks[t];
-      const bool tp = pairs && (tk.o1 - tk.o0) * (tk.i1 - tk.i0) >= pair_min_values;
+      const int64_t n_task = (tk.o1 - tk.o0) * (tk.i1 - tk.i0);
+      const bool tp = pairs && n_task >= pair_min_values;
       std::fill(sub.begin(), sub.end(), 0);
       for (int64_t o = tk.o0; o < tk.o1; ++o) {
         const scalar_t* base = x + o * so + tk.g * sg;
@@ -327,8 +345,17 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
         for (int k = 0; k < kSub; ++k) acc += sub[k * NB + s];
         h[s] = acc;
       }
-      if (tp) drain_pairs(tab.data(), NB, h);
+      if (tp) {
+        if (tab32_task >= 0 && (tasks[tab32_task].g != tk.g || tab32_pairs + uint64_t(n_task) > UINT32_MAX)) {
+          drain_pairs32(tab32.data(), NB, hist.data() + tab32_task * NB);
+          tab32_pairs = 0;
+        }
+        fold_pairs(tab.data(), NB, tab32.data());
+        tab32_task = t;
+        tab32_pairs += uint64_t(n_task / 2);
+      }
     }
+    if (tab32_task >= 0) drain_pairs32(tab32.data(), NB, hist.data() + tab32_task * NB);
   });
 
   // Merge the tasks of each group in task order (deterministic for a given task split).
