@@ -7,6 +7,7 @@ float64 to 1e-10.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,6 +212,24 @@ def test_cpu_large_tensor_multithreaded():
     s = run(x4, "cpu", per_channel=True, lo=-3, hi=3)
     want = act_stats_reference(x4, 40, -3.0, 3.0, 0.05, True)
     assert_same(s, pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, True), torch.float32)
+
+
+@pytest.mark.parametrize("C", [3, 16, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cpu_channels_last_channel_blocks(C, dtype):
+    """Per-channel channels_last (and (N, C) rows) transposes a tile 16 channels at a time: a channel count
+    below one block, exactly one, and 2.5 blocks (a partial last block); several tiles and tasks per channel,
+    NaN/Inf in some channels. Counts exact, statistics to the reference's tolerance."""
+    require_backend("cpu", "cpu", OP)
+    gen = torch.Generator().manual_seed(C)
+    x = (torch.randn(6, C, 19, 23, generator=gen) * 3 + 1)
+    x[1, C // 2, 3, 4:9] = float("nan")
+    x[4, C - 1, 7, 2] = float("-inf")
+    x = x.to(dtype)
+    for y in (x.contiguous(memory_format=torch.channels_last), x.permute(0, 2, 3, 1).reshape(-1, C)):
+        got = run(y, "cpu", per_channel=True, lo=-2.0, hi=6.0)
+        want = pydl.ActStats(*act_stats_reference(y, 40, -2.0, 6.0, 0.05, True), 40, -2.0, 6.0, 0.05, True)
+        assert_same(got, want, dtype)
 
 
 CPU_CHUNK = 2048  # csrc/cpu/act_stats.cpp's kChunk: the unit its fast pass may hand to the careful one
@@ -431,3 +450,35 @@ def test_count_columns_match_the_kernels_header():
     assert sorted(cols.values()) == list(range(ncols))
     by_index = {v: k.lower() for k, v in cols.items()}
     assert [by_index[i] for i in range(ncols)] == [c.replace("_", "") for c in COUNT_COLS]
+
+
+def test_argument_checks_fast_path_and_cache():
+    """The common call's exact types take a fast path, and a (bins, lo, hi, eps, dtype) that passed its value
+    checks is remembered: neither may let a bad argument through. Every bad value still raises, also right
+    after the same values passed with another dtype and when asked twice; other accepted types (ints,
+    numpy scalars) take the general path and give the same result."""
+    x = torch.randn(4, 3)
+    good = pydl.act_stats(x, bins=10, lo=0.0, hi=1.0, eps=0.0, backend="reference")
+    for bins in (0, (1 << 24) + 1, -3):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="bins"):
+                pydl.act_stats(x, bins=bins, lo=0.0, hi=1.0, eps=0.0, backend="reference")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="lo < hi"):
+            pydl.act_stats(x, bins=10, lo=1.0, hi=0.0, backend="reference")
+        with pytest.raises(ValueError, match="eps"):
+            pydl.act_stats(x, bins=10, lo=0.0, hi=1.0, eps=-0.5, backend="reference")
+        with pytest.raises(ValueError, match="rank >= 2"):
+            pydl.act_stats(torch.randn(5), bins=10, lo=0.0, hi=1.0, eps=0.0, per_channel=True, backend="reference")
+    # a range that fits float64 but not float32: accepted for float64 input, then refused for float32
+    lo, hi = 1.0, 1.0 + 1e-12
+    pydl.act_stats(x.double(), bins=10, lo=lo, hi=hi, backend="reference")
+    with pytest.raises(ValueError, match="float32"):
+        pydl.act_stats(x, bins=10, lo=lo, hi=hi, backend="reference")
+    with pytest.raises(TypeError, match="x must be"):
+        pydl.act_stats(x.long(), bins=10, lo=0.0, hi=1.0, backend="reference")
+    for kw in (dict(lo=0, hi=1), dict(lo=np.float32(0.0), hi=np.float64(1.0)), dict(bins=np.int64(10))):
+        args = dict(bins=10, lo=0.0, hi=1.0, eps=0.0)
+        args.update(kw)
+        s = pydl.act_stats(x, backend="reference", **args)
+        assert torch.equal(s.hist, good.hist) and torch.equal(s.counts, good.counts)

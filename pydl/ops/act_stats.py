@@ -45,6 +45,7 @@ below, above; ``hist`` ``(G, bins)`` int64. :func:`act_stats` wraps them in an :
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -53,7 +54,8 @@ import torch
 
 from .. import backends
 from .._layout import acc_dtype
-from ._common import LIB, check_backend_name, check_bool, check_floating, check_int, check_real, compiled
+from ._common import (FLOAT_DTYPES, LIB, check_backend_name, check_bool, check_floating, check_int, check_real,
+                      compiled)
 
 __all__ = ["act_stats", "ActStats", "act_stats_reference"]
 
@@ -69,6 +71,14 @@ MAX_BINS = 1 << 24
 def check_types(x, bins, lo, hi, eps, per_channel) -> None:
     """The arguments' types, in the caller's terms: what the public function checks before the op's schema
     would (its error is a schema dump; int()/float() would truncate 3.7 or parse '10')."""
+    # Fast path: the exact types of the common call, tested once each (`type(v) is int` also rules out a
+    # bool). ActivationStats calls this per layer per step, twice (the public function and the op's
+    # kernel): the general checks below (abstract-class isinstance tests) cost several us a call. Anything
+    # else -- an int lo, a numpy scalar, a wrong type -- takes the general checks, which name the argument.
+    if (type(bins) is int and type(lo) is float and type(hi) is float and type(eps) is float
+            and type(per_channel) is bool and isinstance(x, torch.Tensor) and x.dtype in FLOAT_DTYPES
+            and 1 <= bins <= MAX_BINS):
+        return
     check_floating(x, "act_stats", "x")
     check_int(bins, "act_stats", "bins", 1, MAX_BINS)
     check_real(lo, "act_stats", "lo", "a finite float")
@@ -81,13 +91,27 @@ def check_args(x, bins, lo, hi, eps, per_channel) -> None:
     """Every argument of the op (the dispatcher kernel and the fake call it; the compiled kernels repeat the
     value checks in C++)."""
     check_types(x, bins, lo, hi, eps, per_channel)
-    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
-        raise ValueError(f"pydl.act_stats: need finite lo < hi, got lo={lo}, hi={hi}")
-    check_range(bins, lo, hi, x.dtype)
-    if not eps >= 0:
-        raise ValueError(f"pydl.act_stats: eps must be a float >= 0, got {eps}")
+    if type(bins) is int and type(lo) is float and type(hi) is float and type(eps) is float:
+        _check_values_cached(bins, lo, hi, eps, x.dtype)
+    else:  # e.g. symbolic values under torch.compile: not hashable, or not worth caching
+        _check_values(bins, lo, hi, eps, x.dtype)
     if per_channel and x.dim() < 2:
         raise ValueError(f"pydl.act_stats: per_channel needs x of rank >= 2 (N, C, ...), got rank {x.dim()}")
+
+
+def _check_values(bins: int, lo: float, hi: float, eps: float, dtype: torch.dtype) -> None:
+    """The values of the scalar arguments (their types are checked already)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise ValueError(f"pydl.act_stats: need finite lo < hi, got lo={lo}, hi={hi}")
+    check_range(bins, lo, hi, dtype)
+    if not eps >= 0:
+        raise ValueError(f"pydl.act_stats: eps must be a float >= 0, got {eps}")
+
+
+# A training loop asks the same few (bins, lo, hi, eps, dtype) every call; check_range's numpy float32
+# arithmetic alone costs a few us. Only a combination that passed is remembered (lru_cache stores no
+# exception), so a bad one raises every time. 0.0 and -0.0 share an entry: they give the same verdict.
+_check_values_cached = functools.lru_cache(maxsize=64)(_check_values)
 
 
 def check_range(bins: int, lo: float, hi: float, dtype: torch.dtype) -> None:
