@@ -45,11 +45,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..backends import get_backend
 from ..ops.act_stats import COUNT_COLS, act_stats
 from ..ops.act_stats import OP as _ACT_STATS
+from ..ops._common import plain_eager
 from .hooks import Hook, first_tensor, leaf_modules, module_label
 
 __all__ = ["StatsPreset", "PRESETS", "ActivationStats", "StatsData"]
@@ -109,13 +109,6 @@ def _resolve_preset(preset: Union[str, StatsPreset], **overrides) -> StatsPreset
     if not 0 <= preset.dead_bins[0] < preset.dead_bins[1] <= preset.bins:
         raise ValueError(f"ActivationStats: dead_bins {preset.dead_bins} not inside [0, {preset.bins}]")
     return preset
-
-
-def plain_eager(x: torch.Tensor) -> bool:
-    """May a hook compute on ``x`` outside the torch dispatcher (a backend kernel called directly, numpy)?
-    Only for a plain tensor in eager mode: under ``torch.compile`` or a dispatch mode (fake tensors, flop
-    counters, ...), or for a tensor subclass, what runs must be visible to torch as ops."""
-    return type(x) is torch.Tensor and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..debug.hooks import first_tensor
-from ..debug.stats import ActivationStats, plain_eager
+from ..debug.stats import ActivationStats
+from ..ops._common import plain_eager
 
 
 class BatchRecorder(ActivationStats):
