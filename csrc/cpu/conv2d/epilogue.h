@@ -58,5 +58,17 @@ inline void epilogue_row(const acc_t* __restrict__ in, int64_t len, const acc_t*
   }
 }
 
+// The same, in place: y holds the GEMM's output on entry (whole-batch scheme, channels_last, acc_t output).
+template <int KIND, typename acc_t>
+inline void epilogue_row_inplace(acc_t* __restrict__ y, int64_t len, const acc_t* __restrict__ bias,
+                                 const Act<acc_t>& a, acc_t* __restrict__ z) {
+  const acc_t leak = a.leak, sub = a.sub, maxv = a.maxv;
+  for (int64_t c = 0; c < len; ++c) {
+    const acc_t v = y[c] + bias[c];
+    if (z != nullptr) z[c] = v;
+    y[c] = act_fwd<KIND>(v, leak, sub, maxv);
+  }
+}
+
 }  // namespace conv_cpu
 }  // namespace pydl
