@@ -30,6 +30,8 @@ void im2col_nchw(const Geom& g, const scalar_t* __restrict__ x, int64_t p0, int6
             for (int64_t wo = wo0; wo < a; ++wo) out[wo] = acc_t(0);
             if (g.sw == 1) {
               for (int64_t wo = a; wo < b; ++wo) out[wo] = acc_t(xr[wo]);
+            } else if (g.sw == 2) {  // a constant stride vectorises (even lanes of two loads); a variable one
+              for (int64_t wo = a; wo < b; ++wo) out[wo] = acc_t(xr[2 * wo]);  // is a scalar gather
             } else {
               for (int64_t wo = a; wo < b; ++wo) out[wo] = acc_t(xr[wo * g.sw]);
             }
@@ -60,6 +62,8 @@ void col2im_nchw(const Geom& g, const acc_t* __restrict__ buf, int64_t p0, int64
             const int64_t a = std::max(lo, wo0), b = std::max(a, std::min(hi, wo1));
             if (g.sw == 1) {
               for (int64_t wo = a; wo < b; ++wo) xr[wo] += in[wo];  // distinct wo -> distinct wi: vectorises
+            } else if (g.sw == 2) {
+              for (int64_t wo = a; wo < b; ++wo) xr[2 * wo] += in[wo];
             } else {
               for (int64_t wo = a; wo < b; ++wo) xr[wo * g.sw] += in[wo];
             }
