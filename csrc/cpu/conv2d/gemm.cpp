@@ -437,10 +437,12 @@ void backward_input(const Geom& g, const at::Tensor& w_acc, const at::Tensor& dz
   }
   const int64_t TL = pick_tile(g, sizeof(acc_t), g.N * g.G, g.L);
   const int64_t tiles = (g.L + TL - 1) / TL;
-  // The whole-batch test sees the tasks the forward's tiling would have (grad_x's own tiles stop at an image).
-  const int64_t fpix = g.xcl ? g.N * g.L : g.L;
-  const int64_t fTL = pick_tile(g, sizeof(acc_t), (g.xcl ? 1 : g.N) * g.G, fpix);
-  if (use_whole(g, (g.xcl ? 1 : g.N) * g.G * ((fpix + fTL - 1) / fTL), fTL, sizeof(acc_t))) {
+  // grad_x's tasks are whole (n, g) images, each GEMM single-threaded: when they split evenly over the
+  // threads that beats one threaded GEMM + col2im (256@14, N=2, 2 threads: ~1.95 vs ~2.1+ ms). So the
+  // whole batch only when they do not (N=1, odd N at 2 threads) -- or when PYDL_CONV_WHOLE forces it.
+  const int64_t threads = at::get_num_threads();
+  const bool uneven = (g.N * g.G) % threads != 0 && g.N * g.G < 4 * threads;
+  if (use_whole(g, uneven ? 0 : 4 * threads, 128, sizeof(acc_t))) {
     // Whole batch: cols (N*L x K) = dz (N*L x Cog) @ W_g, one threaded GEMM (one per image for an NCHW dz),
     // then col2im per image, in parallel over images.
     thread_local std::vector<acc_t> cols_v;
