@@ -167,6 +167,9 @@ def test_dtypes(cpu_backend, dtype):
     pytest.param(dict(C=4, Co=4, groups=4, H=9, W=8, dilation=(2, 3), padding=(2, 1)), id="depthwise-3x3-dilated"),
     # stride 2 on NCHW: the im2col/col2im's constant-stride-2 copy (NCHW rows kept for Wo >= 14)
     pytest.param(dict(C=16, Co=8, H=29, W=30, stride=(2, 2)), id="stride2-nchw-wide"),
+    # its 3x3 copy writes the three taps of a kernel row in one pass: every padding edge of that pass
+    pytest.param(dict(C=3, Co=5, H=17, W=40, stride=(2, 2), padding=(0, 0)), id="stride2-nchw-nopad"),
+    pytest.param(dict(C=3, Co=5, H=12, W=37, stride=(2, 2), padding=(3, 2)), id="stride2-nchw-widepad"),
     pytest.param(dict(N=1, H=1, W=1, padding=(1, 1)), id="batch1-1x1image-all_padding"),
     pytest.param(dict(H=9, W=8, dilation=(2, 3), padding=(2, 3)), id="dilation"),
     pytest.param(dict(stride=(2, 3), cl=True, groups=2), id="strided-groups-channels_last"),
