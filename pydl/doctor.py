@@ -112,6 +112,9 @@ def environment_report() -> dict:
         "PYDL_BUILD_EXT": lambda: _env.flag("PYDL_BUILD_EXT"),
         "PYDL_BUILD_EXT_ONLY": lambda: [f"{d}:{o}" for d, o in _build.aot_units()],
         "PYDL_CONV_TF32": lambda: _env.flag("PYDL_CONV_TF32"),
+        # read by the CPU conv2d (csrc/cpu/conv2d/gemm.cpp, use_whole): "0"/"1" force the whole-batch scheme
+        # off/on, anything else is the size rule -- so only those spellings are accepted here
+        "PYDL_CONV_WHOLE": lambda: _env.choice("PYDL_CONV_WHOLE", ("0", "1"), "auto"),
         "PYDL_TRITON_AUTOTUNE": lambda: _env.flag("PYDL_TRITON_AUTOTUNE", True),
         "PYDL_REQUIRE_BACKENDS": lambda: _env.required_backends(),
         "PYDL_LEARN_WORKSPACE": lambda: _env.path("PYDL_LEARN_WORKSPACE"),

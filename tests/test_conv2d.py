@@ -163,6 +163,13 @@ def test_dtypes(cpu_backend, dtype):
     pytest.param(dict(C=4, Co=4, groups=4), id="depthwise"),
     pytest.param(dict(C=4, Co=4, groups=4, cl=True, stride=(2, 2)), id="depthwise-channels_last-strided"),
     pytest.param(dict(C=4, Co=8, groups=4), id="depthwise-multiplier2"),
+    # the NCHW stride-1 3x3 depthwise sums its nine taps in registers: dilated, and with uneven padding
+    pytest.param(dict(C=4, Co=4, groups=4, H=9, W=8, dilation=(2, 3), padding=(2, 1)), id="depthwise-3x3-dilated"),
+    # stride 2 on NCHW: the im2col/col2im's constant-stride-2 copy (NCHW rows kept for Wo >= 14)
+    pytest.param(dict(C=16, Co=8, H=29, W=30, stride=(2, 2)), id="stride2-nchw-wide"),
+    # its 3x3 copy writes the three taps of a kernel row in one pass: every padding edge of that pass
+    pytest.param(dict(C=3, Co=5, H=17, W=40, stride=(2, 2), padding=(0, 0)), id="stride2-nchw-nopad"),
+    pytest.param(dict(C=3, Co=5, H=12, W=37, stride=(2, 2), padding=(3, 2)), id="stride2-nchw-widepad"),
     pytest.param(dict(N=1, H=1, W=1, padding=(1, 1)), id="batch1-1x1image-all_padding"),
     pytest.param(dict(H=9, W=8, dilation=(2, 3), padding=(2, 3)), id="dilation"),
     pytest.param(dict(stride=(2, 3), cl=True, groups=2), id="strided-groups-channels_last"),
@@ -219,6 +226,63 @@ for N, C, H, W, Co, k, s, p, g, cl in [(2, 32, 9, 10, 16, 3, 1, 1, 1, 0), (2, 32
 print("ok")
 """
     env = dict(os.environ, PYDL_CONV_IM2COL=im2col)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("whole", ["0", "1"])
+def test_cpu_forced_whole_batch(whole):
+    """PYDL_CONV_WHOLE forces the CPU direct path's whole-batch scheme (im2col of every pixel of the batch,
+    one threaded GEMM per group, col2im per image) off or on; read once per process, so in a subprocess, at 2
+    threads so the parallel loops split. The cases walk its branches: NCHW output from the NHWC im2col,
+    channels_last with one group (the GEMM writes y, epilogue in place) and two, 1x1 stride 1 (the input is
+    the im2col; its backward is in-place GEMMs, NCHW and channels_last), 1x1 stride 2, N=1 -- each with
+    every activation (general_relu keeps the pre-activation), forward and all three gradients vs torch.
+    fp64 must match torch to rounding; fp32 and bf16 (accumulated in fp32, no activation) within their own
+    precision."""
+    require_backend("cpu", "cpu", OP)
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch.nn.functional as F, pydl
+torch.set_num_threads(2)
+pydl.set_conv2d_algo("direct")  # the im2col paths, not Winograd
+torch.manual_seed(0)
+acts = {"none": lambda z: z, "relu": F.relu,
+        "general_relu": lambda z: (F.leaky_relu(z, 0.1) - 0.4).clamp(max=2.0)}
+cases = [(2, 32, 9, 10, 16, 3, 1, 1, 1, 0), (2, 32, 9, 10, 16, 3, 2, 1, 2, 1), (3, 16, 7, 7, 24, 3, 2, 1, 1, 1),
+         (2, 16, 5, 6, 8, 1, 1, 0, 1, 1), (2, 16, 5, 6, 8, 1, 1, 0, 2, 0), (2, 16, 5, 6, 8, 1, 2, 0, 1, 0),
+         (1, 32, 6, 6, 16, 3, 1, 1, 1, 1)]
+for N, C, H, W, Co, k, s, p, g, cl in cases:
+    for act, f in acts.items():
+        for dt in (torch.float64, torch.float32, torch.bfloat16):
+            if dt == torch.bfloat16 and act != "none":  # a bf16 z flips act' near its kinks: not a tolerance
+                continue
+            x = torch.randn(N, C, H, W, dtype=torch.float64)
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
+            w = torch.randn(Co, C // g, k, k, dtype=torch.float64) * (C // g * k * k) ** -0.5
+            b = torch.randn(Co, dtype=torch.float64)
+            gy = torch.randn(N, Co, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1, dtype=torch.float64)
+            # the inputs rounded to dt, so the reference (fp64, from the same values) sees what pydl sees
+            xs, ws, bs, gys = (t.to(dt) for t in (x, w, b, gy))
+            ins = [t.detach().requires_grad_(True) for t in (xs, ws, bs)]
+            refs = [t.to(torch.float64).detach().requires_grad_(True) for t in (xs, ws, bs)]
+            extra = dict(leak=0.1, sub=0.4, maxv=2.0) if act == "general_relu" else {}
+            y = pydl.conv2d(*ins, s, p, 1, g, act=act, backend="cpu", **extra)
+            assert y.is_contiguous(memory_format=torch.channels_last) == bool(cl)
+            r = f(F.conv2d(*refs, s, p, 1, g))
+            got = (y,) + torch.autograd.grad(y, ins, gys)
+            want = (r,) + torch.autograd.grad(r, refs, gys.to(torch.float64))
+            # fp64: rounding only. fp32: K-term sums of O(1) terms; bf16: the output's own rounding (2^-8)
+            tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dt]
+            for u, v in zip(got, want):
+                err = (u.to(torch.float64) - v).abs().max().item()
+                assert err <= tol * max(1.0, v.abs().max().item()), (N, C, H, W, Co, k, s, p, g, cl, act, dt, err)
+print("ok")
+"""
+    env = dict(os.environ, PYDL_CONV_WHOLE=whole)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 

@@ -16,6 +16,11 @@
 // it goes to DRAM and back (tens of MB for a ResNet layer); built one tile at a time it never leaves L2, and
 // the copy costs a few percent of the GEMM instead of doubling the run time.
 //
+// Whole batch instead of tiles (gemm.cpp, use_whole): when the tiles would be few or narrow (small images at
+// a small batch: 256 channels at 14x14, N=2, is 392 pixels), tasks are too few to balance the threads and each
+// thin GEMM re-packs the whole weight. Then, if the buffers stay <= 16 MB, the NHWC im2col covers every pixel
+// of the batch and ONE GEMM per group runs with all the threads (MKL threads it). PYDL_CONV_WHOLE=0|1 forces.
+//
 // Layouts. NCHW: an output tile is a run of pixels of one image, so the buffer is (K x TL) with the taps as
 // rows: each row is a strided copy of one input row (contiguous for stride 1: vectorised), and the GEMM gives
 // (Cout/g x TL), i.e. NCHW rows of the output. channels_last (NHWC): the buffer is (TL x K') with
@@ -38,6 +43,9 @@
 // Parallelism: at::parallel_for over tasks, each GEMM single-threaded inside it (MKL does not nest). When
 // there are fewer tasks than threads (batch 1, one group, small image) the tasks run in turn and each GEMM
 // uses all the threads itself.
+//
+// 1x1 stride-1 convs have no im2col at all: x is the GEMM operand, and the backward is GEMMs straight into
+// grad_w (dz @ x^T summed over images) and grad_x (W^T @ dz, col2im being the identity).
 //
 // Files: this one holds the ops' entry points (argument checks, layouts, dispatch to a path) and their
 // registration; the paths are parts in csrc/cpu/conv2d/ -- gemm.cpp (im2col + GEMM, forward and both weight
@@ -62,13 +70,17 @@ namespace {
 // NCHW input, which im2col? The NCHW im2col copies one output row (Wo values) per (tap, row): for small
 // images (ResNet's 28x28, 14x14, 7x7) those runs are short and the per-run bookkeeping costs more than the
 // copy. Transposing x to channels_last once (one pass over the input) turns every tap into a contiguous run
-// of Cg channels instead. Worth it when rows are short and channel runs long. PYDL_CONV_IM2COL=nchw|nhwc
-// forces one or the other (try both on your machine).
+// of Cg channels instead. Worth it when rows are short and channel runs long. At stride 2 the transpose
+// pays off only for the shortest rows: the NCHW im2col's stride-2 copy vectorises (im2col.cpp) and needs no
+// copy of x, so it wins down to Wo = 14 (measured, 1 thread, fp32: 64@56->128 forward 0.84x vs 0.77x oneDNN,
+// grad_x 1.58x vs 0.83x at N=8; 128@28->256 forward 0.80x vs 0.73x; at 256@14->512 the NHWC one is ahead).
+// PYDL_CONV_IM2COL=nchw|nhwc forces one or the other (try both on your machine).
 bool pick_im2col_nhwc(const Geom& g) {
   static const char* force = std::getenv("PYDL_CONV_IM2COL");
   if (force != nullptr && std::string(force) == "nchw") return false;
   if (force != nullptr && std::string(force) == "nhwc") return true;
-  return g.Cg >= 16 && g.Wo <= 32 && !(g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0);
+  return g.Cg >= 16 && g.Wo <= (g.sw == 2 ? 8 : 32) &&
+         !(g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0);
 }
 
 Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,

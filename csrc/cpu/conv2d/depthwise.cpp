@@ -40,13 +40,28 @@ void depthwise_forward(const Geom& g, const scalar_t* x, const at::Tensor& w_acc
             }
             const int64_t n_out = g.Ho * Wp;
             acc_t* __restrict__ a = acc.data();
-            for (int64_t q = 0; q < n_out; ++q) a[q] = acc_t(0);
-            for (int64_t i = 0; i < g.kh; ++i)
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const acc_t wv = wp[c * KK + i * g.kw + j];
-                const acc_t* __restrict__ src = pad.data() + i * g.dh * Wp + j * g.dw;
-                for (int64_t q = 0; q < n_out; ++q) a[q] += wv * src[q];
-              }
+            if (g.kh == 3 && g.kw == 3) {
+              // 3x3 (the depthwise conv of MobileNets / ConvNeXt-style blocks): all nine taps summed in a
+              // register per vector of outputs, one store -- tap by tap is a load + store of `a` per FMA.
+              const acc_t* wc = wp + c * KK;
+              const acc_t w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5], w6 = wc[6],
+                          w7 = wc[7], w8 = wc[8];
+              const int64_t r1 = g.dh * Wp, r2 = 2 * g.dh * Wp, c1 = g.dw, c2 = 2 * g.dw;
+              const acc_t* __restrict__ src = pad.data();
+#pragma omp simd
+              for (int64_t q = 0; q < n_out; ++q)
+                a[q] = w0 * src[q] + w1 * src[q + c1] + w2 * src[q + c2] + w3 * src[q + r1] +
+                       w4 * src[q + r1 + c1] + w5 * src[q + r1 + c2] + w6 * src[q + r2] + w7 * src[q + r2 + c1] +
+                       w8 * src[q + r2 + c2];
+            } else {
+              for (int64_t q = 0; q < n_out; ++q) a[q] = acc_t(0);
+              for (int64_t i = 0; i < g.kh; ++i)
+                for (int64_t j = 0; j < g.kw; ++j) {
+                  const acc_t wv = wp[c * KK + i * g.kw + j];
+                  const acc_t* __restrict__ src = pad.data() + i * g.dh * Wp + j * g.dw;
+                  for (int64_t q = 0; q < n_out; ++q) a[q] += wv * src[q];
+                }
+            }
             for (int64_t ho = 0; ho < g.Ho; ++ho) {
               const int64_t o = t * g.L + ho * g.Wo;
               epilogue_run<KIND>(a + ho * Wp, g.Wo, bp[c], act, y + o, z ? z + o : nullptr);
@@ -146,7 +161,10 @@ void depthwise_backward(const Geom& g, const scalar_t* x, const at::Tensor& w_ac
       // axpy (dx) and one long dot product (dw) -- a single horizontal sum per tap and plane, not per row.
       const int64_t tail = (g.kw - 1) * g.dw;
       std::vector<acc_t> xpad(flat ? Hp * Wp + tail : 0, acc_t(0)), dxpad(flat ? Hp * Wp + tail : 0);
-      std::vector<acc_t> dzw(flat ? g.Ho * Wp : 0, acc_t(0));
+      // dz's plane sits after F zeros (and before more): the 3x3 path below reads it at negative shifts
+      const int64_t F = (g.kh - 1) * g.dh * Wp + tail;
+      std::vector<acc_t> dzbuf(flat ? F + Hp * Wp + tail : 0, acc_t(0));
+      acc_t* dzw = dzbuf.data() + F;
       for (int64_t c = c0; c < c1; ++c) {
         std::vector<acc_t> dwc(KK, acc_t(0));
         for (int64_t n = 0; n < g.N; ++n) {
@@ -157,9 +175,40 @@ void depthwise_backward(const Geom& g, const scalar_t* x, const at::Tensor& w_ac
               for (int64_t w = 0; w < g.W; ++w) xpad[(h + g.ph) * Wp + g.pw + w] = acc_t(xp[h * g.W + w]);
             for (int64_t ho = 0; ho < g.Ho; ++ho)
               for (int64_t wo = 0; wo < g.Wo; ++wo) dzw[ho * Wp + wo] = dzpl[ho * g.Wo + wo];
-            std::fill(dxpad.begin(), dxpad.end(), acc_t(0));
             const int64_t nq = g.Ho * Wp;
-            const acc_t* __restrict__ dq = dzw.data();
+            const acc_t* __restrict__ dq = dzw;
+            if (g.kh == 3 && g.kw == 3) {
+              // 3x3: the nine grad_w dot products in one pass over dz (nine register accumulators, dz loaded
+              // once), and grad_x as a gather -- dx[p] = sum_k w_k dz[p - shift_k], the forward's register
+              // sum with the shifts negated -- over the rows dx keeps: no load + store of dx per tap.
+              const int64_t o1 = g.dw, o2 = 2 * g.dw, r1 = g.dh * Wp, r2 = 2 * g.dh * Wp;
+              const acc_t* __restrict__ xq = xpad.data();
+              acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+              for (int64_t q = 0; q < nq; ++q) {
+                const acc_t d = dq[q];
+                s0 += xq[q] * d; s1 += xq[q + o1] * d; s2 += xq[q + o2] * d;
+                s3 += xq[q + r1] * d; s4 += xq[q + r1 + o1] * d; s5 += xq[q + r1 + o2] * d;
+                s6 += xq[q + r2] * d; s7 += xq[q + r2 + o1] * d; s8 += xq[q + r2 + o2] * d;
+              }
+              dwc[0] += s0; dwc[1] += s1; dwc[2] += s2; dwc[3] += s3; dwc[4] += s4;
+              dwc[5] += s5; dwc[6] += s6; dwc[7] += s7; dwc[8] += s8;
+              if (dx != nullptr) {
+                const acc_t* wc = wp + c * KK;
+                const acc_t w0 = wc[0], w1 = wc[1], w2 = wc[2], w3 = wc[3], w4 = wc[4], w5 = wc[5], w6 = wc[6],
+                            w7 = wc[7], w8 = wc[8];
+                acc_t* __restrict__ dxo = dxpad.data();
+#pragma omp simd
+                for (int64_t p = g.ph * Wp; p < (g.ph + g.H) * Wp; ++p)
+                  dxo[p] = w0 * dq[p] + w1 * dq[p - o1] + w2 * dq[p - o2] + w3 * dq[p - r1] + w4 * dq[p - r1 - o1] +
+                           w5 * dq[p - r1 - o2] + w6 * dq[p - r2] + w7 * dq[p - r2 - o1] + w8 * dq[p - r2 - o2];
+                scalar_t* dst = dx + (n * C + c) * HW;
+                for (int64_t h = 0; h < g.H; ++h)
+                  for (int64_t w = 0; w < g.W; ++w) dst[h * g.W + w] = scalar_t(dxpad[(h + g.ph) * Wp + g.pw + w]);
+              }
+              continue;
+            }
+            std::fill(dxpad.begin(), dxpad.end(), acc_t(0));
             for (int64_t i = 0; i < g.kh; ++i)
               for (int64_t j = 0; j < g.kw; ++j) {
                 const int64_t sh = i * g.dh * Wp + j * g.dw;

@@ -58,5 +58,33 @@ inline void epilogue_row(const acc_t* __restrict__ in, int64_t len, const acc_t*
   }
 }
 
+// epilogue_run in place: y holds the GEMM's output on entry (acc_t output written by the GEMM itself).
+template <int KIND, typename acc_t>
+inline void epilogue_run_inplace(acc_t* __restrict__ y, int64_t len, acc_t bias, const Act<acc_t>& a,
+                                 acc_t* __restrict__ z) {
+  const acc_t leak = a.leak, sub = a.sub, maxv = a.maxv;
+  if (z != nullptr) {
+    for (int64_t i = 0; i < len; ++i) {
+      const acc_t v = y[i] + bias;
+      z[i] = v;
+      y[i] = act_fwd<KIND>(v, leak, sub, maxv);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) y[i] = act_fwd<KIND>(y[i] + bias, leak, sub, maxv);
+  }
+}
+
+// epilogue_row in place: y holds the GEMM's output on entry (whole-batch scheme, channels_last, acc_t output).
+template <int KIND, typename acc_t>
+inline void epilogue_row_inplace(acc_t* __restrict__ y, int64_t len, const acc_t* __restrict__ bias,
+                                 const Act<acc_t>& a, acc_t* __restrict__ z) {
+  const acc_t leak = a.leak, sub = a.sub, maxv = a.maxv;
+  for (int64_t c = 0; c < len; ++c) {
+    const acc_t v = y[c] + bias[c];
+    if (z != nullptr) z[c] = v;
+    y[c] = act_fwd<KIND>(v, leak, sub, maxv);
+  }
+}
+
 }  // namespace conv_cpu
 }  // namespace pydl
