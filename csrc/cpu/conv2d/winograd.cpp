@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common.h"
@@ -89,18 +90,36 @@ constexpr int64_t CB = 16;
 #pragma GCC push_options
 #pragma GCC target("prefer-vector-width=512")
 
-// Filter transform of input channel c: w is (K, C, 3, 3), U is (36, C, K); U[p*6+q] = sum G[p][r] g[r][s] G[q][s].
-// Reads the taps where they lie: consecutive c read neighbouring 36 bytes of the same K lines of w (they stay in
-// L1), and each (p, c) row of U is written as one contiguous run of K. (A transposed copy of w first would cost
-// more than this whole pass.)
+// Where the filter's taps lie: tap t (0..8, row-major r*3+s) of output channel k, input channel c at
+// p[k*sk + c*sc + t*st]. The forward reads w (K, C, 3, 3) as it is; grad-input's filter w'[c', k', r, s] =
+// w[k', c', 2-r, 2-s] (flipped in space, transposed in channels) is the same w read with other strides
+// (sk = 9, sc = K'*9, st = -1 from tap 8) -- no flipped copy (which cost 2-13 ms per call at 64..512 channels).
 template <typename T>
-void filter_transform(const T* w, int64_t C, int64_t K, int64_t c, T* U) {
+struct Filt {
+  const T* p;
+  int64_t sk, sc, st;
+};
+
+// Filter transform of input channel c, output channels [k_begin, k_end): U[p*6+q] = sum G[p][r] g[r][s] G[q][s],
+// written at U[(p*6+q)*pstride + c*ldu + (k - k_begin)]. 16 output channels at a time, one vector each: the
+// taps of 16 neighbouring k are gathered (one strided load per tap), the 6x6 transform is plain vector code on
+// local arrays, and each (p, c) row of U is written as one contiguous run.
+template <typename T>
+void filter_transform(const Filt<T>& f, int64_t c, int64_t k_begin, int64_t k_end, T* U, int64_t pstride,
+                      int64_t ldu) {
   const T q4 = T(1) / 4, s6 = T(1) / 6, t12 = T(1) / 12, t24 = T(1) / 24;
-  for (int64_t k0 = 0; k0 < K; k0 += CB) {
-    const int64_t nk = std::min(CB, K - k0);
-    alignas(64) T g[9][CB] = {};
-    for (int64_t k = 0; k < nk; ++k)
-      for (int64_t r = 0; r < 9; ++r) g[r][k] = w[((k0 + k) * C + c) * 9 + r];
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += CB) {
+    const int64_t nk = std::min(CB, k_end - k0);
+    alignas(64) T g[9][CB];
+    const T* src = f.p + k0 * f.sk + c * f.sc;
+    if (nk == CB) {
+      for (int64_t r = 0; r < 9; ++r)
+#pragma omp simd
+        for (int64_t k = 0; k < CB; ++k) g[r][k] = src[k * f.sk + r * f.st];
+    } else {
+      for (int64_t r = 0; r < 9; ++r)
+        for (int64_t k = 0; k < CB; ++k) g[r][k] = k < nk ? src[k * f.sk + r * f.st] : T(0);
+    }
     alignas(64) T t[6][3][CB];  // t[p][s] = sum_r G[p][r] g[r][s]
     for (int s = 0; s < 3; ++s)
 #pragma omp simd
@@ -126,8 +145,12 @@ void filter_transform(const T* w, int64_t C, int64_t K, int64_t c, T* U) {
         u[5][k] = d;
       }
       for (int q = 0; q < 6; ++q) {
-        T* dst = U + ((p * 6 + q) * C + c) * K + k0;
-        for (int64_t k = 0; k < nk; ++k) dst[k] = u[q][k];
+        T* dst = U + (p * 6 + q) * pstride + c * ldu + (k0 - k_begin);
+        if (nk == CB) {
+          for (int64_t k = 0; k < CB; ++k) dst[k] = u[q][k];
+        } else {
+          for (int64_t k = 0; k < nk; ++k) dst[k] = u[q][k];
+        }
       }
     }
   }
@@ -283,6 +306,23 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
 
 #pragma GCC pop_options
 
+// An integer experiment knob, read on every call (so a benchmark or test can switch it between calls).
+int64_t env_int(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  return (v != nullptr && *v != '\0') ? std::atoll(v) : dflt;
+}
+
+// The stride between the 36 matrices of V, U or M. The transforms touch all 36 at one offset (36 loads or
+// stores, one per point), so a stride that is a multiple of 4 KiB puts them all in one L1 set (12 ways:
+// they evict each other on every tile), and any even number of cache lines halves the sets used. Rounded
+// up to whole cache lines, then to an odd number of them: 36 rows in 36 different sets.
+int64_t pad_stride(int64_t n, int64_t elem) {
+  const int64_t line = 64 / elem;
+  n = (n + line - 1) / line * line;
+  if ((n / line) % 2 == 0) n += line;
+  return n;
+}
+
 // Tiles per block. Two pulls: V (36 x TB x C) and M (36 x TB x K) should stay in L2 (~1 MB, room left for
 // the GEMM's packed panels), and every block reads all of U (36 x C x K) -- per tile that is C*K / TB
 // elements against the C + K of its V and M. So TB >= C*K / (C + K) (C/2 for C = K), which wins over L2
@@ -291,10 +331,7 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
 // GEMM runs far below peak), at most 256. Then made even across the threads: a last, short block would
 // leave a core idle.
 int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
-  static const int64_t budget = [] {
-    const char* kb = std::getenv("PYDL_WINOGRAD_KB");  // for experiments: the V + M budget per block
-    return int64_t(kb != nullptr ? std::atoi(kb) : 1024) * 1024;
-  }();
+  const int64_t budget = env_int("PYDL_WINOGRAD_KB", 1024) * 1024;  // for experiments: the V + M budget per block
   int64_t tb = std::max(budget / (36 * elem * (C + K)), std::min<int64_t>(256, C * K / (C + K)));
   tb = std::max<int64_t>(16, tb);
   tb = std::min(tb, tiles);
@@ -304,52 +341,133 @@ int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
   return std::max<int64_t>(1, (tiles + blocks - 1) / blocks);
 }
 
-// The convolution itself: x (N, C, H, W) any layout, w (K, C, 3, 3), bias nullptr or K values; writes y, z
-// (z may be nullptr) of shape (N, K, Ho, Wo) in NCHW or channels_last.
-template <typename T>
-void run(const at::Tensor& x_in, const at::Tensor& w, const T* bias, int64_t ph, int64_t pw, const Act<double>& act_d,
-         bool out_cl, T* y, T* z) {
-  const bool x_cl = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = x_in.contiguous(x_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
-  const int64_t Ho = H + 2 * ph - 2, Wo = W + 2 * pw - 2;
-  const int64_t th = (Ho + 3) / 4, tw = (Wo + 3) / 4, per_image = th * tw, tiles = N * per_image;
-  const Act<T> act{act_d.kind, T(act_d.leak), T(act_d.sub), T(act_d.maxv)};
+// Which scheme runs (see run()): PYDL_WINOGRAD_SCHEME=block|small|auto for experiments and tests, else the
+// small-batch scheme when U is over 1 MiB (more than a core's share of L2 next to the GEMM's panels) and
+// there are fewer than 128 tiles (under ~2 blocks per thread: the block scheme would read all of U from
+// memory for every few tiles).
+bool small_batch(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
+  const char* s = std::getenv("PYDL_WINOGRAD_SCHEME");
+  const std::string scheme = s != nullptr ? s : "";
+  PYDL_CHECK_VALUE(scheme.empty() || scheme == "auto" || scheme == "block" || scheme == "small",
+                   "PYDL_WINOGRAD_SCHEME must be block, small or auto, got '", scheme, "'");
+  if (scheme == "block") return false;
+  if (scheme == "small") return true;
+  return 36 * C * K * elem > (int64_t(1) << 20) && tiles < 128;
+}
 
-  at::Tensor U = at::empty({36, C, K}, w.options());
-  const T* wtp = w.data_ptr<T>();
+// The convolution's geometry: x (N, C, H, W) in NCHW or channels_last, output (N, K, Ho, Wo) in NCHW or
+// channels_last (out_cl); tiles numbered over the whole batch (n, tile row, tile column).
+template <typename T>
+struct Geom {
+  const T* xp;
+  bool x_cl, out_cl;
+  int64_t N, C, H, W, K, ph, pw, Ho, Wo, tw, per_image, tiles;
+  Img<T> image(int64_t t) const {
+    const int64_t n = t / per_image;
+    return {xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
+  }
+  int64_t row0(int64_t t) const { return ((t % per_image) / tw) * 4; }  // the tile's first output row
+  int64_t col0(int64_t t) const { return ((t % per_image) % tw) * 4; }
+  // Output of tile t's image, from output channel k0 on.
+  Out<T> out(T* y, T* z, int64_t t, int64_t k0) const {
+    const int64_t sk = out_cl ? 1 : Ho * Wo, sh = out_cl ? Wo * K : Wo, sw = out_cl ? K : 1;
+    const int64_t off = (t / per_image) * K * Ho * Wo + k0 * sk;
+    return {y + off, z != nullptr ? z + off : nullptr, sk, sh, sw};
+  }
+};
+
+// Block scheme: tiles cut into blocks of TB; a block is one task -- transform its inputs into V
+// (36 x TB x C), run the 36 GEMMs into M (36 x TB x K), transform M into output tiles. V and M together
+// stay in L2 (pick_block), so each block's data goes from the input to the output without a round trip to
+// memory; U (36 x C x K, made once per call) is shared, read by every block.
+template <int KIND, typename T>
+void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z) {
+  const int64_t C = g.C, K = g.K, elem = sizeof(T);
+  const int64_t us = pad_stride(C * K, elem);
+  at::Tensor U = at::empty({36 * us}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* Up = U.data_ptr<T>();
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) filter_transform(wtp, C, K, c, Up);
+    for (int64_t c = c0; c < c1; ++c) filter_transform(f, c, 0, K, Up, us, K);
   });
+  const int64_t TB = pick_block(g.tiles, C, K, elem), blocks = (g.tiles + TB - 1) / TB;
+  const int64_t vs = pad_stride(TB * C, elem), ms = pad_stride(TB * K, elem);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
+    V.resize(36 * vs);
+    M.resize(36 * ms);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t t0 = blk * TB, nt = std::min(TB, g.tiles - t0);
+      for (int64_t t = 0; t < nt; ++t)
+        input_transform(g.image(t0 + t), g.row0(t0 + t) - g.ph, g.col0(t0 + t) - g.pw, V.data() + t * C, vs);
+      for (int64_t p = 0; p < 36; ++p)
+        gemm<T>(nt, K, C, V.data() + p * vs, C, Up + p * us, K, M.data() + p * ms, K);
+      for (int64_t t = 0; t < nt; ++t)
+        output_transform<KIND>(M.data() + t * K, ms, K, bias, act, g.row0(t0 + t), g.col0(t0 + t), g.Ho, g.Wo,
+                               g.out(y, z, t0 + t, 0));
+    }
+  });
+}
 
-  const T* xp = x.data_ptr<T>();
-  const int64_t TB = pick_block(tiles, C, K, sizeof(T));
-  const int64_t blocks = (tiles + TB - 1) / TB;
-  const int64_t sk = out_cl ? 1 : Ho * Wo, sh = out_cl ? Wo * K : Wo, sw = out_cl ? K : 1;
+// Small-batch scheme (few tiles, wide layers: N=2 at 14x14 with 256 channels is 32 tiles against a 9.4 MB U).
+// The block scheme would read all of U from memory for every block of a few tiles, and U is then most of
+// the traffic. Here the input is transformed once, for all tiles (V: 36 x tiles x C, shared), and the
+// threads split the output channels instead: a task is a chunk of KB output channels whose U slice
+// (36 x C x KB, ~1 MB: PYDL_WINOGRAD_UKB) it transforms itself, then runs the 36 GEMMs (tiles x C) . (C x KB)
+// over all tiles and the output transform + epilogue of those channels. Each slice of U is made and used
+// while in cache, and the filter transform is split across the threads with the rest.
+template <int KIND, typename T>
+void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z) {
+  const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
+  const int64_t vs = pad_stride(tiles * C, elem);
+  at::Tensor V = at::empty({36 * vs}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* Vp = V.data_ptr<T>();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) input_transform(g.image(t), g.row0(t) - g.ph, g.col0(t) - g.pw, Vp + t * C, vs);
+  });
+  // KB: a multiple of the 16-channel vector, U's slice within the budget, and a whole number of chunks per
+  // thread (then evened out, so that the last chunk is not a sliver).
+  const int64_t budget = env_int("PYDL_WINOGRAD_UKB", 1024) * 1024, threads = at::get_num_threads();
+  int64_t kb = std::max<int64_t>(CB, budget / (36 * C * elem) / CB * CB);
+  int64_t chunks = (K + kb - 1) / kb;
+  chunks = (chunks + threads - 1) / threads * threads;
+  kb = std::max<int64_t>(1, ((K + chunks - 1) / chunks + CB - 1) / CB * CB);
+  chunks = (K + kb - 1) / kb;
+  at::parallel_for(0, chunks, 1, [&](int64_t j0, int64_t j1) {
+    thread_local std::vector<T> Uc, Mc;
+    const int64_t us = pad_stride(C * kb, elem), ms = pad_stride(tiles * kb, elem);
+    Uc.resize(36 * us);
+    Mc.resize(36 * ms);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
+      for (int64_t c = 0; c < C; ++c) filter_transform(f, c, k0, k0 + nk, Uc.data(), us, nk);
+      for (int64_t p = 0; p < 36; ++p)
+        gemm<T>(tiles, nk, C, Vp + p * vs, C, Uc.data() + p * us, nk, Mc.data() + p * ms, nk);
+      for (int64_t t = 0; t < tiles; ++t)
+        output_transform<KIND>(Mc.data() + t * nk, ms, nk, bias != nullptr ? bias + k0 : nullptr, act, g.row0(t),
+                               g.col0(t), g.Ho, g.Wo, g.out(y, z, t, k0));
+    }
+  });
+}
+
+// The convolution itself: x (N, C, H, W) any layout, the filter f (K x C taps), bias nullptr or K values;
+// writes y, z (z may be nullptr) of shape (N, K, Ho, Wo) in NCHW or channels_last.
+template <typename T>
+void run(const at::Tensor& x_in, const Filt<T>& f, int64_t K, const T* bias, int64_t ph, int64_t pw,
+         const Act<double>& act_d, bool out_cl, T* y, T* z) {
+  const bool x_cl = !x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = x_in.contiguous(x_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = H + 2 * ph - 2, Wo = W + 2 * pw - 2;
+  const int64_t th = (Ho + 3) / 4, tw = (Wo + 3) / 4;
+  const Geom<T> g{x.data_ptr<T>(), x_cl, out_cl, N, C, H, W, K, ph, pw, Ho, Wo, tw, th * tw, N * th * tw};
+  const Act<T> act{act_d.kind, T(act_d.leak), T(act_d.sub), T(act_d.maxv)};
+  const bool small = small_batch(g.tiles, C, K, sizeof(T));
   conv_cpu::with_act(act.kind, [&](auto kind_c) {  // one template per activation, as the direct path
     constexpr int KIND = decltype(kind_c)::value;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
-      V.resize(36 * TB * C);
-      M.resize(36 * TB * K);
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t t0 = blk * TB, nt = std::min(TB, tiles - t0);
-        for (int64_t t = 0; t < nt; ++t) {
-          const int64_t n = (t0 + t) / per_image, r = (t0 + t) % per_image;
-          const Img<T> img{xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
-          input_transform(img, (r / tw) * 4 - ph, (r % tw) * 4 - pw, V.data() + t * C, TB * C);
-        }
-        for (int64_t p = 0; p < 36; ++p)
-          gemm<T>(nt, K, C, V.data() + p * TB * C, C, Up + p * C * K, K, M.data() + p * TB * K, K);
-        for (int64_t t = 0; t < nt; ++t) {
-          const int64_t n = (t0 + t) / per_image, r = (t0 + t) % per_image;
-          const int64_t img = n * K * Ho * Wo;
-          const Out<T> o{y + img, z != nullptr ? z + img : nullptr, sk, sh, sw};
-          output_transform<KIND>(M.data() + t * K, TB * K, K, bias, act, (r / tw) * 4, (r % tw) * 4, Ho, Wo, o);
-        }
-      }
-    });
+    if (small)
+      run_small<KIND>(g, f, bias, act, y, z);
+    else
+      run_block<KIND>(g, f, bias, act, y, z);
   });
 }
 
@@ -408,8 +526,10 @@ bool use_backward_input(const at::Tensor& x, const at::Tensor& w, at::IntArrayRe
 void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t ph, int64_t pw,
              const Act<double>& act, bool out_cl, at::Tensor& y, at::Tensor& z) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pydl_conv2d_winograd", [&] {
-    const at::Tensor bc = b.defined() ? b.contiguous() : b;
-    run<scalar_t>(x, w.contiguous(), bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, ph, pw, act, out_cl,
+    const at::Tensor bc = b.defined() ? b.contiguous() : b, wc = w.contiguous();
+    const int64_t C = w.size(1);
+    const Filt<scalar_t> f{wc.data_ptr<scalar_t>(), C * 9, 9, 1};  // w[k, c, t]
+    run<scalar_t>(x, f, w.size(0), bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, ph, pw, act, out_cl,
                   y.data_ptr<scalar_t>(), z.defined() && z.numel() > 0 ? z.data_ptr<scalar_t>() : nullptr);
   });
 }
@@ -417,13 +537,16 @@ void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int6
 void backward_input(const at::Tensor& dz, const at::Tensor& w, int64_t ph, int64_t pw, bool out_cl, at::Tensor& gx) {
   // dx[c, h, w] = sum_{k, r, s} dz[k, h + p - r, w + p - s] w[k, c, r, s]: a stride-1 conv of dz with the
   // filter flipped in space and transposed in channels, w'[c, k, r, s] = w[k, c, 2 - r, 2 - s], padding 2 - p.
-  const at::Tensor wf = w.flip({2, 3}).transpose(0, 1).contiguous();
+  // The filter transform reads w' out of w in place (Filt's strides), tap t of w' being tap 8 - t of w.
+  const at::Tensor wc = w.contiguous();
   Act<double> none;
   none.kind = kActNone;
   none.leak = none.sub = 0;
   none.maxv = 0;
   AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "pydl_conv2d_winograd_backward_input", [&] {
-    run<scalar_t>(dz, wf, nullptr, 2 - ph, 2 - pw, none, out_cl, gx.data_ptr<scalar_t>(), nullptr);
+    const int64_t Cf = w.size(1);  // grad-input maps the forward's K channels (dz) to its C
+    const Filt<scalar_t> f{wc.data_ptr<scalar_t>() + 8, 9, Cf * 9, -1};  // w'[k'=c, c'=k, t] = w[k, c, 8 - t]
+    run<scalar_t>(dz, f, Cf, nullptr, 2 - ph, 2 - pw, none, out_cl, gx.data_ptr<scalar_t>(), nullptr);
   });
 }
 
