@@ -266,11 +266,11 @@ def _auto_picks(N, C, H, K):
 
 def test_auto_uses_the_crossover_table():
     assert _auto_picks(2, 8, 16, 8) == "direct"        # below 16 channels: nothing measured there
-    assert _auto_picks(2, 64, 56, 64) == "winograd"    # 2 x 14 x 14 = 392 tiles (>= 64)
-    assert _auto_picks(2, 64, 7, 64) == "winograd"     # >= 32 channels: from 2 x 2 x 2 = 8 tiles
-    assert _auto_picks(1, 32, 4, 32) == "direct"       # 1 tile does not repay the filter transform
-    assert _auto_picks(2, 16, 7, 16) == "direct"       # 16 channels: 8 tiles are too few
-    assert _auto_picks(1, 16, 14, 16) == "winograd"    # 16 channels, 16 tiles at 14 px
+    assert _auto_picks(2, 64, 56, 64) == "winograd"    # 2 x 14 x 14 = 392 tiles
+    assert _auto_picks(2, 64, 7, 64) == "winograd"     # from 2 x 2 x 2 = 8 tiles
+    assert _auto_picks(2, 16, 7, 16) == "winograd"
+    assert _auto_picks(1, 64, 7, 64) == "direct"       # 4 tiles do not repay the filter transform reliably
+    assert _auto_picks(1, 32, 4, 32) == "direct"       # nor 1 tile
 
 
 def test_deterministic():

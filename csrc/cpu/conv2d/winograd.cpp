@@ -11,13 +11,15 @@
 // The matrices (points 0, +-1, +-2, inf) and a readable prototype are in tests/winograd_ref.py, which the
 // tests check this file against.
 //
-// Blocking. Tiles are numbered over the whole batch (n, tile row, tile column) and cut into blocks of TB
-// tiles; a block is one task: transform its inputs into V (36 x TB x C), run the 36 GEMMs into M
-// (36 x TB x K), transform M into output tiles. V and M together are sized to stay in L2 (pick_block), so
-// each block's data goes from the input to the output without a round trip to memory; U (36 x C x K) is
-// shared, read by every block. Every transform works on 16 channels at a time (one AVX-512 vector of fp32),
-// in small local arrays, reading the input and writing the output in their own layout (NCHW or
-// channels_last: no layout copies).
+// Two schemes (run_block, run_small; picked by small_batch()). Block: tiles are numbered over the whole
+// batch and cut into blocks; a block is one task -- transform its inputs into V (36 x TB x C), run the 36
+// GEMMs into M (36 x TB x K), transform M into output tiles, all within L2; U (36 x C x K) is made once per
+// call and read by every block. Small batch (few tiles, wide layers, where U does not fit in L2 and the
+// block scheme would read it from memory for every few tiles): V is made once for all tiles, and the
+// threads split the output channels instead, each chunk making its ~1 MB slice of U and using it while it
+// is in cache. Every transform works on 16 channels at a time (one AVX-512 vector of fp32), in small local
+// arrays, reading the input and writing the output in their own layout (NCHW or channels_last: no layout
+// copies); the filter transform reads w in place for grad-input too (Filt: no flipped copy).
 //
 // Numerics. Winograd is not the direct sum reordered: the transforms mix each 6x6 patch with coefficients
 // up to 8 * 5 * 4, so rounding errors are relative to |A^T|(|G||g||G^T| * |B^T||d||B|)|A| rather than to
@@ -391,7 +393,8 @@ int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
 // Which scheme runs (see run()): PYDL_WINOGRAD_SCHEME=block|small|auto for experiments and tests, else the
 // small-batch scheme when U is over 1 MiB (more than a core's share of L2 next to the GEMM's panels) and
 // there are fewer than 128 tiles (under ~2 blocks per thread: the block scheme would read all of U from
-// memory for every few tiles).
+// memory for every few tiles), or at any U below 32 tiles (1 thread, thread CPU time, Winograd over direct:
+// 64@7 at N=1, 2 (4, 8 tiles) 0.85 / 0.85 in blocks, 1.03 / 1.15 in chunks; 64@14 N=2 (32 tiles) 1.25 / 1.24).
 bool small_batch(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
   const char* s = std::getenv("PYDL_WINOGRAD_SCHEME");
   const std::string scheme = s != nullptr ? s : "";
@@ -399,7 +402,7 @@ bool small_batch(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
                    "PYDL_WINOGRAD_SCHEME must be block, small or auto, got '", scheme, "'");
   if (scheme == "block") return false;
   if (scheme == "small") return true;
-  return 36 * C * K * elem > (int64_t(1) << 20) && tiles < 128;
+  return tiles < 32 || (36 * C * K * elem > (int64_t(1) << 20) && tiles < 128);
 }
 
 // The convolution's geometry: x (N, C, H, W) in NCHW or channels_last, output (N, K, Ho, Wo) in NCHW or
@@ -524,31 +527,28 @@ void run(const at::Tensor& x_in, const Filt<T>& f, int64_t K, const T* bias, int
 }
 
 // ---- the crossover table ------------------------------------------------------------------------------
-// Where "auto" takes Winograd. Measured with `python -m benchmarks.bench_conv2d --crossover --quick
-// --threads 2` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs; 2-core Xeon with AVX-512,
-// 2 threads, quiet machine, 2026-12-02; quartiles within +-5%; the table in
-// benchmarks/results/cpu-winograd-crossover). Forward speed-up of Winograd over direct, fwd+bwd in brackets
-// (grad-input follows the same choice; grad-weight stays direct in both):
+// Where "auto" takes Winograd. Measured with `python -m benchmarks.bench_conv2d --crossover --cpu-time
+// --batches 1,2,8,32` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs, 1 thread, thread CPU
+// time, 7 interleaved rounds; 2-core AVX-512 Xeon shared with other jobs, 2026-12-03; the tables in
+// benchmarks/results/cpu-winograd-crossover/cpu-time.md). Forward speed-up of Winograd over direct, fwd+bwd
+// in brackets (grad-input follows the same choice; grad-weight stays direct in both):
 //
 //   tiles = N * ceil(Ho/4) * ceil(Wo/4)
-//   N=2: size (tiles)   7 (8)        14 (32)      28 (98)      56 (392)
-//   16                 1.06 (0.97)  1.21 (1.06)  1.72 (1.17)  1.20 (1.17)
-//   32                 1.08 (0.96)  1.25 (1.05)  1.61 (1.19)  1.45 (1.21)
-//   64                 0.98 (0.78)  1.18 (0.95)  1.40 (1.16)  1.57 (1.29)
-//   128                0.45 (0.62)  0.74 (0.80)  1.48 (1.15)  1.69 (1.26)
-//   256                0.47 (0.55)  0.69 (0.75)  1.59 (1.25)  2.11 (1.56)
-//   512                0.29 (0.33)  0.50 (0.62)  1.17 (1.03)  1.93 (1.49)
-//   N=32: every measured shape wins (16..512 channels at 7..56 px, fewest tiles 128): 1.15-2.04 (1.09-1.53).
-//
-// So: the filter's transform U (36 x C x K values) is made and streamed on every call, and only enough tiles
-// repay it -- at 64 tiles or more Winograd won everywhere measured; below, only few channels (C*K small, U
-// cheap) still win. Below 16 channels nothing was measured: direct.
+//   size (tiles)  7, N=1 (4)   7, N=2 (8)   14, N=2 (32)  28, N=2 (98)  56, N=2 (392)
+//   16            1.02 (1.04)  1.10 (1.05)  1.24 (1.11)   1.48 (1.19)   1.32 (1.18)
+//   32            1.03 (1.00)  1.13 (1.08)  1.31 (1.13)   1.58 (1.28)   1.56 (1.29)
+//   64            0.84 (0.94)  0.96 (1.00)  1.15 (1.13)   1.64 (1.39)   1.67 (1.40)
+//   128           0.98 (1.03)  1.02 (1.07)  1.53 (1.28)   2.08 (1.53)   1.93 (1.51)
+//   256           1.12 (1.04)  1.40 (1.20)  1.50 (1.27)   1.91 (1.32)   2.13 (1.59)
+//   512           1.19 (1.09)  1.73 (1.20)  1.64 (1.26)   1.89 (1.40)   1.98 (1.56)
+//   N=8 and N=32 (32 tiles and more): every shape wins, 1.21-2.68 (1.13-1.79), but for one noisy
+//   fwd+bwd row (512@14 N=32: 0.94, quartiles 0.90-1.40).
+// (64 and 128 channels at 4-8 tiles were measured before few tiles took the small-batch scheme, which
+// brings 64@7 to 1.03 / 1.15 at N=1 / 2.) So: from 8 tiles on, Winograd; below, U's transform is not
+// repaid reliably (within a few % either way): direct. Below 16 channels nothing was measured: direct.
 bool wins(int64_t N, int64_t C, int64_t K, int64_t Ho, int64_t Wo) {
   const int64_t tiles = N * ((Ho + 3) / 4) * ((Wo + 3) / 4), ch = std::min(C, K);
-  if (ch < 16) return false;
-  if (tiles >= 64) return true;
-  if (ch >= 32) return tiles >= 8;
-  return tiles >= 16 && std::min(Ho, Wo) >= 14;
+  return ch >= 16 && tiles >= 8;
 }
 
 }  // namespace
