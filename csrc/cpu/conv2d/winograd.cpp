@@ -541,7 +541,7 @@ void run(const at::Tensor& x_in, const Filt<T>& f, int64_t K, const T* bias, int
 //   128           0.98 (1.03)  1.02 (1.07)  1.53 (1.28)   2.08 (1.53)   1.93 (1.51)
 //   256           1.12 (1.04)  1.40 (1.20)  1.50 (1.27)   1.91 (1.32)   2.13 (1.59)
 //   512           1.19 (1.09)  1.73 (1.20)  1.64 (1.26)   1.89 (1.40)   1.98 (1.56)
-//   N=8 and N=32 (32 tiles and more): every shape wins, 1.21-2.68 (1.13-1.79), but for one noisy
+//   N=8 and N=32 (16 tiles and more): every shape wins, 1.21-2.68 (1.10-1.79), but for one noisy
 //   fwd+bwd row (512@14 N=32: 0.94, quartiles 0.90-1.40).
 // (64 and 128 channels at 4-8 tiles were measured before few tiles took the small-batch scheme, which
 // brings 64@7 to 1.03 / 1.15 at N=1 / 2.) So: from 8 tiles on, Winograd; below, U's transform is not
