@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import require_backend
-from winograd_ref import unit_roundoff, winograd_bound, winograd_conv
+from winograd_ref import AT, BT, G, unit_roundoff, winograd_bound, winograd_conv
 
 import pydl
 
@@ -151,6 +151,72 @@ def test_gradgradcheck_fp64(cl, act):
 
     with pydl.conv2d_algo("winograd"):
         assert torch.autograd.gradgradcheck(f, (x, w, b), atol=1e-8)
+
+
+# grad-weight's rounding steps beyond the sum over tiles: the input transform (8, as the forward's), the
+# transform of dz's 4x4 tiles by A (two passes of <= 4 terms, exact constants: 4 + 4), the elementwise
+# product (1), the transform back by G^T (two passes of <= 6 terms with inexact constants: (6 + 1) * 2).
+GW_ROUNDINGS = 8 + 8 + 1 + 14
+
+
+def winograd_grad_weight(x, dz, padding, absolute=False):
+    """The adjoint of winograd_conv in w: gw_kc = G^T (sum_t (A dz_tk A^T) (.) (B^T d_tc B)) G, over every
+    tile t of every image, in x's dtype; ``absolute=True`` runs it with |B^T|, |G|, |A^T| (for the bound)."""
+    bt, g, at = (torch.tensor(m, dtype=x.dtype) for m in (BT, G, AT))
+    if absolute:
+        bt, g, at = bt.abs(), g.abs(), at.abs()
+    H, W = x.shape[2:]
+    Ho, Wo = dz.shape[2:]
+    th, tw = -(-Ho // 4), -(-Wo // 4)
+    d = F.pad(x, (padding, 4 * tw + 2 - W - padding, padding, 4 * th + 2 - H - padding))
+    V = bt @ d.unfold(2, 6, 4).unfold(3, 6, 4) @ bt.T                          # (N, C, th, tw, 6, 6)
+    D = at.T @ F.pad(dz, (0, 4 * tw - Wo, 0, 4 * th - Ho)).unfold(2, 4, 4).unfold(3, 4, 4) @ at  # (N, K, ..)
+    return g.T @ torch.einsum("nctwpq,nktwpq->kcpq", V, D) @ g                   # (K, C, 3, 3)
+
+
+def grad_weight_bound(x, dz, padding):
+    s = winograd_grad_weight(x.double().abs(), dz.double().abs(), padding, absolute=True)
+    n = x.shape[0] * (-(-dz.shape[2] // 4)) * (-(-dz.shape[3] // 4)) + GW_ROUNDINGS
+    u = unit_roundoff(x.dtype)
+    return (n * u / (1 - n * u)) * s
+
+
+def test_grad_weight_prototype_is_the_adjoint():
+    x, w, _ = make(2, 3, 9, 11, 4, torch.float64)
+    for p in (0, 1, 2):
+        dz = torch.randn(F.conv2d(x, w, padding=p).shape, dtype=torch.float64)
+        want = torch.nn.grad.conv2d_weight(x, w.shape, dz, padding=p)
+        torch.testing.assert_close(winograd_grad_weight(x, dz, p), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_grad_weight_within_bound(shape, padding, cl, act):
+    N, C, H, W, K = shape
+    x, w, b = make(N, C, H, W, K, cl=cl)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=padding, act=act, backend="cpu", algo="winograd")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last if cl else torch.contiguous_format)
+    (gw,) = torch.autograd.grad(y, w, dy)
+    dz = dy if act == "none" else dy * (y > 0)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dz.double(), padding=padding)
+    check_within(gw, want, grad_weight_bound(x, dz, padding), f"grad_w act={act}")
+
+
+def test_grad_weight_in_chunks(monkeypatch):
+    # the threads split grad-weight's output channels into chunks (PYDL_WINOGRAD_UKB kB of dU; 1 kB: one
+    # channel per chunk), each reduced over every tile and transformed back on its own
+    monkeypatch.setenv("PYDL_WINOGRAD_UKB", "1")
+    x, w, _ = make(2, 35, 9, 10, 20)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, padding=1, backend="cpu", algo="winograd")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (gw,) = torch.autograd.grad(y, w, dy)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
+    check_within(gw, want, grad_weight_bound(x, dy, 1), "grad_w")
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])

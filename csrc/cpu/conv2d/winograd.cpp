@@ -1,5 +1,5 @@
 // Winograd F(4x4, 3x3) convolution (Lavin & Gray 2016) for 3x3 stride-1 layers: forward (with the fused
-// bias + activation epilogue) and grad-input. The direct path (csrc/cpu/conv2d.cpp: tiled im2col + GEMM)
+// bias + activation epilogue), grad-input, and grad-weight (its adjoint: see run_grad_weight). The direct path (csrc/cpu/conv2d.cpp: tiled im2col + GEMM)
 // does 9 multiply-adds per output per input channel; this one does 36 per 4x4 output tile, 2.25, plus three
 // cheap linear transforms -- so the GEMM work is 4x smaller.
 //
@@ -63,31 +63,33 @@ namespace {
 
 thread_local int64_t t_algo = kAuto;
 
-// C (m x n) = A (m x k) @ B (k x n), all row-major with leading dimensions; tb: B is stored transposed (its
-// rows are B's columns: n x k, leading dimension ldb). A row-major C is a column-major C^T = B^T A^T, which is
-// how the column-major BLAS is called.
+// C (m x n) = A (m x k) @ B (k x n), all row-major with leading dimensions; ta / tb: A / B is stored
+// transposed (A as k x m, B as n x k, leading dimensions lda, ldb). A row-major C is a column-major
+// C^T = B^T A^T, which is how the column-major BLAS is called.
 template <typename T>
-void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, bool tb, T* C,
-          int64_t ldc) {
+void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, bool ta, const T* B, int64_t ldb, bool tb,
+          T* C, int64_t ldc) {
   const int mi = int(m), ni = int(n), ki = int(k), la = int(lda), lb = int(ldb), lc = int(ldc);
   const T one = 1, zero = 0;
   const char* opb = tb ? "T" : "N";
+  const char* opa = ta ? "T" : "N";
   if (std::is_same<T, float>::value && sgemm_ != nullptr) {
-    sgemm_(opb, "N", &ni, &mi, &ki, reinterpret_cast<const float*>(&one), reinterpret_cast<const float*>(B), &lb,
+    sgemm_(opb, opa, &ni, &mi, &ki, reinterpret_cast<const float*>(&one), reinterpret_cast<const float*>(B), &lb,
            reinterpret_cast<const float*>(A), &la, reinterpret_cast<const float*>(&zero),
            reinterpret_cast<float*>(C), &lc);
     return;
   }
   if (std::is_same<T, double>::value && dgemm_ != nullptr) {
-    dgemm_(opb, "N", &ni, &mi, &ki, reinterpret_cast<const double*>(&one), reinterpret_cast<const double*>(B), &lb,
+    dgemm_(opb, opa, &ni, &mi, &ki, reinterpret_cast<const double*>(&one), reinterpret_cast<const double*>(B), &lb,
            reinterpret_cast<const double*>(A), &la, reinterpret_cast<const double*>(&zero),
            reinterpret_cast<double*>(C), &lc);
     return;
   }
   const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor c = at::from_blob(C, {m, n}, {ldc, 1}, opt);
-  at::mm_out(c, at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opt),
-             at::from_blob(const_cast<T*>(B), {k, n}, tb ? at::IntArrayRef{1, ldb} : at::IntArrayRef{ldb, 1}, opt));
+  const auto st = [](bool t, int64_t ld) { return t ? std::vector<int64_t>{1, ld} : std::vector<int64_t>{ld, 1}; };
+  at::mm_out(c, at::from_blob(const_cast<T*>(A), {m, k}, st(ta, lda), opt),
+             at::from_blob(const_cast<T*>(B), {k, n}, st(tb, ldb), opt));
 }
 
 // Channels per step of the transforms: one AVX-512 vector of fp32. Each transform loads a chunk into a local
@@ -100,8 +102,8 @@ constexpr int64_t CB = 16;
 // Where the filter's taps lie, and which way the filter transform walks them. Tap t (0..8, row-major r*3+s)
 // of output channel k, input channel c is at p[o*so + i*9 + t*st], where the "outer" index o and the "inner"
 // index i are (k, c) or (c, k): the inner one is always the one whose taps are contiguous in memory, so that
-// 16 of them (the vector) are one 576-byte run, not 16 cache lines far apart (that gather made the transform
-// cost ~45 cycles per filter, 3.8 ms at 512 channels). U is then laid out with the inner index contiguous:
+// 16 of them (the vector) are one 576-byte run, not 16 cache lines far apart. U is then laid out with the
+// inner index contiguous:
 //   forward, w (K, C, 3, 3):             o = k, i = c, st = 1; U stored transposed, (36, K, C) (tu = true)
 //   grad-input, w' = w flipped in space and transposed in channels, w'[k', c', r, s] = w[c', k', 2-r, 2-s]:
 //     read in place from w: o = c' (w's dim 0), i = k', tap 8 - t (st = -1); U is (36, C', K') (tu = false).
@@ -114,8 +116,8 @@ struct Filt {
 };
 
 // Filter transform of outer index o, inner indices [i_begin, i_end): U[p*6+q] = sum G[p][r] g[r][s] G[q][s],
-// written at row[(p*6+q)*pstride + (i - i_begin)] (row: where U's row for o starts, in point 0's matrix). 16 inner indices at a time, one vector each; the
-// 6x6 transform is plain vector code on local arrays, and each (p, o) row of U is written as one contiguous run.
+// written at row[(p*6+q)*pstride + (i - i_begin)] (row: where U's row for o starts, in point 0's matrix).
+// 16 inner indices at a time, one vector each; each (p, o) row of U is written as one contiguous run.
 template <typename T>
 void filter_transform(const Filt<T>& f, int64_t o, int64_t i_begin, int64_t i_end, T* row, int64_t pstride) {
   const T q4 = T(1) / 4, s6 = T(1) / 6, t12 = T(1) / 12, t24 = T(1) / 24;
@@ -169,8 +171,9 @@ void filter_transform(const Filt<T>& f, int64_t o, int64_t i_begin, int64_t i_en
 #if defined(__AVX512F__)
 // fp32 with AVX-512, the same arithmetic in registers: the taps of 16 inner indices are one gather each
 // (from the 576-byte run), and U's 36 rows are written straight from registers. The generic loops above
-// compiled to scalar loads and inserts, then a transposed copy of u through the stack -- ~45 cycles per
-// filter, 3.7 ms of a 4.3 ms forward at 512@7, N=2.
+// compiled to scalar loads and inserts (perf) and took ~45 cycles per filter whichever way they walked w;
+// this takes ~22: a 512-channel forward of one tile (the filter transform and little else), 1 thread,
+// 3.7 -> 1.95 ms.
 template <>
 void filter_transform<float>(const Filt<float>& f, int64_t o, int64_t i_begin, int64_t i_end, float* row,
                              int64_t pstride) {
@@ -451,7 +454,7 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
       for (int64_t t = 0; t < nt; ++t)
         input_transform(g.image(t0 + t), g.row0(t0 + t) - g.ph, g.col0(t0 + t) - g.pw, V.data() + t * C, vs);
       for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(nt, K, C, V.data() + p * vs, C, Up + p * us, inner, f.tu, M.data() + p * ms, K);
+        gemm<T>(nt, K, C, V.data() + p * vs, C, false, Up + p * us, inner, f.tu, M.data() + p * ms, K);
       for (int64_t t = 0; t < nt; ++t)
         output_transform<KIND>(M.data() + t * K, ms, K, bias, act, g.row0(t0 + t), g.col0(t0 + t), g.Ho, g.Wo,
                                g.out(y, z, t0 + t, 0));
@@ -496,7 +499,8 @@ void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
         for (int64_t c = 0; c < C; ++c) filter_transform(f, c, k0, k0 + nk, Uc.data() + c * nk, us);
       }
       for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(tiles, nk, C, Vp + p * vs, C, Uc.data() + p * us, f.tu ? C : nk, f.tu, Mc.data() + p * ms, nk);
+        gemm<T>(tiles, nk, C, Vp + p * vs, C, false, Uc.data() + p * us, f.tu ? C : nk, f.tu, Mc.data() + p * ms,
+                nk);
       for (int64_t t = 0; t < tiles; ++t)
         output_transform<KIND>(Mc.data() + t * nk, ms, nk, bias != nullptr ? bias + k0 : nullptr, act, g.row0(t),
                                g.col0(t), g.Ho, g.Wo, g.out(y, z, t, k0));
@@ -526,12 +530,157 @@ void run(const at::Tensor& x_in, const Filt<T>& f, int64_t K, const T* bias, int
   });
 }
 
+// ---- grad-weight ----------------------------------------------------------------------------------------
+// The forward is y_t = A^T [sum_c U_kc (.) V_tc] A per tile t, linear in U = G g G^T; its adjoint gives
+//   dU[p, k, c] = sum_t D[p, t, k] V[p, t, c],   D_tk = A dz_tk A^T (6x6, from the tile's 4x4 of dz),
+//   gw_kc = G^T dU_kc G                          (6x6 -> 3x3)
+// 36 GEMMs (K x tiles) . (tiles x C) -- 36 multiply-adds per tile and (c, k) against the direct path's
+// 9 * 16 = 144. Both transforms of the inputs are made once, for all tiles (V as in the forward); the
+// threads split the output channels k into chunks whose dU slice (~1 MB) is reduced over all tiles and
+// transformed back into gw while in cache. Each gw element is one fixed sequence of operations (the sum over
+// tiles is inside one GEMM call): deterministic.
+
+// D[(p*6+q)*pstride + k] for the tile whose output corner is (h0, w0): dz (K channels, Ho x Wo) read in its
+// own layout, zeros beyond the image. Rows of A (= columns of A^T):
+//   d0 | d0 + d1 + d2 + d3 | d0 - d1 + d2 - d3 | d0 + 2 d1 + 4 d2 + 8 d3 | d0 - 2 d1 + 4 d2 - 8 d3 | d3
+template <typename T>
+void dz_transform(const Img<T>& g, int64_t h0, int64_t w0, T* D, int64_t pstride) {
+  for (int64_t k0 = 0; k0 < g.C; k0 += CB) {
+    const int64_t nk = std::min(CB, g.C - k0);
+    alignas(64) T d[4][4][CB];
+    for (int64_t a = 0; a < 4; ++a)
+      for (int64_t b = 0; b < 4; ++b) {
+        const int64_t hi = h0 + a, wi = w0 + b;
+        T* dst = d[a][b];
+        if (hi >= g.H || wi >= g.W) {
+          for (int64_t k = 0; k < CB; ++k) dst[k] = T(0);
+        } else {
+          const T* src = g.p + k0 * g.sc + hi * g.sh + wi * g.sw;
+          for (int64_t k = 0; k < CB; ++k) dst[k] = k < nk ? src[k * g.sc] : T(0);
+        }
+      }
+    alignas(64) T t[6][4][CB];  // t[p][b] = sum_a A[p][a] d[a][b]
+    for (int b = 0; b < 4; ++b)
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a0 = d[0][b][k], a1 = d[1][b][k], a2 = d[2][b][k], a3 = d[3][b][k];
+        t[0][b][k] = a0;
+        t[1][b][k] = (a0 + a2) + (a1 + a3);
+        t[2][b][k] = (a0 + a2) - (a1 + a3);
+        t[3][b][k] = (a0 + T(4) * a2) + T(2) * (a1 + T(4) * a3);
+        t[4][b][k] = (a0 + T(4) * a2) - T(2) * (a1 + T(4) * a3);
+        t[5][b][k] = a3;
+      }
+    for (int p = 0; p < 6; ++p) {
+      alignas(64) T v[6][CB];
+#pragma omp simd
+      for (int64_t k = 0; k < CB; ++k) {
+        const T a0 = t[p][0][k], a1 = t[p][1][k], a2 = t[p][2][k], a3 = t[p][3][k];
+        v[0][k] = a0;
+        v[1][k] = (a0 + a2) + (a1 + a3);
+        v[2][k] = (a0 + a2) - (a1 + a3);
+        v[3][k] = (a0 + T(4) * a2) + T(2) * (a1 + T(4) * a3);
+        v[4][k] = (a0 + T(4) * a2) - T(2) * (a1 + T(4) * a3);
+        v[5][k] = a3;
+      }
+      for (int q = 0; q < 6; ++q) {
+        T* dst = D + (p * 6 + q) * pstride + k0;
+        for (int64_t k = 0; k < nk; ++k) dst[k] = v[q][k];
+      }
+    }
+  }
+}
+
+// gw[k, c, r, s] = sum_{p,q} G[p][r] dU[p*6+q][k][c] G[q][s] for one k and all c, 16 c at a time; dU's row
+// for k starts at row (point 0's matrix), points pstride apart. Columns of G (= rows of G^T):
+//   m0/4 - (m1 + m2)/6 + (m3 + m4)/24 | (m2 - m1)/6 + (m3 - m4)/12 | -(m1 + m2)/6 + (m3 + m4)/6 + m5
+template <typename T>
+void inverse_filter_transform(const T* row, int64_t pstride, int64_t C, T* gw) {
+  const T q4 = T(1) / 4, s6 = T(1) / 6, t12 = T(1) / 12, t24 = T(1) / 24;
+  for (int64_t c0 = 0; c0 < C; c0 += CB) {
+    const int64_t nc = std::min(CB, C - c0);
+    alignas(64) T m[36][CB];
+    for (int64_t p = 0; p < 36; ++p)
+      for (int64_t c = 0; c < CB; ++c) m[p][c] = c < nc ? row[p * pstride + c0 + c] : T(0);
+    alignas(64) T t[3][6][CB];  // t[r][q] = sum_p G[p][r] m[p][q]
+    for (int q = 0; q < 6; ++q)
+#pragma omp simd
+      for (int64_t c = 0; c < CB; ++c) {
+        const T a0 = m[q][c], a1 = m[6 + q][c], a2 = m[12 + q][c], a3 = m[18 + q][c], a4 = m[24 + q][c],
+                a5 = m[30 + q][c];
+        t[0][q][c] = a0 * q4 - (a1 + a2) * s6 + (a3 + a4) * t24;
+        t[1][q][c] = (a2 - a1) * s6 + (a3 - a4) * t12;
+        t[2][q][c] = (a3 + a4 - a1 - a2) * s6 + a5;
+      }
+    alignas(64) T o[CB][9];
+    for (int r = 0; r < 3; ++r)
+#pragma omp simd
+      for (int64_t c = 0; c < CB; ++c) {
+        const T a0 = t[r][0][c], a1 = t[r][1][c], a2 = t[r][2][c], a3 = t[r][3][c], a4 = t[r][4][c],
+                a5 = t[r][5][c];
+        o[c][r * 3 + 0] = a0 * q4 - (a1 + a2) * s6 + (a3 + a4) * t24;
+        o[c][r * 3 + 1] = (a2 - a1) * s6 + (a3 - a4) * t12;
+        o[c][r * 3 + 2] = (a3 + a4 - a1 - a2) * s6 + a5;
+      }
+    for (int64_t c = 0; c < nc; ++c)
+      for (int j = 0; j < 9; ++j) gw[(c0 + c) * 9 + j] = o[c][j];
+  }
+}
+
+// gw (K, C, 3, 3), contiguous, from x (N, C, H, W) and dz (N, K, Ho, Wo), each NCHW or channels_last.
+template <typename T>
+void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph, int64_t pw, T* gw) {
+  const auto is_cl = [](const at::Tensor& t) {
+    return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  const bool x_cl = is_cl(x_in), dz_cl = is_cl(dz_in);  // each read in its own layout
+  const at::Tensor x = x_in.contiguous(x_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor dz = dz_in.contiguous(dz_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = dz.size(1);
+  const int64_t Ho = dz.size(2), Wo = dz.size(3), th = (Ho + 3) / 4, tw = (Wo + 3) / 4, per_image = th * tw;
+  const int64_t tiles = N * per_image, elem = sizeof(T);
+  const T* xp = x.data_ptr<T>();
+  const T* dp = dz.data_ptr<T>();
+  const int64_t vs = pad_stride(tiles * C, elem), ds = pad_stride(tiles * K, elem);
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor V = at::empty({36 * vs}, opt), D = at::empty({36 * ds}, opt);
+  T* Vp = V.data_ptr<T>();
+  T* Dp = D.data_ptr<T>();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / per_image, r = t % per_image, h0 = (r / tw) * 4, w0 = (r % tw) * 4;
+      const Img<T> xi{xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
+      input_transform(xi, h0 - ph, w0 - pw, Vp + t * C, vs);
+      const Img<T> di{dp + n * K * Ho * Wo, Ho, Wo, K, dz_cl ? 1 : Ho * Wo, dz_cl ? Wo * K : Wo, dz_cl ? K : 1};
+      dz_transform(di, h0, w0, Dp + t * K, ds);
+    }
+  });
+  const int64_t budget = env_int("PYDL_WINOGRAD_UKB", 1024) * 1024, threads = at::get_num_threads();
+  int64_t kb = std::max<int64_t>(1, budget / (36 * C * elem));
+  int64_t chunks = (K + kb - 1) / kb;
+  chunks = (chunks + threads - 1) / threads * threads;
+  kb = std::max<int64_t>(1, (K + chunks - 1) / chunks);
+  chunks = (K + kb - 1) / kb;
+  at::parallel_for(0, chunks, 1, [&](int64_t j0, int64_t j1) {
+    thread_local std::vector<T> dU;
+    const int64_t us = pad_stride(kb * C, elem);
+    dU.resize(36 * us);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
+      for (int64_t p = 0; p < 36; ++p)  // dU[p] (nk x C) = D[p][:, k0:k0+nk]^T (nk x tiles) . V[p] (tiles x C)
+        gemm<T>(nk, C, tiles, Dp + p * ds + k0, K, true, Vp + p * vs, C, false, dU.data() + p * us, C);
+      for (int64_t k = 0; k < nk; ++k) inverse_filter_transform(dU.data() + k * C, us, C, gw + (k0 + k) * C * 9);
+    }
+  });
+}
+
 // ---- the crossover table ------------------------------------------------------------------------------
 // Where "auto" takes Winograd. Measured with `python -m benchmarks.bench_conv2d --crossover --cpu-time
 // --batches 1,2,8,32` (pydl Winograd vs pydl direct, fp32, C = K, post-ReLU inputs, 1 thread, thread CPU
 // time, 7 interleaved rounds; 2-core AVX-512 Xeon shared with other jobs, 2026-12-03; the tables in
 // benchmarks/results/cpu-winograd-crossover/cpu-time.md). Forward speed-up of Winograd over direct, fwd+bwd
-// in brackets (grad-input follows the same choice; grad-weight stays direct in both):
+// in brackets (grad-input followed the same choice; grad-weight was direct in both then -- it follows the
+// choice now, up to 512 tiles, 1.4-1.9x faster than direct at the N=2 ResNet stages, so fwd+bwd only gains):
 //
 //   tiles = N * ceil(Ho/4) * ceil(Wo/4)
 //   size (tiles)  7, N=1 (4)   7, N=2 (8)   14, N=2 (32)  28, N=2 (98)  56, N=2 (392)
@@ -574,6 +723,22 @@ bool use_backward_input(const at::Tensor& x, const at::Tensor& w, at::IntArrayRe
   if (t_algo == kDirect || !supported(x, w, stride, padding, dilation, groups, 2)) return false;
   if (t_algo == kWinograd) return true;
   return wins(x.size(0), w.size(0), x.size(1), x.size(2), x.size(3));
+}
+
+bool use_backward_weight(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups) {
+  if (t_algo == kDirect || !supported(x, w, stride, padding, dilation, groups, INT64_MAX)) return false;
+  if (t_algo == kWinograd) return true;
+  const int64_t Ho = x.size(2) + 2 * padding[0] - 2, Wo = x.size(3) + 2 * padding[1] - 2;
+  const int64_t tiles = x.size(0) * ((Ho + 3) / 4) * ((Wo + 3) / 4);
+  // measured at N=2 only (up to 392 tiles); V and D of all tiles at once would be 2 x 58 MB at 64@56, N=32
+  return tiles <= 512 && wins(x.size(0), x.size(1), w.size(0), Ho, Wo);
+}
+
+void backward_weight(const at::Tensor& x, const at::Tensor& dz, int64_t ph, int64_t pw, at::Tensor& gw) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pydl_conv2d_winograd_backward_weight", [&] {
+    run_grad_weight<scalar_t>(x, dz, ph, pw, gw.data_ptr<scalar_t>());
+  });
 }
 
 void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t ph, int64_t pw,
