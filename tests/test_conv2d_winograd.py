@@ -244,6 +244,20 @@ def test_small_batch_scheme_in_chunks(monkeypatch, cl, act):
     check_within(gx, want, winograd_bound(dz, w.flip(2, 3).transpose(0, 1), None, 1), f"grad_x act={act}")
 
 
+def test_large_transform_buffers(monkeypatch):
+    # V of all tiles over 4 Mi elements (1960 tiles x 64 channels x 36) is allocated per call rather than
+    # kept by the calling thread (winograd.cpp: scratch): the small-batch forward and grad-weight on it
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "small")
+    x, w, b = make(10, 64, 56, 56, 16)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+    check_within(y, F.conv2d(x.double(), w.double(), b.double(), padding=1), winograd_bound(x, w, b, 1), "y")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (gw,) = torch.autograd.grad(y, w, dy)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
+    check_within(gw, want, grad_weight_bound(x, dy, 1), "grad_w")
+
+
 def test_bad_scheme(monkeypatch):
     monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "fast")
     x, w, b = make(1, 2, 5, 5, 2)

@@ -429,6 +429,20 @@ struct Geom {
   }
 };
 
+// A buffer of n elements for one call, shared by its workers. Up to 4 Mi elements (16 MB in fp32) it is the
+// calling thread's (keep), kept across calls: a fresh buffer of a few MB comes from mmap and pays its page
+// faults on every call (that was ~7% of a 64@56 forward+backward). Larger ones are allocated per call (big),
+// so that a rare wide layer does not pin tens of MB per thread.
+template <typename T>
+T* scratch(std::vector<T>& keep, at::Tensor& big, int64_t n) {
+  if (n <= (int64_t(1) << 22)) {
+    if (int64_t(keep.size()) < n) keep.resize(n);
+    return keep.data();
+  }
+  big = at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return big.data_ptr<T>();
+}
+
 // Block scheme: tiles cut into blocks of TB; a block is one task -- transform its inputs into V
 // (36 x TB x C), run the 36 GEMMs into M (36 x TB x K), transform M into output tiles. V and M together
 // stay in L2 (pick_block), so each block's data goes from the input to the output without a round trip to
@@ -473,9 +487,9 @@ template <int KIND, typename T>
 void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z) {
   const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
   const int64_t vs = pad_stride(tiles * C, elem);
-  thread_local std::vector<T> Vbuf;  // the calling thread's, kept across calls (see run_grad_weight)
-  Vbuf.resize(36 * vs);
-  T* Vp = Vbuf.data();
+  thread_local std::vector<T> Vkeep;
+  at::Tensor Vbig;
+  T* Vp = scratch(Vkeep, Vbig, 36 * vs);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) input_transform(g.image(t), g.row0(t) - g.ph, g.col0(t) - g.pw, Vp + t * C, vs);
   });
@@ -643,13 +657,10 @@ void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph
   const T* xp = x.data_ptr<T>();
   const T* dp = dz.data_ptr<T>();
   const int64_t vs = pad_stride(tiles * C, elem), ds = pad_stride(tiles * K, elem);
-  // The calling thread's buffers, kept across calls: fresh ones of a few MB come from mmap and cost their
-  // page faults on every call (~7% of a 64@56 forward+backward). The workers only read and write them.
-  thread_local std::vector<T> Vbuf, Dbuf;
-  Vbuf.resize(36 * vs);
-  Dbuf.resize(36 * ds);
-  T* Vp = Vbuf.data();
-  T* Dp = Dbuf.data();
+  thread_local std::vector<T> Vkeep, Dkeep;
+  at::Tensor Vbig, Dbig;
+  T* Vp = scratch(Vkeep, Vbig, 36 * vs);
+  T* Dp = scratch(Dkeep, Dbig, 36 * ds);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / per_image, r = t % per_image, h0 = (r / tw) * 4, w0 = (r % tw) * 4;
