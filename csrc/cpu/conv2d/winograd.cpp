@@ -1,7 +1,7 @@
 // Winograd F(4x4, 3x3) convolution (Lavin & Gray 2016) for 3x3 stride-1 layers: forward (with the fused
-// bias + activation epilogue), grad-input, and grad-weight (its adjoint: see run_grad_weight). The direct path (csrc/cpu/conv2d.cpp: tiled im2col + GEMM)
-// does 9 multiply-adds per output per input channel; this one does 36 per 4x4 output tile, 2.25, plus three
-// cheap linear transforms -- so the GEMM work is 4x smaller.
+// bias + activation epilogue), grad-input, and grad-weight (its adjoint: see run_grad_weight). The direct
+// path (csrc/cpu/conv2d.cpp: tiled im2col + GEMM) does 9 multiply-adds per output per input channel; this one
+// does 36 per 4x4 output tile, 2.25, plus three cheap linear transforms -- so the GEMM work is 4x smaller.
 //
 //   U[p, c, k] = (G g_kc G^T)[p]     filter transform, once per call (36 x C x K)
 //   V[p, t, c] = (B^T d_tc B)[p]     input transform of tile t's 6x6 patch d (zeros outside the image)
@@ -38,6 +38,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -429,6 +430,17 @@ struct Geom {
   }
 };
 
+// n elements of v, from a cache-line boundary (std::vector's own alignment is malloc's 16 bytes): the
+// transforms write whole 64-byte vectors at 64-byte strides, and pad_stride's sets assume whole lines.
+// (Unaligned, a 512@7 forward ran 0.89x or 1.15x torch from one process to the next.)
+template <typename T>
+T* aligned(std::vector<T>& v, int64_t n) {
+  const int64_t pad = 64 / sizeof(T);
+  if (int64_t(v.size()) < n + pad) v.resize(n + pad);
+  const auto p = reinterpret_cast<std::uintptr_t>(v.data());
+  return reinterpret_cast<T*>((p + 63) & ~std::uintptr_t(63));
+}
+
 // A buffer of n elements for one call, shared by its workers. Up to 4 Mi elements (16 MB in fp32) it is the
 // calling thread's (keep), kept across calls: a fresh buffer of a few MB comes from mmap and pays its page
 // faults on every call (that was ~7% of a 64@56 forward+backward). Larger ones are allocated per call (big),
@@ -436,8 +448,7 @@ struct Geom {
 template <typename T>
 T* scratch(std::vector<T>& keep, at::Tensor& big, int64_t n) {
   if (n <= (int64_t(1) << 22)) {
-    if (int64_t(keep.size()) < n) keep.resize(n);
-    return keep.data();
+    return aligned(keep, n);
   }
   big = at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   return big.data_ptr<T>();
@@ -461,16 +472,16 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
   const int64_t vs = pad_stride(TB * C, elem), ms = pad_stride(TB * K, elem);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
-    V.resize(36 * vs);
-    M.resize(36 * ms);
+    T* Vp = aligned(V, 36 * vs);
+    T* Mp = aligned(M, 36 * ms);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t t0 = blk * TB, nt = std::min(TB, g.tiles - t0);
       for (int64_t t = 0; t < nt; ++t)
-        input_transform(g.image(t0 + t), g.row0(t0 + t) - g.ph, g.col0(t0 + t) - g.pw, V.data() + t * C, vs);
+        input_transform(g.image(t0 + t), g.row0(t0 + t) - g.ph, g.col0(t0 + t) - g.pw, Vp + t * C, vs);
       for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(nt, K, C, V.data() + p * vs, C, false, Up + p * us, inner, f.tu, M.data() + p * ms, K);
+        gemm<T>(nt, K, C, Vp + p * vs, C, false, Up + p * us, inner, f.tu, Mp + p * ms, K);
       for (int64_t t = 0; t < nt; ++t)
-        output_transform<KIND>(M.data() + t * K, ms, K, bias, act, g.row0(t0 + t), g.col0(t0 + t), g.Ho, g.Wo,
+        output_transform<KIND>(Mp + t * K, ms, K, bias, act, g.row0(t0 + t), g.col0(t0 + t), g.Ho, g.Wo,
                                g.out(y, z, t0 + t, 0));
     }
   });
@@ -504,20 +515,19 @@ void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
   at::parallel_for(0, chunks, 1, [&](int64_t j0, int64_t j1) {
     thread_local std::vector<T> Uc, Mc;
     const int64_t us = pad_stride(C * kb, elem), ms = pad_stride(tiles * kb, elem);
-    Uc.resize(36 * us);
-    Mc.resize(36 * ms);
+    T* Up = aligned(Uc, 36 * us);
+    T* Mp = aligned(Mc, 36 * ms);
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
       if (f.tu) {  // U's slice is nk whole rows (output channels) of C
-        for (int64_t k = 0; k < nk; ++k) filter_transform(f, k0 + k, 0, C, Uc.data() + k * C, us);
+        for (int64_t k = 0; k < nk; ++k) filter_transform(f, k0 + k, 0, C, Up + k * C, us);
       } else {  // nk columns of each of the C rows, which start at column k0
-        for (int64_t c = 0; c < C; ++c) filter_transform(f, c, k0, k0 + nk, Uc.data() + c * nk, us);
+        for (int64_t c = 0; c < C; ++c) filter_transform(f, c, k0, k0 + nk, Up + c * nk, us);
       }
       for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(tiles, nk, C, Vp + p * vs, C, false, Uc.data() + p * us, f.tu ? C : nk, f.tu, Mc.data() + p * ms,
-                nk);
+        gemm<T>(tiles, nk, C, Vp + p * vs, C, false, Up + p * us, f.tu ? C : nk, f.tu, Mp + p * ms, nk);
       for (int64_t t = 0; t < tiles; ++t)
-        output_transform<KIND>(Mc.data() + t * nk, ms, nk, bias != nullptr ? bias + k0 : nullptr, act, g.row0(t),
+        output_transform<KIND>(Mp + t * nk, ms, nk, bias != nullptr ? bias + k0 : nullptr, act, g.row0(t),
                                g.col0(t), g.Ho, g.Wo, g.out(y, z, t, k0));
     }
   });
@@ -682,12 +692,12 @@ void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph
   at::parallel_for(0, chunks, 1, [&](int64_t j0, int64_t j1) {
     thread_local std::vector<T> dU;
     const int64_t us = pad_stride(kb * C, elem);
-    dU.resize(36 * us);
+    T* dUp = aligned(dU, 36 * us);
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
       for (int64_t p = 0; p < 36; ++p)  // dU[p] (nk x C) = D[p][:, k0:k0+nk]^T (nk x tiles) . V[p] (tiles x C)
-        gemm<T>(nk, C, tiles, Dp + p * ds + k0, K, true, Vp + p * vs, C, false, dU.data() + p * us, C);
-      for (int64_t k = 0; k < nk; ++k) inverse_filter_transform(dU.data() + k * C, us, C, gw + (k0 + k) * C * 9);
+        gemm<T>(nk, C, tiles, Dp + p * ds + k0, K, true, Vp + p * vs, C, false, dUp + p * us, C);
+      for (int64_t k = 0; k < nk; ++k) inverse_filter_transform(dUp + k * C, us, C, gw + (k0 + k) * C * 9);
     }
   });
 }
