@@ -15,11 +15,13 @@ unfused conv+relu; GPU >= 0.8x cuDNN, fused >= 1.1x. Winograd on the CPU: the Re
 >= 1.3x forward, >= 1.1x forward+backward, at N=2 and at a training batch (N=32, the "ResNet stage" cases of
 the full set).
 
-``python -m benchmarks.bench_conv2d --crossover [--threads 2]`` times pydl's Winograd against pydl's direct
-path (the "torch" column is the direct path there) over a grid of channels, sizes and batches: the source of
-the crossover table in csrc/cpu/conv2d/winograd.cpp (``wins``).
+``python -m benchmarks.bench_conv2d --crossover [--threads 2] [--batches 2,32]`` times pydl's Winograd against
+pydl's direct path (the "torch" column is the direct path there) over a grid of channels, sizes and batches: the
+source of the crossover table in csrc/cpu/conv2d/winograd.cpp (``wins``). ``--crossover --cpu-time`` times the
+same grid at 1 thread in thread CPU time (steadier on a shared machine; a markdown table on stdout).
 """
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -140,12 +142,16 @@ def stage_cases():
     return out
 
 
-def crossover_cases(quick: bool, device: str):
+def _crossover_grid(quick: bool, batches=None):
+    batches = batches or ((2, 32) if quick else (1, 2, 8, 32))
+    return [(n, c, h) for n in batches for c in (16, 32, 64, 128, 256, 512) for h in (7, 14, 28, 56)
+            if n * c * h * h <= 32 * 64 * 56 * 56]
+
+
+def crossover_cases(quick: bool, device: str, batches=None):
     """pydl Winograd ("pydl") against pydl direct ("torch" column): ratio > 1 where Winograd wins."""
-    grid = [(n, c, h) for n in (1, 2, 8, 32) for c in (16, 32, 64, 128, 256, 512) for h in (7, 14, 28, 56)
-            if n * c * h * h <= 32 * 64 * 56 * 56 and not (quick and n not in (2, 32))]
     out = []
-    for n, c, h in grid:
+    for n, c, h in _crossover_grid(quick, batches):
         def setup(n=n, c=c, h=h, i=0):
             fw, tr = _layer_fns(n, c, h, c, "winograd")
             fd, td = _layer_fns(n, c, h, c, "direct")
@@ -158,9 +164,58 @@ def crossover_cases(quick: bool, device: str):
     return out
 
 
+def _cpu_ms(fn, min_s=0.02):
+    """Thread CPU time of one call (ms): calls repeated until min_s of it, so a short call is not all timer."""
+    reps, t0 = 0, time.thread_time()
+    while True:
+        fn()
+        reps += 1
+        t = time.thread_time() - t0
+        if t >= min_s:
+            return t / reps * 1e3
+
+
+def crossover_cpu_time(quick: bool, batches=None, rounds: int = 7):
+    """The crossover grid at 1 thread, timed in thread CPU time (time.thread_time): on a shared machine a
+    neighbour's load shows in wall-clock time but hardly in the CPU time of our own thread (what remains is
+    cache and memory-bandwidth contention). Winograd and direct alternate, round by round; each row is the
+    median per-round ratio direct / Winograd (> 1: Winograd wins) with its 25-75% spread."""
+    torch.set_num_threads(1)
+    print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}Z  1 thread, thread CPU time, {rounds} rounds  "
+          f"torch {torch.__version__}\n")
+    print("| shape | variant | winograd ms | direct ms | speed-up (q1-q3) |\n|---|---|---:|---:|---:|")
+    for n, c, h in _crossover_grid(quick, batches):
+        fw, tw = _layer_fns(n, c, h, c, "winograd")
+        fd, td = _layer_fns(n, c, h, c, "direct")
+        for variant, (w, d) in (("forward", (fw, fd)), ("forward+backward", (tw, td))):
+            fa, fb = w["pydl"]("cpu"), d["pydl"]("cpu")
+            fa(), fb()
+            ms = [(_cpu_ms(fa), _cpu_ms(fb)) for _ in range(rounds)]
+            r = sorted(b / a for a, b in ms)
+            med = [sorted(x)[len(x) // 2] for x in zip(*ms)]
+            q = len(r) // 4
+            print(f"| 3x3 s1 {c}@{h} N={n} | {variant} | {med[0]:.3f} | {med[1]:.3f} | "
+                  f"{r[len(r) // 2]:.2f}x ({r[q]:.2f}-{r[-1 - q]:.2f}) |", flush=True)
+
+
+def _pop_option(name: str, has_value: bool):
+    if name not in sys.argv:
+        return None
+    i = sys.argv.index(name)
+    value = sys.argv[i + 1] if has_value else True
+    del sys.argv[i:i + (2 if has_value else 1)]
+    return value
+
+
 if __name__ == "__main__":
-    if "--crossover" in sys.argv:
-        sys.argv.remove("--crossover")
-        main_for(crossover_cases)
+    if _pop_option("--crossover", False):
+        # --batches 2,32: the batch sizes of the grid (default: 2 and 32 with --quick, else 1, 2, 8, 32);
+        # --cpu-time: 1 thread, thread CPU time, not the interleaved wall-clock runner (see crossover_cpu_time)
+        batches = _pop_option("--batches", True)
+        batches = tuple(int(b) for b in batches.split(",")) if batches else None
+        if _pop_option("--cpu-time", False):
+            crossover_cpu_time("--quick" in sys.argv, batches)
+        else:
+            main_for(lambda quick, device: crossover_cases(quick, device, batches))
     else:
         main_for(cases)

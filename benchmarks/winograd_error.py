@@ -9,6 +9,9 @@ Data as a ResNet layer sees it: inputs post-BN-ReLU (unit normal, then ReLU), He
 * bound use: max |y - truth| / winograd_bound (tests/winograd_ref.py) -- how much of the rigorous bound the
   observed error uses (the tests compare with the bound itself).
 
+Then the same for grad-weight (Winograd's adjoint, winograd.cpp: run_grad_weight) from a unit-normal output
+gradient: rel err of the three paths, and vs |x| (*) |dy| (the direct correlation of absolute values) in u.
+
 Run: ``python -m benchmarks.winograd_error`` (from the repository root).
 """
 import importlib.util
@@ -55,6 +58,24 @@ def main():
         bound = winograd_bound(x, w, None, 1)
         print(f"| {c}@{h} N={n} | {ew.max() / m:.2e} | {ed.max() / m:.2e} | {et.max() / m:.2e} "
               f"| {(ew / scale).max() / u:.1f} | {(ed / scale).max() / u:.1f} | {(ew / bound).max():.4f} |")
+    print("\n| layer | grad-weight rel err winograd | rel err direct | rel err torch | winograd vs |x|*|dy| (u) "
+          "| direct vs |x|*|dy| (u) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n, c, h in LAYERS:
+        x = torch.randn(n, c, h, h).relu()
+        w = torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5
+        dy = torch.randn(n, c, h, h)
+        truth = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
+        scale = torch.nn.grad.conv2d_weight(x.double().abs(), w.shape, dy.double().abs(), padding=1)
+        got = []
+        for algo in ("winograd", "direct"):
+            wg = w.clone().requires_grad_(True)
+            got.append(torch.autograd.grad(pydl.conv2d(x, wg, padding=1, backend="cpu", algo=algo), wg, dy)[0])
+        got.append(torch.nn.grad.conv2d_weight(x, w.shape, dy, padding=1))
+        ew, ed, et = ((g.double() - truth).abs() for g in got)
+        m = truth.abs().max()
+        print(f"| {c}@{h} N={n} | {ew.max() / m:.2e} | {ed.max() / m:.2e} | {et.max() / m:.2e} "
+              f"| {(ew / scale).max() / u:.1f} | {(ed / scale).max() / u:.1f} |")
 
 
 if __name__ == "__main__":

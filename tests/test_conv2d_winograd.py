@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import require_backend
-from winograd_ref import unit_roundoff, winograd_bound, winograd_conv
+from winograd_ref import AT, BT, G, unit_roundoff, winograd_bound, winograd_conv
 
 import pydl
 
@@ -24,6 +24,14 @@ LEAK, SUB, MAXV = 0.1, 0.4, 1.5
 @pytest.fixture(autouse=True)
 def _cpu():
     require_backend("cpu", "cpu", OP)
+
+
+@pytest.fixture(params=["block", "small"])
+def scheme(request, monkeypatch):
+    """Force one of the kernel's two schemes (winograd.cpp: run_block, run_small; "auto" picks by U's size
+    and the tile count, which at test sizes is always "block"). The kernel reads the variable on every call."""
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", request.param)
+    return request.param
 
 
 def torch_act(z, act):
@@ -73,7 +81,7 @@ SHAPES = [  # (N, C, H, W, K): odd sizes, sizes not a multiple of 4 (partial las
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
-def test_forward_within_bound(shape, padding, cl, act):
+def test_forward_within_bound(shape, padding, cl, act, scheme):
     N, C, H, W, K = shape
     bias = act != "relu"  # relu without bias, the other two with
     x, w, b = make(N, C, H, W, K, cl=cl, bias=bias)
@@ -97,7 +105,7 @@ def test_preactivation_output_within_bound():
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("act", ["none", "relu"])
-def test_grad_input_within_bound(padding, cl, act):
+def test_grad_input_within_bound(padding, cl, act, scheme):
     x, w, b = make(2, 6, 9, 11, 19, cl=cl)
     x.requires_grad_(True)
     with pydl.conv2d_algo("winograd"):
@@ -107,7 +115,8 @@ def test_grad_input_within_bound(padding, cl, act):
                                                                                      torch.contiguous_format)
     (gx,) = torch.autograd.grad(y, x, dy)
     assert gx.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    # grad-input is the Winograd conv of dz with the flipped, transposed filter at padding 2 - p: its bound
+    # grad-input is the Winograd conv of dz with the flipped, transposed filter at padding 2 - p (read out of
+    # w in place, not copied; C=6 -> K=19 makes a transposition that went wrong show): its bound
     dz = dy if act == "none" else dy * (y > 0)
     wf = w.flip(2, 3).transpose(0, 1)
     want = torch.nn.grad.conv2d_input(x.shape, w.double(), dz.double(), padding=padding)
@@ -116,7 +125,7 @@ def test_grad_input_within_bound(padding, cl, act):
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("padding,act", [(0, "none"), (1, "relu"), (2, "general_relu")])
-def test_gradcheck_fp64(cl, padding, act):
+def test_gradcheck_fp64(cl, padding, act, scheme):
     # the kernel runs fp64 through the same code (fp16/bf16 take the direct path)
     x, w, b = make(1, 2, 5, 6, 3, torch.float64, cl=cl)
     x, w, b = (t.clone().requires_grad_(True) for t in (x, w, b))
@@ -142,6 +151,118 @@ def test_gradgradcheck_fp64(cl, act):
 
     with pydl.conv2d_algo("winograd"):
         assert torch.autograd.gradgradcheck(f, (x, w, b), atol=1e-8)
+
+
+# grad-weight's rounding steps beyond the sum over tiles: the input transform (8, as the forward's), the
+# transform of dz's 4x4 tiles by A (two passes of <= 4 terms, exact constants: 4 + 4), the elementwise
+# product (1), the transform back by G^T (two passes of <= 6 terms with inexact constants: (6 + 1) * 2).
+GW_ROUNDINGS = 8 + 8 + 1 + 14
+
+
+def winograd_grad_weight(x, dz, padding, absolute=False):
+    """The adjoint of winograd_conv in w: gw_kc = G^T (sum_t (A dz_tk A^T) (.) (B^T d_tc B)) G, over every
+    tile t of every image, in x's dtype; ``absolute=True`` runs it with |B^T|, |G|, |A^T| (for the bound)."""
+    bt, g, at = (torch.tensor(m, dtype=x.dtype) for m in (BT, G, AT))
+    if absolute:
+        bt, g, at = bt.abs(), g.abs(), at.abs()
+    H, W = x.shape[2:]
+    Ho, Wo = dz.shape[2:]
+    th, tw = -(-Ho // 4), -(-Wo // 4)
+    d = F.pad(x, (padding, 4 * tw + 2 - W - padding, padding, 4 * th + 2 - H - padding))
+    V = bt @ d.unfold(2, 6, 4).unfold(3, 6, 4) @ bt.T                          # (N, C, th, tw, 6, 6)
+    D = at.T @ F.pad(dz, (0, 4 * tw - Wo, 0, 4 * th - Ho)).unfold(2, 4, 4).unfold(3, 4, 4) @ at  # (N, K, ..)
+    return g.T @ torch.einsum("nctwpq,nktwpq->kcpq", V, D) @ g                   # (K, C, 3, 3)
+
+
+def grad_weight_bound(x, dz, padding):
+    s = winograd_grad_weight(x.double().abs(), dz.double().abs(), padding, absolute=True)
+    n = x.shape[0] * (-(-dz.shape[2] // 4)) * (-(-dz.shape[3] // 4)) + GW_ROUNDINGS
+    u = unit_roundoff(x.dtype)
+    return (n * u / (1 - n * u)) * s
+
+
+def test_grad_weight_prototype_is_the_adjoint():
+    x, w, _ = make(2, 3, 9, 11, 4, torch.float64)
+    for p in (0, 1, 2):
+        dz = torch.randn(F.conv2d(x, w, padding=p).shape, dtype=torch.float64)
+        want = torch.nn.grad.conv2d_weight(x, w.shape, dz, padding=p)
+        torch.testing.assert_close(winograd_grad_weight(x, dz, p), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_grad_weight_within_bound(shape, padding, cl, act):
+    N, C, H, W, K = shape
+    x, w, b = make(N, C, H, W, K, cl=cl)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=padding, act=act, backend="cpu", algo="winograd")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last if cl else torch.contiguous_format)
+    (gw,) = torch.autograd.grad(y, w, dy)
+    dz = dy if act == "none" else dy * (y > 0)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dz.double(), padding=padding)
+    check_within(gw, want, grad_weight_bound(x, dz, padding), f"grad_w act={act}")
+
+
+def test_grad_weight_in_chunks(monkeypatch):
+    # the threads split grad-weight's output channels into chunks (PYDL_WINOGRAD_UKB kB of dU; 1 kB: one
+    # channel per chunk), each reduced over every tile and transformed back on its own
+    monkeypatch.setenv("PYDL_WINOGRAD_UKB", "1")
+    x, w, _ = make(2, 35, 9, 10, 20)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, padding=1, backend="cpu", algo="winograd")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (gw,) = torch.autograd.grad(y, w, dy)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
+    check_within(gw, want, grad_weight_bound(x, dy, 1), "grad_w")
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("act", ["none", "relu", "general_relu"])
+def test_small_batch_scheme_in_chunks(monkeypatch, cl, act):
+    # The small-batch scheme splits the output channels into chunks of U (a multiple of 16 channels within
+    # PYDL_WINOGRAD_UKB kB; 1 kB forces the minimum, 16): 40 output channels are chunks of 16, 16 and 8, and
+    # grad-input's 35 are 16, 16 and 3 -- each chunk writes its own channels, bias and activation.
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "small")
+    monkeypatch.setenv("PYDL_WINOGRAD_UKB", "1")
+    x, w, b = make(2, 35, 9, 10, 40, cl=cl)
+    x.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd", **act_kwargs(act))
+    z64 = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    bound = winograd_bound(x, w, b, 1)
+    if act == "general_relu":
+        bound = bound + 2 * unit_roundoff(x.dtype) * (z64.abs() + SUB)
+    check_within(y, torch_act(z64, act), bound, f"forward act={act}")
+    if act == "general_relu":  # forward only: its backward runs the same grad-input conv as the others
+        return
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (gx,) = torch.autograd.grad(y, x, dy)
+    dz = dy if act == "none" else dy * (y > 0)
+    want = torch.nn.grad.conv2d_input(x.shape, w.double(), dz.double(), padding=1)
+    check_within(gx, want, winograd_bound(dz, w.flip(2, 3).transpose(0, 1), None, 1), f"grad_x act={act}")
+
+
+def test_large_transform_buffers(monkeypatch):
+    # V of all tiles over 4 Mi elements (1960 tiles x 64 channels x 36) is allocated per call rather than
+    # kept by the calling thread (winograd.cpp: scratch): the small-batch forward and grad-weight on it
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "small")
+    x, w, b = make(10, 64, 56, 56, 16)
+    w.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+    check_within(y, F.conv2d(x.double(), w.double(), b.double(), padding=1), winograd_bound(x, w, b, 1), "y")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (gw,) = torch.autograd.grad(y, w, dy)
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
+    check_within(gw, want, grad_weight_bound(x, dy, 1), "grad_w")
+
+
+def test_bad_scheme(monkeypatch):
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "fast")
+    x, w, b = make(1, 2, 5, 5, 2)
+    with pytest.raises(ValueError, match="PYDL_WINOGRAD_SCHEME must be"):
+        pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
 
 
 def _fwd_bwd(x, w, b, algo, **kw):
@@ -225,9 +346,11 @@ def _auto_picks(N, C, H, K):
 
 def test_auto_uses_the_crossover_table():
     assert _auto_picks(2, 8, 16, 8) == "direct"        # below 16 channels: nothing measured there
-    assert _auto_picks(2, 64, 7, 64) == "direct"       # 2 x 2 x 2 = 8 tiles do not repay the filter transform
-    assert _auto_picks(2, 64, 56, 64) == "winograd"    # 2 x 14 x 14 = 392 tiles (>= 64)
-    assert _auto_picks(2, 32, 14, 32) == "winograd"    # few channels: 2 x 4 x 4 = 32 tiles are enough
+    assert _auto_picks(2, 64, 56, 64) == "winograd"    # 2 x 14 x 14 = 392 tiles
+    assert _auto_picks(2, 64, 7, 64) == "winograd"     # from 2 x 2 x 2 = 8 tiles
+    assert _auto_picks(2, 16, 7, 16) == "winograd"
+    assert _auto_picks(1, 64, 7, 64) == "direct"       # 4 tiles do not repay the filter transform reliably
+    assert _auto_picks(1, 32, 4, 32) == "direct"       # nor 1 tile
 
 
 def test_deterministic():

@@ -201,7 +201,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       if (mask[1]) gw = gw_acc.view(w.sizes()).to(w.scalar_type());
       return;
     }
-    if (mask[1]) {
+    if (mask[1] && winograd::use_backward_weight(x, w, stride, padding, dilation, groups)) {
+      gw = at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous));
+      winograd::backward_weight(x, dz, g.ph, g.pw, gw);
+    } else if (mask[1]) {
       at::Tensor gw_acc = at::empty({g.Co, g.K}, x.options().dtype(acc_type));
       if (g.N * g.L == 0) gw_acc.zero_();
       else backward_weight<scalar_t>(g, x.data_ptr<scalar_t>(), dz, gw_acc);

@@ -25,6 +25,10 @@ bool use_forward(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef strid
 bool use_backward_input(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups);
 
+// The same for grad-weight (winograd.cpp: run_grad_weight).
+bool use_backward_weight(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups);
+
 // y = act(conv(x, w) + b), z = conv(x, w) + b when z is defined and non-empty. y (and z) are preallocated
 // (N, K, Ho, Wo) in NCHW or channels_last (out_cl); b may be undefined. x, w, b: one dtype, fp32 or fp64.
 void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t ph, int64_t pw,
@@ -33,6 +37,10 @@ void forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int6
 // grad_x (preallocated, x's shape, NCHW or channels_last per out_cl) from dz (the output gradient after the
 // activation's backward, in x's dtype) and the forward's weight w.
 void backward_input(const at::Tensor& dz, const at::Tensor& w, int64_t ph, int64_t pw, bool out_cl, at::Tensor& gx);
+
+// gw (preallocated (K, C, 3, 3), contiguous, x's dtype) from x and dz (the output gradient after the
+// activation's backward), each NCHW or channels_last.
+void backward_weight(const at::Tensor& x, const at::Tensor& dz, int64_t ph, int64_t pw, at::Tensor& gw);
 
 }  // namespace winograd
 }  // namespace pydl
