@@ -22,8 +22,10 @@ How the CPU sequence ops run (csrc/cpu/rnn.cpp, "a whole sequence in one paralle
 one OpenMP team per direction of a layer; each thread owns a slice of the hidden units with its gate columns
 of W_hh packed once into register-block panels, and per step computes its GEMM slice (a hand-written 6x4-vector
 micro-kernel, ~190 GFLOP/s on one core for the 32x256x512 step slice where MKL's sgemm gives ~175) and its
-pointwise part, then one barrier. The input projection stays one big MKL GEMM up front; the backward runs the
-same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]) and keeps the weight gradients as big GEMMs.
+pointwise part, then one barrier. The input projection runs in the region as well (a second packed GEMM per
+step) while each thread's packed W_ih + W_hh fit in 1 MB, else one MKL GEMM up front; the backward runs the
+same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]), sums the bias gradients as it goes, and keeps
+the weight gradients and dL/dx as big GEMMs.
 fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per step).
 
 Measured on the 2-core box while it was shared (load average 4.5-4.7, threads=2, time_pair medians, spreads

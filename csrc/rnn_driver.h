@@ -305,6 +305,7 @@ struct BwdRec {
   Tensor hcols, h0;     // GRU: h_{t-1} of every step
   Tensor dGi, dGh;      // (T, B, G*H) outputs (the same tensor for the LSTM)
   Tensor dh_dir;        // GRU: (B, H) acc, the gradient through z * h_{t-1}, updated in place
+  Tensor db_i, db_h;    // (G*H) outputs when the layer has biases, else undefined: dGi / dGh summed over T, B
 };
 
 template <class PW, class = void>
@@ -468,9 +469,17 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
             r.dGi = at::empty({T, B, 3 * H}, x.options());
             r.dGh = at::empty({T, B, 3 * H}, x.options());
           }
+          if (has_bias) {
+            r.db_i = at::empty({G * H}, x.options());
+            r.db_h = at::empty({G * H}, x.options());
+          }
           PW::seq_bwd(r);
           dGi = r.dGi;
           dGh = r.dGh;
+          if (has_bias) {
+            grad_w[k * nw + 2] = r.db_i;
+            grad_w[k * nw + 3] = r.db_h;
+          }
           at::mm_out(dh_buf, dGh[step_time(0, d, T)], W.w_hh);  // the step before the first: dL/dh0 via W_hh
           if (is_lstm) {
             g_h0[k].copy_(dh_buf);
@@ -523,7 +532,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
         gw_hh = at::addmm(gw_hh, dg_rest.t(), h_rest);
       }
       grad_w[k * nw + 1] = gw_hh;
-      if (has_bias) {
+      if (has_bias && !region) {
         grad_w[k * nw + 2] = dGi2.sum(0, false, acc).to(x.scalar_type());
         grad_w[k * nw + 3] = is_lstm ? grad_w[k * nw + 2].clone() : dGh2.sum(0, false, acc).to(x.scalar_type());
       }

@@ -612,6 +612,12 @@ void seq_bwd_region(rnn::BwdRec& r) {
   const int64_t sdt = r.dcols.stride(0), sdb = r.dcols.stride(1), sdl = r.dh_last.stride(0);
   const int64_t sht = lstm ? 0 : r.hcols.stride(0), shb = lstm ? 0 : r.hcols.stride(1);
   const int64_t sh0 = lstm ? 0 : r.h0.stride(0);
+  // The bias gradients, summed over the steps and rows as each thread writes its columns of dG (still in
+  // its cache) instead of a pass over the whole (T*B, G*H) dG afterwards; in double, so a long sequence
+  // sums no less exactly than ATen's pairwise sum did. Part p's sums at [2 G j0, 2 G (j0 + n)): the GRU's
+  // dGi then dGh columns (they differ in the n gate), the LSTM's dG once.
+  const bool bias = r.db_i.defined();
+  std::vector<double> dbias(bias ? 2 * G * H : 0, 0.0);
   run_region(
       parts, T_,
       [&](Part<T>& q) {  // dh[:, j0:j0+n] = dG W_hh[:, j0:j0+n]: a column slice of W_hh as it is
@@ -643,7 +649,29 @@ void seq_bwd_region(rnn::BwdRec& r) {
                               DGH + (t * B + b) * G * H + q.j0, H, dhd, q.n);
           }
         }
+        if (bias) {
+          double* acc = dbias.data() + 2 * G * q.j0;
+          for (int64_t m = 0; m < (lstm ? 1 : 2); ++m)
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t g = 0; g < G; ++g) {
+                const T* row = (m ? DGH : DGI) + (t * B + b) * G * H + g * H + q.j0;
+                double* a = acc + (m * G + g) * q.n;
+#pragma omp simd
+                for (int64_t j = 0; j < q.n; ++j) a[j] += double(row[j]);
+              }
+        }
       });
+  if (bias) {
+    T* DBI = r.db_i.data_ptr<T>();
+    T* DBH = r.db_h.data_ptr<T>();
+    for (const auto& q : parts)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t j = 0; j < q.n; ++j) {
+          const double* acc = dbias.data() + 2 * G * q.j0;
+          DBI[g * H + q.j0 + j] = T(acc[g * q.n + j]);
+          DBH[g * H + q.j0 + j] = T(acc[((lstm ? 0 : G) + g) * q.n + j]);
+        }
+  }
 }
 
 #pragma GCC pop_options
