@@ -28,12 +28,17 @@ same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]), sums the bias gr
 the weight gradients and dL/dx as big GEMMs.
 fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per step).
 
-Measured on the 2-core box while it was shared (load average 4.5-4.7, threads=2, time_pair medians, spreads
-wide): LSTM T50 B32 256->256 forward 1.43x torch, forward+backward 1.41x; GRU 2.1x / 1.6x; the interleaved
-minima of the same run read 0.89x / 1.43x (LSTM), 0.70x / 1.48x (GRU). Re-measure on a quiet machine:
-`python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or `pydl bench rnn --quick --threads 2`).
-Open lead: on one thread the region's per-step GEMM measured ~125 us against ~45 us for the same micro-kernel
-run alone (a loaded machine; L2 shared over time slices?) -- profile on a quiet machine before tuning further.
+Measured on the 2-core box while it was shared (load average 4-9 from other jobs), T50 B32 256->256 fp32, one
+thread, thread CPU time, minima of interleaved torch/pydl calls (/tmp scripts, 10-15 calls, 2-3 runs):
+LSTM forward 0.97-1.00x torch, forward+backward 1.00-1.02x; GRU 1.31-1.33x / 1.45-1.56x. On one thread this
+shape takes the up-front projection (2 MB of packed weights per thread > 1 MB; forcing the in-region one there
+was ~7% slower). Where the weights fit (I = H = 128, one thread) the in-region projection beats the up-front
+one: LSTM forward 2.56-2.60 vs 2.80-2.92 ms, forward+backward 7.98-8.12 vs 8.36-8.54; GRU 1.92-1.96 vs
+2.11-2.17 / 6.39-6.43 vs 6.59-6.82. Two-thread wall times under that load were 3-10x the quiet ones on both
+sides and are not quoted; the last quiet two-thread run (before the in-region projection, the bias folding,
+the K-blocked step GEMM, the own barrier): LSTM 0.87-0.88x / 1.02x, GRU 1.42-1.43x / 1.71-1.72x. Re-measure on
+a quiet machine: `python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or
+`pydl bench rnn --quick --threads 2`).
 """
 import torch
 
