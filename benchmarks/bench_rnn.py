@@ -29,10 +29,10 @@ the weight gradients and dL/dx as big GEMMs.
 fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per step).
 
 Measured on the 2-core box while it was shared (load average 4-9 from other jobs), T50 B32 256->256 fp32, one
-thread, thread CPU time, minima of interleaved torch/pydl calls (/tmp scripts, 10-15 calls, 2-3 runs):
+thread, thread CPU time, minima of alternating torch/pydl calls (10-15 calls each, 2-3 runs):
 LSTM forward 0.97-1.00x torch, forward+backward 1.00-1.02x; GRU 1.31-1.33x / 1.45-1.56x. On one thread this
 shape takes the up-front projection (2 MB of packed weights per thread > 1 MB; forcing the in-region one there
-was ~7% slower). Where the weights fit (I = H = 128, one thread) the in-region projection beats the up-front
+was 4-10% slower). Where the weights fit (I = H = 128, one thread) the in-region projection beats the up-front
 one: LSTM forward 2.56-2.60 vs 2.80-2.92 ms, forward+backward 7.98-8.12 vs 8.36-8.54; GRU 1.92-1.96 vs
 2.11-2.17 / 6.39-6.43 vs 6.59-6.82. Two-thread wall times under that load were 3-10x the quiet ones on both
 sides and are not quoted; the last quiet two-thread run (before the in-region projection, the bias folding,

@@ -254,7 +254,8 @@ void gru_bwd_impl(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_d
 // its slice of the recurrent GEMM (every row of h_{t-1} times its packed columns), its slice of the
 // pointwise cell update, and ONE barrier -- h_t (or, backward, dG_t) must be complete before any thread
 // reads the whole of it in the next step. Nothing else is shared: a thread's c, gates and dc columns are
-// its own.
+// its own. When the weights fit (kInRegionBytes, below) the step also makes its gate columns of the input
+// projection x_t W_ih^T, with W_ih's columns packed the same way.
 //
 // The GEMM slice: B x K times K x (G n), K = H forward and G*H backward (dh = dG_{t+1} W_hh). The weights
 // are packed into column panels kNR wide and K rows deep, contiguous, so the micro-kernel streams them with
@@ -352,8 +353,9 @@ inline void micro_tail(int64_t m, const T* A, int64_t lda, const T* P, int64_t K
 
 // K is walked in blocks of kKC packed rows, each block over every panel and every row block: A's block
 // (B x kKC, 16 KB at B = 32 fp32) stays in L1 while the panels stream past it. Unblocked, a step's A (B x H,
-// 32 KB at H = 256) and the panel rows fell out of L1 each other; measured on the 32 x 256 x 512 step, one
-// thread: ~150 -> ~165-171 GFLOP/s.
+// 32 KB at H = 256) and the panel rows pushed each other out of L1 (an earlier version of this code measured
+// ~150 -> ~165-171 GFLOP/s on the 32 x 256 x 512 step, one thread; with this change and the folded biases
+// a one-thread LSTM T50 B32 256->256 forward went from 10.0-10.2 to 9.65-9.9 ms).
 constexpr int64_t kKC = 128;
 
 // C (M x NP, row stride ldc) (+)= A (M x K, row stride lda) times the packed K x NP matrix; without
@@ -509,8 +511,9 @@ void run_region(std::vector<Part<T>>& parts, int64_t steps, const Init& init, co
 // W_hh columns together fit in 1 MB (the L2 of a current server core: both stay cached across the steps);
 // else it is one library GEMM over all T steps before the region. In the region a step's thread makes its
 // own gate columns of the projection, a second panel GEMM on the same output -- no (T, B, G*H) tensor
-// written and read back, and the work is split the same way as the recurrence. Measured on LSTM T50 B32
-// 256->256 at 2 threads (1 MB per thread): forward 0.88x -> ~1.0x torch.
+// written and read back, and the work is split the same way as the recurrence. Measured on one thread at
+// T50 B32 128->128 (0.5 MB): LSTM forward 2.8-2.9 -> 2.56-2.6 ms vs up front; at 256->256 (2 MB per thread)
+// the in-region projection was 4-10% slower than up front, hence the limit.
 constexpr int64_t kInRegionBytes = 1 << 20;
 
 template <typename T>
