@@ -34,9 +34,11 @@ LSTM forward 0.97-1.00x torch, forward+backward 1.00-1.02x; GRU 1.31-1.33x / 1.4
 shape takes the up-front projection (2 MB of packed weights per thread > 1 MB; forcing the in-region one there
 was 4-10% slower). Where the weights fit (I = H = 128, one thread) the in-region projection beats the up-front
 one: LSTM forward 2.56-2.60 vs 2.80-2.92 ms, forward+backward 7.98-8.12 vs 8.36-8.54; GRU 1.92-1.96 vs
-2.11-2.17 / 6.39-6.43 vs 6.59-6.82. Two-thread wall times under that load were 3-10x the quiet ones on both
-sides and are not quoted; the last quiet two-thread run (before the in-region projection, the bias folding,
-the K-blocked step GEMM, the own barrier): LSTM 0.87-0.88x / 1.02x, GRU 1.42-1.43x / 1.71-1.72x. Re-measure on
+2.11-2.17 / 6.39-6.43 vs 6.59-6.82. Two threads: most runs under that load were 3-10x the quiet times on
+both sides; in the runs whose torch times were quiet (torch LSTM forward ~5.0-5.2 ms), LSTM forward 0.98-0.99x
+(pydl 5.09-5.28 ms) and forward+backward 1.03x (one run), against 0.90x / 1.00-1.01x for the previous
+commit in the same session (and 0.87-0.88x / 1.02x, GRU 1.42-1.43x / 1.71-1.72x in an earlier quiet run); no
+quiet GRU run came up (its pydl minima under load were no slower than the previous commit's). Re-measure on
 a quiet machine: `python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or
 `pydl bench rnn --quick --threads 2`).
 """
