@@ -22,16 +22,25 @@ How the CPU sequence ops run (csrc/cpu/rnn.cpp, "a whole sequence in one paralle
 one OpenMP team per direction of a layer; each thread owns a slice of the hidden units with its gate columns
 of W_hh packed once into register-block panels, and per step computes its GEMM slice (a hand-written 6x4-vector
 micro-kernel, ~190 GFLOP/s on one core for the 32x256x512 step slice where MKL's sgemm gives ~175) and its
-pointwise part, then one barrier. The input projection stays one big MKL GEMM up front; the backward runs the
-same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]) and keeps the weight gradients as big GEMMs.
+pointwise part, then one barrier. The input projection runs in the region as well (a second packed GEMM per
+step) while each thread's packed W_ih + W_hh fit in 1 MB, else one MKL GEMM up front; the backward runs the
+same structure in reverse (dh slice = dG_{t+1} W_hh[:, slice]), sums the bias gradients as it goes, and keeps
+the weight gradients and dL/dx as big GEMMs.
 fp16/bf16 keep the per-step path (a library GEMM + a fused pointwise kernel per step).
 
-Measured on the 2-core box while it was shared (load average 4.5-4.7, threads=2, time_pair medians, spreads
-wide): LSTM T50 B32 256->256 forward 1.43x torch, forward+backward 1.41x; GRU 2.1x / 1.6x; the interleaved
-minima of the same run read 0.89x / 1.43x (LSTM), 0.70x / 1.48x (GRU). Re-measure on a quiet machine:
-`python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or `pydl bench rnn --quick --threads 2`).
-Open lead: on one thread the region's per-step GEMM measured ~125 us against ~45 us for the same micro-kernel
-run alone (a loaded machine; L2 shared over time slices?) -- profile on a quiet machine before tuning further.
+Measured on the 2-core box while it was shared (load average 4-9 from other jobs), T50 B32 256->256 fp32, one
+thread, thread CPU time, minima of alternating torch/pydl calls (10-15 calls each, 2-3 runs):
+LSTM forward 0.97-1.00x torch, forward+backward 1.00-1.02x; GRU 1.31-1.33x / 1.45-1.56x. On one thread this
+shape takes the up-front projection (2 MB of packed weights per thread > 1 MB; forcing the in-region one there
+was 4-10% slower). Where the weights fit (I = H = 128, one thread) the in-region projection beats the up-front
+one: LSTM forward 2.56-2.60 vs 2.80-2.92 ms, forward+backward 7.98-8.12 vs 8.36-8.54; GRU 1.92-1.96 vs
+2.11-2.17 / 6.39-6.43 vs 6.59-6.82. Two threads: most runs under that load were 3-10x the quiet times on
+both sides; in the runs whose torch times were quiet (torch LSTM forward ~5.0-5.2 ms), LSTM forward 0.98-0.99x
+(pydl 5.09-5.28 ms) and forward+backward 1.03x (one run), against 0.90x / 1.00-1.01x for the previous
+commit in the same session (and 0.87-0.88x / 1.02x, GRU 1.42-1.43x / 1.71-1.72x in an earlier quiet run); no
+quiet GRU run came up (its pydl minima under load were no slower than the previous commit's). Re-measure on
+a quiet machine: `python -m benchmarks.bench_rnn --quick --threads 2 --interleaved` (or
+`pydl bench rnn --quick --threads 2`).
 """
 import torch
 

@@ -9,9 +9,11 @@
 //   PW::gru_bwd(dh_out, dh_rec, dh_dir, ws, h_prev, dGi, dGh, dh_dir_out)
 //
 // A PW may also run a whole direction of a layer -- the time loop itself -- in one call: if it defines
-// `static bool seq_fwd(FwdRec&)` / `seq_bwd(BwdRec&)` (the CPU backend does: one parallel region per
-// sequence, csrc/cpu/rnn.cpp), the drivers below hand it each direction first, and run their own loop of
-// per-step GEMMs and PW kernels only when it returns false (a dtype it does not take).
+// `static bool seq_takes(const Tensor& x)`, `static void seq_fwd(FwdRec&)` and `seq_bwd(BwdRec&)` (the CPU
+// backend does: one parallel region per sequence, csrc/cpu/rnn.cpp), the drivers below hand it each direction
+// whose input seq_takes accepts (a dtype), together with the layer's input and ALL its weights: the input
+// projection is the region's to place (inside the time loop or up front) and the biases its to fold. For
+// the rest the drivers run their own loop of per-step GEMMs and PW kernels.
 //
 // All tensors given to PW are 2-D with unit column stride and any row stride (h of direction d is a strided
 // slice of the (T, B, D*H) output); `acc` tensors are fp32 (fp64 for fp64 input). The math and the layout of
@@ -283,8 +285,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_cell_backward(con
 // One direction of one layer, forward: everything its time loop reads and writes.
 struct FwdRec {
   bool is_lstm = true, reverse = false;
-  Tensor xg;            // (T, B, G*H): the input projections (+ both biases for the LSTM, + b_ih for the GRU)
-  Tensor w_hh, b_hh;    // (G*H, H); b_hh: GRU only, undefined without bias
+  Tensor x;             // (T, B, I) contiguous: the layer's input (the region makes the input projection)
+  Tensor w_ih, w_hh;    // (G*H, I), (G*H, H)
+  Tensor b_ih, b_hh;    // (G*H) each, undefined without bias
   Tensor h0, c0;        // (B, H), unit column stride; c0 (LSTM) in the accumulation dtype
   Tensor hcols;         // (T, B, H) view of the output, where h of every step goes
   Tensor saved, cs;     // need_reserve: LSTM gates / GRU ws (T, B, 4H), LSTM c (T, B, H); else undefined
@@ -302,12 +305,14 @@ struct BwdRec {
   Tensor hcols, h0;     // GRU: h_{t-1} of every step
   Tensor dGi, dGh;      // (T, B, G*H) outputs (the same tensor for the LSTM)
   Tensor dh_dir;        // GRU: (B, H) acc, the gradient through z * h_{t-1}, updated in place
+  Tensor db_i, db_h;    // (G*H) outputs when the layer has biases, else undefined: dGi / dGh summed over T, B
 };
 
 template <class PW, class = void>
 struct has_seq_region : std::false_type {};
 template <class PW>
-struct has_seq_region<PW, std::void_t<decltype(&PW::seq_fwd), decltype(&PW::seq_bwd)>> : std::true_type {};
+struct has_seq_region<PW, std::void_t<decltype(&PW::seq_takes), decltype(&PW::seq_fwd), decltype(&PW::seq_bwd)>>
+    : std::true_type {};
 
 // Step s of direction d runs time t = s (forward) or T-1-s (reverse).
 inline int64_t step_time(int64_t s, int64_t d, int64_t T) { return d == 0 ? s : T - 1 - s; }
@@ -340,33 +345,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_forward(bool is_lstm, con
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       const LayerW W = layer_weights(weights, k, has_bias);
-      // 1) the input projections of all T steps: one big GEMM
-      const Tensor inp2 = inp.reshape({T * B, -1});
-      const Tensor xg = (is_lstm ? lstm_input_gemm(inp2, W.w_ih, W.b_ih, W.b_hh) : linear(inp2, W.w_ih, W.b_ih))
-                            .view({T, B, G * H});
       const Tensor hcols = out.narrow(2, d * H, H);
       Tensor h_prev = h0[k];
       const Tensor res = reserve[k];
       if constexpr (has_seq_region<PW>::value) {
-        FwdRec r;
-        r.is_lstm = is_lstm;
-        r.reverse = d == 1;
-        r.xg = xg;
-        r.w_hh = W.w_hh;
-        r.b_hh = is_lstm ? Tensor() : W.b_hh;
-        r.h0 = rows(h0[k]);
-        r.hcols = hcols;
-        if (is_lstm) r.c0 = c0[k].to(acc).contiguous();
-        if (need_reserve) {
-          r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
-          if (is_lstm) r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
-        }
-        if (PW::seq_fwd(r)) {
+        if (PW::seq_takes(x)) {
+          FwdRec r;
+          r.is_lstm = is_lstm;
+          r.reverse = d == 1;
+          r.x = inp;
+          r.w_ih = W.w_ih;
+          r.w_hh = W.w_hh;
+          r.b_ih = W.b_ih;
+          r.b_hh = W.b_hh;
+          r.h0 = rows(h0[k]);
+          r.hcols = hcols;
+          if (is_lstm) r.c0 = c0[k].to(acc).contiguous();
+          if (need_reserve) {
+            r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+            if (is_lstm) r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+          }
+          PW::seq_fwd(r);
           hn[k].copy_(hcols[step_time(T - 1, d, T)]);
           if (is_lstm) cn[k].copy_(r.c_last);
           continue;
         }
       }
+      // 1) the input projections of all T steps: one big GEMM
+      const Tensor inp2 = inp.reshape({T * B, -1});
+      const Tensor xg = (is_lstm ? lstm_input_gemm(inp2, W.w_ih, W.b_ih, W.b_hh) : linear(inp2, W.w_ih, W.b_ih))
+                            .view({T, B, G * H});
       // W_hh^T made contiguous once: MKL's small per-step GEMM runs ~20% faster on it than on a transposed view
       const Tensor w_hh_t = W.w_hh.t().contiguous();
       if (is_lstm) {
@@ -439,31 +447,40 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
       Tensor dGi, dGh;
       bool region = false;
       if constexpr (has_seq_region<PW>::value) {
-        BwdRec r;
-        r.is_lstm = is_lstm;
-        r.reverse = d == 1;
-        r.w_hh = W.w_hh;
-        r.dcols = dcols;
-        r.dh_last = dh_rec;
-        if (is_lstm) {
-          r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
-          r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
-          r.c0 = c0[k].to(acc).contiguous();
-          r.dc = grad_cn[k].to(acc, false, /*copy=*/true).contiguous();
-          r.dGi = r.dGh = at::empty({T, B, 4 * H}, x.options());
-        } else {
-          r.saved = res.view({T, B, 4 * H});
-          r.hcols = hcols;
-          r.h0 = rows(h0[k]);
-          r.dh_dir = at::zeros({B, H}, x.options().dtype(acc));
-          r.dGi = at::empty({T, B, 3 * H}, x.options());
-          r.dGh = at::empty({T, B, 3 * H}, x.options());
-        }
-        region = PW::seq_bwd(r);
-        if (region) {  // the step before the first: dL/dh0 through W_hh
+        if (PW::seq_takes(x)) {
+          region = true;
+          BwdRec r;
+          r.is_lstm = is_lstm;
+          r.reverse = d == 1;
+          r.w_hh = W.w_hh;
+          r.dcols = dcols;
+          r.dh_last = dh_rec;
+          if (is_lstm) {
+            r.saved = res.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+            r.cs = res.narrow(0, T * B * 4 * H, T * B * H).view({T, B, H});
+            r.c0 = c0[k].to(acc).contiguous();
+            r.dc = grad_cn[k].to(acc, false, /*copy=*/true).contiguous();
+            r.dGi = r.dGh = at::empty({T, B, 4 * H}, x.options());
+          } else {
+            r.saved = res.view({T, B, 4 * H});
+            r.hcols = hcols;
+            r.h0 = rows(h0[k]);
+            r.dh_dir = at::zeros({B, H}, x.options().dtype(acc));
+            r.dGi = at::empty({T, B, 3 * H}, x.options());
+            r.dGh = at::empty({T, B, 3 * H}, x.options());
+          }
+          if (has_bias) {
+            r.db_i = at::empty({G * H}, x.options());
+            r.db_h = at::empty({G * H}, x.options());
+          }
+          PW::seq_bwd(r);
           dGi = r.dGi;
           dGh = r.dGh;
-          at::mm_out(dh_buf, dGh[step_time(0, d, T)], W.w_hh);
+          if (has_bias) {
+            grad_w[k * nw + 2] = r.db_i;
+            grad_w[k * nw + 3] = r.db_h;
+          }
+          at::mm_out(dh_buf, dGh[step_time(0, d, T)], W.w_hh);  // the step before the first: dL/dh0 via W_hh
           if (is_lstm) {
             g_h0[k].copy_(dh_buf);
             g_c0[k].copy_(r.dc);
@@ -515,7 +532,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> seq_backward(
         gw_hh = at::addmm(gw_hh, dg_rest.t(), h_rest);
       }
       grad_w[k * nw + 1] = gw_hh;
-      if (has_bias) {
+      if (has_bias && !region) {
         grad_w[k * nw + 2] = dGi2.sum(0, false, acc).to(x.scalar_type());
         grad_w[k * nw + 3] = is_lstm ? grad_w[k * nw + 2].clone() : dGh2.sum(0, false, acc).to(x.scalar_type());
       }

@@ -99,3 +99,28 @@ def test_region_reads_strided_weights(threads, kind):
     assert torch.equal(got, want)
     with torch.no_grad():
         assert torch.allclose(got, m(x)[0], atol=1e-12)
+
+
+# The forward region makes the input projection x_t W_ih^T inside its time loop while a thread's packed W_ih
+# and W_hh gate columns together fit in 1 MB, else as one GEMM over all steps before the loop (csrc/cpu/rnn.cpp,
+# kInRegionBytes); the biases go into the step GEMM's prologue either way. A thread packs its G*n gate columns
+# (padded to the panel width: at most 32 in fp64), I + H rows deep, 8 bytes each in fp64.
+def _packed_bytes(kind, I, H, nthreads, pad):
+    G = 4 if kind == "lstm" else 3
+    n = -(-H // nthreads)
+    return (I + H) * (-(-G * n // pad) * pad) * 8
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_input_projection_in_region_and_up_front(threads, kind, bias):
+    """Both sides of the 1 MB limit, fp64 against torch: layer 0 with a wide input goes up front, the second
+    layer (input 2H) stays in the region -- one model runs both paths, each direction, first and last step."""
+    require_backend("cpu", "cpu", OP)
+    H, I_wide = 33, 2700
+    for nthreads in (1, 2):
+        threads(nthreads)
+        # on these sides of the limit whatever the panel width (unpadded vs the widest padding)
+        assert _packed_bytes(kind, I_wide, H, nthreads, 1) > 1 << 20 >= _packed_bytes(kind, 2 * H, H, 1, 32)
+        got, want = seq_case(kind, "cpu", T=3, B=7, I=I_wide, H=H, L=2, bidir=True, bias=bias, seed=nthreads)
+        assert_close(got, want, 1e-10, f"{kind} threads={nthreads} bias={bias}")

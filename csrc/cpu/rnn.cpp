@@ -23,7 +23,10 @@
 
 #include <omp.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -251,7 +254,8 @@ void gru_bwd_impl(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_d
 // its slice of the recurrent GEMM (every row of h_{t-1} times its packed columns), its slice of the
 // pointwise cell update, and ONE barrier -- h_t (or, backward, dG_t) must be complete before any thread
 // reads the whole of it in the next step. Nothing else is shared: a thread's c, gates and dc columns are
-// its own.
+// its own. When the weights fit (kInRegionBytes, below) the step also makes its gate columns of the input
+// projection x_t W_ih^T, with W_ih's columns packed the same way.
 //
 // The GEMM slice: B x K times K x (G n), K = H forward and G*H backward (dh = dG_{t+1} W_hh). The weights
 // are packed into column panels kNR wide and K rows deep, contiguous, so the micro-kernel streams them with
@@ -305,15 +309,19 @@ inline void vstore(T* p, const V& v) {
 
 // C[0:MR, 0:kNR] (+)= A[0:MR, 0:K] P, P one packed panel (row k at P + k * kNR). Per k: kNV vector loads
 // of P, MR broadcasts of A, MR * kNV independent FMAs (enough to cover the FMA latency on both ports).
+// Without `accumulate` the accumulators start from `bias` (kNR values, the same for every row) or zero: a
+// bias added in the GEMM's prologue costs kNV loads per row block instead of a pass over C.
 template <typename T, int MR>
-inline void micro_kernel(const T* A, int64_t lda, const T* P, int64_t K, T* C, int64_t ldc, bool accumulate) {
+inline void micro_kernel(const T* A, int64_t lda, const T* P, int64_t K, T* C, int64_t ldc, bool accumulate,
+                         const T* bias) {
   using V = typename VecOf<T>::type;
   constexpr int64_t L = kLanes<T>;
   V c[MR][kNV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < kNV; ++v) c[r][v] = accumulate ? vload<V>(C + r * ldc + v * L) : V{};
+    for (int v = 0; v < kNV; ++v)
+      c[r][v] = accumulate ? vload<V>(C + r * ldc + v * L) : bias ? vload<V>(bias + v * L) : V{};
   for (int64_t k = 0; k < K; ++k) {
     V w[kNV];
 #pragma GCC unroll 4
@@ -333,26 +341,43 @@ inline void micro_kernel(const T* A, int64_t lda, const T* P, int64_t K, T* C, i
 
 // The last M % kMR rows.
 template <typename T, int R>
-inline void micro_tail(int64_t m, const T* A, int64_t lda, const T* P, int64_t K, T* C, int64_t ldc, bool acc) {
+inline void micro_tail(int64_t m, const T* A, int64_t lda, const T* P, int64_t K, T* C, int64_t ldc, bool acc,
+                       const T* bias) {
   if constexpr (R > 0) {
     if (m == R)
-      micro_kernel<T, R>(A, lda, P, K, C, ldc, acc);
+      micro_kernel<T, R>(A, lda, P, K, C, ldc, acc, bias);
     else
-      micro_tail<T, R - 1>(m, A, lda, P, K, C, ldc, acc);
+      micro_tail<T, R - 1>(m, A, lda, P, K, C, ldc, acc, bias);
   }
 }
 
-// C (M x NP, row stride ldc) (+)= A (M x K, row stride lda) times the packed K x NP matrix.
+// K is walked in blocks of kKC packed rows, each block over every panel and every row block: A's block
+// (B x kKC, 16 KB at B = 32 fp32) stays in L1 while the panels stream past it. Unblocked, a step's A (B x H,
+// 32 KB at H = 256) and the panel rows pushed each other out of L1 (an earlier version of this code measured
+// ~150 -> ~165-171 GFLOP/s on the 32 x 256 x 512 step, one thread; with this change and the folded biases
+// a one-thread LSTM T50 B32 256->256 forward went from 10.0-10.2 to 9.65-9.9 ms).
+constexpr int64_t kKC = 128;
+
+// C (M x NP, row stride ldc) (+)= A (M x K, row stride lda) times the packed K x NP matrix; without
+// `accumulate`, C starts from bias (NP values, or zero when null).
 template <typename T>
 void panel_gemm(int64_t M, int64_t K, int64_t NP, const T* A, int64_t lda, const T* packed, T* C, int64_t ldc,
-                bool accumulate) {
-  for (int64_t q = 0; q < NP / kNR<T>; ++q) {  // a panel stays in L1/L2 while every row block passes over it
-    const T* P = packed + q * K * kNR<T>;
-    T* Cq = C + q * kNR<T>;
-    int64_t b = 0;
-    for (; b + kMR <= M; b += kMR) micro_kernel<T, kMR>(A + b * lda, lda, P, K, Cq + b * ldc, ldc, accumulate);
-    micro_tail<T, kMR - 1>(M - b, A + b * lda, lda, P, K, Cq + b * ldc, ldc, accumulate);
-  }
+                bool accumulate, const T* bias = nullptr) {
+  int64_t k0 = 0;
+  do {  // once even for K = 0: C must still be initialised
+    const int64_t kc = std::min(kKC, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t q = 0; q < NP / kNR<T>; ++q) {
+      const T* P = packed + q * K * kNR<T> + k0 * kNR<T>;
+      const T* bq = bias ? bias + q * kNR<T> : nullptr;
+      T* Cq = C + q * kNR<T>;
+      const T* Ak = A + k0;
+      int64_t b = 0;
+      for (; b + kMR <= M; b += kMR) micro_kernel<T, kMR>(Ak + b * lda, lda, P, kc, Cq + b * ldc, ldc, acc, bq);
+      micro_tail<T, kMR - 1>(M - b, Ak + b * lda, lda, P, kc, Cq + b * ldc, ldc, acc, bq);
+    }
+    k0 += kc;
+  } while (k0 < K);
 }
 
 // Packs a K x N matrix into panels, zero-padded to a multiple of kNR columns; column n is column(n)[k * ks].
@@ -371,44 +396,101 @@ void pack_panels(T* dst, int64_t K, int64_t N, int64_t ks, const F& column) {
 }
 
 // Hidden units split over the parts (one part per thread when the team is as large as asked): part p owns
-// units [H p / P, H (p+1) / P). Each part has its packed weights and its GEMM output buffer (B x np).
+// units [H p / P, H (p+1) / P). Each part has its packed weights, its GEMM output buffer (B x np) and, for a
+// forward, its columns of the biases; the forward's in-region input projection adds packed W_ih columns and
+// (GRU, whose input and recurrent terms stay apart) a second output buffer.
 template <typename T>
 struct Part {
   int64_t j0, n, np;
-  T* packed;
-  T* buf;
+  T* packed;    // K x np: W_hh's columns (forward) / rows (backward) of this part
+  T* packed_x;  // I x np: W_ih's, when the projection runs in the region
+  T* buf;       // B x np: the recurrent GEMM's output (LSTM forward: the whole pre-activation)
+  T* xbuf;      // B x np: GRU forward: x W_ih^T + b_ih
+  T* bias;      // np: LSTM b_ih + b_hh, GRU b_hh (zero in the padding columns)
+  T* xbias;     // np: GRU b_ih
 };
 
+// The number of parts: one per thread, fewer when H is tiny (every part owns at least one unit), one when
+// called from inside another parallel region (a nested team would be a single thread anyway).
+inline int64_t num_parts(int64_t H) {
+  return at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H));
+}
+
+// The widest part's padded column count.
 template <typename T>
-std::vector<Part<T>> make_parts(int64_t H, int64_t K, int64_t cols_per_unit, int64_t B, Tensor& workspace,
-                                const at::TensorOptions& opt) {
-  // Fewer parts than threads when H is tiny (every part owns at least one unit); one part when called from
-  // inside another parallel region (a nested team would be a single thread anyway).
-  const int64_t P = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H));
+int64_t widest(int64_t H, int64_t P, int64_t cols_per_unit) {
+  return round_up(cols_per_unit * ((H + P - 1) / P), kNR<T>);
+}
+
+template <typename T>
+std::vector<Part<T>> make_parts(int64_t H, int64_t P, int64_t K, int64_t KX, int64_t cols_per_unit, int64_t B,
+                                bool xbuf, Tensor& workspace, const at::TensorOptions& opt) {
   std::vector<Part<T>> parts(P);
+  auto size = [&](int64_t np) {  // each part on its own cache lines
+    return round_up((K + KX + B * (xbuf ? 2 : 1) + 2) * np, 64 / sizeof(T));
+  };
   int64_t total = 0;
   for (int64_t p = 0; p < P; ++p) {
     auto& q = parts[p];
     q.j0 = H * p / P;
     q.n = H * (p + 1) / P - q.j0;
     q.np = round_up(cols_per_unit * q.n, kNR<T>);
-    total += round_up(K * q.np + B * q.np, 64 / sizeof(T));  // each part on its own cache lines
+    total += size(q.np);
   }
   workspace = at::empty({total}, opt);
   T* w = workspace.data_ptr<T>();
   for (auto& q : parts) {
     q.packed = w;
-    q.buf = w + K * q.np;
-    w += round_up(K * q.np + B * q.np, 64 / sizeof(T));
+    q.packed_x = q.packed + K * q.np;
+    q.buf = q.packed_x + KX * q.np;
+    q.xbuf = q.buf + B * q.np;
+    q.bias = q.xbuf + (xbuf ? B * q.np : 0);
+    q.xbias = q.bias + q.np;
+    w += size(q.np);
   }
   return parts;
 }
+
+// The step barrier. libgomp's barrier spins for a time set by OMP_WAIT_POLICY / GOMP_SPINCOUNT (cut to
+// almost nothing when it thinks the machine is oversubscribed), then sleeps in a futex; a step here is
+// ~50-100 us, so a thread that arrives first can be put to sleep and pay a futex wake (several us) at every
+// step. This one spins on the generation counter for a fixed 4000 pause instructions (37 us on the 2-core
+// Xeon it was tuned on; a pause costs 10-140 cycles depending on the core) and only then yields the core to
+// the scheduler: waiting threads stay hot across a step, and still step aside when the machine is busy.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int64_t n) : n_(n) {}
+  void wait() {
+    const int64_t gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);  // nobody touches count_ again before gen_ moves on
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen;) {
+      if (spins < 4000) {
+        ++spins;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        sched_yield();
+      }
+    }
+  }
+
+ private:
+  const int64_t n_;
+  alignas(64) std::atomic<int64_t> count_{0};
+  alignas(64) std::atomic<int64_t> gen_{0};
+};
 
 // Runs body(part) for every part of this thread, for each step, with a barrier after each step. Parts go
 // to threads round-robin, so a smaller team than asked (OMP_DYNAMIC, a thread limit) is still correct.
 template <typename T, typename Init, typename Step>
 void run_region(std::vector<Part<T>>& parts, int64_t steps, const Init& init, const Step& step) {
   const int64_t P = parts.size();
+  StepBarrier barrier(P);
 #pragma omp parallel num_threads(P)
   {
     const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -416,23 +498,44 @@ void run_region(std::vector<Part<T>>& parts, int64_t steps, const Init& init, co
     for (int64_t p = tid; p < P; p += nt) init(parts[p]);
     for (int64_t s = 0; s < steps; ++s) {
       for (int64_t p = tid; p < P; p += nt) step(parts[p], s);
+      if (nt == P) {
+        barrier.wait();
+      } else {  // a smaller team: the own barrier counts P arrivals, so use OpenMP's
 #pragma omp barrier
+      }
     }
   }
 }
 
+// The input projection x_t W_ih^T runs inside the region, per step, when each thread's packed W_ih and
+// W_hh columns together fit in 1 MB (the L2 of a current server core: both stay cached across the steps);
+// else it is one library GEMM over all T steps before the region. In the region a step's thread makes its
+// own gate columns of the projection, a second panel GEMM on the same output -- no (T, B, G*H) tensor
+// written and read back, and the work is split the same way as the recurrence. Measured on one thread at
+// T50 B32 128->128 (0.5 MB): LSTM forward 2.8-2.9 -> 2.56-2.6 ms vs up front; at 256->256 (2 MB per thread)
+// the in-region projection was 4-10% slower than up front, hence the limit.
+constexpr int64_t kInRegionBytes = 1 << 20;
+
 template <typename T>
 void seq_fwd_region(rnn::FwdRec& r) {
   const bool lstm = r.is_lstm;
-  const int64_t T_ = r.xg.size(0), B = r.xg.size(1), H = r.w_hh.size(1), G = lstm ? 4 : 3;
+  const Tensor x = r.x.contiguous();
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = r.w_hh.size(1), G = lstm ? 4 : 3;
+  const int64_t P = num_parts(H);
+  const bool in_region = (I + H) * widest<T>(H, P, G) * int64_t(sizeof(T)) <= kInRegionBytes;
   Tensor workspace;
-  auto parts = make_parts<T>(H, H, G, B, workspace, r.xg.options());
+  auto parts = make_parts<T>(H, P, H, in_region ? I : 0, G, B, !lstm, workspace, x.options());
+  // Up front: the projection without bias (the step adds it while copying its columns).
+  const Tensor xg = in_region ? Tensor() : at::mm(x.view({T_ * B, I}), r.w_ih.t());
   // Without reserve (inference) the gates and c go to scratch that each thread reuses (its own columns).
-  Tensor saved = r.saved.defined() ? r.saved : at::empty({1, B, 4 * H}, r.xg.options());
-  Tensor cs = lstm ? (r.cs.defined() ? r.cs : at::empty({2, B, H}, r.xg.options())) : Tensor();
+  Tensor saved = r.saved.defined() ? r.saved : at::empty({1, B, 4 * H}, x.options());
+  Tensor cs = lstm ? (r.cs.defined() ? r.cs : at::empty({2, B, H}, x.options())) : Tensor();
   const bool keep = r.saved.defined();
-  const T* X = r.xg.data_ptr<T>();
+  const T* X = x.data_ptr<T>();
+  const T* XG = in_region ? nullptr : xg.data_ptr<T>();
+  const T* WI = r.w_ih.data_ptr<T>();
   const T* W = r.w_hh.data_ptr<T>();
+  const T* BI = r.b_ih.defined() ? r.b_ih.data_ptr<T>() : nullptr;
   const T* BH = r.b_hh.defined() ? r.b_hh.data_ptr<T>() : nullptr;
   const T* H0 = r.h0.data_ptr<T>();
   const T* C0 = lstm ? r.c0.data_ptr<T>() : nullptr;
@@ -443,25 +546,39 @@ void seq_fwd_region(rnn::FwdRec& r) {
   auto slot = [&](int64_t s, int64_t t) { return keep ? t : s % 2; };  // c of step s: cs[t] or the ping-pong
   run_region(
       parts, T_,
-      [&](Part<T>& q) {  // column (g, jj) of the slice = row g*H + j0 + jj of W_hh
-        pack_panels(q.packed, H, G * q.n, 1, [&](int64_t c) { return W + ((c / q.n) * H + q.j0 + c % q.n) * H; });
+      [&](Part<T>& q) {  // column c = (g, jj) of the slice = row g*H + j0 + jj of W_hh and W_ih
+        auto row = [&](int64_t c) { return (c / q.n) * H + q.j0 + c % q.n; };
+        pack_panels(q.packed, H, G * q.n, 1, [&](int64_t c) { return W + row(c) * H; });
+        if (in_region) pack_panels(q.packed_x, I, G * q.n, 1, [&](int64_t c) { return WI + row(c) * I; });
+        for (int64_t c = 0; c < q.np; ++c) {
+          const bool real = c < G * q.n && BI;
+          // the LSTM sums both biases into one pre-activation; the GRU keeps b_hh inside r * (W_hn h + b_hn)
+          q.bias[c] = real ? (lstm ? BI[row(c)] + BH[row(c)] : BH[row(c)]) : T(0);
+          q.xbias[c] = real && !lstm ? BI[row(c)] : T(0);
+        }
       },
       [&](Part<T>& q, int64_t s) {
         const int64_t t = r.reverse ? T_ - 1 - s : s, tp = r.reverse ? t + 1 : t - 1;
         const T* hp = s == 0 ? H0 : HC + tp * sht;
         const int64_t lhp = s == 0 ? sh0 : shb;
-        // the GEMM accumulates onto what the step adds to h W_hh^T: x W_ih^T + b (LSTM) or b_hh (GRU)
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t g = 0; g < G; ++g) {
-            T* dst = q.buf + b * q.np + g * q.n;
-            if (lstm) {
-              const T* src = X + (t * B + b) * G * H + g * H + q.j0;
-              for (int64_t j = 0; j < q.n; ++j) dst[j] = src[j];
-            } else {
-              for (int64_t j = 0; j < q.n; ++j) dst[j] = BH ? BH[g * H + q.j0 + j] : T(0);
+        T* xo = lstm ? q.buf : q.xbuf;  // where x_t W_ih^T + bias goes
+        const T* xb = lstm ? q.bias : q.xbias;
+        if (in_region) {
+          panel_gemm(B, I, q.np, X + t * B * I, I, q.packed_x, xo, q.np, /*accumulate=*/false, xb);
+        } else {
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t g = 0; g < G; ++g) {
+              const T* src = XG + (t * B + b) * G * H + g * H + q.j0;
+              T* dst = xo + b * q.np + g * q.n;
+              const T* bb = xb + g * q.n;
+              for (int64_t j = 0; j < q.n; ++j) dst[j] = src[j] + bb[j];
             }
-          }
-        panel_gemm(B, H, q.np, hp, lhp, q.packed, q.buf, q.np, /*accumulate=*/true);
+        }
+        // the LSTM's recurrent term lands on the same pre-activation, the GRU's in its own buffer (+ b_hh)
+        if (lstm)
+          panel_gemm(B, H, q.np, hp, lhp, q.packed, q.buf, q.np, /*accumulate=*/true);
+        else
+          panel_gemm(B, H, q.np, hp, lhp, q.packed, q.buf, q.np, /*accumulate=*/false, q.bias);
         T* sv = SV + (keep ? t : 0) * B * 4 * H;
         for (int64_t b = 0; b < B; ++b) {
           T* hout = HC + t * sht + b * shb + q.j0;
@@ -470,7 +587,7 @@ void seq_fwd_region(rnn::FwdRec& r) {
             T* cc = CS + (slot(s, t) * B + b) * H;
             lstm_fwd_row<T, T>(q.buf + b * q.np, q.n, cp + q.j0, sv + b * 4 * H + q.j0, H, cc + q.j0, hout, q.n);
           } else {
-            gru_fwd_row<T, T>(X + (t * B + b) * G * H + q.j0, H, q.buf + b * q.np, q.n, hp + b * lhp + q.j0,
+            gru_fwd_row<T, T>(q.xbuf + b * q.np, q.n, q.buf + b * q.np, q.n, hp + b * lhp + q.j0,
                               sv + b * 4 * H + q.j0, H, hout, q.n);
           }
         }
@@ -483,7 +600,7 @@ void seq_bwd_region(rnn::BwdRec& r) {
   const bool lstm = r.is_lstm;
   const int64_t T_ = r.saved.size(0), B = r.saved.size(1), H = r.w_hh.size(1), G = lstm ? 4 : 3;
   Tensor workspace;
-  auto parts = make_parts<T>(H, G * H, 1, B, workspace, r.saved.options());
+  auto parts = make_parts<T>(H, num_parts(H), G * H, 0, 1, B, false, workspace, r.saved.options());
   const T* W = r.w_hh.data_ptr<T>();
   const T* DO = r.dcols.data_ptr<T>();
   const T* DHL = r.dh_last.data_ptr<T>();
@@ -499,6 +616,12 @@ void seq_bwd_region(rnn::BwdRec& r) {
   const int64_t sdt = r.dcols.stride(0), sdb = r.dcols.stride(1), sdl = r.dh_last.stride(0);
   const int64_t sht = lstm ? 0 : r.hcols.stride(0), shb = lstm ? 0 : r.hcols.stride(1);
   const int64_t sh0 = lstm ? 0 : r.h0.stride(0);
+  // The bias gradients, summed over the steps and rows as each thread writes its columns of dG (still in
+  // its cache) instead of a pass over the whole (T*B, G*H) dG afterwards; in double, so a long sequence
+  // sums no less exactly than ATen's pairwise sum did. Part p's sums at [2 G j0, 2 G (j0 + n)): the GRU's
+  // dGi then dGh columns (they differ in the n gate), the LSTM's dG once.
+  const bool bias = r.db_i.defined();
+  std::vector<double> dbias(bias ? 2 * G * H : 0, 0.0);
   run_region(
       parts, T_,
       [&](Part<T>& q) {  // dh[:, j0:j0+n] = dG W_hh[:, j0:j0+n]: a column slice of W_hh as it is
@@ -530,7 +653,29 @@ void seq_bwd_region(rnn::BwdRec& r) {
                               DGH + (t * B + b) * G * H + q.j0, H, dhd, q.n);
           }
         }
+        if (bias) {
+          double* acc = dbias.data() + 2 * G * q.j0;
+          for (int64_t m = 0; m < (lstm ? 1 : 2); ++m)
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t g = 0; g < G; ++g) {
+                const T* row = (m ? DGH : DGI) + (t * B + b) * G * H + g * H + q.j0;
+                double* a = acc + (m * G + g) * q.n;
+#pragma omp simd
+                for (int64_t j = 0; j < q.n; ++j) a[j] += double(row[j]);
+              }
+        }
       });
+  if (bias) {
+    T* DBI = r.db_i.data_ptr<T>();
+    T* DBH = r.db_h.data_ptr<T>();
+    for (const auto& q : parts)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t j = 0; j < q.n; ++j) {
+          const double* acc = dbias.data() + 2 * G * q.j0;
+          DBI[g * H + q.j0 + j] = T(acc[g * q.n + j]);
+          DBH[g * H + q.j0 + j] = T(acc[((lstm ? 0 : G) + g) * q.n + j]);
+        }
+  }
 }
 
 #pragma GCC pop_options
@@ -538,23 +683,27 @@ void seq_bwd_region(rnn::BwdRec& r) {
 struct CpuPW {
   // fp32 and fp64 run a whole direction in one parallel region; fp16/bf16 keep the per-step loop (their
   // GEMMs want the library's reduced-precision kernels, and the accumulation dtype differs from x's).
-  static bool seq_fwd(rnn::FwdRec& r) {
-    const auto t = r.xg.scalar_type();
+  static bool seq_takes(const Tensor& x) { return x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble; }
+
+  static void seq_fwd(rnn::FwdRec& r) {
     // the region reads the weights through raw pointers: any strided view (a user's transposed weight)
     // becomes a dense copy first; a dense tensor passes as it is
+    r.w_ih = r.w_ih.contiguous();
     r.w_hh = r.w_hh.contiguous();
+    if (r.b_ih.defined()) r.b_ih = r.b_ih.contiguous();
     if (r.b_hh.defined()) r.b_hh = r.b_hh.contiguous();
-    if (t == at::kFloat) seq_fwd_region<float>(r);
-    else if (t == at::kDouble) seq_fwd_region<double>(r);
-    return t == at::kFloat || t == at::kDouble;
+    if (r.x.scalar_type() == at::kFloat)
+      seq_fwd_region<float>(r);
+    else
+      seq_fwd_region<double>(r);
   }
 
-  static bool seq_bwd(rnn::BwdRec& r) {
-    const auto t = r.dGi.scalar_type();
+  static void seq_bwd(rnn::BwdRec& r) {
     r.w_hh = r.w_hh.contiguous();
-    if (t == at::kFloat) seq_bwd_region<float>(r);
-    else if (t == at::kDouble) seq_bwd_region<double>(r);
-    return t == at::kFloat || t == at::kDouble;
+    if (r.dGi.scalar_type() == at::kFloat)
+      seq_bwd_region<float>(r);
+    else
+      seq_bwd_region<double>(r);
   }
 
   static void lstm_fwd(const Tensor& pre, const Tensor& c_prev, Tensor& gates, Tensor& c, Tensor& h) {

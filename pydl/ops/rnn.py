@@ -27,6 +27,9 @@ activated gates). The GEMMs go through the matmul library (MKL / cuBLAS via ATen
 code would not beat them; the pointwise part is what the kernels fuse. The backward walks time in reverse
 with one fused pointwise kernel + one GEMM (dh = dG W_hh) per step, then computes the weight gradients of
 the layer with a few big GEMMs over all steps at once (dW_ih = dG^T X, dW_hh = dG^T H_prev, db = sum dG).
+The C++ CPU backend runs fp32/fp64 layer-directions differently: one parallel region per direction, with
+the input projection inside the time loop when the packed weights fit in cache and the bias gradients summed
+in the backward's loop (csrc/cpu/rnn.cpp, "a whole sequence in one parallel region").
 
 **What is saved for the backward** (the ``reserve`` output, accumulation dtype): per layer-direction the
 activated gates of every step and the cell state of every step (LSTM, 4H + H per row) or r, z, n and
