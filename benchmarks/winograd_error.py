@@ -39,6 +39,11 @@ unit_roundoff, winograd_bound = _ref.unit_roundoff, _ref.winograd_bound
 LAYERS = [(2, 16, 56), (2, 64, 56), (2, 128, 28), (2, 256, 14), (2, 512, 7)]
 
 
+def _layer(n, c, h):
+    """A ResNet-like layer's input and weight: post-ReLU activations, He-initialised 3x3 filters."""
+    return torch.randn(n, c, h, h).relu(), torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5
+
+
 def main():
     torch.manual_seed(0)
     u = unit_roundoff(torch.float32)
@@ -46,8 +51,7 @@ def main():
           "| direct vs |x|*|w| (u) | bound use |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for n, c, h in LAYERS:
-        x = torch.randn(n, c, h, h).relu()
-        w = torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5
+        x, w = _layer(n, c, h)
         truth = F.conv2d(x.double(), w.double(), padding=1)
         scale = F.conv2d(x.double().abs(), w.double().abs(), padding=1)
         yw = pydl.conv2d(x, w, padding=1, backend="cpu", algo="winograd").double()
@@ -62,8 +66,7 @@ def main():
           "| direct vs |x|*|dy| (u) |")
     print("|---|---:|---:|---:|---:|---:|")
     for n, c, h in LAYERS:
-        x = torch.randn(n, c, h, h).relu()
-        w = torch.randn(c, c, 3, 3) * (2 / (9 * c)) ** 0.5
+        x, w = _layer(n, c, h)
         dy = torch.randn(n, c, h, h)
         truth = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=1)
         scale = torch.nn.grad.conv2d_weight(x.double().abs(), w.shape, dy.double().abs(), padding=1)

@@ -217,32 +217,40 @@ struct Img {
   int64_t H, W, C, sc, sh, sw;
 };
 
+// The R x R patch of channels [c0, c0 + nc) whose corner is (h0, w0), as d[a][b][c], zeros outside the image and
+// beyond nc (the transforms then run on full 16-lane vectors). Shared by the input transform (6 x 6, the corner
+// may lie in the padding) and grad-weight's dz transform (4 x 4). Channels_last reads 16 contiguous values; NCHW
+// reads them H*W apart -- still cheaper than a channels_last copy, as the patch's rows stay in L1 for the
+// neighbouring tiles.
+template <int R, typename T>
+void load_patch(const Img<T>& x, int64_t h0, int64_t w0, int64_t c0, int64_t nc, T (&d)[R][R][CB]) {
+  for (int64_t a = 0; a < R; ++a)
+    for (int64_t b = 0; b < R; ++b) {
+      const int64_t hi = h0 + a, wi = w0 + b;
+      T* dst = d[a][b];
+      if (hi < 0 || hi >= x.H || wi < 0 || wi >= x.W) {
+        for (int64_t c = 0; c < CB; ++c) dst[c] = T(0);
+      } else {
+        const T* src = x.p + c0 * x.sc + hi * x.sh + wi * x.sw;
+        if (nc == CB && x.sc == 1) {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
+        } else if (nc == CB) {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = src[c * x.sc];
+        } else {
+          for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c * x.sc] : T(0);
+        }
+      }
+    }
+}
+
 // Input transform of one tile, the patch's corner at (h0, w0) (may lie in the padding). Writes
-// V[(p*6+q)*pstride + c] for c < C. From channels_last the 16 channels of a chunk are one vector load; from
-// NCHW they are 16 loads H*W apart -- still cheaper than a channels_last copy of the input, since the patch's
-// rows stay in L1 for the neighbouring tiles.
+// V[(p*6+q)*pstride + c] for c < C.
 template <typename T>
 void input_transform(const Img<T>& x, int64_t h0, int64_t w0, T* V, int64_t pstride) {
   for (int64_t c0 = 0; c0 < x.C; c0 += CB) {
     const int64_t nc = std::min(CB, x.C - c0);
     alignas(64) T d[6][6][CB];
-    for (int64_t a = 0; a < 6; ++a)
-      for (int64_t b = 0; b < 6; ++b) {
-        const int64_t hi = h0 + a, wi = w0 + b;
-        T* dst = d[a][b];
-        if (hi < 0 || hi >= x.H || wi < 0 || wi >= x.W) {
-          for (int64_t c = 0; c < CB; ++c) dst[c] = T(0);
-        } else {
-          const T* src = x.p + c0 * x.sc + hi * x.sh + wi * x.sw;
-          if (nc == CB && x.sc == 1) {
-            for (int64_t c = 0; c < CB; ++c) dst[c] = src[c];
-          } else if (nc == CB) {
-            for (int64_t c = 0; c < CB; ++c) dst[c] = src[c * x.sc];
-          } else {
-            for (int64_t c = 0; c < CB; ++c) dst[c] = c < nc ? src[c * x.sc] : T(0);
-          }
-        }
-      }
+    load_patch<6>(x, h0, w0, c0, nc, d);
     // t[p][b] = sum_a BT[p][a] d[a][b], then V[p][q] = sum_b BT[q][b] t[p][b]. The rows of B^T, factored:
     //   4 d0 - 5 d2 + d4 | (d3 + d4) - 4 (d1 + d2) | (d4 - d3) + 4 (d1 - d2)
     //   (d4 - d2) + 2 (d3 - d1) | (d4 - d2) - 2 (d3 - d1) | 4 d1 - 5 d3 + d5
@@ -576,17 +584,7 @@ void dz_transform(const Img<T>& g, int64_t h0, int64_t w0, T* D, int64_t pstride
   for (int64_t k0 = 0; k0 < g.C; k0 += CB) {
     const int64_t nk = std::min(CB, g.C - k0);
     alignas(64) T d[4][4][CB];
-    for (int64_t a = 0; a < 4; ++a)
-      for (int64_t b = 0; b < 4; ++b) {
-        const int64_t hi = h0 + a, wi = w0 + b;
-        T* dst = d[a][b];
-        if (hi >= g.H || wi >= g.W) {
-          for (int64_t k = 0; k < CB; ++k) dst[k] = T(0);
-        } else {
-          const T* src = g.p + k0 * g.sc + hi * g.sh + wi * g.sw;
-          for (int64_t k = 0; k < CB; ++k) dst[k] = k < nk ? src[k * g.sc] : T(0);
-        }
-      }
+    load_patch<4>(g, h0, w0, k0, nk, d);
     alignas(64) T t[6][4][CB];  // t[p][b] = sum_a A[p][a] d[a][b]
     for (int b = 0; b < 4; ++b)
 #pragma omp simd
