@@ -18,6 +18,19 @@ negligible and what is measured is everything around it (argument checks, dispat
 Thread CPU time (time.thread_time: other processes on a shared machine do not count), torch and pydl
 alternated in blocks, the minimum block kept, for eval / train / forward+backward in both layouts.
 
+Page faults (CPU): a fresh 4 MB output is malloc'ed per call and freed before the next. Whether glibc hands
+it back to the kernel in between (trimming the heap top with brk, or munmap) depends on where small
+allocations of the same call land around it -- a matter of heap history, not of either kernel. A call whose
+output comes back from the kernel page-faults it in again, 1024 faults of 4 KB: measured ~1000 us instead of
+~160-250 us (16x64x32x32 fp32, 2 threads). Left alone, in 300 back-to-back eval calls 25-45 of pydl's
+faulted and 0-6 of torch's (same process, same sizes; which side is hit depends on the allocation pattern
+around the output), so one block of ~40 calls could read 0.30-0.47 ms where a block without faults reads
+0.23: that was the anomalous batch_norm rows of A/A runs. So for CPU runs :func:`steady_heap` first sets
+glibc's thresholds (allocations up to 32 MB from the heap, no trimming below 1 GB): no call of either side
+page-faults, and the rows compare kernels and call overhead. This is process-wide (every case timed after
+it runs with it; it favours neither side), and it is what PyTorch's CPU performance guide gets by
+recommending jemalloc/tcmalloc for the same reason.
+
 Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
 forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
 """
@@ -38,8 +51,22 @@ def _make(shape, dtype, device, layout):
     return x
 
 
+def steady_heap() -> bool:
+    """glibc only: serve allocations up to 32 MB (glibc's maximum for this) from the heap and never trim it
+    below 1 GB, so a freed output is reused without page faults. True if set (False: not glibc)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def cases(quick: bool, device: str):
     if device == "cpu":
+        steady_heap()
         shapes = [(64, 64, 32, 32)] if not quick else [(16, 64, 32, 32)]
         dtypes = [torch.float32]
         backends = ("cpu",)
