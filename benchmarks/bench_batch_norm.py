@@ -18,18 +18,19 @@ negligible and what is measured is everything around it (argument checks, dispat
 Thread CPU time (time.thread_time: other processes on a shared machine do not count), torch and pydl
 alternated in blocks, the minimum block kept, for eval / train / forward+backward in both layouts.
 
-Page faults (CPU): a fresh 4 MB output is malloc'ed per call and freed before the next. Whether glibc hands
-it back to the kernel in between (trimming the heap top with brk, or munmap) depends on where small
-allocations of the same call land around it -- a matter of heap history, not of either kernel. A call whose
-output comes back from the kernel page-faults it in again, 1024 faults of 4 KB: measured ~1000 us instead of
-~160-250 us (16x64x32x32 fp32, 2 threads). Left alone, in 300 back-to-back eval calls 25-45 of pydl's
-faulted and 0-6 of torch's (same process, same sizes; which side is hit depends on the allocation pattern
-around the output), so one block of ~40 calls could read 0.30-0.47 ms where a block without faults reads
-0.23: that was the anomalous batch_norm rows of A/A runs. So for CPU runs :func:`steady_heap` first sets
-glibc's thresholds (allocations up to 32 MB from the heap, no trimming below 1 GB): no call of either side
-page-faults, and the rows compare kernels and call overhead. This is process-wide (every case timed after
-it runs with it; it favours neither side), and it is what PyTorch's CPU performance guide gets by
-recommending jemalloc/tcmalloc for the same reason.
+Page faults (CPU): each call mallocs a fresh 4 MB output and frees it before the next. If glibc gives that
+memory back to the kernel in between (the heap top shrinks with brk, or a chunk is unmapped), the next call
+page-faults it in again: 1024 faults of 4 KB, measured ~1000 us instead of ~350 us (16x64x32x32 fp32, one
+thread). Whether it does depends on where the call's small allocations land around the output: posix_memalign
+requests (torch's CPU allocator) are served from glibc's bins, not its tcache, and when no small chunk fits
+they are cut out of the big free chunk the previous output left, so the next output no longer fits there.
+pydl's CPU forward made three such requests a call (mean, invstd, var): 22-77 of 300 back-to-back eval module
+calls faulted (the anomalous 0.30-0.47 ms rows of A/A runs), torch's 0-9 (once 97: the same can hit its side).
+It now mallocs them (csrc/cpu/batch_norm.cpp, SmallAllocator): 0-1 of 300. ``--steady-heap``
+(:func:`steady_heap`) takes the allocator out of the comparison altogether -- glibc then serves allocations up
+to 32 MB from the heap and never trims it, so no call of either side faults; it is process-wide, so it is an
+option of this script, not of ``pydl bench`` (PyTorch's CPU performance guide gets the same by recommending
+jemalloc/tcmalloc).
 
 Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
 forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
@@ -66,7 +67,6 @@ def steady_heap() -> bool:
 
 def cases(quick: bool, device: str):
     if device == "cpu":
-        steady_heap()
         shapes = [(64, 64, 32, 32)] if not quick else [(16, 64, 32, 32)]
         dtypes = [torch.float32]
         backends = ("cpu",)
@@ -183,6 +183,9 @@ def overhead(rounds: int = 15, calls: int = 200) -> None:
 
 
 if __name__ == "__main__":
+    if "--steady-heap" in sys.argv[1:]:
+        sys.argv.remove("--steady-heap")
+        print(f"steady heap: {steady_heap()}")
     if "--overhead" in sys.argv[1:]:
         overhead()
     else:
