@@ -30,7 +30,8 @@ It now mallocs them (csrc/cpu/batch_norm.cpp, SmallAllocator): 0-1 of 300. ``--s
 (:func:`steady_heap`) takes the allocator out of the comparison altogether -- glibc then serves allocations up
 to 32 MB from the heap and never trims it, so no call of either side faults; it is process-wide, so it is an
 option of this script, not of ``pydl bench`` (PyTorch's CPU performance guide gets the same by recommending
-jemalloc/tcmalloc).
+jemalloc/tcmalloc). forward+backward still faults on both sides without it (the autograd engine's buffers:
+41-150 of 150 calls, pydl and torch alike, before and after the change), so compare those rows with it.
 
 Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
 forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
