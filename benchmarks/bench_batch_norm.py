@@ -18,6 +18,21 @@ negligible and what is measured is everything around it (argument checks, dispat
 Thread CPU time (time.thread_time: other processes on a shared machine do not count), torch and pydl
 alternated in blocks, the minimum block kept, for eval / train / forward+backward in both layouts.
 
+Page faults (CPU): each call mallocs a fresh 4 MB output and frees it before the next. If glibc gives that
+memory back to the kernel in between (the heap top shrinks with brk, or a chunk is unmapped), the next call
+page-faults it in again: 1024 faults of 4 KB, measured ~1000 us instead of ~350 us (16x64x32x32 fp32, one
+thread). Whether it does depends on where the call's small allocations land around the output: posix_memalign
+requests (torch's CPU allocator) are served from glibc's bins, not its tcache, and when no small chunk fits
+they are cut out of the big free chunk the previous output left, so the next output no longer fits there.
+pydl's CPU forward made three such requests a call (mean, invstd, var): 22-77 of 300 back-to-back eval module
+calls faulted (the anomalous 0.30-0.47 ms rows of A/A runs), torch's 0-9 (once 97: the same can hit its side).
+It now mallocs them (csrc/cpu/batch_norm.cpp, SmallAllocator): 0-1 of 300. ``--steady-heap``
+(:func:`steady_heap`) takes the allocator out of the comparison altogether -- glibc then serves allocations up
+to 32 MB from the heap and never trims it, so no call of either side faults; it is process-wide, so it is an
+option of this script, not of ``pydl bench`` (PyTorch's CPU performance guide gets the same by recommending
+jemalloc/tcmalloc). forward+backward still faults on both sides without it (the autograd engine's buffers:
+41-150 of 150 calls, pydl and torch alike, before and after the change), so compare those rows with it.
+
 Targets: CPU (2 threads, 64x64x32x32 fp32, contiguous and channels_last): cpu backend >= 1.0x torch for
 forward-train, eval and forward+backward. GPU: >= 85% of copy bandwidth, >= 1.2x torch in bf16.
 """
@@ -36,6 +51,19 @@ def _make(shape, dtype, device, layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def steady_heap() -> bool:
+    """glibc only: serve allocations up to 32 MB (glibc's maximum for this) from the heap and never trim it
+    below 1 GB, so a freed output is reused without page faults. True if set (False: not glibc)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def cases(quick: bool, device: str):
@@ -156,6 +184,9 @@ def overhead(rounds: int = 15, calls: int = 200) -> None:
 
 
 if __name__ == "__main__":
+    if "--steady-heap" in sys.argv[1:]:
+        sys.argv.remove("--steady-heap")
+        print(f"steady heap: {steady_heap()}")
     if "--overhead" in sys.argv[1:]:
         overhead()
     else:

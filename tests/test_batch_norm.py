@@ -15,6 +15,7 @@ Running stats use the output tolerance. (Ill-conditioned channels -- two nearly 
 amplify the fp32 rounding of x - mean by invstd in every implementation, torch's included; the fixed seeds
 keep the random shapes away from that corner rather than loosening every tolerance for it.)
 """
+import io
 import math
 import random
 import sys
@@ -380,6 +381,28 @@ def test_mixed_precision_params(cpu_backend):
     require_backend(cpu_backend, "cpu", OP)
     x = torch.randn(3, 2, 3, 3).to(torch.bfloat16)
     check_case(cpu_backend, x, True)  # check_case uses fp32 params for half dtypes
+
+
+def test_cpu_statistics_are_ordinary_tensors():
+    """The CPU forward allocates mean / invstd / var with malloc (csrc/cpu/batch_norm.cpp, SmallAllocator: it
+    keeps glibc from carving them out of the previous output's free chunk). They must still behave as any
+    CPU tensor: separate storages (no output aliases another), resizable, copyable, serialisable, freed."""
+    require_backend("cpu", "cpu", OP)
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    y, mean, invstd, var = torch.ops.pydl_cpu.batch_norm_forward(x, None, None, None, None, True, 1e-5, "none",
+                                                                 0, 0, math.inf)
+    want_var, want_mean = torch.var_mean(x, dim=(0, 2), correction=0)
+    assert torch.allclose(mean, want_mean) and torch.allclose(var, want_var)
+    assert len({t.untyped_storage().data_ptr() for t in (mean, invstd, var)}) == 3
+    buf = io.BytesIO()
+    torch.save((mean, var), buf)
+    buf.seek(0)
+    m2, v2 = torch.load(buf)
+    assert torch.equal(m2, mean) and torch.equal(v2, var)
+    keep = mean.clone()
+    mean.resize_(1000)  # through the tensor's own allocator
+    assert torch.equal(mean[:3], keep) and mean.numel() == 1000
+    assert torch.equal(invstd, torch.rsqrt(var + 1e-5))
 
 
 def test_cpp_kernels_check_their_own_arguments():

@@ -213,3 +213,79 @@ def test_module_arguments_are_named():
     m = pydl.nn.BatchNorm1d(3, eps=0.0, backend="reference").eval()  # eval: eps = 0 is allowed, as in torch
     assert torch.equal(m(x), torch.nn.functional.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias,
                                                             False, 0.1, 0.0))
+
+
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_lean_path_matches_batch_norm(cpu_backend, act, affine):
+    """In eval the modules take pydl.ops.batch_norm.eval_forward (fewer Python steps). It must give what
+    pydl.batch_norm gives, bit for bit and with x's strides, in every rank and layout (size-1 dims too), keep
+    x differentiable (the same gradients), leave the running stats alone, and build no autograd node when
+    nothing needs a gradient."""
+    require_backend(cpu_backend, "cpu", OP)
+    g = torch.Generator().manual_seed(3)
+    cases = [(BatchNorm1d, (6, 5)), (BatchNorm1d, (4, 5, 7)), (BatchNorm2d, (3, 5, 4, 7)), (BatchNorm2d, (2, 5, 1, 3)),
+             (BatchNorm2d, (1, 5, 1, 1)), (BatchNorm3d, (2, 5, 3, 2, 3))]
+    if cpu_backend not in ("cpu", "reference"):  # the interpreted backends: one case (the path is the same)
+        cases = cases[2:3]
+    for cls, shape in cases:
+        for cl in (False, True) if len(shape) == 4 else (False,):
+            m = cls(5, affine=affine, act=act, backend=cpu_backend).eval()
+            with torch.no_grad():
+                m.running_mean.uniform_(-1, 1, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                if affine:
+                    m.weight.uniform_(0.5, 2, generator=g)
+                    m.bias.uniform_(-1, 1, generator=g)
+            rm0, rv0 = m.running_mean.clone(), m.running_var.clone()
+            x = torch.randn(shape, generator=g)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            xg = x.clone().requires_grad_()
+            y = m(xg)
+            want = pydl.batch_norm(xg, m.running_mean, m.running_var, m.weight, m.bias, False, 0.1, m.eps, act,
+                                   backend=cpu_backend)
+            assert torch.equal(y, want) and y.stride() == want.stride() == x.stride(), (cls, shape, cl)
+            dy = torch.randn(shape, generator=g)
+            ins = [xg] + ([m.weight, m.bias] if affine else [])
+            for a, b in zip(torch.autograd.grad(y, ins, dy), torch.autograd.grad(want, ins, dy)):
+                assert torch.equal(a, b)
+            assert torch.equal(m.running_mean, rm0) and torch.equal(m.running_var, rv0)
+            with torch.no_grad():
+                y0 = m(x)
+            assert y0.grad_fn is None and torch.equal(y0, y.detach())
+            if not affine:  # nothing needs a gradient, grad mode on: no node either
+                assert m(x).grad_fn is None
+
+
+def test_eval_lean_path_falls_back_and_keeps_errors(cpu_backend):
+    """What the lean path does not take (GeneralRelu, eps not a float, a non-plain call) goes through
+    pydl.batch_norm, and bad arguments raise the same errors as there."""
+    require_backend(cpu_backend, "cpu", OP)
+    from pydl.ops.batch_norm import eval_forward
+
+    x = torch.randn(2, 3, 4)
+    m = BatchNorm1d(3, act="general_relu", leak=0.1, sub=0.2, maxv=2.0, backend=cpu_backend).eval()
+    assert eval_forward(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps, m.act, m.leak, m.sub, m.maxv,
+                        m.backend) is None
+    assert torch.equal(m(x), pydl.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.1, m.eps,
+                                             "general_relu", 0.1, 0.2, 2.0, backend=cpu_backend))
+    m = BatchNorm1d(3, backend=cpu_backend).eval()
+    m.eps = 0  # an int: general path, where eval allows eps = 0
+    assert torch.equal(m(x), pydl.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, eps=0.0,
+                                             backend=cpu_backend))
+    m.eps = -1e-5
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        m(x)
+    m.eps = 1e-5
+    m.weight = nn.Parameter(torch.ones(3, 1))
+    with pytest.raises(ValueError, match=r"pydl.batch_norm: weight must have shape \(3,\).*reshape"):
+        m(x)
+    m.weight = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight has dtype"):
+        m(x)
+    m.weight = nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match="x must be float16"):
+        m(torch.ones(2, 3, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="backend must be a str"):
+        BatchNorm1d(3, backend=3).eval()(x)

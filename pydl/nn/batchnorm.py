@@ -18,7 +18,7 @@ import torch
 import torch.nn as tnn
 
 from ..ops import _activation
-from ..ops.batch_norm import batch_norm
+from ..ops.batch_norm import batch_norm, eval_forward
 from .convert import register
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -36,6 +36,13 @@ class PydlBatchNorm:
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
+        if not self.training:  # inference: the lean entry point (pydl.ops.batch_norm.eval_forward says why)
+            rm, rv = self.running_mean, self.running_var
+            if rm is not None:
+                y = eval_forward(input, rm, rv, self.weight, self.bias, self.eps, self.act, self.leak, self.sub,
+                                 self.maxv, self.backend)
+                if y is not None:
+                    return y
         # torch's _BatchNorm.forward, step by step, so train/eval behaviour is the same:
         # * training with running stats: count the batch, update running stats with momentum (or the
         #   cumulative average 1 / num_batches_tracked when momentum is None);
