@@ -56,6 +56,11 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "activation.h"
 #include "common.h"
@@ -81,6 +86,44 @@ bool pick_im2col_nhwc(const Geom& g) {
   if (force != nullptr && std::string(force) == "nhwc") return true;
   return g.Cg >= 16 && g.Wo <= (g.sw == 2 ? 8 : 32) &&
          !(g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0);
+}
+
+// The weight between its own order (Co, Cg, kh, kw) and the NHWC im2col's K order (Co, kh, kw, Cg), in acc_t:
+// per output channel, a (a x b) -> (b x a) transpose of its Cg x kh*kw block (taps_last: a = Cg, b = kh*kw;
+// back, for grad_w: a = kh*kw, b = Cg). Not w.permute(...).contiguous(): ATen's generic strided copy runs
+// at ~7 GB/s here, and late layers have big weights next to small activations -- 512x256x3x3 is 4.7 MB,
+// ~620 us per call (1 thread), a quarter of the whole conv at N=8 (256@7->512, stride 2). Each block is
+// L1-sized (9 KB for 256 channels x 3x3): reads strided within L1, writes contiguous, at about copy speed.
+at::Tensor transpose_blocks(const at::Tensor& src_in, int64_t a, int64_t b, at::ScalarType acc_type) {
+  const at::Tensor src = src_in.to(acc_type).contiguous();
+  const int64_t rows = src.numel() / std::max<int64_t>(1, a * b);
+  at::Tensor dst = at::empty({rows, b, a}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "pydl_conv2d_transpose_blocks", [&] {
+    const scalar_t* sp = src.data_ptr<scalar_t>();
+    scalar_t* dp = dst.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, a * b)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* __restrict__ s = sp + r * a * b;
+        scalar_t* __restrict__ d = dp + r * a * b;
+        int64_t i0 = 0;
+#if defined(__AVX512F__)
+        if (std::is_same<scalar_t, float>::value && b <= 64) {
+          // 16 values of i at a time: d[j*a + i0..i0+15] gathers s[(i0..i0+15)*b + j] from L1
+          const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32(int(b)));
+          for (; i0 + 16 <= a; i0 += 16)
+            for (int64_t j = 0; j < b; ++j)
+              _mm512_storeu_ps(reinterpret_cast<float*>(d) + j * a + i0,
+                               _mm512_i32gather_ps(idx, reinterpret_cast<const float*>(s) + i0 * b + j, 4));
+        }
+#endif
+        for (int64_t j = 0; j < b; ++j)
+          for (int64_t i = i0; i < a; ++i) d[j * a + i] = s[i * b + j];
+      }
+    });
+  });
+  return dst;
 }
 
 Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -141,11 +184,12 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
     winograd::forward(x_in, w, b.has_value() ? *b : at::Tensor(), g.ph, g.pw, act, g.cl, y, z);
     return {y, z};
   }
-  // The weight in the accumulator type and in the K order of the layout (see the file comment). Tiny next to
-  // the activations, so copying it per call is cheap.
-  at::Tensor w_acc = dw ? (g.cl ? w.reshape({g.Co, g.kh * g.kw}).t() : w.reshape({g.Co, g.kh * g.kw}))
-                        : (g.xcl ? w.permute({0, 2, 3, 1}) : w);
-  w_acc = w_acc.to(acc_type).contiguous();
+  // The weight in the accumulator type and in the K order of the layout (see the file comment): copied per
+  // call, which is cheap next to the GEMM as long as the copy runs at memory speed (transpose_blocks).
+  at::Tensor w_acc;
+  if (dw) w_acc = (g.cl ? w.reshape({g.Co, g.kh * g.kw}).t() : w.reshape({g.Co, g.kh * g.kw})).to(acc_type).contiguous();
+  else if (g.xcl) w_acc = transpose_blocks(w, g.Cg, g.kh * g.kw, acc_type);
+  else w_acc = w.to(acc_type).contiguous();
   const at::Tensor b_acc = b.has_value() ? b->to(acc_type).contiguous() : at::zeros({g.Co}, x.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -208,13 +252,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       at::Tensor gw_acc = at::empty({g.Co, g.K}, x.options().dtype(acc_type));
       if (g.N * g.L == 0) gw_acc.zero_();
       else backward_weight<scalar_t>(g, x.data_ptr<scalar_t>(), dz, gw_acc);
-      gw = g.xcl ? gw_acc.view({g.Co, g.kh, g.kw, g.Cg}).permute({0, 3, 1, 2}) : gw_acc.view(w.sizes());
+      gw = g.xcl ? transpose_blocks(gw_acc, g.kh * g.kw, g.Cg, acc_type).view(w.sizes()) : gw_acc.view(w.sizes());
       gw = gw.to(w.scalar_type()).contiguous();
     }
     if (mask[0] && gx.numel() > 0 && winograd::use_backward_input(x, w, stride, padding, dilation, groups)) {
       winograd::backward_input(dz, w, g.ph, g.pw, g.cl, gx);
     } else if (mask[0] && gx.numel() > 0) {
-      const at::Tensor w_acc = (g.xcl ? w.permute({0, 2, 3, 1}) : w).to(acc_type).contiguous();
+      const at::Tensor w_acc = g.xcl ? transpose_blocks(w, g.Cg, g.kh * g.kw, acc_type) : w.to(acc_type).contiguous();
       backward_input<scalar_t>(g, w_acc, dz, gx.data_ptr<scalar_t>());
     }
   });
