@@ -214,6 +214,28 @@ def test_cpu_large_tensor_multithreaded():
     assert_same(s, pydl.ActStats(*want, 40, -3.0, 3.0, 0.05, True), torch.float32)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_cpu_task_split_does_not_depend_on_threads(per_channel):
+    """Tasks (2^16 values, or whole rows of N) go to threads in runs of about equal work, with a small remainder
+    task at the end (here 6 full tasks + one of 8192 values, the course CNN's 512x16x7x7): which thread runs a
+    task must change nothing, so 1, 2 and 3 threads give bit-identical results (a run per thread, or fewer
+    runs than threads when there are few tasks)."""
+    require_backend("cpu", "cpu", OP)
+    x = torch.randn(512, 16, 7, 7)
+    threads = torch.get_num_threads()
+    try:
+        got = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            got.append(torch.ops.pydl.act_stats(x, 40, 0.0, 10.0, 0.05, per_channel, "cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    for r in got[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got[0], r))
+    want = act_stats_reference(x, 40, 0.0, 10.0, 0.05, per_channel)
+    assert torch.equal(got[0][1], want[1]) and torch.equal(got[0][2], want[2])
+
+
 @pytest.mark.parametrize("C", [3, 16, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cpu_channels_last_channel_blocks(C, dtype):

@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -280,6 +281,26 @@ struct Task {
   int64_t g, o0, o1, i0, i1;
 };
 
+// Splits tasks [0, T) into at most `parts` contiguous runs of about equal work (values): run p is tasks
+// [r[p], r[p + 1]). Each boundary is the task edge nearest to its share of the total.
+inline std::vector<int64_t> balanced_runs(const std::vector<Task>& tasks, int64_t parts) {
+  const int64_t T = int64_t(tasks.size());
+  if (T == 0) return {0};  // no runs
+  parts = std::max<int64_t>(1, std::min(parts, T));
+  std::vector<int64_t> cum(T + 1, 0);  // cum[t]: values in tasks before t
+  for (int64_t t = 0; t < T; ++t) cum[t + 1] = cum[t] + (tasks[t].o1 - tasks[t].o0) * (tasks[t].i1 - tasks[t].i0);
+  std::vector<int64_t> r{0};
+  for (int64_t p = 1; p < parts; ++p) {
+    const double target = double(cum[T]) * double(p) / double(parts);
+    int64_t t = std::lower_bound(cum.begin(), cum.end(), int64_t(target)) - cum.begin();  // cum[t] >= target
+    if (t > 0 && target - double(cum[t - 1]) < double(cum[t]) - target) --t;
+    t = std::min(std::max(t, r.back() + 1), T - (parts - p));  // every run keeps at least one task
+    r.push_back(t);
+  }
+  r.push_back(T);
+  return r;
+}
+
 template <typename scalar_t>
 void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64_t so, int64_t sg, int64_t si,
                const Binning<at::opmath_type<scalar_t>>& b, double* fs_out, int64_t* cnt_out, int64_t* hist_out) {
@@ -306,11 +327,19 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
   std::vector<int64_t> nz(T, 0);
   std::vector<int64_t> hist(T * NB, 0);
 
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<acc_t> vals(kChunk);
-    std::vector<int32_t> slots(kChunk);
+  // Tasks go to threads in contiguous runs of about equal work, not of equal task count: the last task of a
+  // tensor is often a small remainder, and at::parallel_for over T tasks would hand one thread ceil(T/2) full
+  // ones (course CNN bs512, 16x7x7: 6 full tasks + 1 small; 4 full on one thread, 2 + the small on the other).
+  // Which thread runs a task changes no result: each task's moments and counts are its own, and they are merged
+  // in task order below.
+  const std::vector<int64_t> run = balanced_runs(tasks, at::get_num_threads());
+  at::parallel_for(0, int64_t(run.size()) - 1, 1, [&](int64_t p0, int64_t p1) {
+    const int64_t t0 = run[p0], t1 = run[p1];
+    // Scratch the loops below write before they read: uninitialised (a std::vector would zero 20 KB a call).
+    const std::unique_ptr<acc_t[]> vals(new acc_t[kChunk]);
+    const std::unique_ptr<int32_t[]> slots(new int32_t[kChunk]);
     std::vector<int32_t> sub(kSub * NB);  // kSub interleaved sub-histograms (see scatter_singles)
-    std::vector<int32_t> pidx(pairs ? kChunk / 2 : 0);
+    const std::unique_ptr<int32_t[]> pidx(new int32_t[pairs ? kChunk / 2 : 0]);
     std::vector<uint16_t> tab(pairs ? kPairCopies * NB * NB : 0);  // zero; fold_pairs leaves it so
     std::vector<uint32_t> tab32(pairs ? NB * NB : 0);                // zero; drain_pairs32 leaves it so
     int64_t tab32_task = -1;   // the task whose histogram tab32's counts go to (one of its group); -1: empty
@@ -330,17 +359,17 @@ void run_spans(const scalar_t* x, int64_t outer, int64_t G, int64_t inner, int64
               src = base + c0;  // already the accumulator type and contiguous: read it in place
             } else {
               for (int64_t i = 0; i < len; ++i) vals[i] = base[(c0 + i) * si];
-              src = vals.data();
+              src = vals.get();
             }
           } else {  // half/bfloat16: convert once into the L1 buffer
             for (int64_t i = 0; i < len; ++i) vals[i] = acc_t(base[(c0 + i) * si]);
-            src = vals.data();
+            src = vals.get();
           }
-          chunk_stats(src, len, b, slots.data(), mom[t], nz[t]);
+          chunk_stats(src, len, b, slots.get(), mom[t], nz[t]);
           if (tp) {
-            scatter_pairs(slots.data(), len, pidx.data(), tab.data(), sub.data(), NB);
+            scatter_pairs(slots.get(), len, pidx.get(), tab.data(), sub.data(), NB);
           } else {
-            scatter_singles(slots.data(), len, sub.data(), NB);
+            scatter_singles(slots.get(), len, sub.data(), NB);
           }
         }
       }
@@ -444,8 +473,8 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
   constexpr int64_t kCB = 16;
   const int64_t ld = R + 16;
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<acc_t> tile(kCB * ld);
-    std::vector<int32_t> slots(R);
+    const std::unique_ptr<acc_t[]> tile(new acc_t[kCB * ld]);  // written before read: uninitialised
+    const std::unique_ptr<int32_t[]> slots(new int32_t[R]);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r_begin = t * per, r_end = std::min(rows, r_begin + per);
       int32_t* h = hist[t].data();
@@ -454,7 +483,7 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
         const scalar_t* p = x + r0 * C;
         for (int64_t c0 = 0; c0 < C; c0 += kCB) {
           const int64_t cb = std::min(kCB, C - c0);
-          acc_t* __restrict__ tl = tile.data();
+          acc_t* __restrict__ tl = tile.get();
           if (cb == kCB) {  // a constant trip count, for the compiler to unroll
             int64_t r = 0;
 #if defined(__AVX512F__)
@@ -468,10 +497,10 @@ void run_rows(const scalar_t* x, int64_t rows, int64_t C, const Binning<at::opma
               for (int64_t c = 0; c < cb; ++c) tl[c * ld + r] = acc_t(p[r * C + c0 + c]);
           }
           for (int64_t c = c0; c < c0 + cb; ++c) {
-            chunk_stats(tl + (c - c0) * ld, nr, b, slots.data(), mom[t][c], nz[t][c]);
+            chunk_stats(tl + (c - c0) * ld, nr, b, slots.get(), mom[t][c], nz[t][c]);
             int32_t* hc = h + c * copies * NB;
             if (copies == kSub) {
-              scatter_singles(slots.data(), nr, hc, NB);
+              scatter_singles(slots.get(), nr, hc, NB);
             } else {
               for (int64_t i = 0; i < nr; ++i) ++hc[slots[i]];
             }
@@ -521,16 +550,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cpu(const at::Tensor& x
   const auto acc_dtype = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t G = per_channel ? x_in.size(1) : 1;
   const int64_t numel = x_in.numel();
-  // Statistics are merged in double; they are cast to the accumulator dtype on the way out.
-  auto fs = at::empty({G, 4}, x_in.options().dtype(at::kDouble));
-  auto counts = at::zeros({G, kCountCols}, x_in.options().dtype(at::kLong));
-  auto hist = at::zeros({G, bins}, x_in.options().dtype(at::kLong));
-  if (G > 0) counts.select(1, 0).fill_(numel / G);
+  // Statistics are merged in double (fs64); they are cast to the accumulator dtype on the way out. The outputs
+  // are filled here, in plain loops, not by at::zeros / fill_ / .to(): a hook calls this between a model's
+  // layers, where every ATen op it runs starts with cold caches -- measured inside a training step (course
+  // CNN, one thread), each of those TensorIterator ops cost several us there against well under one alone.
+  std::vector<double> fs64(size_t(G) * 4);
+  auto fs = at::empty({G, 4}, x_in.options().dtype(acc_dtype));
+  auto counts = at::empty({G, kCountCols}, x_in.options().dtype(at::kLong));
+  auto hist = at::empty({G, bins}, x_in.options().dtype(at::kLong));
+  {
+    int64_t* cp = counts.data_ptr<int64_t>();
+    std::fill(cp, cp + G * kCountCols, int64_t(0));
+    for (int64_t g = 0; g < G; ++g) cp[g * kCountCols + kColCount] = numel / G;
+    int64_t* hp = hist.data_ptr<int64_t>();
+    std::fill(hp, hp + G * bins, int64_t(0));
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "pydl_act_stats_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Binning<acc_t> b(bins, lo, hi, eps);
-    double* fsp = fs.data_ptr<double>();
+    double* fsp = fs64.data();
     int64_t* cp = counts.data_ptr<int64_t>();
     int64_t* hp = hist.data_ptr<int64_t>();
     if (!per_channel) {
@@ -550,7 +589,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_stats_cpu(const at::Tensor& x
       run_spans<scalar_t>(x.data_ptr<scalar_t>(), N, G, inner, G * inner, inner, 1, b, fsp, cp, hp);
     }
   });
-  return {fs.to(acc_dtype), counts, hist};
+  if (acc_dtype == at::kDouble) {
+    std::copy(fs64.begin(), fs64.end(), fs.data_ptr<double>());
+  } else {
+    float* fp = fs.data_ptr<float>();
+    for (size_t i = 0; i < fs64.size(); ++i) fp[i] = static_cast<float>(fs64[i]);  // as .to(kFloat) rounds
+  }
+  return {fs, counts, hist};
 }
 
 }  // namespace
