@@ -20,7 +20,8 @@ for hidden <= 512.
 
 How the CPU sequence ops run (csrc/cpu/rnn.cpp, "a whole sequence in one parallel region"): fp32/fp64 start
 one OpenMP team per direction of a layer; each thread owns a slice of the hidden units with its gate columns
-of W_hh packed once into register-block panels, and per step computes its GEMM slice (a hand-written 6x4-vector
+of W_hh packed into register-block panels (kept across calls while the weights stay bitwise the same:
+csrc/cpu/rnn.cpp, "the packed-weight cache"), and per step computes its GEMM slice (a hand-written 6x4-vector
 micro-kernel, ~190 GFLOP/s on one core for the 32x256x512 step slice where MKL's sgemm gives ~175) and its
 pointwise part, then one barrier. The input projection runs in the region as well (a second packed GEMM per
 step) while each thread's packed W_ih + W_hh fit in 1 MB, else one MKL GEMM up front; the backward runs the

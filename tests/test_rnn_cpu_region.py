@@ -124,3 +124,46 @@ def test_region_input_projection_in_region_and_up_front(threads, kind, bias):
         assert _packed_bytes(kind, I_wide, H, nthreads, 1) > 1 << 20 >= _packed_bytes(kind, 2 * H, H, 1, 32)
         got, want = seq_case(kind, "cpu", T=3, B=7, I=I_wide, H=H, L=2, bidir=True, bias=bias, seed=nthreads)
         assert_close(got, want, 1e-10, f"{kind} threads={nthreads} bias={bias}")
+
+
+def _out_and_grads(fn, x, ws, backend, go):
+    ws = [w.detach().requires_grad_() for w in ws]
+    xr = x.detach().requires_grad_()
+    out = fn(xr, ws, bidirectional=True, backend=backend)[0]
+    return [out.detach(), *torch.autograd.grad(out, [xr, *ws], go)]
+
+
+# The region keeps each call's packed weights (csrc/cpu/rnn.cpp, "the packed-weight cache", keyed on the
+# weights' addresses and shapes) and reuses them once each thread has found its weights bitwise unchanged.
+@pytest.mark.parametrize("I", [3, 2700])  # the input projection in the region (W_ih packed too) / up front
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_region_packed_weight_cache(threads, kind, I):
+    """Repeated calls (cache hits) give bit-identical results; weights changed in place -- through an in-place
+    op, through `.data` (which bumps no version counter), in one element of the last thread's columns -- or
+    swapped for new tensors give the new weights' results, forward and backward."""
+    require_backend("cpu", "cpu", OP)
+    threads(2)
+    torch.manual_seed(3)
+    T, B, H = 3, 5, 7
+    fn = pydl.lstm if kind == "lstm" else pydl.gru
+    ws = [w.detach().clone() for w in make_torch(kind, I, H, 1, True, True)._flat_weights]
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    go = torch.randn(T, B, 2 * H, dtype=torch.float64)
+
+    def check(ws, what):
+        got = _out_and_grads(fn, x, ws, "cpu", go)
+        want = _out_and_grads(fn, x, ws, "reference", go)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert (a - b).abs().max().item() <= 2.5e-10, f"{what}: output/grad {i}"
+        return got
+
+    first = check(ws, "first call")
+    for a, b in zip(first, check(ws, "hit")):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        ws[1].mul_(0.5)  # W_hh, forward direction: in place
+    check(ws, "in-place W_hh")
+    ws[0].data.add_(0.25)  # W_ih through .data
+    ws[5].data[-1, -1] += 1.0  # one element of the reverse direction's W_hh, the last thread's columns
+    check(ws, ".data updates")
+    check([w.clone() + 0.125 for w in ws], "swapped weights")
