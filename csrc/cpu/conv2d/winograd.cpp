@@ -178,12 +178,13 @@ void filter_transform(const Filt<T>& f, int64_t o, int64_t i_begin, int64_t i_en
 // cycles per filter whichever way they walked w; this takes ~22: a 512-channel forward of one tile (the
 // filter transform and little else), 1 thread, 3.7 -> 1.95 ms. Calls put(pq, u) with the 36 transformed
 // points of the 16 filters (masked to nk lanes) -- the caller decides where they go.
+// src: the 16 filters' tap 0, si apart (taps f.st apart).
 template <typename Put>
-inline void filter_transform16(const Filt<float>& f, const float* src, __mmask16 mask, Put&& put) {
+inline void filter_transform16(const Filt<float>& f, const float* src, int32_t si, __mmask16 mask, Put&& put) {
   const __m512 q4 = _mm512_set1_ps(1.f / 4), ns6 = _mm512_set1_ps(-1.f / 6), s6 = _mm512_set1_ps(1.f / 6),
                t12 = _mm512_set1_ps(1.f / 12), t24 = _mm512_set1_ps(1.f / 24);
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(9));
+                                         _mm512_set1_epi32(si));
   __m512 g[9];
   for (int r = 0; r < 9; ++r) g[r] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, idx, src + r * f.st, 4);
   __m512 t[6][3];
@@ -211,7 +212,7 @@ void filter_transform<float>(const Filt<float>& f, int64_t o, int64_t i_begin, i
     const int64_t nk = std::min(CB, i_end - k0);
     const __mmask16 mask = nk == CB ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1);
     float* dst = row + (k0 - i_begin);
-    filter_transform16(f, f.p + o * f.so + k0 * 9, mask,
+    filter_transform16(f, f.p + o * f.so + k0 * 9, 9, mask,
                        [&](int pq, __m512 u) { _mm512_mask_storeu_ps(dst + pq * pstride, mask, u); });
   }
 }
@@ -229,24 +230,22 @@ constexpr int MK_MR = 6, MK_NV = 4;
 // Packed U's layout: element (c, k) of one point, the point's matrix holding K rounded up to 16 columns.
 inline int64_t packed_at(int64_t C, int64_t c, int64_t k) { return (k / 16) * C * 16 + c * 16 + (k % 16); }
 
-// Filter transform into packed U: outer index o, inner indices [i_begin, i_end) of f, written at U's
-// columns relative to k_base (a multiple of 16: the slice's first output channel), points us apart.
-void filter_transform_packed(const Filt<float>& f, int64_t o, int64_t i_begin, int64_t i_end, int64_t C,
+// Filter transform into packed U: input channel c, output channels [k_begin, k_end), written at U's columns
+// relative to k_base (a multiple of 16: the slice's first output channel), points us apart. The 16 output
+// channels of a vector are one row of a panel: one store per point. Forward (f.tu: w is (K, C, 3, 3)) gathers
+// their taps from 16 filters C*9 apart -- walking c in order, each of those 16 runs is read sequentially
+// (a scatter into the panels from the 576-byte runs instead was 10x slower: 1 -> 11 ms at 512@7); grad-input
+// (w' read in place) has them 9 apart, as filter_transform.
+void filter_transform_packed(const Filt<float>& f, int64_t c, int64_t k_begin, int64_t k_end, int64_t C,
                              int64_t k_base, float* U, int64_t us) {
-  for (int64_t i0 = i_begin; i0 < i_end; i0 += CB) {
-    const int64_t n = std::min(CB, i_end - i0);
+  const float* base = f.tu ? f.p + c * 9 : f.p + c * f.so;
+  const int32_t si = int32_t(f.tu ? f.so : 9);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += CB) {
+    const int64_t n = std::min(CB, k_end - k0);
     const __mmask16 mask = n == CB ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-    const float* src = f.p + o * f.so + i0 * 9;
-    if (f.tu) {  // forward: o = k, the 16 inner c's are rows of one panel, 16 floats (one line) apart
-      const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                              _mm512_set1_epi32(16));
-      float* dst = U + packed_at(C, i0, o - k_base);
-      filter_transform16(f, src, mask,
-                         [&](int pq, __m512 u) { _mm512_mask_i32scatter_ps(dst + pq * us, mask, rows, u, 4); });
-    } else {  // grad-input: o = c, the 16 inner k's are one row of a panel (i0 - k_base is a multiple of 16)
-      float* dst = U + packed_at(C, o, i0 - k_base);
-      filter_transform16(f, src, mask, [&](int pq, __m512 u) { _mm512_mask_storeu_ps(dst + pq * us, mask, u); });
-    }
+    float* dst = U + packed_at(C, c, k0 - k_base);
+    filter_transform16(f, base + k0 * si, si, mask,
+                       [&](int pq, __m512 u) { _mm512_mask_storeu_ps(dst + pq * us, mask, u); });
   }
 }
 
@@ -487,17 +486,25 @@ int64_t pad_stride(int64_t n, int64_t elem) {
   return n;
 }
 
-// The 36 GEMMs run in this file's micro-kernel (mk_gemm) for fp32 on AVX-512 builds, else through BLAS
-// (gemm()). PYDL_WINOGRAD_GEMM=blas|kernel|auto, read on every call: for A/B runs and the tests of both.
+// Whether the 36 GEMMs run in this file's micro-kernel (mk_gemm; fp32 on AVX-512 builds) or through BLAS
+// (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel in
+// the block scheme, BLAS in the small one. Measured (1 thread, thread CPU time, GEMM phase, GFLOP/s of the
+// 2 * 36 * tiles * C * K flops; benchmarks/winograd_phases.py): block, 64@56 N=2 forward 121 -> 199 (the
+// machine's peak is ~200), grad-input 181 -> 198; 512@7 N=32 forward 169 -> 185, grad-input 196 -> 187.
+// Small (32 tiles, chunks of 16 output channels): 256@14 N=2 forward 106 -> 122 but grad-input 138 -> 122,
+// 512@7 N=2 107 -> 91 and 117 -> 89 -- a 6 x 16 micro-tile needs 7 loads per 6 FMAs (load-bound), and
+// wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform by more (307 -> 554 us).
 template <typename T>
-bool use_kernel() {
+bool use_kernel(bool small) {
   const char* s = std::getenv("PYDL_WINOGRAD_GEMM");
   const std::string v = s != nullptr ? s : "";
   PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == "kernel" || v == "blas",
                    "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
 #if defined(__AVX512F__)
-  return std::is_same<T, float>::value && v != "blas";
+  if (!std::is_same<T, float>::value || v == "blas") return false;
+  return v == "kernel" || !small || sgemm_ == nullptr;
 #else
+  (void)small;
   return false;
 #endif
 }
@@ -614,20 +621,27 @@ T* scratch(std::vector<T>& keep, at::Tensor& big, int64_t n) {
 // (36 x TB x C), run the 36 GEMMs into M (36 x TB x K), transform M into output tiles. V and M together
 // stay in L2 (pick_block), so each block's data goes from the input to the output without a round trip to
 // memory; U (36 x C x K, made once per call) is shared, read by every block.
-// The filter transform of outer index o, inner [i_begin, i_end) into U, and the GEMM M (m x n, ldm) =
-// V (m x L, row stride L) . U of one point, in the layout of the GEMM that runs: packed panels for the
-// micro-kernel (k_base: the first output channel of U's slice; n_pad: its columns rounded up to 16), or
-// U's plain rows for BLAS (row: U's row o, ld: the inner count), read transposed when f.tu.
+// U for output channels [k0, k0 + nk) (all of them in the block scheme, a chunk's slice in the small one),
+// and the GEMM M (m x n, ldm) = V (m x L, row stride L) . U of one point, in the layout of the GEMM that
+// runs: packed panels for the micro-kernel, or U's plain rows for BLAS (f's outer index o at row o: the
+// small scheme's f.tu slice is nk rows of C, its other one C rows of nk; the GEMM reads them transposed
+// when f.tu). Input channels [c0, c1) only, for a share of the work across threads.
 template <typename T>
-void make_u(bool mk, const Filt<T>& f, int64_t o, int64_t i_begin, int64_t i_end, int64_t C, int64_t k_base, T* U,
-            T* row, int64_t us) {
+void make_u(bool mk, const Filt<T>& f, int64_t c0, int64_t c1, int64_t C, int64_t k0, int64_t nk, T* U, int64_t us) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
-    if (mk) return filter_transform_packed(f, o, i_begin, i_end, C, k_base, U, us);
+    if (mk) {
+      for (int64_t c = c0; c < c1; ++c) filter_transform_packed(f, c, k0, k0 + nk, C, k0, U, us);
+      return;
+    }
   }
 #endif
-  (void)mk, (void)C, (void)k_base, (void)U;
-  filter_transform(f, o, i_begin, i_end, row, us);
+  (void)mk;
+  if (f.tu) {
+    for (int64_t k = 0; k < nk; ++k) filter_transform(f, k0 + k, c0, c1, U + k * C + c0, us);
+  } else {
+    for (int64_t c = c0; c < c1; ++c) filter_transform(f, c, k0, k0 + nk, U + c * nk, us);
+  }
 }
 
 template <typename T>
@@ -649,14 +663,14 @@ void point_gemm(bool mk, int64_t m, int64_t n, int64_t L, const T* V, const T* U
 template <int KIND, typename T>
 void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, elem = sizeof(T);
-  const bool mk = use_kernel<T>();
+  const bool mk = use_kernel<T>(false);
   const int64_t us = pad_stride(C * ((K + 15) / 16 * 16), elem);
   at::Tensor U = at::empty({36 * us}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* Up = U.data_ptr<T>();
-  const int64_t outer = f.tu ? K : C, inner = f.tu ? C : K;
-  at::parallel_for(0, outer, 1, [&](int64_t o0, int64_t o1) {
+  const int64_t inner = f.tu ? C : K;
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     int64_t t = prof.mark();
-    for (int64_t o = o0; o < o1; ++o) make_u(mk, f, o, 0, inner, C, 0, Up, Up + o * inner, us);
+    make_u(mk, f, c0, c1, C, 0, K, Up, us);
     prof.add(1, t);
   });
   const int64_t TB = pick_block(g.tiles, C, K, elem), blocks = (g.tiles + TB - 1) / TB;
@@ -692,7 +706,7 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
 template <int KIND, typename T>
 void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
-  const bool mk = use_kernel<T>();
+  const bool mk = use_kernel<T>(true);
   const int64_t vs = pad_stride(tiles * C, elem);
   thread_local std::vector<T> Vkeep;
   at::Tensor Vbig;
@@ -718,11 +732,7 @@ void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
     int64_t tm = prof.mark();
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k0 = j * kb, nk = std::min(kb, K - k0);  // k0: a multiple of 16 (kb is)
-      if (f.tu) {  // U's slice is nk whole rows (output channels) of C
-        for (int64_t k = 0; k < nk; ++k) make_u(mk, f, k0 + k, 0, C, C, k0, Up, Up + k * C, us);
-      } else {  // nk columns of each of the C rows, which start at column k0
-        for (int64_t c = 0; c < C; ++c) make_u(mk, f, c, k0, k0 + nk, C, k0, Up, Up + c * nk, us);
-      }
+      make_u(mk, f, 0, C, C, k0, nk, Up, us);
       prof.add(1, tm);
       for (int64_t p = 0; p < 36; ++p)
         point_gemm<T>(mk, tiles, nk, C, Vp + p * vs, Up + p * us, f.tu ? C : nk, f.tu, Mp + p * ms, nk);
