@@ -488,23 +488,27 @@ int64_t pad_stride(int64_t n, int64_t elem) {
 
 // Whether the 36 GEMMs run in this file's micro-kernel (mk_gemm; fp32 on AVX-512 builds) or through BLAS
 // (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel in
-// the block scheme, BLAS in the small one. Measured (1 thread, thread CPU time, GEMM phase, GFLOP/s of the
-// 2 * 36 * tiles * C * K flops; benchmarks/winograd_phases.py): block, 64@56 N=2 forward 121 -> 199 (the
-// machine's peak is ~200), grad-input 181 -> 198; 512@7 N=32 forward 169 -> 185, grad-input 196 -> 187.
-// Small (32 tiles, chunks of 16 output channels): 256@14 N=2 forward 106 -> 122 but grad-input 138 -> 122,
-// 512@7 N=2 107 -> 91 and 117 -> 89 -- a 6 x 16 micro-tile needs 7 loads per 6 FMAs (load-bound), and
-// wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform by more (307 -> 554 us).
+// the block scheme, and in the small one for the forward up to 256 input channels. Measured (1 thread,
+// thread CPU time, GEMM phase in GFLOP/s of 2 * 36 * tiles * C * K flops, 3 runs on a shared machine;
+// benchmarks/winograd_phases.py), BLAS -> kernel:
+//   block: 64@56 N=2 forward 121 -> 199 (the core's fp32 FMA peak is ~200), grad-input 181 -> 198;
+//          512@7 N=32 forward 169 -> 185, grad-input 196 -> 187
+//   small (32..98 tiles, chunks of 16 output channels): forward 128@28 N=2 154-166 -> 173-176,
+//          256@14 N=2 105-112 -> 118-152, but 512@7 N=2 105-108 -> 86-93; grad-input 127-190 -> 120-176.
+// BLAS's forward reads U transposed there (U's rows are the output channels: the filter's layout); its
+// grad-input reads U as is, and with 16 columns the 6 x 16 micro-tile needs 7 loads per 6 FMAs (load-bound).
+// Wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform more (307 -> 554 us).
 template <typename T>
-bool use_kernel(bool small) {
+bool use_kernel(bool small, bool forward, int64_t C) {
   const char* s = std::getenv("PYDL_WINOGRAD_GEMM");
   const std::string v = s != nullptr ? s : "";
   PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == "kernel" || v == "blas",
                    "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
 #if defined(__AVX512F__)
   if (!std::is_same<T, float>::value || v == "blas") return false;
-  return v == "kernel" || !small || sgemm_ == nullptr;
+  return v == "kernel" || !small || (forward && C <= 256) || sgemm_ == nullptr;
 #else
-  (void)small;
+  (void)small, (void)forward, (void)C;
   return false;
 #endif
 }
@@ -663,7 +667,7 @@ void point_gemm(bool mk, int64_t m, int64_t n, int64_t L, const T* V, const T* U
 template <int KIND, typename T>
 void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, elem = sizeof(T);
-  const bool mk = use_kernel<T>(false);
+  const bool mk = use_kernel<T>(false, f.tu, C);
   const int64_t us = pad_stride(C * ((K + 15) / 16 * 16), elem);
   at::Tensor U = at::empty({36 * us}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* Up = U.data_ptr<T>();
@@ -706,7 +710,7 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
 template <int KIND, typename T>
 void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
-  const bool mk = use_kernel<T>(true);
+  const bool mk = use_kernel<T>(true, f.tu, C);
   const int64_t vs = pad_stride(tiles * C, elem);
   thread_local std::vector<T> Vkeep;
   at::Tensor Vbig;
