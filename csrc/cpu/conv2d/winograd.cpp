@@ -487,12 +487,14 @@ int64_t pad_stride(int64_t n, int64_t elem) {
 }
 
 // Whether the 36 GEMMs run in this file's micro-kernel (mk_gemm; fp32 on AVX-512 builds) or through BLAS
-// (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel in
-// the block scheme, and in the small one for the forward up to 256 input channels. Measured (1 thread,
+// (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel for
+// the forward in the block scheme, and up to 256 input channels in the small one; for grad-input in the
+// block scheme up to 256 channels. Measured (1 thread,
 // thread CPU time, GEMM phase in GFLOP/s of 2 * 36 * tiles * C * K flops, 3 runs on a shared machine;
 // benchmarks/winograd_phases.py), BLAS -> kernel:
 //   block: 64@56 N=2 forward 121 -> 199 (the core's fp32 FMA peak is ~200), grad-input 181 -> 198;
-//          512@7 N=32 forward 169 -> 185, grad-input 196 -> 187
+//          512@7 N=32 forward 135-169 -> 149-185, grad-input 155-196 -> 147-187 (and its packed filter
+//          transform, reading w' across rows 18 KB apart, 14.8 -> 17.4 ms)
 //   small (32..98 tiles, chunks of 16 output channels): forward 128@28 N=2 154-166 -> 173-176,
 //          256@14 N=2 105-112 -> 118-152, but 512@7 N=2 105-108 -> 86-93; grad-input 127-190 -> 120-176.
 // BLAS's forward reads U transposed there (U's rows are the output channels: the filter's layout); its
@@ -506,7 +508,7 @@ bool use_kernel(bool small, bool forward, int64_t C) {
                    "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
 #if defined(__AVX512F__)
   if (!std::is_same<T, float>::value || v == "blas") return false;
-  return v == "kernel" || !small || (forward && C <= 256) || sgemm_ == nullptr;
+  return v == "kernel" || sgemm_ == nullptr || (forward ? !small || C <= 256 : !small && C <= 256);
 #else
   (void)small, (void)forward, (void)C;
   return false;
@@ -634,8 +636,11 @@ template <typename T>
 void make_u(bool mk, const Filt<T>& f, int64_t c0, int64_t c1, int64_t C, int64_t k0, int64_t nk, T* U, int64_t us) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same<T, float>::value) {
-    if (mk) {
-      for (int64_t c = c0; c < c1; ++c) filter_transform_packed(f, c, k0, k0 + nk, C, k0, U, us);
+    if (mk) {  // panel by panel, c inner: each point's panel is written in order (36 streams), and w is read
+               // as 16 sequential runs. (c outer wrote 36 x K/16 lines 32 KB apart per c: TLB misses, the
+               // 512@7 N=32 forward's filter transform 17 -> 21 ms.)
+      for (int64_t kk = k0; kk < k0 + nk; kk += CB)
+        for (int64_t c = c0; c < c1; ++c) filter_transform_packed(f, c, kk, std::min(kk + CB, k0 + nk), C, k0, U, us);
       return;
     }
   }
