@@ -5,7 +5,7 @@
 //
 //   U[p, c, k] = (G g_kc G^T)[p]     filter transform, once per call (36 x C x K)
 //   V[p, t, c] = (B^T d_tc B)[p]     input transform of tile t's 6x6 patch d (zeros outside the image)
-//   M[p]       = V[p] @ U[p]         36 GEMMs (tiles x C) . (C x K) per block of tiles
+//   M[p]       = V[p] @ U[p]         36 GEMMs (tiles x C) . (C x K) per block of tiles (mk_gemm, or BLAS)
 //   y_tk       = act(A^T M_tk A + b_k)  output transform, bias and activation in one pass (the epilogue)
 //
 // The matrices (points 0, +-1, +-2, inf) and a readable prototype are in tests/winograd_ref.py, which the
