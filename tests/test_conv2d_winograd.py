@@ -267,6 +267,23 @@ def test_gemm_paths(monkeypatch, scheme, gemm, cl):
     check_within(gx, want, winograd_bound(dy, w.flip(2, 3).transpose(0, 1), None, 1), f"grad_x gemm={gemm}")
 
 
+def test_kernel_result_independent_of_threads(monkeypatch):
+    # The micro-kernel sums each output's C products in one fixed order whatever the blocking, so the block
+    # scheme's blocks (their size depends on the thread count: pick_block) change nothing, bit for bit.
+    monkeypatch.setenv("PYDL_WINOGRAD_GEMM", "kernel")
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "block")
+    x, w, b = make(2, 24, 20, 20, 40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+        torch.set_num_threads(2)
+        y2 = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2)
+
+
 def test_bad_gemm(monkeypatch):
     monkeypatch.setenv("PYDL_WINOGRAD_GEMM", "mkl")
     x, w, b = make(1, 2, 5, 5, 2)
