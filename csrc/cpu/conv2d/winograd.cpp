@@ -526,8 +526,8 @@ int64_t pad_stride(int64_t n, int64_t elem) {
 
 // Whether the 36 GEMMs run in this file's micro-kernel (mk_gemm; fp32 on AVX-512 builds) or through BLAS
 // (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel for
-// the forward in the block scheme, and up to 256 input channels in the small one; for grad-input in the
-// block scheme up to 256 channels. Measured (1 thread,
+// the forward in the block scheme, and in the small one up to 128 input channels (256 from 32 tiles on); for
+// grad-input in the block scheme up to 256 channels. Measured (1 thread,
 // thread CPU time, GEMM phase in GFLOP/s of 2 * 36 * tiles * C * K flops, 3 runs on a shared machine;
 // benchmarks/winograd_phases.py), BLAS -> kernel:
 //   block: 64@56 N=2 forward 121 -> 199 (the core's fp32 FMA peak is ~200), grad-input 181 -> 198;
@@ -535,20 +535,23 @@ int64_t pad_stride(int64_t n, int64_t elem) {
 //          transform, reading w' across rows 18 KB apart, 14.8 -> 17.4 ms)
 //   small (32..98 tiles, chunks of 16 output channels): forward 128@28 N=2 154-166 -> 173-176,
 //          256@14 N=2 105-112 -> 118-152, but 512@7 N=2 105-108 -> 86-93; grad-input 127-190 -> 120-176.
+//   small, whole forward: 64@7 N=2 (8 tiles) 118 -> 98 us, 128@14 N=2 650 -> 565, but 256@7 N=2 (8 tiles:
+//          6 + 2 rows) 813 -> 891-951.
 // BLAS's forward reads U transposed there (U's rows are the output channels: the filter's layout); its
 // grad-input reads U as is, and with 16 columns the 6 x 16 micro-tile needs 7 loads per 6 FMAs (load-bound).
 // Wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform more (307 -> 554 us).
 template <typename T>
-bool use_kernel(bool small, bool forward, int64_t C) {
+bool use_kernel(bool small, bool forward, int64_t C, int64_t tiles) {
   const char* s = std::getenv("PYDL_WINOGRAD_GEMM");
   const std::string v = s != nullptr ? s : "";
   PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == "kernel" || v == "blas",
                    "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
 #if defined(__AVX512F__)
   if (!std::is_same<T, float>::value || v == "blas") return false;
-  return v == "kernel" || sgemm_ == nullptr || (forward ? !small || C <= 256 : !small && C <= 256);
+  const bool small_ok = C <= 128 || (C <= 256 && tiles >= 32);
+  return v == "kernel" || sgemm_ == nullptr || (forward ? !small || small_ok : !small && C <= 256);
 #else
-  (void)small, (void)forward, (void)C;
+  (void)small, (void)forward, (void)C, (void)tiles;
   return false;
 #endif
 }
@@ -710,7 +713,7 @@ void point_gemm(bool mk, int64_t m, int64_t n, int64_t L, const T* V, const T* U
 template <int KIND, typename T>
 void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, elem = sizeof(T);
-  const bool mk = use_kernel<T>(false, f.tu, C);
+  const bool mk = use_kernel<T>(false, f.tu, C, g.tiles);
   const int64_t us = pad_stride(C * ((K + 15) / 16 * 16), elem);
   at::Tensor U = at::empty({36 * us}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* Up = U.data_ptr<T>();
@@ -753,7 +756,7 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
 template <int KIND, typename T>
 void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
-  const bool mk = use_kernel<T>(true, f.tu, C);
+  const bool mk = use_kernel<T>(true, f.tu, C, tiles);
   const int64_t vs = pad_stride(tiles * C, elem);
   thread_local std::vector<T> Vkeep;
   at::Tensor Vbig;
