@@ -124,7 +124,8 @@ def environment_report() -> dict:
     # Read by the compiled kernels, the CUDA emulator or the course's harness (C++ getenv), listed so they are
     # not called typos.
     unchecked = ("PYDL_BN_ONEPASS", "PYDL_CONV_IM2COL", "PYDL_CONV_TILE_KB", "PYDL_EMU_SEED", "PYDL_EMU_CHECKS",
-                 "PYDL_EMU_DEVICE", "PYDL_EMU_PREEMPT", "PYDL_WINOGRAD_KB", "PYDL_WINOGRAD_SCHEME", "PYDL_WINOGRAD_UKB")
+                 "PYDL_EMU_DEVICE", "PYDL_EMU_PREEMPT", "PYDL_WINOGRAD_GEMM", "PYDL_WINOGRAD_KB",
+                 "PYDL_WINOGRAD_PROFILE", "PYDL_WINOGRAD_SCHEME", "PYDL_WINOGRAD_UKB")
     out = {}
     for name in sorted(k for k in os.environ if k.startswith("PYDL_")):
         check = checks.get(name)

@@ -244,6 +244,53 @@ def test_small_batch_scheme_in_chunks(monkeypatch, cl, act):
     check_within(gx, want, winograd_bound(dz, w.flip(2, 3).transpose(0, 1), None, 1), f"grad_x act={act}")
 
 
+@pytest.mark.parametrize("gemm", ["kernel", "blas"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_gemm_paths(monkeypatch, scheme, gemm, cl):
+    # The 36 GEMMs in winograd.cpp's micro-kernel (6 x 64 micro-tiles over U packed in panels of 16 output
+    # channels) or in BLAS, forced in either scheme (auto: the kernel in blocks, BLAS in chunks). 27 tiles
+    # (4 micro-tiles of 6 rows and one of 3), 70 output channels (a 64-wide block and a 6-wide masked panel),
+    # grad-input's 37 (two panels and 5 columns); UKB=1 cuts the small scheme's U into 16-channel slices,
+    # each packed from its own first channel.
+    monkeypatch.setenv("PYDL_WINOGRAD_GEMM", gemm)
+    monkeypatch.setenv("PYDL_WINOGRAD_UKB", "1")
+    x, w, b = make(3, 37, 9, 9, 70, cl=cl)
+    x.requires_grad_(True)
+    y = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd", **act_kwargs("general_relu"))
+    z64 = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    bound = winograd_bound(x, w, b, 1) + 2 * unit_roundoff(x.dtype) * (z64.abs() + SUB)
+    check_within(y, torch_act(z64, "general_relu"), bound, f"forward gemm={gemm}")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    y2 = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+    (gx,) = torch.autograd.grad(y2, x, dy)
+    want = torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), padding=1)
+    check_within(gx, want, winograd_bound(dy, w.flip(2, 3).transpose(0, 1), None, 1), f"grad_x gemm={gemm}")
+
+
+def test_kernel_result_independent_of_threads(monkeypatch):
+    # The micro-kernel sums each output's C products in one fixed order whatever the blocking, so the block
+    # scheme's blocks (their size depends on the thread count: pick_block) change nothing, bit for bit.
+    monkeypatch.setenv("PYDL_WINOGRAD_GEMM", "kernel")
+    monkeypatch.setenv("PYDL_WINOGRAD_SCHEME", "block")
+    x, w, b = make(2, 24, 20, 20, 40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+        torch.set_num_threads(2)
+        y2 = pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2)
+
+
+def test_bad_gemm(monkeypatch):
+    monkeypatch.setenv("PYDL_WINOGRAD_GEMM", "mkl")
+    x, w, b = make(1, 2, 5, 5, 2)
+    with pytest.raises(ValueError, match="PYDL_WINOGRAD_GEMM must be"):
+        pydl.conv2d(x, w, b, padding=1, backend="cpu", algo="winograd")
+
+
 def test_large_transform_buffers(monkeypatch):
     # V of all tiles over 4 Mi elements (1960 tiles x 64 channels x 36) is allocated per call rather than
     # kept by the calling thread (winograd.cpp: scratch): the small-batch forward and grad-weight on it

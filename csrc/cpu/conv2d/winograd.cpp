@@ -5,7 +5,7 @@
 //
 //   U[p, c, k] = (G g_kc G^T)[p]     filter transform, once per call (36 x C x K)
 //   V[p, t, c] = (B^T d_tc B)[p]     input transform of tile t's 6x6 patch d (zeros outside the image)
-//   M[p]       = V[p] @ U[p]         36 GEMMs (tiles x C) . (C x K) per block of tiles
+//   M[p]       = V[p] @ U[p]         36 GEMMs (tiles x C) . (C x K) per block of tiles (mk_gemm, or BLAS)
 //   y_tk       = act(A^T M_tk A + b_k)  output transform, bias and activation in one pass (the epilogue)
 //
 // The matrices (points 0, +-1, +-2, inf) and a readable prototype are in tests/winograd_ref.py, which the
@@ -38,8 +38,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -171,39 +174,138 @@ void filter_transform(const Filt<T>& f, int64_t o, int64_t i_begin, int64_t i_en
 
 #if defined(__AVX512F__)
 // fp32 with AVX-512, the same arithmetic in registers: the taps of 16 inner indices are one gather each
-// (from the 576-byte run), and U's 36 rows are written straight from registers. The generic loops above
-// compiled to scalar loads and inserts (perf) and took ~45 cycles per filter whichever way they walked w;
-// this takes ~22: a 512-channel forward of one tile (the filter transform and little else), 1 thread,
-// 3.7 -> 1.95 ms.
-template <>
-void filter_transform<float>(const Filt<float>& f, int64_t o, int64_t i_begin, int64_t i_end, float* row,
-                             int64_t pstride) {
+// (from the 576-byte run). The generic loops above compiled to scalar loads and inserts (perf) and took ~45
+// cycles per filter whichever way they walked w; this takes ~22: a 512-channel forward of one tile (the
+// filter transform and little else), 1 thread, 3.7 -> 1.95 ms. Calls put(pq, u) with the 36 transformed
+// points of the 16 filters (masked to nk lanes) -- the caller decides where they go.
+// src: the 16 filters' tap 0, si apart (taps f.st apart).
+template <typename Put>
+inline void filter_transform16(const Filt<float>& f, const float* src, int32_t si, __mmask16 mask, Put&& put) {
   const __m512 q4 = _mm512_set1_ps(1.f / 4), ns6 = _mm512_set1_ps(-1.f / 6), s6 = _mm512_set1_ps(1.f / 6),
                t12 = _mm512_set1_ps(1.f / 12), t24 = _mm512_set1_ps(1.f / 24);
   const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(9));
+                                         _mm512_set1_epi32(si));
+  __m512 g[9];
+  for (int r = 0; r < 9; ++r) g[r] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, idx, src + r * f.st, 4);
+  __m512 t[6][3];
+  for (int s = 0; s < 3; ++s) {
+    const __m512 a = g[s], b = g[3 + s], d = g[6 + s];
+    t[0][s] = a * q4;
+    t[1][s] = (a + b + d) * ns6;
+    t[2][s] = (a - b + d) * ns6;
+    t[3][s] = a * t24 + b * t12 + d * s6;
+    t[4][s] = a * t24 - b * t12 + d * s6;
+    t[5][s] = d;
+  }
+  for (int p = 0; p < 6; ++p) {
+    const __m512 a = t[p][0], b = t[p][1], d = t[p][2];
+    const __m512 u[6] = {a * q4, (a + b + d) * ns6, (a - b + d) * ns6, a * t24 + b * t12 + d * s6,
+                         a * t24 - b * t12 + d * s6, d};
+    for (int q = 0; q < 6; ++q) put(p * 6 + q, u[q]);
+  }
+}
+
+template <>
+void filter_transform<float>(const Filt<float>& f, int64_t o, int64_t i_begin, int64_t i_end, float* row,
+                             int64_t pstride) {
   for (int64_t k0 = i_begin; k0 < i_end; k0 += CB) {
     const int64_t nk = std::min(CB, i_end - k0);
     const __mmask16 mask = nk == CB ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1);
-    const float* src = f.p + o * f.so + k0 * 9;
-    __m512 g[9];
-    for (int r = 0; r < 9; ++r) g[r] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, idx, src + r * f.st, 4);
-    __m512 t[6][3];
-    for (int s = 0; s < 3; ++s) {
-      const __m512 a = g[s], b = g[3 + s], d = g[6 + s];
-      t[0][s] = a * q4;
-      t[1][s] = (a + b + d) * ns6;
-      t[2][s] = (a - b + d) * ns6;
-      t[3][s] = a * t24 + b * t12 + d * s6;
-      t[4][s] = a * t24 - b * t12 + d * s6;
-      t[5][s] = d;
-    }
     float* dst = row + (k0 - i_begin);
-    for (int p = 0; p < 6; ++p) {
-      const __m512 a = t[p][0], b = t[p][1], d = t[p][2];
-      const __m512 u[6] = {a * q4, (a + b + d) * ns6, (a - b + d) * ns6, a * t24 + b * t12 + d * s6,
-                           a * t24 - b * t12 + d * s6, d};
-      for (int q = 0; q < 6; ++q) _mm512_mask_storeu_ps(dst + (p * 6 + q) * pstride, mask, u[q]);
+    filter_transform16(f, f.p + o * f.so + k0 * 9, 9, mask,
+                       [&](int pq, __m512 u) { _mm512_mask_storeu_ps(dst + pq * pstride, mask, u); });
+  }
+}
+
+// ---- the GEMM micro-kernel (fp32, AVX-512) ----------------------------------------------------------------
+// The 36 products M[p] = V[p] (tiles x C) . U[p] (C x K) are small: at 256@14, N=2 a block is 32 tiles, and a
+// BLAS call per point (36 per block, each packing its operands and dispatching) spent more time on that than
+// on the ~16 columns of work it was given. Here U is made once per call already in the kernel's layout,
+// panels of 16 output channels -- U[p] + j*C*16 is channels [16j, 16j + 16) for c = 0..C-1, row c at c*16 --
+// and V is the input transform's own row-major (tiles x C), so nothing is packed per product. A micro-tile is
+// MR x 16*NV of M, its accumulators in registers for the whole C loop (6 x 64: 24 of the 32 zmm registers;
+// per c, 6 broadcasts of V and 4 loads of U feed 24 FMAs).
+constexpr int MK_MR = 6, MK_NV = 4;
+
+// Packed U's layout: element (c, k) of one point, the point's matrix holding K rounded up to 16 columns.
+inline int64_t packed_at(int64_t C, int64_t c, int64_t k) { return (k / 16) * C * 16 + c * 16 + (k % 16); }
+
+// Filter transform into packed U: input channel c, output channels [k_begin, k_end), written at U's columns
+// relative to k_base (a multiple of 16: the slice's first output channel), points us apart. The 16 output
+// channels of a vector are one row of a panel: one store per point. Forward (f.tu: w is (K, C, 3, 3)) gathers
+// their taps from 16 filters C*9 apart -- walking c in order, each of those 16 runs is read sequentially
+// (a scatter into the panels from the 576-byte runs instead was 10x slower: 1 -> 11 ms at 512@7); grad-input
+// (w' read in place) has them 9 apart, as filter_transform.
+void filter_transform_packed(const Filt<float>& f, int64_t c, int64_t k_begin, int64_t k_end, int64_t C,
+                             int64_t k_base, float* U, int64_t us) {
+  const float* base = f.tu ? f.p + c * 9 : f.p + c * f.so;
+  const int32_t si = int32_t(f.tu ? f.so : 9);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += CB) {
+    const int64_t n = std::min(CB, k_end - k0);
+    const __mmask16 mask = n == CB ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    float* dst = U + packed_at(C, c, k0 - k_base);
+    filter_transform16(f, base + k0 * si, si, mask,
+                       [&](int pq, __m512 u) { _mm512_mask_storeu_ps(dst + pq * us, mask, u); });
+  }
+}
+
+// One micro-tile: Mt (MR x 16*NV, row stride ldm) = A (MR x L, row stride lda) . B (L x 16*NV: NV panels
+// bp apart, row l at l*16); the last panel's columns beyond `last` are neither read nor written.
+template <int MR, int NV>
+void mk_tile(int64_t L, const float* A, int64_t lda, const float* B, int64_t bp, float* Mt, int64_t ldm,
+             __mmask16 last) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t l = 0; l < L; ++l) {
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      b[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, B + v * bp + l * 16) : _mm512_loadu_ps(B + v * bp + l * 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(A[i * lda + l]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      if (v == NV - 1)
+        _mm512_mask_storeu_ps(Mt + i * ldm + v * 16, last, acc[i][v]);
+      else
+        _mm512_storeu_ps(Mt + i * ldm + v * 16, acc[i][v]);
+    }
+}
+
+using MkTile = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, __mmask16);
+
+template <int MR>
+constexpr MkTile mk_row(int nv) {
+  return nv == 1 ? &mk_tile<MR, 1> : nv == 2 ? &mk_tile<MR, 2> : nv == 3 ? &mk_tile<MR, 3> : &mk_tile<MR, 4>;
+}
+
+// M (m x n, row stride ldm) = A (m x L, row stride lda) . packed B (L x n). Column blocks of 64 outside: a
+// block's panels (L x 64) are read by every row block while in L1/L2. Each element of M is one FMA chain
+// over l = 0..L-1 in order, whatever m and n: the result does not depend on the blocking (deterministic,
+// and the same for any thread count).
+void mk_gemm(int64_t m, int64_t n, int64_t L, const float* A, int64_t lda, const float* B, float* M, int64_t ldm) {
+  static const MkTile table[MK_MR][MK_NV] = {
+      {mk_row<1>(1), mk_row<1>(2), mk_row<1>(3), mk_row<1>(4)}, {mk_row<2>(1), mk_row<2>(2), mk_row<2>(3), mk_row<2>(4)},
+      {mk_row<3>(1), mk_row<3>(2), mk_row<3>(3), mk_row<3>(4)}, {mk_row<4>(1), mk_row<4>(2), mk_row<4>(3), mk_row<4>(4)},
+      {mk_row<5>(1), mk_row<5>(2), mk_row<5>(3), mk_row<5>(4)}, {mk_row<6>(1), mk_row<6>(2), mk_row<6>(3), mk_row<6>(4)}};
+  const int64_t bp = L * 16;
+  for (int64_t j0 = 0; j0 < n; j0 += 16 * MK_NV) {
+    const int64_t nn = std::min<int64_t>(16 * MK_NV, n - j0), nv = (nn + 15) / 16, rem = nn % 16;
+    const __mmask16 last = rem == 0 ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
+    const float* Bj = B + (j0 / 16) * bp;
+    for (int64_t i0 = 0; i0 < m; i0 += MK_MR) {
+      const int64_t mr = std::min<int64_t>(MK_MR, m - i0);
+      table[mr - 1][nv - 1](L, A + i0 * lda, lda, Bj, bp, M + i0 * ldm + j0, ldm, last);
     }
   }
 }
@@ -299,6 +401,43 @@ struct Out {
   int64_t sk, sh, sw;
 };
 
+// NCHW output of one tile row, 16 channels: v[j][k] (4 pixels x 16 channels) written as 16 runs of 4 pixels,
+// one per channel, sk apart. fp32 on AVX-512: a 4x4 transpose within each 128-bit lane of the 4 vectors,
+// then one 16-byte store per channel (the scalar loop did 64 stores, and 64 more for z). Returns false
+// where it did nothing (the caller's loop writes the run).
+template <typename T>
+bool store_runs(const T (&yy)[4][CB], const T (&zz)[4][CB], const Out<T>& o, int64_t k0, int64_t row) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (o.sw != 1) return false;
+    const auto put = [&](const float (&v)[4][CB], float* dst) {
+      const __m512 t0 = _mm512_unpacklo_ps(_mm512_load_ps(v[0]), _mm512_load_ps(v[1]));
+      const __m512 t1 = _mm512_unpackhi_ps(_mm512_load_ps(v[0]), _mm512_load_ps(v[1]));
+      const __m512 t2 = _mm512_unpacklo_ps(_mm512_load_ps(v[2]), _mm512_load_ps(v[3]));
+      const __m512 t3 = _mm512_unpackhi_ps(_mm512_load_ps(v[2]), _mm512_load_ps(v[3]));
+      const auto lo = [](__m512 a, __m512 b) {
+        return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+      };
+      const auto hi = [](__m512 a, __m512 b) {
+        return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+      };
+      const __m512 r[4] = {lo(t0, t2), hi(t0, t2), lo(t1, t3), hi(t1, t3)};  // r[c]: channels 4L + c, lane L
+      for (int c = 0; c < 4; ++c) {
+        _mm_storeu_ps(dst + c * o.sk, _mm512_castps512_ps128(r[c]));
+        _mm_storeu_ps(dst + (4 + c) * o.sk, _mm512_extractf32x4_ps(r[c], 1));
+        _mm_storeu_ps(dst + (8 + c) * o.sk, _mm512_extractf32x4_ps(r[c], 2));
+        _mm_storeu_ps(dst + (12 + c) * o.sk, _mm512_extractf32x4_ps(r[c], 3));
+      }
+    };
+    put(yy, o.y + k0 * o.sk + row);
+    if (o.z != nullptr) put(zz, o.z + k0 * o.sk + row);
+    return true;
+  }
+#endif
+  (void)yy, (void)zz, (void)o, (void)k0, (void)row;
+  return false;
+}
+
 // Output transform of one tile, with the epilogue: M[(p*6+q)*mstride + k] for k < K -> the tile's 4x4 outputs
 // (rows/columns beyond Ho, Wo are dropped: the last tiles overhang the image). A^T's rows:
 //   m0 + m1 + m2 + m3 + m4 | (m1 - m2) + 2 (m3 - m4) | (m1 + m2) + 4 (m3 + m4) | (m1 - m2) + 8 (m3 - m4) + m5
@@ -351,6 +490,7 @@ void output_transform(const T* M, int64_t mstride, int64_t K, const T* bias, con
           if (o.z != nullptr)
             for (int64_t k = 0; k < nk; ++k) o.z[off + k] = zz[j][k];
         }
+      } else if (nj == 4 && nk == CB && store_runs(yy, zz, o, k0, row)) {  // NCHW, a whole tile row: done
       } else {  // NCHW: per channel, a run of nj pixels of one row
         for (int64_t k = 0; k < nk; ++k) {
           T* y = o.y + (k0 + k) * o.sk + row;
@@ -383,6 +523,68 @@ int64_t pad_stride(int64_t n, int64_t elem) {
   if ((n / line) % 2 == 0) n += line;
   return n;
 }
+
+// Whether the 36 GEMMs run in this file's micro-kernel (mk_gemm; fp32 on AVX-512 builds) or through BLAS
+// (gemm()). PYDL_WINOGRAD_GEMM=kernel|blas forces one (A/B runs, tests); auto (the default): the kernel for
+// the forward in the block scheme, and in the small one up to 128 input channels (256 from 32 tiles on); for
+// grad-input in the block scheme up to 256 channels. Measured (1 thread,
+// thread CPU time, GEMM phase in GFLOP/s of 2 * 36 * tiles * C * K flops, 3 runs on a shared machine;
+// benchmarks/winograd_phases.py), BLAS -> kernel:
+//   block: 64@56 N=2 forward 121 -> 199 (the core's fp32 FMA peak is ~200), grad-input 181 -> 198;
+//          512@7 N=32 forward 135-169 -> 149-185, grad-input 155-196 -> 147-187 (and its packed filter
+//          transform, reading w' across rows 18 KB apart, 14.8 -> 17.4 ms)
+//   small (32..98 tiles, chunks of 16 output channels): forward 128@28 N=2 154-166 -> 173-176,
+//          256@14 N=2 105-112 -> 118-152, but 512@7 N=2 105-108 -> 86-93; grad-input 127-190 -> 120-176.
+//   small, whole forward: 64@7 N=2 (8 tiles) 118 -> 98 us, 128@14 N=2 650 -> 565, but 256@7 N=2 (8 tiles:
+//          6 + 2 rows) 813 -> 891-951.
+// BLAS's forward reads U transposed there (U's rows are the output channels: the filter's layout); its
+// grad-input reads U as is, and with 16 columns the 6 x 16 micro-tile needs 7 loads per 6 FMAs (load-bound).
+// Wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform more (307 -> 554 us).
+template <typename T>
+bool use_kernel(bool small, bool forward, int64_t C, int64_t tiles) {
+  const char* s = std::getenv("PYDL_WINOGRAD_GEMM");
+  const std::string v = s != nullptr ? s : "";
+  PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == "kernel" || v == "blas",
+                   "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
+#if defined(__AVX512F__)
+  if (!std::is_same<T, float>::value || v == "blas") return false;
+  const bool small_ok = C <= 128 || (C <= 256 && tiles >= 32);
+  return v == "kernel" || sgemm_ == nullptr || (forward ? !small || small_ok : !small && C <= 256);
+#else
+  (void)small, (void)forward, (void)C, (void)tiles;
+  return false;
+#endif
+}
+
+// Phase profile (PYDL_WINOGRAD_PROFILE=1, read once): each call prints one line to stderr with the thread
+// CPU time its workers spent per phase, summed over the threads (benchmarks/winograd_phases.py reads it).
+// Off, it costs one predictable branch per phase per block.
+struct Prof {
+  static bool on() {
+    static const bool v = env_int("PYDL_WINOGRAD_PROFILE", 0) != 0;
+    return v;
+  }
+  static int64_t now() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
+  std::atomic<int64_t> ns[4] = {};  // input transform, filter transform, GEMMs, output transform (+ epilogue)
+  bool active = on();
+  int64_t mark() const { return active ? now() : 0; }
+  void add(int phase, int64_t& t) {  // the time since t to phase; t restarts
+    if (!active) return;
+    const int64_t n = now();
+    ns[phase] += n - t;
+    t = n;
+  }
+  void print(const char* what, const char* scheme, bool mk, int64_t tiles, int64_t C, int64_t K) const {
+    if (!active) return;
+    std::fprintf(stderr, "winograd-profile %s %s %s tiles=%lld C=%lld K=%lld us: %.1f %.1f %.1f %.1f\n", what, scheme,
+                 mk ? "kernel" : "blas", (long long)tiles, (long long)C, (long long)K, ns[0] / 1e3, ns[1] / 1e3,
+                 ns[2] / 1e3, ns[3] / 1e3);
+  }
+};
 
 // Tiles per block. Two pulls: V (36 x TB x C) and M (36 x TB x K) should stay in L2 (~1 MB, room left for
 // the GEMM's packed panels), and every block reads all of U (36 x C x K) -- per tile that is C*K / TB
@@ -466,15 +668,60 @@ T* scratch(std::vector<T>& keep, at::Tensor& big, int64_t n) {
 // (36 x TB x C), run the 36 GEMMs into M (36 x TB x K), transform M into output tiles. V and M together
 // stay in L2 (pick_block), so each block's data goes from the input to the output without a round trip to
 // memory; U (36 x C x K, made once per call) is shared, read by every block.
+// U for output channels [k0, k0 + nk) (all of them in the block scheme, a chunk's slice in the small one),
+// and the GEMM M (m x n, ldm) = V (m x L, row stride L) . U of one point, in the layout of the GEMM that
+// runs: packed panels for the micro-kernel, or U's plain rows for BLAS (f's outer index o at row o: the
+// small scheme's f.tu slice is nk rows of C, its other one C rows of nk; the GEMM reads them transposed
+// when f.tu). Input channels [c0, c1) only, for a share of the work across threads.
+template <typename T>
+void make_u(bool mk, const Filt<T>& f, int64_t c0, int64_t c1, int64_t C, int64_t k0, int64_t nk, T* U, int64_t us) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (mk) {  // panel by panel, c inner: each point's panel is written in order (36 streams), and w is read
+               // as 16 sequential runs. (c outer wrote 36 x K/16 lines 32 KB apart per c: TLB misses, the
+               // 512@7 N=32 forward's filter transform 17 -> 21 ms.)
+      for (int64_t kk = k0; kk < k0 + nk; kk += CB)
+        for (int64_t c = c0; c < c1; ++c) filter_transform_packed(f, c, kk, std::min(kk + CB, k0 + nk), C, k0, U, us);
+      return;
+    }
+  }
+#endif
+  (void)mk;
+  if (f.tu) {
+    for (int64_t k = 0; k < nk; ++k) filter_transform(f, k0 + k, c0, c1, U + k * C + c0, us);
+  } else {
+    for (int64_t c = c0; c < c1; ++c) filter_transform(f, c, k0, k0 + nk, U + c * nk, us);
+  }
+}
+
+template <typename T>
+void point_gemm(bool mk, int64_t m, int64_t n, int64_t L, const T* V, const T* U, int64_t ldu, bool tu, T* M,
+                int64_t ldm) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (mk) return mk_gemm(m, n, L, V, L, U, M, ldm);
+  }
+#endif
+  (void)mk;
+  gemm<T>(m, n, L, V, L, false, U, ldu, tu, M, ldm);
+}
+
+// Block scheme: tiles cut into blocks of TB; a block is one task -- transform its inputs into V
+// (36 x TB x C), run the 36 GEMMs into M (36 x TB x K), transform M into output tiles. V and M together
+// stay in L2 (pick_block), so each block's data goes from the input to the output without a round trip to
+// memory; U (36 x C x K, made once per call) is shared, read by every block.
 template <int KIND, typename T>
-void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z) {
+void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, elem = sizeof(T);
-  const int64_t us = pad_stride(C * K, elem);
+  const bool mk = use_kernel<T>(false, f.tu, C, g.tiles);
+  const int64_t us = pad_stride(C * ((K + 15) / 16 * 16), elem);
   at::Tensor U = at::empty({36 * us}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* Up = U.data_ptr<T>();
-  const int64_t outer = f.tu ? K : C, inner = f.tu ? C : K;
-  at::parallel_for(0, outer, 1, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) filter_transform(f, o, 0, inner, Up + o * inner, us);
+  const int64_t inner = f.tu ? C : K;
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    int64_t t = prof.mark();
+    make_u(mk, f, c0, c1, C, 0, K, Up, us);
+    prof.add(1, t);
   });
   const int64_t TB = pick_block(g.tiles, C, K, elem), blocks = (g.tiles + TB - 1) / TB;
   const int64_t vs = pad_stride(TB * C, elem), ms = pad_stride(TB * K, elem);
@@ -482,17 +729,21 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
     thread_local std::vector<T> V, M;  // reused across calls: no allocation (nor zero fill) per block
     T* Vp = aligned(V, 36 * vs);
     T* Mp = aligned(M, 36 * ms);
+    int64_t tm = prof.mark();
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t t0 = blk * TB, nt = std::min(TB, g.tiles - t0);
       for (int64_t t = 0; t < nt; ++t)
         input_transform(g.image(t0 + t), g.row0(t0 + t) - g.ph, g.col0(t0 + t) - g.pw, Vp + t * C, vs);
-      for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(nt, K, C, Vp + p * vs, C, false, Up + p * us, inner, f.tu, Mp + p * ms, K);
+      prof.add(0, tm);
+      for (int64_t p = 0; p < 36; ++p) point_gemm<T>(mk, nt, K, C, Vp + p * vs, Up + p * us, inner, f.tu, Mp + p * ms, K);
+      prof.add(2, tm);
       for (int64_t t = 0; t < nt; ++t)
         output_transform<KIND>(Mp + t * K, ms, K, bias, act, g.row0(t0 + t), g.col0(t0 + t), g.Ho, g.Wo,
                                g.out(y, z, t0 + t, 0));
+      prof.add(3, tm);
     }
   });
+  prof.print(f.tu ? "forward" : "grad-input", "block", mk, g.tiles, C, K);
 }
 
 // Small-batch scheme (few tiles, wide layers: N=2 at 14x14 with 256 channels is 32 tiles against a 9.4 MB U).
@@ -503,14 +754,17 @@ void run_block(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
 // over all tiles and the output transform + epilogue of those channels. Each slice of U is made and used
 // while in cache, and the filter transform is split across the threads with the rest.
 template <int KIND, typename T>
-void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z) {
+void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& act, T* y, T* z, Prof& prof) {
   const int64_t C = g.C, K = g.K, tiles = g.tiles, elem = sizeof(T);
+  const bool mk = use_kernel<T>(true, f.tu, C, tiles);
   const int64_t vs = pad_stride(tiles * C, elem);
   thread_local std::vector<T> Vkeep;
   at::Tensor Vbig;
   T* Vp = scratch(Vkeep, Vbig, 36 * vs);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    int64_t tm = prof.mark();
     for (int64_t t = t0; t < t1; ++t) input_transform(g.image(t), g.row0(t) - g.ph, g.col0(t) - g.pw, Vp + t * C, vs);
+    prof.add(0, tm);
   });
   // KB: a multiple of the 16-channel vector, U's slice within the budget, and a whole number of chunks per
   // thread (then evened out, so that the last chunk is not a sliver).
@@ -525,20 +779,21 @@ void run_small(const Geom<T>& g, const Filt<T>& f, const T* bias, const Act<T>& 
     const int64_t us = pad_stride(C * kb, elem), ms = pad_stride(tiles * kb, elem);
     T* Up = aligned(Uc, 36 * us);
     T* Mp = aligned(Mc, 36 * ms);
+    int64_t tm = prof.mark();
     for (int64_t j = j0; j < j1; ++j) {
-      const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
-      if (f.tu) {  // U's slice is nk whole rows (output channels) of C
-        for (int64_t k = 0; k < nk; ++k) filter_transform(f, k0 + k, 0, C, Up + k * C, us);
-      } else {  // nk columns of each of the C rows, which start at column k0
-        for (int64_t c = 0; c < C; ++c) filter_transform(f, c, k0, k0 + nk, Up + c * nk, us);
-      }
+      const int64_t k0 = j * kb, nk = std::min(kb, K - k0);  // k0: a multiple of 16 (kb is)
+      make_u(mk, f, 0, C, C, k0, nk, Up, us);
+      prof.add(1, tm);
       for (int64_t p = 0; p < 36; ++p)
-        gemm<T>(tiles, nk, C, Vp + p * vs, C, false, Up + p * us, f.tu ? C : nk, f.tu, Mp + p * ms, nk);
+        point_gemm<T>(mk, tiles, nk, C, Vp + p * vs, Up + p * us, f.tu ? C : nk, f.tu, Mp + p * ms, nk);
+      prof.add(2, tm);
       for (int64_t t = 0; t < tiles; ++t)
         output_transform<KIND>(Mp + t * nk, ms, nk, bias != nullptr ? bias + k0 : nullptr, act, g.row0(t),
                                g.col0(t), g.Ho, g.Wo, g.out(y, z, t, k0));
+      prof.add(3, tm);
     }
   });
+  prof.print(f.tu ? "forward" : "grad-input", "small", mk, tiles, C, K);
 }
 
 // The convolution itself: x (N, C, H, W) any layout, the filter f (K x C taps), bias nullptr or K values;
@@ -556,10 +811,11 @@ void run(const at::Tensor& x_in, const Filt<T>& f, int64_t K, const T* bias, int
   const bool small = small_batch(g.tiles, C, K, sizeof(T));
   conv_cpu::with_act(act.kind, [&](auto kind_c) {  // one template per activation, as the direct path
     constexpr int KIND = decltype(kind_c)::value;
+    Prof prof;
     if (small)
-      run_small<KIND>(g, f, bias, act, y, z);
+      run_small<KIND>(g, f, bias, act, y, z, prof);
     else
-      run_block<KIND>(g, f, bias, act, y, z);
+      run_block<KIND>(g, f, bias, act, y, z, prof);
   });
 }
 
@@ -672,7 +928,9 @@ void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph
   at::Tensor Vbig, Dbig;
   T* Vp = scratch(Vkeep, Vbig, 36 * vs);
   T* Dp = scratch(Dkeep, Dbig, 36 * ds);
+  Prof prof;  // phases here: 0 the transforms of x and dz, 2 the GEMMs, 3 the inverse filter transform
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    int64_t tm = prof.mark();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / per_image, r = t % per_image, h0 = (r / tw) * 4, w0 = (r % tw) * 4;
       const Img<T> xi{xp + n * C * H * W, H, W, C, x_cl ? 1 : H * W, x_cl ? W * C : W, x_cl ? C : 1};
@@ -680,6 +938,7 @@ void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph
       const Img<T> di{dp + n * K * Ho * Wo, Ho, Wo, K, dz_cl ? 1 : Ho * Wo, dz_cl ? Wo * K : Wo, dz_cl ? K : 1};
       dz_transform(di, h0, w0, Dp + t * K, ds);
     }
+    prof.add(0, tm);
   });
   const int64_t budget = env_int("PYDL_WINOGRAD_UKB", 1024) * 1024, threads = at::get_num_threads();
   int64_t kb = std::max<int64_t>(1, budget / (36 * C * elem));
@@ -691,13 +950,17 @@ void run_grad_weight(const at::Tensor& x_in, const at::Tensor& dz_in, int64_t ph
     thread_local std::vector<T> dU;
     const int64_t us = pad_stride(kb * C, elem);
     T* dUp = aligned(dU, 36 * us);
+    int64_t tm = prof.mark();
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t k0 = j * kb, nk = std::min(kb, K - k0);
       for (int64_t p = 0; p < 36; ++p)  // dU[p] (nk x C) = D[p][:, k0:k0+nk]^T (nk x tiles) . V[p] (tiles x C)
         gemm<T>(nk, C, tiles, Dp + p * ds + k0, K, true, Vp + p * vs, C, false, dUp + p * us, C);
+      prof.add(2, tm);
       for (int64_t k = 0; k < nk; ++k) inverse_filter_transform(dUp + k * C, us, C, gw + (k0 + k) * C * 9);
+      prof.add(3, tm);
     }
   });
+  prof.print("grad-weight", "chunks", false, tiles, C, K);
 }
 
 // ---- the crossover table ------------------------------------------------------------------------------
