@@ -260,6 +260,14 @@ void gru_bwd_impl(const Tensor& dh_out, const Tensor& dh_rec, const Tensor& dh_d
 // its own. When the weights fit (kInRegionBytes, below) the step also makes its gate columns of the input
 // projection x_t W_ih^T, with W_ih's columns packed the same way.
 //
+// The cell update stays a pass of its own after the step's GEMM, over the thread's B x (4 n) pre-activations.
+// Fusing it into the GEMM's epilogue was built and measured (panels holding the 4 gates of 16 units, the
+// update applied to each finished panel while it is in L1; T50 B32 256->256 fp32, thread CPU time): GEMM +
+// epilogue 5.0-5.2 ms against GEMM 4.0-4.2 + pass 0.83-0.97 ms, 1 thread; no gain at 2 threads either. The pass
+// is bound by its arithmetic (5 exp + 5 divisions per element, ~2.1 ns each), not by memory: the buffer it
+// reads (B x 4n, <= 128 KB) is still in L1/L2. Called from inside the micro-kernel on its registers instead,
+// the epilogue made GCC keep the accumulators in memory (1.5-7 ms slower).
+//
 // The GEMM slice: B x K times K x (G n), K = H forward and G*H backward (dh = dG_{t+1} W_hh). The weights
 // are packed into column panels kNR wide and K rows deep, contiguous, so the micro-kernel streams them with
 // whole-vector loads while kMR rows of h are broadcast, its kMR x kNV accumulator vectors in registers for
