@@ -126,6 +126,27 @@ def test_region_input_projection_in_region_and_up_front(threads, kind, bias):
         assert_close(got, want, 1e-10, f"{kind} threads={nthreads} bias={bias}")
 
 
+@pytest.mark.parametrize("I", [5, 2100])  # fp32: the input projection in the region / up front (> 1 MB)
+def test_region_lstm_fp32_both_projections(threads, I):
+    """fp32 (16-lane vectors: the fp64 tests above cover 8) with units per thread not a multiple of a vector
+    (a partial last panel), an odd batch (a partial row block), both projection paths (up front, the step copies
+    its columns of the projection plus the bias), training (gates saved, then the backward) and inference (no
+    reserve) against torch."""
+    require_backend("cpu", "cpu", OP)
+    for nthreads, H in ((1, 21), (2, 37)):
+        threads(nthreads)
+        got, want = seq_case("lstm", "cpu", T=3, B=5, I=I, H=H, L=1, bidir=True, bias=True, dtype=torch.float32)
+        assert_close(got, want, 2e-5, f"threads={nthreads} I={I} H={H}")
+        torch.manual_seed(nthreads)
+        m = make_torch("lstm", I, H, 1, True, True).float()
+        x = torch.randn(3, 5, I)
+        with torch.no_grad():
+            lean = pydl.lstm(x, list(m._flat_weights), bidirectional=True, backend="cpu")
+            ref = m(x)
+        for a, b in zip((lean[0], *lean[1]), (ref[0], *ref[1])):
+            assert torch.allclose(a, b, atol=2e-5, rtol=0)
+
+
 def _out_and_grads(fn, x, ws, backend, go):
     ws = [w.detach().requires_grad_() for w in ws]
     xr = x.detach().requires_grad_()
