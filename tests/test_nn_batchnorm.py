@@ -6,6 +6,7 @@ Tolerances: outputs / running stats 2e-5 relative to max(1, |expected|) for floa
 SGD let fp32 rounding differences (different summation orders) grow, but only slowly at this learning rate.
 """
 import io
+import math
 
 import pytest
 import torch
@@ -289,3 +290,85 @@ def test_eval_lean_path_falls_back_and_keeps_errors(cpu_backend):
         m(torch.ones(2, 3, 4, dtype=torch.int64))
     with pytest.raises(TypeError, match="backend must be a str"):
         BatchNorm1d(3, backend=3).eval()(x)
+
+
+def test_eval_cpp_node_matches_python_door(monkeypatch):
+    """The C++ backend's eval takes one C++ op (csrc/cpu/batch_norm.cpp, bn_eval) that builds its autograd
+    node in C++. Against the Python door (_EagerBatchNorm): the same values and first and second derivatives,
+    bit for bit, for every subset of inputs that requires a gradient and mixed-precision parameters; no node
+    when nothing needs one; gradcheck and gradgradcheck; bad arguments to the op itself named."""
+    require_backend("cpu", "cpu", OP)
+    import sys
+
+    B = sys.modules["pydl.ops.batch_norm"]
+    g = torch.Generator().manual_seed(5)
+    BatchNorm2d(3, backend="cpu").eval()(torch.randn(2, 3, 2, 2))  # loads the library (first call: Python door)
+    op = B._CPU_EVAL[1]
+    assert op is not None
+
+    def both(fn):
+        monkeypatch.setattr(B, "_USE_CPP_EVAL", False)
+        want = fn()
+        monkeypatch.setattr(B, "_USE_CPP_EVAL", True)
+        return fn(), want
+
+    for xdt, pdt, act in ((torch.float32, torch.float32, "relu"), (torch.float64, torch.float64, "none"),
+                          (torch.float16, torch.float16, "none"), (torch.bfloat16, torch.float32, "relu")):
+        m = BatchNorm2d(3, act=act, backend="cpu", dtype=pdt).eval()
+        with torch.no_grad():
+            m.running_mean.uniform_(-1, 1, generator=g)
+            m.running_var.uniform_(0.5, 2, generator=g)
+            m.weight.uniform_(0.5, 2, generator=g)
+            m.bias.uniform_(-1, 1, generator=g)
+        x = torch.randn(2, 3, 3, 2, generator=g).to(xdt).contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(x.shape, generator=g).to(xdt)
+        for need in ((True, True, True), (True, False, False), (False, True, False), (False, False, True),
+                     (False, False, False)):
+            xg = x.clone().requires_grad_(need[0])
+            m.weight.requires_grad_(need[1])
+            m.bias.requires_grad_(need[2])
+            ins = [t for t, n in zip((xg, m.weight, m.bias), need) if n]
+
+            def run(m=m, xg=xg, ins=ins, dy=dy):
+                y = m(xg)
+                return (y, y.grad_fn is not None) + (torch.autograd.grad(y, ins, dy) if ins else ())
+
+            got, want = both(run)
+            assert got[1] == want[1] == any(need), (xdt, need)
+            assert got[0].stride() == want[0].stride()
+            for a, b in zip(got[:1] + got[2:], want[:1] + want[2:]):
+                assert a.dtype == b.dtype and torch.equal(a, b), (xdt, need)
+
+    # second derivatives (create_graph=True: the registered backward op and its double backward)
+    m = BatchNorm2d(3, act="relu", backend="cpu", dtype=torch.float64).eval()
+    with torch.no_grad():
+        m.running_mean.uniform_(-1, 1, generator=g)
+        m.running_var.uniform_(0.5, 2, generator=g)
+        m.weight.uniform_(0.5, 2, generator=g)
+    x = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def second():
+        gx, gw = torch.autograd.grad(m(x).pow(2).sum(), (x, m.weight), create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum() + gw.sum(), (x, m.weight, m.bias))
+
+    for a, b in zip(*both(second)):
+        assert torch.equal(a, b)
+    rm, rv = m.running_mean, m.running_var
+    f = lambda x, w, b: op(x, w, b, rm, rv, 1e-5, "relu", 0.0, 0.0, math.inf, "cpu")  # noqa: E731
+    args = (x, m.weight, m.bias)
+    assert torch.autograd.gradcheck(f, args) and torch.autograd.gradgradcheck(f, args)
+
+    # Op.override("cpu", ...) replaces the kernels: the C++ op (which calls its own) is not taken then
+    assert type(m(x).grad_fn).__name__ == "CppFunction"
+    with B.OP.override("cpu", B.Kernels(*B.kernels("cpu", "cpu"))):
+        assert type(m(x).grad_fn).__name__ == "_EagerBatchNormBackward"
+
+    xf = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        op(xf, torch.ones(4), None, torch.zeros(3), torch.ones(3), 1e-5, "none", 0.0, 0.0, math.inf, "cpu")
+    with pytest.raises(ValueError, match="running_var must have shape"):
+        op(xf, None, None, torch.zeros(3), torch.ones(2), 1e-5, "none", 0.0, 0.0, math.inf, "cpu")
+    with pytest.raises(ValueError, match="act must be one of"):
+        op(xf, None, None, torch.zeros(3), torch.ones(3), 1e-5, "gelu", 0.0, 0.0, math.inf, "cpu")
+    with pytest.raises(ValueError, match="eps must be"):
+        op(xf.requires_grad_(), None, None, torch.zeros(3), torch.ones(3), -1.0, "none", 0.0, 0.0, math.inf, "cpu")

@@ -25,6 +25,8 @@
 // Why one long file: seven ops share the per-channel statistics, the layout walks and the gradient
 // constants; next split if it grows: the separable SyncBatchNorm steps to csrc/cpu/batch_norm/.
 #include <torch/library.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/OpMathType.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
@@ -935,12 +937,98 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_backward(
   return {dx, dw, db};
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// The eval door's autograd node (pydl.nn modules in eval mode, plain eager calls on this backend)
+// ---------------------------------------------------------------------------------------------------
+// Why in C++: after a large input's kernel has streamed megabytes through the caches, the Python
+// torch.autograd.Function of the eager door (pydl/ops/batch_norm.py, _EagerBatchNorm) ran cold at ~25 us a
+// call; torch's own batch_norm builds its node in C++. One dispatcher call (CompositeImplicitAutograd, so
+// the kernel below runs above autograd) checks, runs bn_forward and, only when a gradient can flow, makes
+// the node. Only this backend's eval: training keeps the Python door (it also updates the running stats),
+// and the other backends (Triton, reference) are Python. The backward is the same kernel the Python door
+// calls, or -- when a graph is being built (create_graph=True) -- the registered pydl::batch_norm_backward
+// op, whose own autograd is the double backward: second derivatives stay exactly the Python door's.
+
+struct EvalCfg {  // the non-differentiable arguments: not tensors to Function::apply, so never graph inputs
+  const at::Tensor& running_mean;
+  const at::Tensor& running_var;
+  double eps, leak, sub, maxv;
+  const std::string& act;
+  const std::string& backend;
+};
+
+struct EvalNode : public torch::autograd::Function<EvalNode> {
+  // weight/bias: optional, since Function::apply takes an absent one (nullopt) for no graph input at all,
+  // where an undefined at::Tensor would be an input with no device
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                            const EvalCfg& c) {
+    auto [y, mean, invstd, var] = bn_forward(x, weight, bias, c.running_mean, c.running_var, false, c.eps, c.act,
+                                             c.leak, c.sub, c.maxv);
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), mean, invstd});
+    ctx->saved_data["act"] = c.act;
+    ctx->saved_data["backend"] = c.backend;
+    ctx->saved_data["f"] = c10::List<double>({c.leak, c.sub, c.maxv});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &mean = saved[3], &invstd = saved[4];
+    const std::optional<at::Tensor> weight = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
+    const std::optional<at::Tensor> bias = saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    const std::string act(ctx->saved_data["act"].toStringRef());
+    const auto f = ctx->saved_data["f"].toDoubleList();
+    const double leak = f[0], sub = f[1], maxv = f[2];
+    // needs_input_grad counts graph inputs only: an absent weight shifts bias's index
+    const bool need_x = ctx->needs_input_grad(0), need_w = weight && ctx->needs_input_grad(1),
+               need_b = bias && ctx->needs_input_grad(weight ? 2 : 1);
+    at::Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {
+      static const auto op =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("pydl::batch_norm_backward", "")
+              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                  const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, c10::string_view, double,
+                  double, double, bool, c10::string_view)>();
+      std::tie(dx, dw, db) = op.call(grads[0], x, mean, invstd, weight, bias, false, act, leak, sub, maxv, need_x,
+                                     ctx->saved_data["backend"].toStringRef());
+    } else {
+      std::tie(dx, dw, db) = bn_backward(grads[0], x, mean, invstd, weight, bias, false, act, leak, sub, maxv, need_x);
+      // the parameters' dtype (fp16/bf16 ones: the kernel's sums are fp32), as the Python door does
+      if (weight && weight->scalar_type() != dw.scalar_type()) dw = dw.to(weight->scalar_type());
+      if (bias && bias->scalar_type() != db.scalar_type()) db = db.to(bias->scalar_type());
+    }
+    return {need_x ? dx : at::Tensor(), need_w ? dw : at::Tensor(), need_b ? db : at::Tensor(), at::Tensor()};
+  }
+};
+
+bool wants_grad(const std::optional<at::Tensor>& t) { return t && t->defined() && t->requires_grad(); }
+
+at::Tensor bn_eval(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                   const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
+                   const at::Tensor& running_var, double eps, const std::string& act, double leak, double sub,
+                   double maxv, const std::string& backend) {
+  if (!(at::GradMode::is_enabled() && (x.requires_grad() || wants_grad(weight) || wants_grad(bias))))
+    return std::get<0>(bn_forward(x, weight, bias, running_mean, running_var, false, eps, act, leak, sub, maxv));
+  const EvalCfg cfg{running_mean, running_var, eps, leak, sub, maxv, act, backend};
+  return EvalNode::apply(x, weight, bias, cfg);
+}
+
 }  // namespace
 }  // namespace pydl
 
 TORCH_LIBRARY_FRAGMENT(pydl_cpu, m) {
   for (const char* s : pydl::schema::batch_norm) m.def(s);  // csrc/schemas.h
+  // the eval door (above): CPU only, so its schema is not in schemas.h
+  m.def("batch_norm_eval(Tensor x, Tensor? weight, Tensor? bias, Tensor running_mean, Tensor running_var, "
+        "float eps, str act, float leak, float sub, float maxv, str backend) -> Tensor");
 }
+
+TORCH_LIBRARY_IMPL(pydl_cpu, CompositeImplicitAutograd, m) { m.impl("batch_norm_eval", &pydl::bn_eval); }
 
 TORCH_LIBRARY_IMPL(pydl_cpu, CPU, m) {
   m.impl("batch_norm_forward", &pydl::bn_forward);

@@ -387,9 +387,20 @@ def batch_norm_reference(x: torch.Tensor, running_mean: Optional[torch.Tensor] =
 def _compiled(namespace: str):
     def load():
         ns = getattr(torch.ops, namespace)
-        return Kernels(*(getattr(ns, "batch_norm_" + f).default for f in Kernels._fields))
+        k = Kernels(*(getattr(ns, "batch_norm_" + f).default for f in Kernels._fields))
+        if namespace == "pydl_cpu":  # the C++ eval door (eval_forward), taken while these are the CPU kernels
+            global _CPU_EVAL
+            _CPU_EVAL = (k, ns.batch_norm_eval.default)
+        return k
 
     return load
+
+
+# (the loaded CPU Kernels, its C++ eval op): eval_forward takes the op only while OP.impl("cpu") is those
+# Kernels, so Op.override("cpu", ...) still sees every call
+_CPU_EVAL: Tuple = (None, None)
+# tests compare the C++ eval door with the Python one by turning it off (not a knob: no algorithm changes)
+_USE_CPP_EVAL = True
 
 
 def _triton():
@@ -684,8 +695,9 @@ torch.library.register_autograd("pydl::batch_norm_backward", _double_backward,
 # no compiler, tracer, mode or transform watching, plain tensors), batch_norm runs the same checks and the
 # same kernels (_run_forward/_run_backward) through this small autograd.Function instead. Everything else
 # (torch.compile, opcheck, FakeTensor, vmap, subclasses) still sees the registered op, the one they can
-# trace. (Not a C++ autograd kernel: it would need a build per backend, and the Triton and reference
-# backends are Python.)
+# trace. (Not a C++ autograd kernel for every backend: it would need a build per backend, and the Triton
+# and reference backends are Python. The C++ backend's eval alone has one -- eval_forward takes it -- since
+# that is where a cold Python autograd.Function cost most: see csrc/cpu/batch_norm.cpp, bn_eval.)
 
 class _EagerBatchNorm(torch.autograd.Function):
     # Only the tensors a gradient can flow to are apply()'s own arguments; the rest travel as one tuple
@@ -741,14 +753,25 @@ def eval_forward(x, running_mean, running_var, weight, bias, eps, act, leak, sub
     the module's keyword call into it ~28 us against ~5. So this takes the common case -- a plain eager call
     (``plain_eager``), x a float tensor of rank >= 2, eps a float >= 0, ``act`` "none" or "relu" without
     GeneralRelu arguments, running stats given -- in a few inline tests, then the checks that stay per call
-    (the four per-channel tensors, :func:`_check_params`) and :func:`_forward_eager`, as batch_norm does."""
+    (the four per-channel tensors, :func:`_check_params`) and :func:`_forward_eager`, as batch_norm does -- or,
+    on the C++ backend, one call to its eval op, which makes those checks and the autograd node in C++ (the
+    Python autograd.Function, run cold, cost ~25 us a call at 16x64x32x32; the C++ node 1-2 us)."""
     if not (type(eps) is float and eps >= 0 and (act == "none" or act == "relu") and leak is None and sub is None
             and maxv is None and running_mean is not None and running_var is not None
             and (backend is None or type(backend) is str) and plain_eager(x, weight, bias, running_mean, running_var)
             and x.dtype in FLOAT_DTYPES and x.dim() >= 2):
         return None
-    _check_params(x, weight, bias, running_mean, running_var, "batch_norm")
     name = check_backend_name(backend, "batch_norm")
+    k, op = _CPU_EVAL
+    if _USE_CPP_EVAL and op is not None and x.device.type == "cpu" and kernels(name, "cpu") is k:
+        # the C++ backend: checks, kernel and autograd node in one call (csrc/cpu/batch_norm.cpp, bn_eval).
+        # Its checks are _check_params' rules (shape, device, dtype of the four per-channel tensors) in C++:
+        # on a refusal, the caller's batch_norm checks again and raises its own words (a reshape hint...).
+        try:
+            return op(x, weight, bias, running_mean, running_var, eps, act, 0.0, 0.0, math.inf, "cpu")
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    _check_params(x, weight, bias, running_mean, running_var, "batch_norm")
     return _forward_eager(x, weight, bias, running_mean, running_var, False, eps, act, 0.0, 0.0, math.inf, name)[0]
 
 
