@@ -513,6 +513,16 @@ int64_t env_int(const char* name, int64_t dflt) {
   return (v != nullptr && *v != '\0') ? std::atoll(v) : dflt;
 }
 
+// An experiment knob with two forced choices: unset, "auto", a or b (read per call, so a test can flip it);
+// anything else is an error naming the knob.
+std::string env_choice(const char* name, const char* a, const char* b) {
+  const char* s = std::getenv(name);
+  const std::string v = s != nullptr ? s : "";
+  PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == a || v == b, name, " must be ", a, ", ", b, " or auto, got '", v,
+                   "'");
+  return v;
+}
+
 // The stride between the 36 matrices of V, U or M. The transforms touch all 36 at one offset (36 loads or
 // stores, one per point), so a stride that is a multiple of 4 KiB puts them all in one L1 set (12 ways:
 // they evict each other on every tile), and any even number of cache lines halves the sets used. Rounded
@@ -542,10 +552,7 @@ int64_t pad_stride(int64_t n, int64_t elem) {
 // Wider chunks (32 columns) put U's slice out of L2 and slowed the filter transform more (307 -> 554 us).
 template <typename T>
 bool use_kernel(bool small, bool forward, int64_t C, int64_t tiles) {
-  const char* s = std::getenv("PYDL_WINOGRAD_GEMM");
-  const std::string v = s != nullptr ? s : "";
-  PYDL_CHECK_VALUE(v.empty() || v == "auto" || v == "kernel" || v == "blas",
-                   "PYDL_WINOGRAD_GEMM must be kernel, blas or auto, got '", v, "'");
+  const std::string v = env_choice("PYDL_WINOGRAD_GEMM", "kernel", "blas");
 #if defined(__AVX512F__)
   if (!std::is_same<T, float>::value || v == "blas") return false;
   const bool small_ok = C <= 128 || (C <= 256 && tiles >= 32);
@@ -610,10 +617,7 @@ int64_t pick_block(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
 // memory for every few tiles), or at any U below 32 tiles (1 thread, thread CPU time, Winograd over direct:
 // 64@7 at N=1, 2 (4, 8 tiles) 0.85 / 0.85 in blocks, 1.03 / 1.15 in chunks; 64@14 N=2 (32 tiles) 1.25 / 1.24).
 bool small_batch(int64_t tiles, int64_t C, int64_t K, int64_t elem) {
-  const char* s = std::getenv("PYDL_WINOGRAD_SCHEME");
-  const std::string scheme = s != nullptr ? s : "";
-  PYDL_CHECK_VALUE(scheme.empty() || scheme == "auto" || scheme == "block" || scheme == "small",
-                   "PYDL_WINOGRAD_SCHEME must be block, small or auto, got '", scheme, "'");
+  const std::string scheme = env_choice("PYDL_WINOGRAD_SCHEME", "block", "small");
   if (scheme == "block") return false;
   if (scheme == "small") return true;
   return tiles < 32 || (36 * C * K * elem > (int64_t(1) << 20) && tiles < 128);
